@@ -1,0 +1,3 @@
+"""jaxdiff.guidance (public namespace; implementation in private modules)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""jaxdiff.metrics (public namespace; implementation in private modules)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""jaxdiff.schedules (public namespace; implementation in private modules)."""
+
+__all__: list[str] = []

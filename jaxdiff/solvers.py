@@ -1,0 +1,3 @@
+"""jaxdiff.solvers (public namespace; implementation in private modules)."""
+
+__all__: list[str] = []

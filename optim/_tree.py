@@ -1,0 +1,91 @@
+"""Small pytree helpers shared by the optimizers and the curvature toolkit.
+
+Everything here is a pure function over pytrees of arrays; validation helpers raise
+at trace time with messages that name the offending structure.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+
+
+def check_same_structure(a: PyTree, b: PyTree, what_a: str = "a", what_b: str = "b") -> None:
+  """Raises ``ValueError`` unless ``a`` and ``b`` have the same tree structure and shapes."""
+  ta, tb = jax.tree.structure(a), jax.tree.structure(b)
+  if ta != tb:
+    raise ValueError(
+      f"{what_a} and {what_b} must have the same pytree structure; got\n"
+      f"  {what_a}: {ta}\n  {what_b}: {tb}"
+    )
+  for i, (x, y) in enumerate(zip(jax.tree.leaves(a), jax.tree.leaves(b))):
+    if jnp.shape(x) != jnp.shape(y):
+      raise ValueError(
+        f"leaf {i} of {what_a} has shape {jnp.shape(x)} but the same leaf of "
+        f"{what_b} has shape {jnp.shape(y)}"
+      )
+
+
+def tree_vdot(a: PyTree, b: PyTree) -> jax.Array:
+  """Sum over leaves of ``<a_i, b_i>``, accumulated in at least float32."""
+  leaves = [
+    jnp.vdot(
+      x.astype(jnp.promote_types(x.dtype, jnp.float32)),
+      y.astype(jnp.promote_types(y.dtype, jnp.float32)),
+    )
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  ]
+  return sum(leaves, start=jnp.zeros((), leaves[0].dtype if leaves else jnp.float32))
+
+
+def tree_norm(a: PyTree) -> jax.Array:
+  """Global Euclidean norm of a pytree (float32 or wider)."""
+  return jnp.sqrt(tree_vdot(a, a))
+
+
+def tree_add(a: PyTree, b: PyTree) -> PyTree:
+  return jax.tree.map(jnp.add, a, b)
+
+
+def tree_sub(a: PyTree, b: PyTree) -> PyTree:
+  return jax.tree.map(jnp.subtract, a, b)
+
+
+def tree_scale(s, a: PyTree) -> PyTree:
+  return jax.tree.map(lambda x: (s * x).astype(x.dtype), a)
+
+
+def tree_axpy(alpha, x: PyTree, y: PyTree) -> PyTree:
+  """``alpha * x + y`` leafwise, keeping the dtype of ``y``."""
+  return jax.tree.map(lambda xi, yi: (alpha * xi + yi).astype(yi.dtype), x, y)
+
+
+def tree_zeros_like(a: PyTree, dtype=None) -> PyTree:
+  return jax.tree.map(lambda x: jnp.zeros_like(x, dtype=dtype), a)
+
+
+def tree_probe(
+  key: jax.Array, like: PyTree, kind: Literal["rademacher", "gaussian"] = "rademacher"
+) -> PyTree:
+  """A random probe with the structure, shapes and dtypes of ``like``.
+
+  Rademacher entries are +-1 with equal probability; Gaussian entries are standard
+  normal. Each leaf gets an independent key (``jax.random.split`` over leaves).
+  """
+  leaves, treedef = jax.tree.flatten(like)
+  keys = jax.random.split(key, max(len(leaves), 1))
+  if kind == "rademacher":
+    out = [
+      jax.random.rademacher(k, jnp.shape(x), dtype=jnp.result_type(x)) for k, x in zip(keys, leaves)
+    ]
+  elif kind == "gaussian":
+    out = [
+      jax.random.normal(k, jnp.shape(x), dtype=jnp.result_type(x)) for k, x in zip(keys, leaves)
+    ]
+  else:
+    raise ValueError(f"probe kind must be 'rademacher' or 'gaussian', got {kind!r}")
+  return jax.tree.unflatten(treedef, out)

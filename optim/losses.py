@@ -1,0 +1,3 @@
+"""optim.losses (public namespace; implementation in private modules)."""
+
+__all__: list[str] = []

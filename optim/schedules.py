@@ -1,0 +1,3 @@
+"""optim.schedules (public namespace; implementation in private modules)."""
+
+__all__: list[str] = []
