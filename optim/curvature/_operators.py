@@ -1,0 +1,493 @@
+"""Curvature matrix-vector products on pytrees: Hessian, Gauss-Newton and Fisher.
+
+Every product here is matrix-free: the curvature matrix of a model with ``P``
+parameters is never formed, only its action on a vector with the parameters' pytree
+structure, at the cost of a small constant number of forward/backward passes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from optim._tree import check_same_structure, tree_vdot
+
+PyTree = Any
+
+__all__ = [
+  "LinearOperator",
+  "directional_sharpness",
+  "fisher_matvec",
+  "ggn_matvec",
+  "hessian_matvec",
+  "hvp",
+  "sample_categorical",
+  "softmax_nll",
+]
+
+
+def _check_scalar_objective(f: Callable, params: PyTree, *args, name: str = "f") -> None:
+  """Raises a ``TypeError`` at trace time unless ``f(params, *args)`` is a real scalar."""
+  out = jax.eval_shape(f, params, *args)
+  if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != ():
+    shape = getattr(out, "shape", jax.tree.structure(out))
+    raise TypeError(
+      f"{name} must return a scalar (shape ()), got {shape}; reduce the loss (e.g. take its "
+      "mean over the batch) before asking for curvature"
+    )
+  if not jnp.issubdtype(out.dtype, jnp.floating):
+    raise TypeError(f"{name} must return a real floating-point scalar, got dtype {out.dtype}")
+
+
+def _cast_like(v: PyTree, like: PyTree, what: str = "v", what_like: str = "params") -> PyTree:
+  """Checks that ``v`` matches ``like`` leaf for leaf and casts it to ``like``'s dtypes.
+
+  Forward-mode differentiation needs tangents with the primal's dtype; casting here lets a
+  user pass, e.g., a float32 probe for bfloat16 parameters.
+  """
+  check_same_structure(like, v, what_like, what)
+  return jax.tree.map(lambda x, p: jnp.asarray(x).astype(jnp.result_type(p)), v, like)
+
+
+def hvp(f: Callable[..., jax.Array], params: PyTree, v: PyTree, *args: Any) -> PyTree:
+  """Hessian-vector product ``H v`` of a scalar objective, by forward-over-reverse.
+
+  .. math::
+    H v = \\frac{\\partial}{\\partial \\epsilon} \\nabla f(\\theta + \\epsilon v)
+    \\Big|_{\\epsilon = 0},
+
+  computed as one ``jax.jvp`` of ``jax.grad(f)``: about the cost of two gradients, and
+  no ``P x P`` matrix is formed (Pearlmutter, 1994).
+
+  Args:
+    f: objective ``f(params, *args) -> scalar``.
+    params: the point :math:`\\theta` (any pytree of float arrays).
+    v: the direction, a pytree with the structure and shapes of ``params``; it is cast to
+      the parameters' dtypes.
+    *args: extra positional arguments of ``f`` (e.g. a batch); not differentiated.
+
+  Returns:
+    ``H v`` with the structure and dtypes of ``params``.
+
+  Raises:
+    ValueError: ``v`` and ``params`` differ in structure or leaf shapes.
+    TypeError: ``f`` does not return a real scalar.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optim.curvature import hvp
+    >>> f = lambda p: jnp.sum(p["w"] ** 3)
+    >>> hvp(f, {"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([1.0, 1.0])})["w"]
+    Array([ 6., 12.], dtype=float32)
+
+  References:
+    Pearlmutter, "Fast exact multiplication by the Hessian", Neural Computation 6(1), 1994.
+  """
+  _check_scalar_objective(f, params, *args)
+  v = _cast_like(v, params)
+  grad_f = lambda p: jax.grad(f)(p, *args)
+  return jax.jvp(grad_f, (params,), (v,))[1]
+
+
+def directional_sharpness(
+  f: Callable[..., jax.Array], params: PyTree, direction: PyTree, *args: Any
+) -> jax.Array:
+  """Curvature of ``f`` along a direction: the Rayleigh quotient of the Hessian.
+
+  .. math::
+    s(d) = \\frac{d^\\top H d}{d^\\top d}, \\qquad H = \\nabla^2 f(\\theta).
+
+  A zero direction has no defined quotient; this function returns ``0`` for it (the
+  numerator is exactly zero as well), never NaN. The result is accumulated in at least
+  float32.
+
+  Args:
+    f: objective ``f(params, *args) -> scalar``.
+    params: the point :math:`\\theta`.
+    direction: :math:`d`, with the structure and shapes of ``params`` (e.g. the
+      gradient, or an optimizer's update).
+    *args: extra positional arguments of ``f``.
+
+  Returns:
+    A scalar array: :math:`d^\\top H d / \\|d\\|^2` (``0`` when ``d = 0``).
+
+  Raises:
+    ValueError: ``direction`` and ``params`` differ in structure or leaf shapes.
+    TypeError: ``f`` does not return a real scalar.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optim.curvature import directional_sharpness
+    >>> f = lambda p: 0.5 * (3.0 * p[0] ** 2 + p[1] ** 2)
+    >>> directional_sharpness(f, jnp.zeros(2), jnp.array([1.0, 0.0]))
+    Array(3., dtype=float32)
+
+  References:
+    Cohen et al., "Gradient Descent on Neural Networks Typically Occurs at the Edge of
+    Stability", arXiv:2103.00065 (sharpness along the update direction).
+  """
+  direction = _cast_like(direction, params, "direction")
+  hd = hvp(f, params, direction, *args)
+  num = tree_vdot(direction, hd)
+  den = tree_vdot(direction, direction)
+  positive = den > 0
+  return jnp.where(positive, num / jnp.where(positive, den, 1), jnp.zeros_like(num))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LinearOperator:
+  """A symmetric linear operator on pytrees, given by its matrix-vector product.
+
+  ``op(v)`` (or ``op.matvec(v)``) returns ``M v`` with the structure of ``like``. The
+  operator is a plain Python object (not a pytree): build it inside the function you
+  ``jax.jit``, from the traced parameters, and hand it to any estimator.
+
+  Attributes:
+    matvec: ``v -> M v`` on pytrees shaped like ``like``.
+    like: a pytree of ``jax.ShapeDtypeStruct`` giving the structure, shapes and dtypes of
+      the vectors the operator acts on (random probes are drawn with it).
+  """
+
+  matvec: Callable[[PyTree], PyTree]
+  like: PyTree
+
+  def __call__(self, v: PyTree) -> PyTree:
+    return self.matvec(_cast_like(v, self.like, "v", "the operator's domain"))
+
+  @property
+  def dim(self) -> int:
+    """The number of scalar entries of a vector in the domain."""
+    return sum(int(x.size) for x in jax.tree.leaves(self.like))
+
+  @property
+  def dtype(self):
+    """The widest floating dtype among the domain's leaves (float32 at least)."""
+    return jnp.result_type(jnp.float32, *[x.dtype for x in jax.tree.leaves(self.like)])
+
+
+def shape_dtype_tree(tree: PyTree) -> PyTree:
+  """``jax.ShapeDtypeStruct`` for every leaf of ``tree`` (arrays or shape structs)."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), tree)
+
+
+def _average_over_batches(
+  product: Callable[[PyTree, jax.Array], PyTree], batches: PyTree, like: PyTree, stacked: bool
+) -> PyTree:
+  """``product(batch, index)`` for one batch, or its mean over a stack of batches.
+
+  With ``stacked=True`` every leaf of ``batches`` carries a leading batch-of-batches axis
+  ``B``; the mean is accumulated in a ``lax.scan`` (one batch in memory at a time) in at
+  least float32 and cast back to ``like``'s dtypes.
+  """
+  if not stacked:
+    return product(batches, jnp.zeros((), jnp.int32))
+  num_batches = _num_stacked(batches)
+  acc_dtype = lambda x: jnp.promote_types(jnp.result_type(x), jnp.float32)
+
+  def body(acc, xs):
+    batch, index = xs
+    out = product(batch, index)
+    return jax.tree.map(lambda a, o: a + o.astype(a.dtype), acc, out), None
+
+  acc0 = jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), acc_dtype(x)), like)
+  total, _ = jax.lax.scan(body, acc0, (batches, jnp.arange(num_batches, dtype=jnp.int32)))
+  return jax.tree.map(lambda t, x: (t / num_batches).astype(jnp.result_type(x)), total, like)
+
+
+def _num_stacked(batches: PyTree) -> int:
+  """The common leading (batch-of-batches) axis size of ``batches``; raises if there is none."""
+  leaves = jax.tree.leaves(batches)
+  if not leaves:
+    raise ValueError("stacked=True needs at least one array in the batch")
+  sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in leaves}
+  if len(sizes) != 1 or None in sizes:
+    raise ValueError(
+      "stacked=True needs every batch leaf to have the same leading (batch-of-batches) "
+      f"axis; got leading sizes {sorted(map(str, sizes))}"
+    )
+  (num_batches,) = sizes
+  if num_batches == 0:
+    raise ValueError("stacked=True needs at least one batch along the leading axis")
+  return num_batches
+
+
+def _first_batch(batches: PyTree, stacked: bool) -> PyTree:
+  """The first of a stack of batches (validating the stack), or ``batches`` itself."""
+  if not stacked:
+    return batches
+  _num_stacked(batches)
+  return jax.tree.map(lambda x: x[0], batches)
+
+
+def hessian_matvec(
+  f: Callable[..., jax.Array], params: PyTree, *args: Any, stacked: bool = False
+) -> LinearOperator:
+  """The Hessian of a scalar objective as a linear operator (forward-over-reverse HVPs).
+
+  .. math::
+    v \\mapsto \\frac{1}{B} \\sum_{b=1}^{B} \\nabla^2_\\theta f(\\theta, a_b)\\, v
+
+  with :math:`B = 1` unless ``stacked``. Each product is one :func:`hvp`.
+
+  Args:
+    f: objective ``f(params, *args) -> scalar``.
+    params: the point :math:`\\theta`.
+    *args: extra positional arguments of ``f`` (e.g. a batch).
+    stacked: if ``True``, every leaf of ``args`` has a leading axis of ``B`` batches and
+      the operator is the mean of the per-batch Hessians, computed with ``lax.scan`` so
+      that curvature can be estimated on more data than fits in one call.
+
+  Returns:
+    A :class:`LinearOperator` on pytrees shaped like ``params``.
+
+  Raises:
+    TypeError: ``f`` does not return a real scalar (checked on one batch).
+    ValueError: ``stacked`` batches without a common leading axis.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optim.curvature import hessian_matvec
+    >>> f = lambda w, x: 0.5 * jnp.mean((x @ w) ** 2)
+    >>> xs = jnp.ones((4, 8, 2))  # 4 stacked batches of 8 examples
+    >>> op = hessian_matvec(f, jnp.zeros(2), xs, stacked=True)
+    >>> op(jnp.array([1.0, 0.0]))
+    Array([1., 1.], dtype=float32)
+
+  References:
+    Pearlmutter, "Fast exact multiplication by the Hessian", Neural Computation 6(1), 1994.
+  """
+  one = _first_batch(args, stacked)
+  _check_scalar_objective(f, params, *one)
+
+  def matvec(v):
+    return _average_over_batches(lambda a, _: hvp(f, params, v, *a), args, params, stacked)
+
+  return LinearOperator(matvec, shape_dtype_tree(params))
+
+
+def _split_batch(batch: Any, name: str) -> tuple[Any, Any]:
+  if not (isinstance(batch, tuple | list) and len(batch) == 2):
+    raise TypeError(f"{name} expects batch=(inputs, targets), got {type(batch).__name__}")
+  return batch[0], batch[1]
+
+
+def ggn_matvec(
+  model_fn: Callable[[PyTree, Any], PyTree],
+  loss_fn: Callable[[PyTree, Any], jax.Array],
+  params: PyTree,
+  batch: tuple[Any, Any],
+  *,
+  stacked: bool = False,
+) -> LinearOperator:
+  """The generalized Gauss-Newton matrix :math:`J^\\top H_L J` as a linear operator.
+
+  With outputs :math:`z = m(\\theta, x)` and loss :math:`L(z, y)`,
+
+  .. math::
+    G v = J^\\top \\big(\\nabla_z^2 L(z, y)\\big) J v, \\qquad
+    J = \\partial z / \\partial \\theta,
+
+  computed with one linearization of the model (``jax.linearize``), its transpose, and a
+  Hessian-vector product of the loss in output space. :math:`G` is positive semi-definite
+  whenever :math:`L` is convex in :math:`z`, and equals the Hessian when the model is
+  linear in :math:`\\theta`.
+
+  Args:
+    model_fn: ``model_fn(params, inputs) -> outputs`` (a pytree, e.g. logits).
+    loss_fn: ``loss_fn(outputs, targets) -> scalar``; usually the mean over the batch.
+    params: the point :math:`\\theta`.
+    batch: ``(inputs, targets)``.
+    stacked: if ``True``, ``inputs`` and ``targets`` carry a leading axis of batches and
+      the operator is the mean of the per-batch GGNs (``lax.scan``).
+
+  Returns:
+    A :class:`LinearOperator` on pytrees shaped like ``params``.
+
+  Raises:
+    TypeError: ``batch`` is not a pair, or ``loss_fn`` does not return a real scalar.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optim.curvature import ggn_matvec
+    >>> model = lambda w, x: x @ w
+    >>> loss = lambda z, y: 0.5 * jnp.mean((z - y) ** 2)
+    >>> x, y = jnp.array([[1.0, 0.0], [1.0, 1.0]]), jnp.zeros(2)
+    >>> ggn_matvec(model, loss, jnp.zeros(2), (x, y))(jnp.array([0.0, 2.0]))
+    Array([1., 1.], dtype=float32)
+
+  References:
+    Schraudolph, "Fast curvature matrix-vector products for second-order gradient
+    descent", Neural Computation 14(7), 2002. Martens, "New insights and perspectives on
+    the natural gradient method", arXiv:1412.1193 (Sec. 8).
+  """
+  inputs, targets = _split_batch(batch, "ggn_matvec")
+  one = _first_batch((inputs, targets), stacked)
+  out_shape = jax.eval_shape(model_fn, params, one[0])
+  _check_scalar_objective(loss_fn, out_shape, one[1], name="loss_fn")
+
+  def product(b, v):
+    x, y = b
+    outputs, model_jvp = jax.linearize(lambda p: model_fn(p, x), params)
+    model_vjp = jax.linear_transpose(model_jvp, params)
+    jv = model_jvp(v)
+    hjv = jax.jvp(jax.grad(lambda z: loss_fn(z, y)), (outputs,), (jv,))[1]
+    return model_vjp(hjv)[0]
+
+  def matvec(v):
+    return _average_over_batches(lambda b, _: product(b, v), (inputs, targets), params, stacked)
+
+  return LinearOperator(matvec, shape_dtype_tree(params))
+
+
+def softmax_nll(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-example negative log-likelihood of integer ``labels`` under ``softmax(logits)``."""
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.take_along_axis(logp, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def sample_categorical(key: jax.Array, logits: jax.Array) -> jax.Array:
+  """Labels drawn from ``softmax(logits)`` (the model's predictive distribution)."""
+  return jax.random.categorical(key, logits, axis=-1)
+
+
+def fisher_matvec(
+  model_fn: Callable[[PyTree, Any], PyTree],
+  params: PyTree,
+  batch: tuple[Any, Any],
+  *,
+  kind: str = "empirical",
+  nll_fn: Callable[[PyTree, Any], jax.Array] = softmax_nll,
+  sample_fn: Callable[[jax.Array, PyTree], Any] = sample_categorical,
+  key: jax.Array | None = None,
+  num_samples: int = 1,
+  stacked: bool = False,
+) -> LinearOperator:
+  """The Fisher information (empirical, or true with sampled labels) as a linear operator.
+
+  With per-example gradients :math:`g_n(y) = \\nabla_\\theta \\ell(m(\\theta, x_n), y)` of the
+  negative log-likelihood :math:`\\ell`,
+
+  .. math::
+    F_{\\mathrm{emp}} v = \\frac{1}{N} \\sum_{n} g_n(y_n) \\, g_n(y_n)^\\top v, \\qquad
+    F v = \\frac{1}{N S} \\sum_{n} \\sum_{s=1}^{S} g_n(\\hat y_{ns}) \\, g_n(\\hat y_{ns})^\\top v,
+    \\quad \\hat y_{ns} \\sim p(y \\mid x_n, \\theta).
+
+  The per-example gradients are never materialized: with :math:`J_\\ell` the ``N x P``
+  Jacobian of the vector of per-example losses, :math:`F v = J_\\ell^\\top J_\\ell v / N`
+  (one linearization of the model, a JVP and its transpose). The sampled labels are a
+  deterministic function of ``key`` (and of the batch index when ``stacked``), so the
+  operator is a fixed symmetric PSD matrix, as Lanczos requires. In expectation over the
+  labels, the true Fisher of a softmax cross-entropy model equals its GGN
+  (:func:`ggn_matvec` with the mean loss); the empirical Fisher does not (Kunstner et al.).
+
+  Args:
+    model_fn: ``model_fn(params, inputs) -> outputs``.
+    params: the point :math:`\\theta`.
+    batch: ``(inputs, targets)``; ``targets`` is used by ``kind="empirical"`` only.
+    kind: ``"empirical"`` (observed labels) or ``"true"`` (labels sampled from the model).
+    nll_fn: ``nll_fn(outputs, targets) -> (N,)`` per-example negative log-likelihoods;
+      softmax cross-entropy on integer labels by default.
+    sample_fn: ``sample_fn(key, outputs) -> targets`` drawn from the model's predictive
+      distribution (``kind="true"``); categorical over the softmax by default.
+    key: PRNG key for the sampled labels (required for ``kind="true"``).
+    num_samples: label samples :math:`S` per example (``kind="true"``).
+    stacked: if ``True``, ``inputs``/``targets`` carry a leading axis of batches and the
+      operator is the mean over batches (``lax.scan``).
+
+  Returns:
+    A :class:`LinearOperator` on pytrees shaped like ``params``.
+
+  Raises:
+    ValueError: unknown ``kind``, missing ``key``, ``num_samples < 1``, or ``nll_fn`` not
+      returning one value per example.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from optim.curvature import fisher_matvec
+    >>> model = lambda w, x: x @ w
+    >>> x, y = jnp.ones((8, 2)), jnp.zeros(8, jnp.int32)
+    >>> op = fisher_matvec(model, jnp.zeros((2, 3)), (x, y), kind="true",
+    ...                    key=jax.random.key(0), num_samples=4)
+    >>> op(jnp.ones((2, 3))).shape
+    (2, 3)
+
+  References:
+    Martens, "New insights and perspectives on the natural gradient method",
+    arXiv:1412.1193. Kunstner, Balles & Hennig, "Limitations of the empirical Fisher
+    approximation for natural gradient descent", arXiv:1905.12558.
+  """
+  if kind not in ("empirical", "true"):
+    raise ValueError(f"kind must be 'empirical' or 'true', got {kind!r}")
+  if kind == "true":
+    if key is None:
+      raise ValueError("fisher_matvec(kind='true') needs a PRNG key= for the sampled labels")
+    if not isinstance(num_samples, int) or num_samples < 1:
+      raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+  inputs, targets = _split_batch(batch, "fisher_matvec")
+  one = _first_batch((inputs, targets), stacked)
+  out_shape = jax.eval_shape(model_fn, params, one[0])
+  if kind == "true":
+    one_t = jax.eval_shape(sample_fn, jax.random.key(0), out_shape)
+  else:
+    one_t = one[1]
+  nll_shape = jax.eval_shape(nll_fn, out_shape, one_t)
+  if not isinstance(nll_shape, jax.ShapeDtypeStruct) or len(nll_shape.shape) != 1:
+    raise ValueError(
+      "nll_fn must return a 1-D vector of per-example negative log-likelihoods, got "
+      f"{getattr(nll_shape, 'shape', nll_shape)}"
+    )
+
+  def product(b, index, v):
+    x, y = b
+    outputs, model_jvp = jax.linearize(lambda p: model_fn(p, x), params)
+    model_vjp = jax.linear_transpose(model_jvp, params)
+    jv = model_jvp(v)
+    if kind == "true":
+      keys = jax.random.split(jax.random.fold_in(key, index), num_samples)
+      ys = jax.vmap(sample_fn, in_axes=(0, None))(keys, jax.lax.stop_gradient(outputs))
+    else:
+      ys = jax.tree.map(lambda t: t[None], y)
+
+    def output_cotangent(y_s):
+      nll = lambda z: nll_fn(z, y_s)
+      per_example, vjp = jax.vjp(nll, outputs)
+      jl_v = jax.jvp(nll, (outputs,), (jv,))[1]  # (N,) = J_l v
+      return vjp(jl_v / (per_example.shape[0] * ys_count))[0]
+
+    ys_count = jax.tree.leaves(ys)[0].shape[0]
+    cot = jax.vmap(output_cotangent)(ys)
+    cot = jax.tree.map(lambda c: jnp.sum(c, axis=0), cot)
+    return model_vjp(cot)[0]
+
+  def matvec(v):
+    return _average_over_batches(lambda b, i: product(b, i, v), (inputs, targets), params, stacked)
+
+  return LinearOperator(matvec, shape_dtype_tree(params))
+
+
+def _probe(key: jax.Array, like: PyTree, kind: str) -> PyTree:
+  """A Rademacher or standard Gaussian probe shaped like ``like``, from one flat draw.
+
+  One draw for the whole pytree (split into leaves afterwards) rather than one per leaf:
+  each ``jax.random`` call compiles its own threefry kernel, and a per-leaf draw made
+  compiling the estimators several times slower on deep models.
+  """
+  leaves, treedef = jax.tree.flatten(like)
+  sizes = [int(x.size) for x in leaves]
+  total = sum(sizes)
+  wide = jnp.result_type(jnp.float32, *[x.dtype for x in leaves])
+  if kind == "rademacher":
+    flat = jax.random.rademacher(key, (total,), wide)
+  elif kind == "gaussian":
+    flat = jax.random.normal(key, (total,), wide)
+  else:
+    raise ValueError(f"probe kind must be 'rademacher' or 'gaussian', got {kind!r}")
+  out, start = [], 0
+  for x, n in zip(leaves, sizes):
+    out.append(flat[start : start + n].reshape(x.shape).astype(x.dtype))
+    start += n
+  return jax.tree.unflatten(treedef, out)

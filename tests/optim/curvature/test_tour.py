@@ -1,0 +1,59 @@
+"""The Sagun et al. reproduction (optim._tour): outputs, tool agreement, and the k-outlier claim."""
+
+import json
+
+import numpy as np
+import pytest
+
+from optim import _tour
+
+
+@pytest.fixture(scope="module")
+def small_tour(tmp_path_factory):
+  out = tmp_path_factory.mktemp("tour")
+  return out, _tour.run_tour(out, small=True)
+
+
+def test_small_tour_writes_json_and_log_scale_density_plot(small_tour):
+  out, result = small_tour
+  assert (out / "curvature_density.png").stat().st_size > 10_000
+  assert json.loads((out / "curvature_tour.json").read_text()) == result
+  (run,) = result["runs"]
+  assert run["train_accuracy"] > 0.9 and np.isfinite(run["hessian_trace"])
+
+
+def test_power_iteration_and_lanczos_agree_on_the_top_eigenvalues(small_tour):
+  (run,) = small_tour[1]["runs"]
+  ritz = np.asarray(run["top_ritz_values"][:3])
+  power = np.sort(np.asarray(run["top_eigenvalues_power"]))[::-1][:3]
+  np.testing.assert_allclose(power, ritz, rtol=1e-3)
+
+
+def test_spectrum_is_a_bulk_near_zero_plus_outliers(small_tour):
+  # Sagun et al.'s qualitative picture: the most negative eigenvalue is tiny next to the
+  # largest one, and the top eigenvalue is separated from the next by the outlier gap.
+  (run,) = small_tour[1]["runs"]
+  top = np.asarray(run["top_ritz_values"])
+  assert abs(run["min_ritz_value"]) < 0.05 * top[0]
+  assert run["outliers"] >= 1 and top[0] > 2 * top[run["outliers"]]
+
+
+def test_count_outliers_uses_the_largest_ratio_gap():
+  assert _tour.count_outliers([10.0, 9.0, 8.0, 1.0, 0.9, 0.5]) == 3
+  assert _tour.count_outliers([5.0, 0.1, 0.05]) == 1
+  assert _tour.count_outliers([1.0, -1.0]) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+  strict=True,
+  reason=(
+    "Does not reproduce at this scale: the outlier count of the trained 2-hidden-layer ReLU "
+    "MLP measured 1, 3, 2, 3, 6 for k = 2, 3, 4, 6, 8 (bench/results/curvature_tour.json); "
+    "strict, so a future fix that makes it hold is noticed."
+  ),
+)
+def test_outlier_count_is_within_k_plus_minus_one_for_every_k(tmp_path):
+  result = _tour.run_tour(tmp_path)
+  for run in result["runs"]:
+    assert abs(run["outliers"] - run["k"]) <= 1, (run["k"], run["outliers"])
