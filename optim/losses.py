@@ -1,3 +1,5 @@
 """optim.losses (public namespace; implementation in private modules)."""
 
-__all__: list[str] = []
+from optim._losses import stablemax_cross_entropy
+
+__all__: list[str] = ["stablemax_cross_entropy"]

@@ -32,6 +32,8 @@ class OptCase:
       ``obj_fn`` and ``value`` (which the harness always passes).
     hyperparam: the name of a hyperparameter ``optax.inject_hyperparams`` may trace.
     note: anything a reader of a failing test should know.
+    tol: relative distance to the minimizer the parabola run must reach
+      (``||x - x*|| / ||x*||``); Rosenbrock uses ``10 * tol`` absolute.
   """
 
   name: str
@@ -45,3 +47,4 @@ class OptCase:
   extra_args: Callable[..., dict] | None = None
   hyperparam: str = "learning_rate"
   note: str = ""
+  tol: float = 1e-2

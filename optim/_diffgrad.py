@@ -1,0 +1,175 @@
+"""diffGrad: Adam with a per-coordinate friction from the change of the gradient."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+PyTree = Any
+
+
+def _check_hparam(name: str, value, ok, what: str) -> None:
+  """Raises ``ValueError`` for a concrete hyperparameter outside its range (tracers pass)."""
+  if isinstance(value, jax.core.Tracer) or callable(value):
+    return
+  if not ok(float(value)):
+    raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
+class ScaleByDiffGradState(NamedTuple):
+  """State of :func:`scale_by_diffgrad`.
+
+  Attributes:
+    count: number of updates made so far (int32).
+    mu: exponential moving average of the gradients.
+    nu: exponential moving average of the squared gradients.
+    prev_grad: the gradient of the previous step (zeros before the first one).
+  """
+
+  count: jax.Array
+  mu: PyTree
+  nu: PyTree
+  prev_grad: PyTree
+
+
+def scale_by_diffgrad(
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  mu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Rescales updates with the diffGrad rule (Adam step times a friction coefficient).
+
+  With :math:`g_t` the incoming gradient,
+
+  .. math::
+    m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t, \qquad
+    v_t = \beta_2 v_{t-1} + (1 - \beta_2) g_t^2, \\
+    \xi_t &= \operatorname{sigmoid}(|g_{t-1} - g_t|), \qquad g_0 = 0, \\
+    u_t &= \frac{\sqrt{1 - \beta_2^t}}{1 - \beta_1^t}\,
+           \frac{\xi_t\, m_t}{\sqrt{v_t} + \epsilon}.
+
+  The bias corrections and the placement of :math:`\epsilon` (added to the
+  *uncorrected* :math:`\sqrt{v_t}`) follow the authors' corrected code
+  ``diffGrad_v2.py``; the first published code overwrote :math:`g_{t-1}` with
+  :math:`g_t` before taking the difference, so :math:`\xi_t` was always 1/2 and the method
+  reduced to Adam with half the step.
+
+  Args:
+    b1: decay of the first moment, in [0, 1).
+    b2: decay of the second moment, in [0, 1).
+    eps: added to :math:`\sqrt{v_t}` (> 0 guards a zero second moment).
+    mu_dtype: optional dtype of the accumulators ``mu``, ``nu`` and ``prev_grad``
+      (e.g. ``jnp.float32`` for bf16 parameters); ``None`` keeps the gradients' dtype.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; updates have the gradients' dtype.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from optim import scale_by_diffgrad
+    >>> tx = scale_by_diffgrad()
+    >>> params = {"w": jnp.ones(3)}
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"w": jnp.full(3, 0.5)}, state, params)
+    >>> updates["w"].shape
+    (3,)
+
+  References:
+    Dubey, Chakraborty, Roy, Mukherjee, Singh, Chaudhuri, "diffGrad: An Optimization
+    Method for Convolutional Neural Networks", IEEE TNNLS 2019, arXiv:1909.11015
+    (Eqs. 4-7; corrected code: github.com/shivram1987/diffGrad, ``diffGrad_v2.py``).
+  """
+  _check_hparam("b1", b1, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+  _check_hparam("b2", b2, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+  _check_hparam("eps", eps, lambda v: v >= 0.0, ">= 0")
+  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+
+  def init_fn(params):
+    zeros = lambda p: jnp.zeros(jnp.shape(p), mu_dtype or jnp.result_type(p))
+    return ScaleByDiffGradState(
+      count=jnp.zeros([], jnp.int32),
+      mu=jax.tree.map(zeros, params),
+      nu=jax.tree.map(zeros, params),
+      prev_grad=jax.tree.map(zeros, params),
+    )
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    count = optax.safe_increment(state.count)
+
+    def leaf(g, m, v, gp):
+      acc = m.dtype
+      ct = jnp.promote_types(acc, jnp.float32)  # arithmetic in f32 or wider, stored in acc
+      t = count.astype(ct)
+      # sqrt(1 - b2^t) / (1 - b1^t): Adam's bias corrections folded into one scalar.
+      step = jnp.sqrt(1.0 - jnp.asarray(b2, ct) ** t) / (1.0 - jnp.asarray(b1, ct) ** t)
+      gc = g.astype(ct)
+      m = b1 * m.astype(ct) + (1.0 - b1) * gc
+      v = b2 * v.astype(ct) + (1.0 - b2) * gc * gc
+      xi = jax.nn.sigmoid(jnp.abs(gp.astype(ct) - gc))
+      u = step * xi * m / (jnp.sqrt(v) + eps)
+      return u.astype(g.dtype), m.astype(acc), v.astype(acc), gc.astype(acc)
+
+    out = jax.tree.map(leaf, updates, state.mu, state.nu, state.prev_grad)
+    treedef = jax.tree.structure(updates)
+    u, m, v, gp = (
+      jax.tree.unflatten(treedef, [o[i] for o in treedef.flatten_up_to(out)]) for i in range(4)
+    )
+    return u, ScaleByDiffGradState(count=count, mu=m, nu=v, prev_grad=gp)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def diffgrad(
+  learning_rate: optax.ScalarOrSchedule,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  weight_decay: float = 0.0,
+  mu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""The diffGrad optimizer (with optional coupled L2 weight decay).
+
+  .. math::
+    \tilde g_t = g_t + \lambda\,\theta_{t-1}, \qquad
+    \theta_t = \theta_{t-1} - \eta_t\, u_t(\tilde g_t),
+
+  where :math:`u_t` is :func:`scale_by_diffgrad`. The decay is *coupled* (added to the
+  gradient before the moments, as in the authors' code), so the friction also sees it.
+
+  Args:
+    learning_rate: a float or an optax schedule.
+    b1: decay of the first moment.
+    b2: decay of the second moment.
+    eps: added to :math:`\sqrt{v_t}`.
+    weight_decay: L2 coefficient :math:`\lambda` (>= 0).
+    mu_dtype: optional accumulator dtype.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from optim import diffgrad
+    >>> f = lambda p: jnp.sum((p - 1.0) ** 2)
+    >>> tx = diffgrad(0.1)
+    >>> p = jnp.zeros(2); s = tx.init(p)
+    >>> for _ in range(200):
+    ...   u, s = tx.update(jax.grad(f)(p), s, p); p = optax.apply_updates(p, u)
+    >>> bool(f(p) < 1e-2)
+    True
+
+  References:
+    Dubey et al., "diffGrad: An Optimization Method for Convolutional Neural Networks",
+    arXiv:1909.11015.
+  """
+  _check_hparam("weight_decay", weight_decay, lambda v: v >= 0.0, ">= 0")
+  return optax.chain(
+    optax.add_decayed_weights(weight_decay),
+    scale_by_diffgrad(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype),
+    optax.scale_by_learning_rate(learning_rate),
+  )
