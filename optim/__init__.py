@@ -3,7 +3,78 @@
 from optim import curvature, losses, schedules
 
 # --- first-order optimizers (issue 3) ---
+from optim._adamp import (
+  ScaleByAdamPState,
+  ScaleBySGDPState,
+  adamp,
+  scale_by_adamp,
+  scale_by_sgdp,
+  sgdp,
+)
+from optim._coordinate_clip import CoordinateClipState, coordinate_clip
+from optim._diffgrad import ScaleByDiffGradState, diffgrad, scale_by_diffgrad
+from optim._dp import (
+  DiceSGDState,
+  DPSGDState,
+  dice_sgd,
+  dp_sgd,
+  scale_by_dice_sgd,
+  scale_by_dp_sgd,
+)
+from optim._normalized_gd import ScaleByLossState, normalized_gd, scale_by_inverse_loss
+from optim._perp_grad import PerpGradState, perp_grad
+
+_FIRST_ORDER = [
+  "CoordinateClipState",
+  "DPSGDState",
+  "DiceSGDState",
+  "PerpGradState",
+  "ScaleByAdamPState",
+  "ScaleByDiffGradState",
+  "ScaleByLossState",
+  "ScaleBySGDPState",
+  "adamp",
+  "coordinate_clip",
+  "dice_sgd",
+  "diffgrad",
+  "dp_sgd",
+  "normalized_gd",
+  "perp_grad",
+  "scale_by_adamp",
+  "scale_by_dice_sgd",
+  "scale_by_diffgrad",
+  "scale_by_dp_sgd",
+  "scale_by_inverse_loss",
+  "scale_by_sgdp",
+  "sgdp",
+]
 
 # --- curvature-based optimizers (issue 4) ---
+from optim._adahessian import (  # noqa: E402 (after the list above)
+  ScaleByAdaHessianState,
+  adahessian,
+  conv_spatial_axes,
+  scale_by_adahessian,
+)
+from optim._mfac import ScaleByMFACState, mfac, scale_by_mfac  # noqa: E402
+from optim._sophia import ScaleBySophiaState, scale_by_sophia, sophia  # noqa: E402
 
-__all__ = ["curvature", "losses", "schedules"]
+# --- end curvature-based optimizers (issue 4) ---
+
+__all__ = [
+  "curvature",
+  "losses",
+  "schedules",
+  *_FIRST_ORDER,
+  # curvature-based optimizers (issue 4)
+  "ScaleByAdaHessianState",
+  "ScaleByMFACState",
+  "ScaleBySophiaState",
+  "adahessian",
+  "conv_spatial_axes",
+  "mfac",
+  "scale_by_adahessian",
+  "scale_by_mfac",
+  "scale_by_sophia",
+  "sophia",
+]

@@ -1,0 +1,394 @@
+"""Sophia: clipped diagonal-Hessian preconditioning (Liu et al., 2023).
+
+Also home of the small helpers the curvature-based optimizers share (PRNG keys kept in
+the state, validation of the ``obj_fn`` extra argument and of hyperparameters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optim import _tree
+from optim.curvature import hvp
+
+PyTree = Any
+
+__all__ = ["ScaleBySophiaState", "scale_by_sophia", "sophia"]
+
+
+# --------------------------------------------------------------------------------------
+# Helpers shared by the curvature-based optimizers (AdaHessian, Sophia, M-FAC).
+# --------------------------------------------------------------------------------------
+
+
+def _as_key(key: Any) -> jax.Array:
+  """A typed PRNG key from an int seed, a raw ``uint32`` key or a typed key."""
+  if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    return key
+  if isinstance(key, (int, np.integer)) or (
+    isinstance(key, (jax.Array, np.ndarray)) and jnp.shape(key) == () and _is_int(key)
+  ):
+    return jax.random.key(key)
+  if isinstance(key, (jax.Array, np.ndarray)) and jnp.asarray(key).dtype == jnp.uint32:
+    return jax.random.wrap_key_data(jnp.asarray(key))
+  raise TypeError(
+    f"key must be an int seed or a JAX PRNG key (jax.random.key(...)), got {type(key).__name__}"
+  )
+
+
+def _is_int(x) -> bool:
+  return jnp.issubdtype(jnp.result_type(x), jnp.integer)
+
+
+def _concrete(x) -> float | None:
+  """The Python value of a hyperparameter when it is known at trace time, else ``None``.
+
+  ``optax.inject_hyperparams`` re-creates the transformation with traced hyperparameters
+  inside ``update``; range checks then happen only on the first, concrete call.
+  """
+  if isinstance(x, (int, float, np.integer, np.floating)):
+    return float(x)
+  if isinstance(x, (np.ndarray, jax.Array)) and jnp.shape(x) == ():
+    try:
+      return float(x)
+    except (jax.errors.ConcretizationTypeError, TypeError):
+      return None
+  return None
+
+
+def _check_range(name: str, value, lo: float, hi: float, *, lo_open=False, hi_open=True):
+  """Raises ``ValueError`` when a concrete hyperparameter is outside its interval (or NaN)."""
+  v = _concrete(value)
+  if v is None:
+    return
+  ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+  if not ok:
+    interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    raise ValueError(f"{name} must lie in {interval}, got {v}")
+
+
+def _require_fn(extra: dict, name: str, method: str, signature: str) -> Callable:
+  """Fetches a callable extra argument of ``update``, or raises a clear error."""
+  fn = extra.get(name)
+  if fn is None:
+    raise ValueError(
+      f"{method} needs the objective: call update(grads, state, params, {name}=...) with "
+      f"{name}: {signature}. With optax.chain, pass it as a keyword extra argument; the "
+      "chain forwards it to every GradientTransformationExtraArgs."
+    )
+  if not callable(fn):
+    raise TypeError(f"{name} must be callable ({signature}), got {type(fn).__name__}")
+  return fn
+
+
+def _require_params(params, method: str):
+  if params is None:
+    raise ValueError(
+      f"{method} evaluates curvature at the current parameters: pass params to update"
+    )
+
+
+def _rademacher(key: jax.Array, like: PyTree) -> PyTree:
+  """A Rademacher probe shaped like ``like``, from 32 signs per random ``uint32`` word.
+
+  Same distribution as ``optim._tree.tree_probe(key, like, "rademacher")`` (independent
+  fair signs: every bit of a threefry word is uniform), at 1/32 of the random-number
+  work; on CPU that is the difference between a probe costing more than a gradient and
+  a negligible one (``bench/bench_optim_second_order.py``).
+  """
+  leaves, treedef = jax.tree.flatten(like)
+  keys = jax.random.split(key, max(len(leaves), 1))
+  out = []
+  for k, x in zip(keys, leaves):
+    shape, dtype = jnp.shape(x), jnp.result_type(x)
+    n = int(np.prod(shape))
+    words = jax.random.bits(k, (-(-n // 32),), jnp.uint32)
+    bits = (words[:, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1
+    out.append((2 * bits.reshape(-1)[:n].astype(dtype) - 1).reshape(shape))
+  return jax.tree.unflatten(treedef, out)
+
+
+def _finite_or(new: PyTree, old: PyTree) -> PyTree:
+  """Leafwise ``new`` where it is finite, ``old`` elsewhere (skips non-finite estimates)."""
+  return jax.tree.map(lambda n, o: jnp.where(jnp.isfinite(n), n, o).astype(o.dtype), new, old)
+
+
+# --------------------------------------------------------------------------------------
+# Sophia.
+# --------------------------------------------------------------------------------------
+
+
+class ScaleBySophiaState(NamedTuple):
+  """State of :func:`scale_by_sophia`.
+
+  Attributes:
+    count: steps taken (int32).
+    mu: EMA of the gradients, :math:`m_t`.
+    hess: EMA of the diagonal Hessian estimates, :math:`h_t` (refreshed every
+      ``update_interval`` steps).
+    key: the PRNG key of the next estimate (advanced every step).
+    win_rate: fraction of coordinates whose ratio :math:`|m / \\max(\\gamma h, \\epsilon)|`
+      was below the clip threshold at the last step, i.e. that took a Newton-like rather
+      than a sign step. The paper suggests tuning ``gamma`` so it stays within 0.1-0.5.
+  """
+
+  count: jax.Array
+  mu: optax.Updates
+  hess: optax.Updates
+  key: jax.Array
+  win_rate: jax.Array
+
+
+def scale_by_sophia(
+  b1: float = 0.965,
+  b2: float = 0.99,
+  gamma: float = 0.01,
+  eps: float = 1e-12,
+  update_interval: int = 10,
+  estimator: Literal["hutchinson", "gnb"] = "hutchinson",
+  batch_size: float | None = None,
+  clip_threshold: float = 1.0,
+  probe: Literal["rademacher", "gaussian"] = "rademacher",
+  key: Any = 0,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Sophia's clipped, diagonal-Hessian-preconditioned momentum (no learning rate).
+
+  With :math:`g_t` the incoming update (the gradient) and :math:`\hat h_t` a fresh
+  estimate of the Hessian diagonal drawn every :math:`k` steps (paper, Algorithm 3):
+
+  .. math::
+    m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
+    h_t &= \begin{cases} \beta_2 h_{t-k} + (1 - \beta_2) \hat h_t & t \bmod k = 1 \\
+      h_{t-1} & \text{otherwise} \end{cases} \\
+    u_t &= \operatorname{clip}\!\Big(\frac{m_t}{\max(\gamma h_t, \epsilon)}, \rho\Big),
+    \qquad \operatorname{clip}(z, \rho) = \max(\min(z, \rho), -\rho),
+
+  with :math:`t` counted from 1, so the first step draws an estimate. The estimators:
+
+  * ``"hutchinson"`` (Sophia-H, Algorithm 1): :math:`\hat h = u \odot (\nabla^2 L\, u)`
+    with a probe :math:`u` (Rademacher by default: its estimate is exact for a diagonal
+    Hessian; the paper draws :math:`u \sim N(0, I)`, available as ``probe="gaussian"``).
+    Needs ``obj_fn(params) -> loss``.
+  * ``"gnb"`` (Sophia-G, Gauss-Newton-Bartlett, Algorithm 2):
+    :math:`\hat h = B \cdot \hat g \odot \hat g` with :math:`\hat g` the gradient of the
+    mini-batch loss at labels *sampled from the model's own predictive distribution*, and
+    :math:`B` the number of predictions averaged in that loss (tokens, for a language
+    model; the official code passes ``bs = batch * block_size``). Needs the extra
+    argument ``sampled_obj_fn(params, key) -> loss``. Its expectation over the sampled
+    labels is the diagonal of the Gauss-Newton matrix of the mean loss.
+
+  Negative or zero curvature (a Hutchinson estimate may be negative) makes
+  :math:`\max(\gamma h, \epsilon) = \epsilon`, so that coordinate takes a clipped sign
+  step :math:`\pm\rho` instead of a huge or wrong-signed one. A non-finite entry of
+  :math:`\hat h_t` is skipped: the coordinate keeps its previous :math:`h`.
+
+  The refresh is one top-level ``jax.lax.cond``, so only the steps that draw an estimate
+  pay for the Hessian-vector product (or the sampled gradient). Under ``jax.vmap`` with a
+  batched step count (e.g. vmapping over a batch of optimizer states), the predicate is
+  batched and ``cond`` becomes a ``select``: both branches then run at every step.
+
+  Args:
+    b1: EMA rate of the gradient, :math:`\beta_1`.
+    b2: EMA rate of the Hessian estimates, :math:`\beta_2` (applied once per refresh).
+    gamma: :math:`\gamma`, scales the curvature; larger means smaller, more often
+      unclipped steps. Paper/official values: 0.01 for Sophia-H; the official Sophia-G
+      code uses ``rho = 0.04`` with the batch-size factor below.
+    eps: :math:`\epsilon > 0`, floor of the denominator.
+    update_interval: :math:`k \ge 1`, steps between Hessian refreshes.
+    estimator: ``"hutchinson"`` (Sophia-H) or ``"gnb"`` (Sophia-G).
+    batch_size: :math:`B`, the number of predictions in the sampled loss; required with
+      ``estimator="gnb"``.
+    clip_threshold: :math:`\rho > 0` (the paper's Algorithm 3 uses 1).
+    probe: the Hutchinson probe distribution, ``"rademacher"`` or ``"gaussian"``.
+    key: int seed or PRNG key of the probes / label samples. It is stored in the state
+      and split every step, so a step is a pure function of its inputs.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update(updates, state, params, *,
+    obj_fn=None, sampled_obj_fn=None, **extra)``.
+
+  Raises:
+    ValueError: bad hyperparameters at construction; at ``update``, a missing ``params``,
+      ``obj_fn`` (Sophia-H) or ``sampled_obj_fn`` (Sophia-G).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from optim import scale_by_sophia
+    >>> f = lambda p: 0.5 * jnp.sum(jnp.array([1.0, 4.0]) * p**2)
+    >>> opt = scale_by_sophia(gamma=1.0, key=0)
+    >>> p = jnp.array([1.0, 1.0])
+    >>> u, state = opt.update(jax.grad(f)(p), opt.init(p), p, obj_fn=f)
+    >>> u.shape, float(state.win_rate)
+    ((2,), 0.0)
+
+  References:
+    Liu, Li, Hall, Liang, Ma, "Sophia: A Scalable Stochastic Second-order Optimizer for
+    Language Model Pre-training", arXiv:2305.14342 (Algorithms 1-3).
+  """
+  if estimator not in ("hutchinson", "gnb"):
+    raise ValueError(f"estimator must be 'hutchinson' or 'gnb', got {estimator!r}")
+  if probe not in ("rademacher", "gaussian"):
+    raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {probe!r}")
+  _check_range("b1", b1, 0.0, 1.0)
+  _check_range("b2", b2, 0.0, 1.0)
+  _check_range("gamma", gamma, 0.0, np.inf, lo_open=True)
+  _check_range("eps", eps, 0.0, np.inf, lo_open=True)
+  _check_range("clip_threshold", clip_threshold, 0.0, np.inf, lo_open=True)
+  _check_range("update_interval", update_interval, 1, np.inf)
+  if estimator == "gnb":
+    if batch_size is None:
+      raise ValueError(
+        "estimator='gnb' needs batch_size: the number of predictions averaged in the "
+        "sampled loss (the GNB estimate is batch_size * g_hat * g_hat)"
+      )
+    _check_range("batch_size", batch_size, 0.0, np.inf, lo_open=True)
+  method = f"sophia(estimator={estimator!r})"
+
+  def init_fn(params):
+    zeros = _tree.tree_zeros_like(params)
+    return ScaleBySophiaState(
+      count=jnp.zeros([], jnp.int32),
+      mu=zeros,
+      hess=_tree.tree_zeros_like(params),
+      key=_as_key(key),
+      win_rate=jnp.zeros([], jnp.float32),
+    )
+
+  def estimate(params, key, extra):
+    if estimator == "hutchinson":
+      obj_fn = _require_fn(extra, "obj_fn", method, "params -> scalar loss")
+      u = (
+        _rademacher(key, params) if probe == "rademacher" else _tree.tree_probe(key, params, probe)
+      )
+      hu = hvp(obj_fn, params, u)
+      return jax.tree.map(lambda a, b: a * b, u, hu)
+    sampled = _require_fn(
+      extra, "sampled_obj_fn", method, "(params, key) -> scalar loss at sampled labels"
+    )
+    g_hat = jax.grad(sampled)(params, key)
+    return jax.tree.map(lambda g: (batch_size * g * g).astype(g.dtype), g_hat)
+
+  def update_fn(updates, state, params=None, **extra):
+    _require_params(params, method)
+    _tree.check_same_structure(params, updates, "params", "updates")
+    # Validate the extra arguments eagerly (trace time), not only inside the cond branch.
+    if estimator == "hutchinson":
+      _require_fn(extra, "obj_fn", method, "params -> scalar loss")
+    else:
+      _require_fn(extra, "sampled_obj_fn", method, "(params, key) -> scalar loss")
+
+    key, subkey = jax.random.split(state.key)
+    mu = jax.tree.map(lambda m, g: (b1 * m + (1 - b1) * g).astype(m.dtype), state.mu, updates)
+
+    def refresh(hess):
+      h_hat = estimate(params, subkey, extra)
+      new = jax.tree.map(lambda h, e: b2 * h + (1 - b2) * e.astype(h.dtype), hess, h_hat)
+      return _finite_or(new, hess)
+
+    hess = jax.lax.cond(state.count % update_interval == 0, refresh, lambda h: h, state.hess)
+
+    ratio = jax.tree.map(lambda m, h: m / jnp.maximum(gamma * h, eps), mu, hess)
+    n_unclipped = sum(
+      (jnp.sum(jnp.abs(r) < clip_threshold, dtype=jnp.float32) for r in jax.tree.leaves(ratio)),
+      start=jnp.zeros([], jnp.float32),
+    )
+    size = max(sum(int(np.prod(jnp.shape(r))) for r in jax.tree.leaves(ratio)), 1)
+    new_updates = jax.tree.map(
+      lambda r, g: jnp.clip(r, -clip_threshold, clip_threshold).astype(g.dtype), ratio, updates
+    )
+    new_state = ScaleBySophiaState(
+      count=optax.safe_increment(state.count),
+      mu=mu,
+      hess=hess,
+      key=key,
+      win_rate=n_unclipped / size,
+    )
+    return new_updates, new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def sophia(
+  learning_rate: optax.ScalarOrSchedule = 1e-4,
+  b1: float = 0.965,
+  b2: float = 0.99,
+  gamma: float = 0.01,
+  eps: float = 1e-12,
+  weight_decay: float = 1e-1,
+  weight_decay_mask: Any = None,
+  update_interval: int = 10,
+  estimator: Literal["hutchinson", "gnb"] = "hutchinson",
+  batch_size: float | None = None,
+  clip_threshold: float = 1.0,
+  probe: Literal["rademacher", "gaussian"] = "rademacher",
+  key: Any = 0,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Sophia-H / Sophia-G with decoupled weight decay (Liu et al., 2023, Algorithm 3).
+
+  .. math::
+    \theta_{t+1} = \theta_t - \eta_t \lambda \theta_t
+      - \eta_t \operatorname{clip}\!\Big(\frac{m_t}{\max(\gamma h_t, \epsilon)}, 1\Big),
+
+  with :math:`m_t, h_t` from :func:`scale_by_sophia`. Weight decay is decoupled and
+  *not* clipped (it is added after the clip). ``estimator="hutchinson"`` needs the extra
+  argument ``obj_fn(params) -> loss``; ``estimator="gnb"`` needs
+  ``sampled_obj_fn(params, key) -> loss`` evaluated at labels drawn from the model::
+
+    def sampled_obj_fn(params, key):
+      logits = apply(params, x)
+      y = jax.random.categorical(key, jax.lax.stop_gradient(logits))
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  Args:
+    learning_rate: :math:`\eta_t`, a float or an optax schedule.
+    b1, b2, gamma, eps, update_interval, estimator, batch_size, clip_threshold, probe,
+      key: see :func:`scale_by_sophia`.
+    weight_decay: :math:`\lambda` (official Sophia-G default 0.1).
+    weight_decay_mask: optional mask (pytree or callable) of the parameters to decay.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Under ``optax.inject_hyperparams`` mark
+    ``estimator``, ``probe``, ``key`` and a callable ``weight_decay_mask`` as
+    ``static_args``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from optim import sophia
+    >>> f = lambda p: 0.5 * jnp.sum(jnp.array([1.0, 10.0]) * p**2)
+    >>> opt = sophia(0.05, gamma=0.1, weight_decay=0.0, key=0)
+    >>> @jax.jit
+    ... def step(p, state):
+    ...   u, state = opt.update(jax.grad(f)(p), state, p, obj_fn=f)
+    ...   return optax.apply_updates(p, u), state
+    >>> p0 = jnp.array([1.0, -1.0]); p, state = p0, opt.init(p0)
+    >>> for _ in range(100):
+    ...   p, state = step(p, state)
+    >>> bool(f(p) < 0.01 * f(p0))
+    True
+
+  References:
+    Liu, Li, Hall, Liang, Ma, "Sophia: A Scalable Stochastic Second-order Optimizer for
+    Language Model Pre-training", arXiv:2305.14342.
+  """
+  return optax.chain(
+    scale_by_sophia(
+      b1=b1,
+      b2=b2,
+      gamma=gamma,
+      eps=eps,
+      update_interval=update_interval,
+      estimator=estimator,
+      batch_size=batch_size,
+      clip_threshold=clip_threshold,
+      probe=probe,
+      key=key,
+    ),
+    optax.add_decayed_weights(weight_decay, weight_decay_mask),
+    optax.scale_by_learning_rate(learning_rate),
+  )
