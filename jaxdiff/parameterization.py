@@ -1,3 +1,5 @@
-"""jaxdiff.parameterization (public namespace; implementation in private modules)."""
+"""jaxdiff.parameterization: eps / x0 / v / score / velocity conversions and wrappers."""
 
-__all__: list[str] = []
+from jaxdiff._parameterization import KINDS, Wrapped, convert, from_eps, from_flow, from_v, from_x0
+
+__all__ = ["KINDS", "Wrapped", "convert", "from_eps", "from_flow", "from_v", "from_x0"]

@@ -1,3 +1,43 @@
-"""jaxdiff.solvers (public namespace; implementation in private modules)."""
+"""jaxdiff.solvers: ODE/SDE solver steps on (alpha, sigma) for VP, VE and flow schedules."""
 
-__all__: list[str] = []
+from jaxdiff._solvers import (
+  DDIM,
+  DDPM,
+  DPMSolverPP2M,
+  DPMSolverPP2MSDE,
+  DPMSolverPP3M,
+  Euler,
+  Heun,
+  Solver,
+  UniPC,
+  ddim,
+  ddpm,
+  dpmpp_2m,
+  dpmpp_2m_sde,
+  dpmpp_3m,
+  euler,
+  heun,
+  phi,
+  unipc,
+)
+
+__all__ = [
+  "DDIM",
+  "DDPM",
+  "DPMSolverPP2M",
+  "DPMSolverPP2MSDE",
+  "DPMSolverPP3M",
+  "Euler",
+  "Heun",
+  "Solver",
+  "UniPC",
+  "ddim",
+  "ddpm",
+  "dpmpp_2m",
+  "dpmpp_2m_sde",
+  "dpmpp_3m",
+  "euler",
+  "heun",
+  "phi",
+  "unipc",
+]

@@ -1,3 +1,5 @@
-"""jaxdiff.testing (public namespace; implementation in private modules)."""
+"""jaxdiff.testing: ground-truth testbeds (the exact Gaussian mixture)."""
 
-__all__: list[str] = []
+from jaxdiff._gmm import GaussianMixture, GMMDenoiser
+
+__all__ = ["GMMDenoiser", "GaussianMixture"]

@@ -1,0 +1,199 @@
+"""Network parameterizations: conversions among eps, x0, v, score, velocity, and wrappers.
+
+With ``x = alpha x0 + sigma eps`` (any schedule):
+
+* ``eps``: the noise; ``x0 = (x - sigma eps) / alpha``.
+* ``v`` (Salimans & Ho): ``v = alpha eps - sigma x0``;
+  ``x0 = (alpha x - sigma v) / (alpha^2 + sigma^2)``.
+* ``score``: ``grad log p_t(x) = -eps / sigma``; ``x0 = (x + sigma^2 score) / alpha``.
+* ``velocity`` (rectified flow / flow matching): ``u = eps - x0``, which is ``dx/dt``
+  for the ``flow`` schedule; ``x0 = (x - sigma u) / (alpha + sigma)``.
+
+A division by ``alpha`` (``sigma``) is ill-posed at ``alpha = 0`` (``sigma = 0``): no eps
+prediction determines ``x0`` at pure noise. The divisor is floored at
+``sqrt(finfo(dtype).tiny)`` so results stay finite there (never NaN); prefer v or
+velocity prediction for grids that reach ``alpha = 0`` (Lin et al., arXiv:2305.08891).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+KINDS = ("x0", "eps", "v", "score", "velocity")
+
+
+def _floor(d):
+  d = jnp.asarray(d)
+  dt = d.dtype if jnp.issubdtype(d.dtype, jnp.floating) else jnp.result_type(float)
+  return jnp.maximum(d, jnp.sqrt(jnp.finfo(dt).tiny).astype(dt))
+
+
+def _to_x0(value, x, alpha, sigma, kind):
+  if kind == "x0":
+    return value
+  if kind == "eps":
+    return (x - sigma * value) / _floor(alpha)
+  if kind == "v":
+    return (alpha * x - sigma * value) / (alpha**2 + sigma**2)
+  if kind == "score":
+    return (x + sigma**2 * value) / _floor(alpha)
+  return (x - sigma * value) / (alpha + sigma)  # velocity
+
+
+def _from_x0(x0, x, alpha, sigma, kind):
+  if kind == "x0":
+    return x0
+  eps = (x - alpha * x0) / _floor(sigma)
+  if kind == "eps":
+    return eps
+  if kind == "v":
+    return alpha * eps - sigma * x0
+  if kind == "score":
+    return -eps / _floor(sigma)
+  return eps - x0  # velocity
+
+
+def convert(value: Array, x: Array, alpha: Array, sigma: Array, *, src: str, dst: str) -> Array:
+  r"""Converts a prediction between parameterizations at the point ``x``.
+
+  .. math::
+    x = \alpha x_0 + \sigma\epsilon,\quad v = \alpha\epsilon - \sigma x_0,\quad
+    \nabla\log p_t = -\epsilon/\sigma,\quad u = \epsilon - x_0 .
+
+  Args:
+    value: the prediction, shaped like ``x``.
+    x: the noisy input.
+    alpha, sigma: scales, broadcastable against ``x`` (e.g. ``(B, 1, ...)``).
+    src, dst: one of ``"x0"``, ``"eps"``, ``"v"``, ``"score"``, ``"velocity"``.
+
+  Returns:
+    The prediction in parameterization ``dst``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxdiff.parameterization import convert
+    >>> x0, eps = jnp.array([1.0]), jnp.array([0.5])
+    >>> a, s = 0.6, 0.8
+    >>> x = a * x0 + s * eps
+    >>> float(convert(eps, x, a, s, src="eps", dst="x0")[0])  # doctest: +ELLIPSIS
+    1.0...
+
+  References:
+    Salimans & Ho, "Progressive Distillation for Fast Sampling of Diffusion Models",
+    arXiv:2202.00512 (v, App. D); Song et al., arXiv:2011.13456 (score);
+    Lipman et al., arXiv:2210.02747 (velocity).
+  """
+  for name, k in (("src", src), ("dst", dst)):
+    if k not in KINDS:
+      raise ValueError(f"{name} must be one of {KINDS}, got {k!r}")
+  value, x = jnp.asarray(value), jnp.asarray(x)
+  if value.shape != x.shape:
+    raise ValueError(f"prediction shape {value.shape} does not match x shape {x.shape}")
+  if src == dst:
+    return value
+  return _from_x0(_to_x0(value, x, alpha, sigma, src), x, alpha, sigma, dst)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True, eq=False)
+class Wrapped:
+  """A denoiser ``denoise(x, t, cond, **kw) -> x0`` from a network predicting ``kind``."""
+
+  net: Any
+  schedule: Any
+  kind: str = dataclasses.field(metadata={"static": True}, default="eps")
+
+  def __call__(self, x, t, cond=None, **kwargs):
+    out = self.net(x, t, cond, **kwargs)
+    if out.shape != x.shape:
+      raise ValueError(f"network output shape {out.shape} does not match x shape {x.shape}")
+    t = jnp.asarray(t)
+    expand = (slice(None),) + (None,) * (x.ndim - 1) if t.ndim == 1 else ()
+    alpha = self.schedule.alpha(t)[expand].astype(x.dtype)
+    sigma = self.schedule.sigma(t)[expand].astype(x.dtype)
+    return _to_x0(out, x, alpha, sigma, self.kind).astype(x.dtype)
+
+
+def _wrapper(kind):
+  def wrap(net, schedule) -> Wrapped:
+    if not callable(net):
+      raise TypeError(f"net must be callable net(x, t, cond), got {type(net).__name__}")
+    return Wrapped(net, schedule, kind)
+
+  return wrap
+
+
+def from_eps(net, schedule) -> Wrapped:
+  r"""Denoiser from an eps-prediction network: :math:`\hat x_0 = (x - \sigma\hat\epsilon)/\alpha`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxdiff import parameterization, schedules
+    >>> d = parameterization.from_eps(lambda x, t, c: jnp.zeros_like(x), schedules.edm())
+    >>> d(jnp.ones((2, 3)), jnp.full((2,), 1.0)).shape
+    (2, 3)
+
+  References:
+    Ho et al., "Denoising Diffusion Probabilistic Models", arXiv:2006.11239 (eq. 15).
+  """
+  return _wrapper("eps")(net, schedule)
+
+
+def from_v(net, schedule) -> Wrapped:
+  r"""Denoiser from a v-prediction network (Salimans & Ho).
+
+  .. math:: \hat x_0 = (\alpha x - \sigma v)/(\alpha^2+\sigma^2)
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxdiff import parameterization, schedules
+    >>> d = parameterization.from_v(lambda x, t, c: jnp.zeros_like(x), schedules.vp_cosine())
+    >>> d(jnp.ones((2, 3)), jnp.full((2,), 0.5)).shape
+    (2, 3)
+
+  References:
+    Salimans & Ho, "Progressive Distillation for Fast Sampling of Diffusion Models",
+    arXiv:2202.00512 (Sec. 4, App. D).
+  """
+  return _wrapper("v")(net, schedule)
+
+
+def from_flow(net, schedule) -> Wrapped:
+  r"""Denoiser from a flow-matching velocity network ``u = eps - x0``.
+
+  .. math:: \hat x_0 = (x - \sigma u)/(\alpha + \sigma)\quad(= x - t u \text{ for flow})
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxdiff import parameterization, schedules
+    >>> d = parameterization.from_flow(lambda x, t, c: jnp.ones_like(x), schedules.flow())
+    >>> d(jnp.ones((1, 2)), jnp.full((1,), 0.25)).tolist()
+    [[0.75, 0.75]]
+
+  References:
+    Lipman et al., "Flow Matching for Generative Modeling", arXiv:2210.02747;
+    Liu et al., "Flow Straight and Fast", arXiv:2209.03003.
+  """
+  return _wrapper("velocity")(net, schedule)
+
+
+def from_x0(net, schedule) -> Wrapped:
+  """Denoiser from a data-prediction network (shape-checked identity).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxdiff import parameterization, schedules
+    >>> d = parameterization.from_x0(lambda x, t, c: 0.5 * x, schedules.flow())
+    >>> d(jnp.ones((1, 2)), jnp.full((1,), 0.5)).tolist()
+    [[0.5, 0.5]]
+
+  References:
+    Karras et al., "Elucidating the Design Space...", arXiv:2206.00364 (denoiser D).
+  """
+  return _wrapper("x0")(net, schedule)
