@@ -1,3 +1,18 @@
-"""jaxdiff.metrics (public namespace; implementation in private modules)."""
+"""jaxdiff.metrics: sample-quality metrics (Frechet distance, precision/recall, saturation,
+sliced Wasserstein distance). Implementation in :mod:`jaxdiff._metrics`."""
 
-__all__: list[str] = []
+from jaxdiff._metrics import (
+  frechet_distance,
+  gaussian_frechet_distance,
+  precision_recall,
+  saturation,
+  sliced_wasserstein,
+)
+
+__all__ = [
+  "frechet_distance",
+  "gaussian_frechet_distance",
+  "precision_recall",
+  "saturation",
+  "sliced_wasserstein",
+]

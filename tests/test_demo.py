@@ -1,0 +1,121 @@
+"""The demo at tiny size (the CI smoke run): every stage runs, out/ holds the report, the
+figures and metrics consistent with what was sampled; checkpoints are reused; the CLI
+samples from the cached model."""
+
+import json
+import math
+
+import jax
+import matplotlib.image
+import numpy as np
+import pytest
+
+from jaxdiff import _demo, cli
+from jaxdiff.models import load_digits
+
+CONFIG = _demo.DemoConfig.small()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+  root = tmp_path_factory.mktemp("demo")
+  out, cache = root / "out", root / "cache"
+  lines = []
+  results = _demo.run_demo(CONFIG, out_dir=out, cache_dir=cache, progress=False, log=lines.append)
+  return results, out, cache, lines
+
+
+def test_demo_writes_report_metrics_and_figures(demo):
+  results, out, _, lines = demo
+  for name in [
+    "report.md",
+    "metrics.json",
+    "training_curves.png",
+    "metric_vs_scale.png",
+    "hessian_spectrum.png",
+    "real_digits.png",
+    "samples_high_scale.png",
+    *[f"samples_{s}.png" for s in CONFIG.solvers],
+  ]:
+    assert (out / name).stat().st_size > 0, name
+  img = matplotlib.image.imread(out / f"samples_{CONFIG.solvers[0]}.png")
+  assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+  report = (out / "report.md").read_text()
+  assert "## Claims, measured" in report and "## Stage times" in report
+  table_rows = [ln for ln in report.splitlines() if ln.startswith("| DPM-Solver++(2M) |")]
+  assert len(table_rows) == len(CONFIG.rules)
+  assert any("wrote" in ln for ln in lines)
+
+
+def test_every_rule_and_solver_was_sampled_with_the_evaluations_it_reports(demo):
+  results = demo[0]
+  grid = results["grid"]
+  assert {(r["rule"], r["solver"]) for r in grid} == {
+    (rule, s) for rule in CONFIG.rules for s in CONFIG.solvers
+  }
+  for r in grid:
+    per_step = _demo.EVALS_PER_STEP[r["rule"]]
+    assert r["steps"] == max(1, CONFIG.nfe_budget // per_step)
+    if r["rule"] == "adaptive":  # 2 per step until the switch, then 1
+      assert r["steps"] + 1 <= r["nfe"] <= 2 * r["steps"]
+    else:
+      assert r["nfe"] == per_step * r["steps"], r
+    for k in ("fd", "accuracy", "precision", "recall", "saturation", "wall_s"):
+      assert math.isfinite(r[k]) and r[k] >= 0, (k, r)
+    assert 0 <= r["accuracy"] <= 1 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1
+
+
+def test_metrics_json_is_the_run_results(demo):
+  results, out = demo[0], demo[1]
+  saved = json.loads((out / "metrics.json").read_text())
+  assert saved["grid"] == json.loads(json.dumps(results["grid"]))
+  assert set(saved["stages_s"]) >= {"total"}
+  assert len(saved["sweep"]) == 5 * len(CONFIG.sweep_scales)  # cfg, apg, ag, pag, autoguidance
+
+
+def test_second_run_reuses_the_checkpoints(demo):
+  cache = demo[2]
+  models = _demo.prepare_models(CONFIG, load_digits(seed=CONFIG.seed), cache, progress=False)
+  assert models.resumed == {
+    "denoiser": CONFIG.denoiser_steps,
+    "weak denoiser": CONFIG.weak_steps,
+    "classifier": CONFIG.classifier_steps,
+  }
+
+
+def test_cli_samples_a_grid_from_the_cached_model(demo, tmp_path, monkeypatch, capsys):
+  cache = demo[2]
+  monkeypatch.setenv("JAXDIFF_DEMO_SMALL", "1")  # restored after the test (main() sets it)
+  previous = jax.config.jax_compilation_cache_dir
+  target = tmp_path / "grid.png"
+  try:
+    code = cli.main(
+      [
+        "sample",
+        "--small",
+        "--no-progress",
+        "--cache-dir",
+        str(cache),
+        "--guidance",
+        "apg",
+        "--scale",
+        "5",
+        "--solver",
+        "dpmpp_2m",
+        "--steps",
+        "2",
+        "--class",
+        "3",
+        "--num",
+        "4",
+        "--out",
+        str(target),
+      ]
+    )
+  finally:
+    jax.config.update("jax_compilation_cache_dir", previous)
+  assert code == 0
+  assert "4 samples, 4 network evaluations per sample" in capsys.readouterr().out
+  img = matplotlib.image.imread(target)
+  assert img.shape[:2] == (8 * 10, 8 * 37)  # 1 row x 4 samples of 8x8, 1-pixel gaps, x8
+  assert np.ptp(img[..., :3]) > 0
