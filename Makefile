@@ -17,13 +17,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m jaxdiff demo
 
-# Fast suite (CI): everything but `slow` reproductions, on both cores.
+# Fast suite (CI): everything but `slow` reproductions, plus every docstring example
+# (doctests), on both cores.
+DOCTESTS := --doctest-modules optim jaxdiff --ignore=jaxdiff/__main__.py
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow" -q --durations=15
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow" -q --durations=15 tests $(DOCTESTS)
 
 # Everything, reproductions included (tens of minutes on 2 cores).
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadfile -q --durations=25
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q --durations=25 tests $(DOCTESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import optim
 from optim import curvature
 
 SIZES = (512, 1024, 512, 10)  # 1,055,242 parameters
@@ -101,7 +102,7 @@ def main() -> None:
   kp, kx, ky, kv = jax.random.split(jax.random.key(0), 4)
   params = init_mlp(kp)
   batch = (jax.random.normal(kx, (BATCH, SIZES[0])), jax.random.randint(ky, (BATCH,), 0, SIZES[-1]))
-  v = curvature._operators._probe(kv, params, "gaussian")
+  v = optim._tree.tree_probe(kv, params, "gaussian")
   num_params = sum(x.size for x in jax.tree.leaves(params))
 
   grad = jax.jit(jax.grad(loss))

@@ -2,6 +2,14 @@
 
 from optim import curvature, losses, schedules
 
+# --- curvature-based optimizers (issue 4) ---
+from optim._adahessian import (
+  ScaleByAdaHessianState,
+  adahessian,
+  conv_spatial_axes,
+  scale_by_adahessian,
+)
+
 # --- first-order optimizers (issue 3) ---
 from optim._adamp import (
   ScaleByAdamPState,
@@ -21,10 +29,16 @@ from optim._dp import (
   scale_by_dice_sgd,
   scale_by_dp_sgd,
 )
+from optim._mfac import ScaleByMFACState, mfac, scale_by_mfac
 from optim._normalized_gd import ScaleByLossState, normalized_gd, scale_by_inverse_loss
 from optim._perp_grad import PerpGradState, perp_grad
+from optim._sophia import ScaleBySophiaState, scale_by_sophia, sophia
 
-_FIRST_ORDER = [
+__all__ = [
+  "curvature",
+  "losses",
+  "schedules",
+  # first-order optimizers (issue 3)
   "CoordinateClipState",
   "DPSGDState",
   "DiceSGDState",
@@ -47,25 +61,6 @@ _FIRST_ORDER = [
   "scale_by_inverse_loss",
   "scale_by_sgdp",
   "sgdp",
-]
-
-# --- curvature-based optimizers (issue 4) ---
-from optim._adahessian import (  # noqa: E402 (after the list above)
-  ScaleByAdaHessianState,
-  adahessian,
-  conv_spatial_axes,
-  scale_by_adahessian,
-)
-from optim._mfac import ScaleByMFACState, mfac, scale_by_mfac  # noqa: E402
-from optim._sophia import ScaleBySophiaState, scale_by_sophia, sophia  # noqa: E402
-
-# --- end curvature-based optimizers (issue 4) ---
-
-__all__ = [
-  "curvature",
-  "losses",
-  "schedules",
-  *_FIRST_ORDER,
   # curvature-based optimizers (issue 4)
   "ScaleByAdaHessianState",
   "ScaleByMFACState",

@@ -11,7 +11,8 @@ import numpy as np
 import optax
 
 from optim import _tree
-from optim._sophia import _as_key, _check_range, _rademacher, _require_fn, _require_params
+from optim._sophia import _as_key, _check_range, _require_fn, _require_params
+from optim._tree import tree_probe
 from optim.curvature import hvp
 
 PyTree = Any
@@ -172,7 +173,7 @@ def scale_by_adahessian(
 
     def refresh(nu_and_count):
       nu, hess_count = nu_and_count
-      z = _rademacher(subkey, params)
+      z = tree_probe(subkey, params, "rademacher")
       hz = hvp(obj_fn, params, z)
       d = jax.tree.map(lambda a, b: spatial_average(jnp.abs(a * b)), z, hz)
 

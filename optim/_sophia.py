@@ -94,26 +94,6 @@ def _require_params(params, method: str):
     )
 
 
-def _rademacher(key: jax.Array, like: PyTree) -> PyTree:
-  """A Rademacher probe shaped like ``like``, from 32 signs per random ``uint32`` word.
-
-  Same distribution as ``optim._tree.tree_probe(key, like, "rademacher")`` (independent
-  fair signs: every bit of a threefry word is uniform), at 1/32 of the random-number
-  work; on CPU that is the difference between a probe costing more than a gradient and
-  a negligible one (``bench/bench_optim_second_order.py``).
-  """
-  leaves, treedef = jax.tree.flatten(like)
-  keys = jax.random.split(key, max(len(leaves), 1))
-  out = []
-  for k, x in zip(keys, leaves):
-    shape, dtype = jnp.shape(x), jnp.result_type(x)
-    n = int(np.prod(shape))
-    words = jax.random.bits(k, (-(-n // 32),), jnp.uint32)
-    bits = (words[:, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1
-    out.append((2 * bits.reshape(-1)[:n].astype(dtype) - 1).reshape(shape))
-  return jax.tree.unflatten(treedef, out)
-
-
 def _finite_or(new: PyTree, old: PyTree) -> PyTree:
   """Leafwise ``new`` where it is finite, ``old`` elsewhere (skips non-finite estimates)."""
   return jax.tree.map(lambda n, o: jnp.where(jnp.isfinite(n), n, o).astype(o.dtype), new, old)
@@ -263,9 +243,7 @@ def scale_by_sophia(
   def estimate(params, key, extra):
     if estimator == "hutchinson":
       obj_fn = _require_fn(extra, "obj_fn", method, "params -> scalar loss")
-      u = (
-        _rademacher(key, params) if probe == "rademacher" else _tree.tree_probe(key, params, probe)
-      )
+      u = _tree.tree_probe(key, params, probe)
       hu = hvp(obj_fn, params, u)
       return jax.tree.map(lambda a, b: a * b, u, hu)
     sampled = _require_fn(

@@ -6,6 +6,7 @@ at trace time with messages that name the offending structure.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import jax
@@ -73,19 +74,48 @@ def tree_probe(
 ) -> PyTree:
   """A random probe with the structure, shapes and dtypes of ``like``.
 
-  Rademacher entries are +-1 with equal probability; Gaussian entries are standard
-  normal. Each leaf gets an independent key (``jax.random.split`` over leaves).
+  Rademacher entries are +-1 with equal probability; Gaussian entries are standard normal
+  (drawn in at least float32, then cast to each leaf's dtype).
+
+  Two choices keep probes cheap, since Hutchinson-type methods draw one per step:
+
+  * one flat draw for the whole pytree, split into leaves afterwards: each ``jax.random``
+    call compiles its own threefry kernel, so a per-leaf draw compiled several times slower
+    on deep models;
+  * Rademacher signs are unpacked 32 per random ``uint32`` word (every bit of a threefry
+    word is a fair, independent coin). ``jax.random.rademacher`` spends one word per sign,
+    which on CPU made a 10M-parameter probe cost more than a gradient (490 ms vs 16 ms).
+
+  Args:
+    key: PRNG key.
+    like: pytree whose leaves give shapes and dtypes (arrays or ``ShapeDtypeStruct``).
+    kind: ``"rademacher"`` or ``"gaussian"``.
+
+  Returns:
+    A pytree like ``like`` with random entries.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> z = tree_probe(jax.random.key(0), {"w": jnp.zeros((3, 2))})
+    >>> bool(jnp.all(jnp.abs(z["w"]) == 1))
+    True
   """
   leaves, treedef = jax.tree.flatten(like)
-  keys = jax.random.split(key, max(len(leaves), 1))
+  shapes = [tuple(jnp.shape(x)) for x in leaves]
+  dtypes = [jnp.result_type(x) for x in leaves]
+  sizes = [math.prod(shape) for shape in shapes]
+  total = sum(sizes)
+  wide = jnp.result_type(jnp.float32, *dtypes)
   if kind == "rademacher":
-    out = [
-      jax.random.rademacher(k, jnp.shape(x), dtype=jnp.result_type(x)) for k, x in zip(keys, leaves)
-    ]
+    words = jax.random.bits(key, (-(-total // 32),), jnp.uint32)
+    bits = (words[:, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1
+    flat = 2 * bits.reshape(-1)[:total].astype(wide) - 1
   elif kind == "gaussian":
-    out = [
-      jax.random.normal(k, jnp.shape(x), dtype=jnp.result_type(x)) for k, x in zip(keys, leaves)
-    ]
+    flat = jax.random.normal(key, (total,), wide)
   else:
     raise ValueError(f"probe kind must be 'rademacher' or 'gaussian', got {kind!r}")
+  out, start = [], 0
+  for shape, dtype, n in zip(shapes, dtypes, sizes):
+    out.append(flat[start : start + n].reshape(shape).astype(dtype))
+    start += n
   return jax.tree.unflatten(treedef, out)

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from optim._tree import tree_vdot
+from optim._tree import tree_probe, tree_vdot
 from optim.curvature._hutchinson import _check_count, _check_operator
-from optim.curvature._operators import LinearOperator, _probe
+from optim.curvature._operators import LinearOperator
 
 PyTree = Any
 
@@ -116,7 +116,9 @@ def top_eigenvalues(
 
   def one_pair(j, carry):
     basis, lams, conv, iters, res = carry
-    v0, _ = _normalize(_project_out(_probe(jax.random.fold_in(key, j), op.like, "gaussian"), basis))
+    v0, _ = _normalize(
+      _project_out(tree_probe(jax.random.fold_in(key, j), op.like, "gaussian"), basis)
+    )
 
     def cond(state):
       it, _, _, r, done = state
@@ -195,7 +197,7 @@ def _lanczos_flat(op: LinearOperator, key, num_iters: int, kind: str, breakdown_
   tol = 100 * eps if breakdown_tol is None else breakdown_tol
   matvec = lambda x: ravel_pytree(op(unravel(x.astype(flat0.dtype))))[0].astype(dtype)
 
-  q0 = ravel_pytree(_probe(key, op.like, kind))[0].astype(dtype)
+  q0 = ravel_pytree(tree_probe(key, op.like, kind))[0].astype(dtype)
   q0 = q0 / jnp.linalg.norm(q0)
   basis = jnp.zeros((num_iters + 1, dim), dtype).at[0].set(q0)
 

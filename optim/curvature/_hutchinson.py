@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from optim._tree import tree_vdot
-from optim.curvature._operators import LinearOperator, _probe
+from optim._tree import tree_probe, tree_vdot
+from optim.curvature._operators import LinearOperator
 
 PyTree = Any
 
@@ -139,7 +139,7 @@ def hutchinson_trace(
     raise ValueError(f"method must be 'hutchinson' or 'hutch++', got {method!r}")
 
   def one_probe(k):
-    z = _probe(k, op.like, kind)
+    z = tree_probe(k, op.like, kind)
     az = op(z)
     per_leaf = jax.tree.map(lambda a, b: tree_vdot(a, b), z, az)
     return per_leaf
@@ -165,7 +165,7 @@ def _hutchpp(op: LinearOperator, key: jax.Array, num_probes: int, kind: str) -> 
 
   def draw(k, n):
     keys = jax.random.split(k, n)
-    return jax.vmap(lambda kk: ravel_pytree(_probe(kk, op.like, kind))[0])(keys)
+    return jax.vmap(lambda kk: ravel_pytree(tree_probe(kk, op.like, kind))[0])(keys)
 
   s = draw(ks, sketch)  # (sketch, dim)
   y = jax.lax.map(matvec, s)
@@ -226,7 +226,7 @@ def hutchinson_diag(
 
   def body(carry, k):
     s, s2, zz = carry
-    z = _probe(k, op.like, kind)
+    z = tree_probe(k, op.like, kind)
     za = jax.tree.map(lambda a, b: a.astype(wide(a)) * b.astype(wide(a)), z, op(z))
     s = jax.tree.map(jnp.add, s, za)
     s2 = jax.tree.map(lambda acc, x: acc + x * x, s2, za)

@@ -467,27 +467,3 @@ def fisher_matvec(
     return _average_over_batches(lambda b, i: product(b, i, v), (inputs, targets), params, stacked)
 
   return LinearOperator(matvec, shape_dtype_tree(params))
-
-
-def _probe(key: jax.Array, like: PyTree, kind: str) -> PyTree:
-  """A Rademacher or standard Gaussian probe shaped like ``like``, from one flat draw.
-
-  One draw for the whole pytree (split into leaves afterwards) rather than one per leaf:
-  each ``jax.random`` call compiles its own threefry kernel, and a per-leaf draw made
-  compiling the estimators several times slower on deep models.
-  """
-  leaves, treedef = jax.tree.flatten(like)
-  sizes = [int(x.size) for x in leaves]
-  total = sum(sizes)
-  wide = jnp.result_type(jnp.float32, *[x.dtype for x in leaves])
-  if kind == "rademacher":
-    flat = jax.random.rademacher(key, (total,), wide)
-  elif kind == "gaussian":
-    flat = jax.random.normal(key, (total,), wide)
-  else:
-    raise ValueError(f"probe kind must be 'rademacher' or 'gaussian', got {kind!r}")
-  out, start = [], 0
-  for x, n in zip(leaves, sizes):
-    out.append(flat[start : start + n].reshape(x.shape).astype(x.dtype))
-    start += n
-  return jax.tree.unflatten(treedef, out)

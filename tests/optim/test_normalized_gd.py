@@ -74,4 +74,3 @@ def test_accepts_a_schedule():
   tx = optim.normalized_gd(optax.linear_schedule(1.0, 0.0, 10))
   u, s = tx.update(jnp.ones(2), tx.init(jnp.ones(2)), value=jnp.float32(2.0))
   np.testing.assert_allclose(u, -0.5 * jnp.ones(2))
-

@@ -7,7 +7,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from optim import curvature
-from optim.curvature._operators import _probe
+from optim._tree import tree_probe
 from tests.optim.curvature import _mlp
 
 
@@ -80,7 +80,7 @@ def test_slq_quadrature_reproduces_probe_moments_and_density_normalizes(
   # Gauss quadrature with m = 30 nodes is exact for degree <= 59: the probe moments
   # v^T H^k v / v^T v are reproduced; the start vector is the same Gaussian probe.
   for i, key in enumerate(jax.random.split(jax.random.key(2), 3)):
-    v = np.asarray(ravel_pytree(_probe(key, params, "gaussian"))[0])
+    v = np.asarray(ravel_pytree(tree_probe(key, params, "gaussian"))[0])
     v = v / np.linalg.norm(v)
     for k in range(1, 5):
       want = v @ np.linalg.matrix_power(hess, k) @ v
