@@ -11,8 +11,11 @@ import numpy as np
 import optax
 
 from optim import _tree
-from optim._sophia import _as_key, _check_range, _require_fn, _require_params
 from optim._tree import tree_probe
+from optim._validation import as_key as _as_key
+from optim._validation import check_range as _check_range
+from optim._validation import require_fn as _require_fn
+from optim._validation import require_params as _require_params
 from optim.curvature import hvp
 
 PyTree = Any

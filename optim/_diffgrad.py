@@ -8,15 +8,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optim._validation import check_hparam as _check_hparam
+
 PyTree = Any
-
-
-def _check_hparam(name: str, value, ok, what: str) -> None:
-  """Raises ``ValueError`` for a concrete hyperparameter outside its range (tracers pass)."""
-  if isinstance(value, jax.core.Tracer) or callable(value):
-    return
-  if not ok(float(value)):
-    raise ValueError(f"{name} must be {what}, got {value!r}")
 
 
 class ScaleByDiffGradState(NamedTuple):

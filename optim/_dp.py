@@ -9,22 +9,9 @@ import jax.numpy as jnp
 import optax
 
 from optim._tree import tree_probe
+from optim._validation import as_key as _as_key
 
 PyTree = Any
-
-
-def _as_key(key) -> jax.Array:
-  """An int seed, a typed key, or raw ``uint32`` key data -> a typed PRNG key."""
-  if isinstance(key, int):
-    return jax.random.key(key)
-  key = jnp.asarray(key)
-  if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-    return key
-  if key.dtype == jnp.uint32 and key.ndim == 1:
-    return jax.random.wrap_key_data(key)
-  if jnp.issubdtype(key.dtype, jnp.integer) and key.ndim == 0:
-    return jax.random.key(key)
-  raise ValueError(f"`key` must be an int seed or a PRNG key, got {key.dtype}{key.shape}")
 
 
 def _check_positive(name, value, allow_zero=False):

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 
 from optim import _tree
-from optim._sophia import _check_range
+from optim._validation import check_range as _check_range
 
 PyTree = Any
 

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 
 from optim import _tree
+from optim._validation import check_range as _check_range
 from optim.curvature._operators import LinearOperator, shape_dtype_tree
 
 PyTree = Any
@@ -165,7 +166,6 @@ def mfac_ihvp(grads: PyTree, damping: float = 1e-5) -> MFACInverse:
     Second-Order Information", NeurIPS 2021, arXiv:2107.03356 (Sec. 3.1, static
     algorithm).
   """
-  from optim._sophia import _check_range  # local: avoids an import cycle with optim
 
   _check_range("damping", damping, 0.0, float("inf"), lo_open=True)
   m = _num_rows(grads)
