@@ -25,6 +25,8 @@
 
 # %%
 # Colab: install the library (CI runs this file as a script, where this line is a comment).
+# The URL is a placeholder until the repository is published; from a local clone use
+# `%pip install -q -e ..[notebooks]` instead.
 # %pip install -q "optim-jaxdiff[notebooks] @ git+https://github.com/optim-jaxdiff/optim-jaxdiff"
 
 # %%
