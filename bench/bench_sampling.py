@@ -22,11 +22,10 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
-import diffrax  # noqa: E402
 
 import jaxdiff  # noqa: E402
 from jaxdiff import schedules, solvers  # noqa: E402
-from jaxdiff.testing import GaussianMixture  # noqa: E402
+from jaxdiff.testing import GaussianMixture, probability_flow_reference  # noqa: E402
 
 OUT = pathlib.Path(__file__).parent / "results" / "sampling.json"
 
@@ -91,25 +90,7 @@ def _mixture():
 
 
 def _reference(gmm, sched, x_T, t0, t1):
-  den = gmm.denoiser(sched)
-
-  def f(t, x, args):
-    a, da = jax.jvp(sched.alpha, (t,), (jnp.ones_like(t),))
-    s, ds = jax.jvp(sched.sigma, (t,), (jnp.ones_like(t),))
-    x0 = den(x, jnp.full((x.shape[0],), t), None)
-    return da * x0 + ds * (x - a * x0) / s
-
-  sol = diffrax.diffeqsolve(
-    diffrax.ODETerm(f),
-    diffrax.Dopri8(),
-    t0,
-    t1,
-    None,
-    x_T,
-    stepsize_controller=diffrax.PIDController(rtol=1e-12, atol=1e-12),
-    max_steps=100_000,
-  )
-  return sol.ys[-1]
+  return probability_flow_reference(gmm.denoiser(sched), sched, x_T, t0, t1, rtol=1e-12, atol=1e-12)
 
 
 SOLVERS = {

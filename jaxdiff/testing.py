@@ -1,5 +1,6 @@
-"""jaxdiff.testing: ground-truth testbeds (the exact Gaussian mixture)."""
+"""jaxdiff.testing: ground truth for solvers and guidance (exact mixture, ODE reference)."""
 
 from jaxdiff._gmm import GaussianMixture, GMMDenoiser
+from jaxdiff._reference import probability_flow_reference
 
-__all__ = ["GMMDenoiser", "GaussianMixture"]
+__all__ = ["GMMDenoiser", "GaussianMixture", "probability_flow_reference"]

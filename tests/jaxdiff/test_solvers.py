@@ -13,7 +13,6 @@ bench/bench_sampling.py).
 
 import math
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,7 +20,7 @@ import pytest
 
 import jaxdiff
 from jaxdiff import schedules, solvers
-from jaxdiff.testing import GaussianMixture
+from jaxdiff.testing import GaussianMixture, probability_flow_reference
 
 STEPS = (32, 64, 128)
 ORDER_SOLVERS = {
@@ -43,25 +42,7 @@ def _mixture():
 
 
 def _reference(gmm, sched, x_T, t0, t1):
-  den = gmm.denoiser(sched)
-
-  def f(t, x, args):
-    a, da = jax.jvp(sched.alpha, (t,), (jnp.ones_like(t),))
-    s, ds = jax.jvp(sched.sigma, (t,), (jnp.ones_like(t),))
-    x0 = den(x, jnp.full((x.shape[0],), t), None)
-    return da * x0 + ds * (x - a * x0) / s
-
-  sol = diffrax.diffeqsolve(
-    diffrax.ODETerm(f),
-    diffrax.Dopri8(),
-    t0,
-    t1,
-    None,
-    x_T,
-    stepsize_controller=diffrax.PIDController(rtol=1e-13, atol=1e-13),
-    max_steps=100_000,
-  )
-  return sol.ys[-1]
+  return probability_flow_reference(gmm.denoiser(sched), sched, x_T, t0, t1, rtol=1e-13, atol=1e-13)
 
 
 def _warm_grid(sched, n, t0, t1):
