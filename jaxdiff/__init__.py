@@ -1,19 +1,13 @@
 """jaxdiff: diffusion schedules, solvers and guidance rules as pure, jit-able JAX functions."""
 
 from jaxdiff import guidance, metrics, parameterization, schedules, solvers, testing
-from jaxdiff._types import GuidanceRule, Prediction, StepContext
-
-# --- core: sampling loop, grids, wrappers (issue 5) ---
-# isort: off
 from jaxdiff._parameterization import from_eps, from_flow, from_v, from_x0
 from jaxdiff._sampling import SampleResult, sample
 from jaxdiff._schedules import Grid, timesteps, timesteps_from
-# isort: on
-# --- end core (issue 5) ---
+from jaxdiff._types import GuidanceRule, Prediction, StepContext
 
 __all__ = [
   "GuidanceRule",
-  # core (issue 5)
   "Grid",
   "SampleResult",
   "from_eps",
@@ -23,7 +17,6 @@ __all__ = [
   "sample",
   "timesteps",
   "timesteps_from",
-  # end core (issue 5)
   "Prediction",
   "StepContext",
   "guidance",

@@ -9,10 +9,16 @@ With ``x = alpha x0 + sigma eps`` (any schedule):
 * ``velocity`` (rectified flow / flow matching): ``u = eps - x0``, which is ``dx/dt``
   for the ``flow`` schedule; ``x0 = (x - sigma u) / (alpha + sigma)``.
 
-A division by ``alpha`` (``sigma``) is ill-posed at ``alpha = 0`` (``sigma = 0``): no eps
-prediction determines ``x0`` at pure noise. The divisor is floored at
-``sqrt(finfo(dtype).tiny)`` so results stay finite there (never NaN); prefer v or
-velocity prediction for grids that reach ``alpha = 0`` (Lin et al., arXiv:2305.08891).
+Two divisions are ill-posed at the ends of a schedule, and each has one policy, used by
+every module of the package (solvers, guidance rules, wrappers):
+
+* ``sigma = 0`` (clean data): the noise is not determined by ``(x, x0)``.
+  :func:`eps_from_x0` returns ``eps = 0`` there (and so ``score = 0``): it keeps
+  ``x = alpha x0 + sigma eps`` exact, and every renoising step multiplies it by
+  ``sigma = 0`` anyway.
+* ``alpha = 0`` (pure noise): no eps prediction determines ``x0``. The divisor is floored
+  at ``sqrt(finfo(dtype).tiny)`` so results stay finite (never NaN); prefer v or velocity
+  prediction for grids that reach ``alpha = 0`` (Lin et al., arXiv:2305.08891).
 """
 
 from __future__ import annotations
@@ -46,16 +52,36 @@ def _to_x0(value, x, alpha, sigma, kind):
   return (x - sigma * value) / (alpha + sigma)  # velocity
 
 
+def eps_from_x0(x: Array, x0: Array, alpha: Array, sigma: Array) -> Array:
+  r"""The noise implied by a data prediction: :math:`\epsilon = (x - \alpha x_0)/\sigma`.
+
+  The package's one ``sigma = 0`` policy: where ``sigma == 0`` the noise is undetermined
+  and the result is ``0`` (finite, and exact for ``x = alpha x0``), never NaN or inf.
+  ``alpha`` and ``sigma`` broadcast against ``x``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxdiff.parameterization import eps_from_x0
+    >>> eps_from_x0(jnp.array([1.0, 2.0]), jnp.array([1.0, 1.0]), 1.0, jnp.array([0.5, 0.0]))
+    Array([0., 0.], dtype=float32)
+  """
+  sigma = jnp.asarray(sigma)
+  positive = sigma > 0
+  safe = jnp.where(positive, sigma, jnp.ones_like(sigma))
+  return jnp.where(positive, (x - alpha * x0) / safe, jnp.zeros_like(x))
+
+
 def _from_x0(x0, x, alpha, sigma, kind):
   if kind == "x0":
     return x0
-  eps = (x - alpha * x0) / _floor(sigma)
+  eps = eps_from_x0(x, x0, alpha, sigma)
   if kind == "eps":
     return eps
   if kind == "v":
     return alpha * eps - sigma * x0
   if kind == "score":
-    return -eps / _floor(sigma)
+    sigma = jnp.asarray(sigma)
+    return -eps / jnp.where(sigma > 0, sigma, jnp.ones_like(sigma))  # eps = 0 at sigma = 0
   return eps - x0  # velocity
 
 

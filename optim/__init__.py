@@ -1,16 +1,12 @@
 """optim: optimizers as optax transformations and the curvature toolkit under them."""
 
 from optim import curvature, losses, schedules
-
-# --- curvature-based optimizers (issue 4) ---
 from optim._adahessian import (
   ScaleByAdaHessianState,
   adahessian,
   conv_spatial_axes,
   scale_by_adahessian,
 )
-
-# --- first-order optimizers (issue 3) ---
 from optim._adamp import (
   ScaleByAdamPState,
   ScaleBySGDPState,
@@ -38,7 +34,6 @@ __all__ = [
   "curvature",
   "losses",
   "schedules",
-  # first-order optimizers (issue 3)
   "CoordinateClipState",
   "DPSGDState",
   "DiceSGDState",
@@ -61,7 +56,6 @@ __all__ = [
   "scale_by_inverse_loss",
   "scale_by_sgdp",
   "sgdp",
-  # curvature-based optimizers (issue 4)
   "ScaleByAdaHessianState",
   "ScaleByMFACState",
   "ScaleBySophiaState",

@@ -31,6 +31,25 @@ def check_same_structure(a: PyTree, b: PyTree, what_a: str = "a", what_b: str = 
       )
 
 
+def is_key(x) -> bool:
+  """True for a typed PRNG key array (``jax.random.key``)."""
+  return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def keys_to_data(tree: PyTree) -> PyTree:
+  """Typed PRNG keys -> their raw key data, so a checkpointer (orbax) can store the tree."""
+  return jax.tree.map(lambda x: jax.random.key_data(x) if is_key(x) else x, tree)
+
+
+def data_to_keys(stored: PyTree, like: PyTree) -> PyTree:
+  """Inverse of :func:`keys_to_data`: re-wraps key data where ``like`` holds typed keys."""
+  return jax.tree.map(
+    lambda s, l: jax.random.wrap_key_data(s, impl=jax.random.key_impl(l)) if is_key(l) else s,
+    stored,
+    like,
+  )
+
+
 def tree_vdot(a: PyTree, b: PyTree) -> jax.Array:
   """Sum over leaves of ``<a_i, b_i>``, accumulated in at least float32."""
   leaves = [

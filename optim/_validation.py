@@ -1,32 +1,64 @@
-"""Trace-time validation shared by the optimizers: hyperparameter ranges, extra args, keys.
+"""The one validation module of ``optim`` (``jaxdiff._validation`` builds on it).
 
-Checks run on concrete (Python or concrete array) values only; under
-``optax.inject_hyperparams`` hyperparameters arrive as tracers and are checked on the
-first, concrete construction instead.
+Every public factory checks its arguments here, so a user sees one style of message that
+names the argument at fault:
+
+- :func:`check_scalar` for numeric hyperparameters (type, NaN, infinity, interval, integer,
+  static-ness). It returns the Python value when the argument is concrete and ``None``
+  when it is traced (under ``optax.inject_hyperparams`` or ``jit``), where no check is
+  possible; callers document that case.
+- :func:`check_choice` for string options.
+- :func:`as_key` for PRNG keys: the one key policy of both packages accepts a typed key
+  (``jax.random.key``), a raw ``uint32`` key (``jax.random.PRNGKey``) or an int seed.
+- :func:`renamed_kwargs` and :func:`warn_default` keep old keyword spellings and old
+  defaults working for one release with a ``DeprecationWarning``.
+- :func:`require_fn` / :func:`require_params` for the extra arguments of ``update``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import math
+import warnings
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+# Sentinel for "argument not given" where ``None`` is a meaningful value.
+MISSING: Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()
 
-def as_key(key: Any) -> jax.Array:
-  """A typed PRNG key from an int seed, a raw ``uint32`` key or a typed key."""
+
+def is_traced(x) -> bool:
+  """True when ``x`` is (or contains) a JAX tracer, i.e. its value is unknown now."""
+  return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(x))
+
+
+def as_key(key: Any, *, name: str = "key") -> jax.Array:
+  """A typed PRNG key from an int seed, a raw ``uint32`` key or a typed key.
+
+  This is the key policy of both packages: every public ``key=`` argument goes through it.
+  """
   if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
     return key
+  if isinstance(key, bool):
+    raise TypeError(f"{name} must be an int seed or a JAX PRNG key, got a bool")
   if isinstance(key, (int, np.integer)) or (
     isinstance(key, (jax.Array, np.ndarray)) and jnp.shape(key) == () and _is_int(key)
   ):
     return jax.random.key(key)
   if isinstance(key, (jax.Array, np.ndarray)) and jnp.asarray(key).dtype == jnp.uint32:
+    if jnp.shape(key)[-1:] != (2,) and jnp.shape(key)[-1:] != (4,):
+      raise ValueError(
+        f"{name}: a raw uint32 key must have a trailing dimension of 2 (threefry) or 4 (rbg), "
+        f"got shape {jnp.shape(key)}"
+      )
     return jax.random.wrap_key_data(jnp.asarray(key))
   raise TypeError(
-    f"key must be an int seed or a JAX PRNG key (jax.random.key(...)), got {type(key).__name__}"
+    f"{name} must be an int seed or a JAX PRNG key (jax.random.key(...)), "
+    f"got {type(key).__name__}"
   )
 
 
@@ -35,14 +67,14 @@ def _is_int(x) -> bool:
 
 
 def concrete(x) -> float | None:
-  """The Python value of a hyperparameter when it is known at trace time, else ``None``.
-
-  ``optax.inject_hyperparams`` re-creates the transformation with traced hyperparameters
-  inside ``update``; range checks then happen only on the first, concrete call.
-  """
+  """The Python value of a scalar hyperparameter when it is known now, else ``None``."""
+  if isinstance(x, bool):
+    return float(x)
   if isinstance(x, (int, float, np.integer, np.floating)):
     return float(x)
   if isinstance(x, (np.ndarray, jax.Array)) and jnp.shape(x) == ():
+    if isinstance(x, jax.core.Tracer):
+      return None
     try:
       return float(x)
     except (jax.errors.ConcretizationTypeError, TypeError):
@@ -50,15 +82,80 @@ def concrete(x) -> float | None:
   return None
 
 
-def check_range(name: str, value, lo: float, hi: float, *, lo_open=False, hi_open=True):
-  """Raises ``ValueError`` when a concrete hyperparameter is outside its interval (or NaN)."""
-  v = concrete(value)
-  if v is None:
-    return
+def _interval(lo, hi, lo_open, hi_open) -> str:
+  return f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+
+def check_scalar(
+  name: str,
+  value: Any,
+  *,
+  lo: float = -math.inf,
+  hi: float = math.inf,
+  lo_open: bool = False,
+  hi_open: bool = False,
+  integer: bool = False,
+  allow_inf: bool = False,
+  static: bool = False,
+) -> Any:
+  """Validates a numeric scalar hyperparameter; returns its Python value or ``None``.
+
+  Args:
+    name: the argument's name, used in the message.
+    value: a Python number, a 0-d array, or a tracer.
+    lo, hi, lo_open, hi_open: the admissible interval (closed by default).
+    integer: the value must be integral (``3`` or ``3.0``, not ``2.7``); returns an ``int``.
+    allow_inf: ``±inf`` is a meaningful value (for example "no clipping"); otherwise the
+      value must be finite.
+    static: the value sets a shape or a trip count, so it cannot be traced; a tracer raises
+      a ``TypeError`` that says so instead of JAX's concretization error.
+
+  Returns:
+    The concrete Python value (``float`` or ``int``), or ``None`` when ``value`` is traced
+    and ``static`` is false. Traced values are not checked: the factory documents it.
+
+  Raises:
+    TypeError: ``value`` is not a real scalar (``None``, a string, a complex or an array
+      with more than one element), or is traced while ``static`` is set.
+    ValueError: NaN, an infinity where not allowed, a fractional value where an integer is
+      needed, or a value outside the interval.
+  """
+  if isinstance(value, jax.core.Tracer):
+    if static:
+      raise TypeError(
+        f"{name} must be a concrete Python number: it fixes a shape or a loop length, so it "
+        "cannot be traced (with optax.inject_hyperparams, list it in static_args)."
+      )
+    return None
+  if isinstance(value, (np.ndarray, jax.Array)):
+    if jnp.size(value) != 1 or jnp.ndim(value) > 1:
+      raise TypeError(f"{name} must be a scalar, got an array of shape {jnp.shape(value)}")
+    if jnp.issubdtype(jnp.result_type(value), jnp.complexfloating):
+      raise TypeError(f"{name} must be real, got dtype {jnp.result_type(value)}")
+    value = np.asarray(value).reshape(()).item()
+  if isinstance(value, complex) or not isinstance(value, (int, float, np.integer, np.floating)):
+    raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+  v = float(value)
+  if math.isnan(v):
+    raise ValueError(f"{name} must be a number, got NaN")
+  if math.isinf(v) and not allow_inf:
+    raise ValueError(f"{name} must be finite, got {v}")
+  if integer and not (math.isinf(v) or v == math.floor(v)):
+    raise ValueError(f"{name} must be an integer, got {value!r}")
   ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
   if not ok:
-    interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-    raise ValueError(f"{name} must lie in {interval}, got {v}")
+    raise ValueError(f"{name} must lie in {_interval(lo, hi, lo_open, hi_open)}, got {value!r}")
+  if integer and not math.isinf(v):
+    return int(v)
+  return v
+
+
+def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
+  """Validates a string option against its admissible values."""
+  choices = tuple(choices)
+  if value not in choices:
+    raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+  return value
 
 
 def require_fn(extra: dict, name: str, method: str, signature: str) -> Callable:
@@ -82,8 +179,64 @@ def require_params(params, method: str):
     )
 
 
-def check_hparam(name: str, value, ok, what: str) -> None:
-  """Raises ``ValueError`` for a concrete hyperparameter outside its range (tracers pass)."""
+# ---------------------------------------------------------------------------------------
+# Deprecations (one release).
+
+
+def renamed_kwargs(**renames: str) -> Callable[[Callable], Callable]:
+  """Accepts old keyword spellings for one release, with a ``DeprecationWarning``.
+
+  ``@renamed_kwargs(kind="probe")`` lets ``f(kind="gaussian")`` mean ``f(probe="gaussian")``.
+  The wrapped function keeps the new signature (``inspect.signature`` follows
+  ``__wrapped__``), so the keyword-vocabulary test sees only the current names. An old
+  spelling may map to a ``(new_name, translate)`` pair when its values changed too.
+  """
+
+  def decorate(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+      for old, new in renames.items():
+        if old in kwargs:
+          new_name, translate = (new, None) if isinstance(new, str) else new
+          if new_name in kwargs:
+            raise TypeError(
+              f"{fn.__name__}() got both {old!r} (deprecated) and {new_name!r}; pass {new_name!r}"
+            )
+          value = kwargs.pop(old)
+          warnings.warn(
+            f"{fn.__name__}({old}=...) is deprecated; use {new_name}=... "
+            "(the old spelling will be removed in the next release)",
+            DeprecationWarning,
+            stacklevel=2,
+          )
+          kwargs[new_name] = translate(value) if translate is not None else value
+      return fn(*args, **kwargs)
+
+    wrapper.deprecated_kwargs = dict(renames)  # type: ignore[attr-defined]
+    return wrapper
+
+  return decorate
+
+
+def warn_default(value: Any, name: str, default: Any, where: str) -> Any:
+  """Returns ``default`` with a ``DeprecationWarning`` when ``value`` is :data:`MISSING`."""
+  if value is MISSING:
+    warnings.warn(
+      f"{where}() without {name} is deprecated: pass {name} explicitly (the old default "
+      f"{default!r} is used for now and will be removed in the next release)",
+      DeprecationWarning,
+      stacklevel=3,
+    )
+    return default
+  return value
+
+
+# TEMPORARY shims while modules migrate to check_scalar; removed before landing.
+def check_range(name, value, lo, hi, *, lo_open=False, hi_open=True):
+  check_scalar(name, value, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open, allow_inf=True)
+
+
+def check_hparam(name, value, ok, what):
   if isinstance(value, jax.core.Tracer) or callable(value):
     return
   if not ok(float(value)):

@@ -9,6 +9,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from optim._tree import data_to_keys, keys_to_data
+
 
 def orbax_roundtrip(tree: Any, directory: str | pathlib.Path) -> Any:
   """Saves ``tree`` with orbax and restores it into the same structure.
@@ -17,19 +19,10 @@ def orbax_roundtrip(tree: Any, directory: str | pathlib.Path) -> Any:
   a restored optimizer or sampler state reproduces the exact next step.
   """
   directory = pathlib.Path(directory).absolute() / "ckpt"
-  is_key = lambda x: (
-    isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-  )
-  impls = jax.tree.map(lambda x: jax.random.key_impl(x) if is_key(x) else None, tree)
-  raw = jax.tree.map(lambda x: jax.random.key_data(x) if is_key(x) else x, tree)
+  raw = keys_to_data(tree)
   raw = jax.tree.map(lambda x: np.asarray(x) if not isinstance(x, jax.Array) else x, raw)
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(directory, raw)
     ckptr.wait_until_finished()
     restored = ckptr.restore(directory, raw)
-  return jax.tree.map(
-    lambda r, impl: jax.random.wrap_key_data(r, impl=impl) if impl is not None else r,
-    restored,
-    impls,
-    is_leaf=lambda x: x is None,
-  )
+  return data_to_keys(restored, tree)

@@ -22,6 +22,8 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from optim._tree import data_to_keys, keys_to_data
+
 Array = jax.Array
 PyTree = Any
 
@@ -211,25 +213,6 @@ class TrainResult(NamedTuple):
   resumed_from: int
 
 
-def _to_storable(tree):
-  """Typed PRNG keys -> raw key data (orbax stores plain arrays)."""
-  is_key = lambda x: (
-    isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-  )
-  return jax.tree.map(lambda x: jax.random.key_data(x) if is_key(x) else x, tree)
-
-
-def _from_storable(stored, like):
-  is_key = lambda x: (
-    isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-  )
-  return jax.tree.map(
-    lambda s, l: jax.random.wrap_key_data(s, impl=jax.random.key_impl(l)) if is_key(l) else s,
-    stored,
-    like,
-  )
-
-
 def train(
   model: nnx.Module,
   loss_fn: Callable[..., Array],
@@ -307,13 +290,13 @@ def train(
     latest = manager.latest_step()
     if latest is not None:
       like = {
-        "params": _to_storable(params),
-        "opt_state": _to_storable(opt_state),
+        "params": keys_to_data(params),
+        "opt_state": keys_to_data(opt_state),
         "losses": np.zeros((latest,), np.float32),
       }
       restored = manager.restore(latest, args=ocp.args.StandardRestore(like))
-      params = _from_storable(restored["params"], params)
-      opt_state = _from_storable(restored["opt_state"], opt_state)
+      params = data_to_keys(restored["params"], params)
+      opt_state = data_to_keys(restored["opt_state"], opt_state)
       start, losses = latest, np.asarray(restored["losses"], np.float32)
 
   # (step, params, opt_state, losses) of the last completed chunk, replaced by ONE
@@ -324,8 +307,8 @@ def train(
     step, params, opt_state, losses = state
     if manager is not None and step > 0 and manager.latest_step() != step:
       tree = {
-        "params": _to_storable(params),
-        "opt_state": _to_storable(opt_state),
+        "params": keys_to_data(params),
+        "opt_state": keys_to_data(opt_state),
         "losses": np.asarray(losses, np.float32),
       }
       manager.save(step, args=ocp.args.StandardSave(tree))

@@ -1,6 +1,5 @@
 """optim.curvature: curvature linear operators on pytrees and the estimators built on them."""
 
-# --- operators & estimators (issue 2) ---
 from optim.curvature._eigen import (
   EigenResult,
   LanczosResult,
@@ -14,6 +13,7 @@ from optim.curvature._hutchinson import (
   hutchinson_diag,
   hutchinson_trace,
 )
+from optim.curvature._mfac import MFACInverse, mfac_ihvp, obs_saliency
 from optim.curvature._operators import (
   LinearOperator,
   directional_sharpness,
@@ -27,16 +27,7 @@ from optim.curvature._operators import (
 from optim.curvature._plot import plot_density
 from optim.curvature._slq import SpectralDensity, slq_density
 
-# isort: split
-# --- end operators & estimators (issue 2) ---
-
-# --- M-FAC static inverse-Hessian products (issue 4) ---
-from optim.curvature._mfac import MFACInverse, mfac_ihvp, obs_saliency
-
-# --- end M-FAC (issue 4) ---
-
 __all__: list[str] = [
-  # operators & estimators (issue 2)
   "DiagEstimate",
   "EigenResult",
   "LanczosResult",
@@ -57,7 +48,6 @@ __all__: list[str] = [
   "softmax_nll",
   "top_eigenvalues",
   "tridiagonal",
-  # M-FAC static inverse-Hessian products (issue 4)
   "MFACInverse",
   "mfac_ihvp",
   "obs_saliency",

@@ -24,6 +24,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from optim._tree import keys_to_data
 from tests.helpers import orbax_roundtrip
 from tests.optim.cases_curvature import CURVATURE_CASES
 from tests.optim.cases_first_order import FIRST_ORDER_CASES
@@ -38,13 +39,7 @@ N_EXAMPLES = 8
 # ----------------------------------------------------------------------------- problems
 
 
-def _is_key(x) -> bool:
-  return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-
-
-def _raw(tree):
-  """Typed keys -> their key data, so trees compare with numpy."""
-  return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+_raw = keys_to_data  # typed keys -> their key data, so trees compare with numpy
 
 
 class Problem:
