@@ -7,15 +7,20 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
+import optax.tree_utils as otu
 
 from optim import _tree
 from optim._tree import tree_probe
-from optim._validation import as_key as _as_key
-from optim._validation import check_range as _check_range
-from optim._validation import require_fn as _require_fn
-from optim._validation import require_params as _require_params
+from optim._validation import (
+  MISSING,
+  as_key,
+  check_learning_rate,
+  check_scalar,
+  require_fn,
+  require_params,
+  warn_default,
+)
 from optim.curvature import hvp
 
 PyTree = Any
@@ -74,6 +79,8 @@ def scale_by_adahessian(
   hessian_power: float = 1.0,
   update_interval: int = 1,
   spatial_axes: Callable[[tuple[int, ...]], tuple[int, ...]] = conv_spatial_axes,
+  mu_dtype: Any = None,
+  *,
   key: Any = 0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdaHessian's preconditioner (no learning rate, no weight decay).
@@ -108,15 +115,20 @@ def scale_by_adahessian(
   :math:`D_t` is skipped: that coordinate keeps its previous ``v``.
 
   Args:
-    b1: EMA rate of the gradient.
-    b2: EMA rate of the squared Hessian diagonal.
+    b1: EMA rate of the gradient, :math:`\beta_1 \in [0, 1)`.
+    b2: EMA rate of the squared Hessian diagonal, :math:`\beta_2 \in [0, 1)`.
     eps: added to the denominator, :math:`\epsilon > 0`.
     hessian_power: :math:`k \in (0, 1]`.
-    update_interval: :math:`n \ge 1`, steps between Hessian refreshes.
+    update_interval: :math:`n \ge 1`, steps between Hessian refreshes (a Python int: it
+      is static; under ``optax.inject_hyperparams`` list it in ``static_args``).
     spatial_axes: ``shape -> axes`` to average each leaf's Hessian diagonal over;
       defaults to :func:`conv_spatial_axes`. Mark it ``static_args`` under
       ``optax.inject_hyperparams`` (it is callable).
-    key: int seed or PRNG key of the probes, kept (and split every step) in the state.
+    mu_dtype: dtype of the first moment ``mu``; ``None`` (default): the parameters'
+      dtypes. ``nu`` keeps the parameters' dtypes; bias corrections and the division
+      run in float32 or wider whatever the storage dtype.
+    key: int seed, raw ``uint32`` key or typed PRNG key of the probes (keyword-only),
+      kept (and split every step) in the state.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update(updates, state, params, *,
@@ -124,7 +136,9 @@ def scale_by_adahessian(
     gradient is ``updates``).
 
   Raises:
-    ValueError: bad hyperparameters; a missing ``obj_fn`` or ``params`` at ``update``.
+    ValueError: bad hyperparameters (checked when concrete; traced values are not); a
+      missing ``obj_fn`` or ``params`` at ``update``.
+    TypeError: a non-numeric hyperparameter, a traced ``update_interval``, a bad ``key``.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -140,13 +154,17 @@ def scale_by_adahessian(
     Yao, Gholami, Shen, Mustafa, Keutzer, Mahoney, "ADAHESSIAN: An Adaptive Second Order
     Optimizer for Machine Learning", AAAI 2021, arXiv:2006.00719.
   """
-  _check_range("b1", b1, 0.0, 1.0)
-  _check_range("b2", b2, 0.0, 1.0)
-  _check_range("eps", eps, 0.0, np.inf, lo_open=True)
-  _check_range("hessian_power", hessian_power, 0.0, 1.0, lo_open=True, hi_open=False)
-  _check_range("update_interval", update_interval, 1, np.inf)
+  check_scalar("b1", b1, lo=0.0, hi=1.0, hi_open=True)
+  check_scalar("b2", b2, lo=0.0, hi=1.0, hi_open=True)
+  check_scalar("eps", eps, lo=0.0, lo_open=True)
+  check_scalar("hessian_power", hessian_power, lo=0.0, hi=1.0, lo_open=True)
+  update_interval = check_scalar(
+    "update_interval", update_interval, lo=1, integer=True, static=True
+  )
   if not callable(spatial_axes):
     raise TypeError(f"spatial_axes must be callable (shape -> axes), got {spatial_axes!r}")
+  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+  key = as_key(key)
   method = "adahessian"
 
   def spatial_average(d):
@@ -161,18 +179,18 @@ def scale_by_adahessian(
     return ScaleByAdaHessianState(
       count=jnp.zeros([], jnp.int32),
       hess_count=jnp.zeros([], jnp.int32),
-      mu=_tree.tree_zeros_like(params),
-      nu=_tree.tree_zeros_like(params),
-      key=_as_key(key),
+      mu=otu.tree_zeros_like(params, dtype=mu_dtype),
+      nu=otu.tree_zeros_like(params),
+      key=key,
     )
 
   def update_fn(updates, state, params=None, **extra):
-    _require_params(params, method)
+    require_params(params, method)
     _tree.check_same_structure(params, updates, "params", "updates")
-    obj_fn = _require_fn(extra, "obj_fn", method, "params -> scalar loss")
+    obj_fn = require_fn(extra, "obj_fn", method, "params -> scalar loss")
 
     key, subkey = jax.random.split(state.key)
-    mu = jax.tree.map(lambda m, g: (b1 * m + (1 - b1) * g).astype(m.dtype), state.mu, updates)
+    mu = otu.tree_cast_like(otu.tree_update_moment(updates, state.mu, b1, 1), state.mu)
 
     def refresh(nu_and_count):
       nu, hess_count = nu_and_count
@@ -180,8 +198,9 @@ def scale_by_adahessian(
       hz = hvp(obj_fn, params, z)
       d = jax.tree.map(lambda a, b: spatial_average(jnp.abs(a * b)), z, hz)
 
+      # Not otu.tree_update_moment: that EMA runs in v's dtype, this one in float32 or
+      # wider (as the bias correction), so the first step is exact even for bf16 ``v``.
       def ema(v, di):
-        # (1 - b2) in v's dtype, as in the bias correction: the first step is then exact.
         beta = jnp.asarray(b2, jnp.promote_types(v.dtype, jnp.float32))
         return (beta * v + (1 - beta) * jnp.square(di.astype(beta.dtype))).astype(v.dtype)
 
@@ -195,8 +214,10 @@ def scale_by_adahessian(
 
     count = optax.safe_increment(state.count)
 
+    # Not otu.tree_bias_correction: it divides in the moment's dtype; here both bias
+    # corrections and the division run in float32 or wider, then cast to the update's dtype.
     def precondition(m, v, g):
-      dt = jnp.promote_types(m.dtype, jnp.float32)  # bias corrections in f32 or wider
+      dt = jnp.promote_types(m.dtype, jnp.float32)
       bc1 = 1 - jnp.asarray(b1, dt) ** count.astype(dt)
       bc2 = 1 - jnp.asarray(b2, dt) ** jnp.maximum(hess_count, 1).astype(dt)
       denom = jnp.sqrt(v.astype(dt) / bc2) ** hessian_power + eps
@@ -211,7 +232,7 @@ def scale_by_adahessian(
 
 
 def adahessian(
-  learning_rate: optax.ScalarOrSchedule = 0.15,
+  learning_rate: optax.ScalarOrSchedule = MISSING,
   b1: float = 0.9,
   b2: float = 0.999,
   eps: float = 1e-4,
@@ -220,6 +241,8 @@ def adahessian(
   hessian_power: float = 1.0,
   update_interval: int = 1,
   spatial_axes: Callable[[tuple[int, ...]], tuple[int, ...]] = conv_spatial_axes,
+  mu_dtype: Any = None,
+  *,
   key: Any = 0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdaHessian with decoupled weight decay (Yao et al., 2021).
@@ -232,10 +255,11 @@ def adahessian(
   The weight decay is decoupled, as in the official implementation.
 
   Args:
-    learning_rate: :math:`\eta_t`, float or optax schedule (paper default 0.15).
-    b1, b2, eps, hessian_power, update_interval, spatial_axes, key: see
+    learning_rate: :math:`\eta_t \ge 0`, float or optax schedule; required (the paper's
+      0.15 is used, with a ``DeprecationWarning``, when it is omitted).
+    b1, b2, eps, hessian_power, update_interval, spatial_axes, mu_dtype, key: see
       :func:`scale_by_adahessian`.
-    weight_decay: :math:`\lambda` (official default 0).
+    weight_decay: :math:`\lambda \ge 0` (official default 0).
     weight_decay_mask: optional mask (pytree or callable) of the parameters to decay.
 
   Returns:
@@ -261,6 +285,9 @@ def adahessian(
     Yao, Gholami, Shen, Mustafa, Keutzer, Mahoney, "ADAHESSIAN: An Adaptive Second Order
     Optimizer for Machine Learning", AAAI 2021, arXiv:2006.00719.
   """
+  learning_rate = warn_default(learning_rate, "learning_rate", 0.15, "adahessian")
+  check_learning_rate(learning_rate)
+  check_scalar("weight_decay", weight_decay, lo=0.0)
   return optax.chain(
     scale_by_adahessian(
       b1=b1,
@@ -269,6 +296,7 @@ def adahessian(
       hessian_power=hessian_power,
       update_interval=update_interval,
       spatial_axes=spatial_axes,
+      mu_dtype=mu_dtype,
       key=key,
     ),
     optax.add_decayed_weights(weight_decay, weight_decay_mask),

@@ -8,15 +8,39 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+import optax.tree_utils as otu
 
-from optim._validation import check_hparam as _check_hparam
+from optim._validation import check_learning_rate, check_scalar, require_params
 
 PyTree = Any
 
 
-def _unzip(treedef, tree_of_tuples, n):
-  flat = treedef.flatten_up_to(tree_of_tuples)
-  return tuple(jax.tree.unflatten(treedef, [f[i] for f in flat]) for i in range(n))
+def _check_projection_args(eps, delta, wd_ratio, weight_decay, nesterov, channel_axis):
+  """Validates the arguments :func:`scale_by_adamp` and :func:`scale_by_sgdp` share."""
+  check_scalar("eps", eps, lo=0.0, lo_open=True)
+  check_scalar("delta", delta, lo=0.0)
+  check_scalar("wd_ratio", wd_ratio, lo=0.0)
+  check_scalar("weight_decay", weight_decay, lo=0.0)
+  # Both pick code paths, so neither may be traced; inject_hyperparams keeps bools static.
+  if not isinstance(nesterov, bool):
+    raise TypeError(f"nesterov must be a bool, got {nesterov!r} ({type(nesterov).__name__})")
+  if channel_axis is not None:
+    check_scalar("channel_axis", channel_axis, integer=True, static=True)
+
+
+def _decay_per_leaf(weight_decay, mask, params):
+  """``weight_decay`` on the leaves ``mask`` selects, 0 elsewhere (optax's mask semantics).
+
+  ``mask`` is ``None`` (every leaf), a pytree of bools shaped like (a prefix of) ``params``
+  or a function of ``params`` returning one, as in ``optax.add_decayed_weights``.
+  """
+  if mask is None:
+    return jax.tree.map(lambda _: weight_decay, params)
+  if callable(mask):
+    mask = mask(params)
+  return jax.tree.map(
+    lambda m, sub: jax.tree.map(lambda _: weight_decay if m else 0.0, sub), mask, params
+  )
 
 
 def _project_leaf(p, g, u, delta, wd_ratio, eps, channel_axis):
@@ -29,12 +53,13 @@ def _project_leaf(p, g, u, delta, wd_ratio, eps, channel_axis):
   if p.ndim < 2:  # biases, norms' scales: never scale-invariant by construction
     return u, jnp.ones([], ct)
   p, g, u = p.astype(ct), g.astype(ct), u.astype(ct)
-  if isinstance(channel_axis, jax.core.Tracer):
+  ax = -1 if channel_axis is None else int(channel_axis)
+  if not -p.ndim <= ax < p.ndim:
     raise ValueError(
-      "channel_axis must be a static int; under optax.inject_hyperparams pass "
-      "static_args=('channel_axis',)"
+      f"channel_axis={ax} is not an axis of a {p.ndim}-D parameter (shape {p.shape}); "
+      f"use an axis in [-{p.ndim}, {p.ndim - 1}] (negative axes count from the end)"
     )
-  ax = (-1 if channel_axis is None else int(channel_axis)) % p.ndim
+  ax %= p.ndim
   chan_axes = tuple(i for i in range(p.ndim) if i != ax)
   # One pass of four per-channel reductions; the layer-wise sums are their totals.
   csum = lambda x: jnp.sum(x, axis=chan_axes, keepdims=True)
@@ -70,13 +95,6 @@ class ScaleBySGDPState(NamedTuple):
   momentum: PyTree
 
 
-def _need_params(params, name):
-  if params is None:
-    raise ValueError(
-      f"{name} projects updates against the parameters: call update(grads, state, params)."
-    )
-
-
 def scale_by_adamp(
   b1: float = 0.9,
   b2: float = 0.999,
@@ -87,6 +105,7 @@ def scale_by_adamp(
   nesterov: bool = False,
   channel_axis: int | None = None,
   mu_dtype: Any = None,
+  weight_decay_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam preconditioning followed by the AdamP projection (and its scaled weight decay).
 
@@ -114,14 +133,21 @@ def scale_by_adamp(
   Args:
     b1, b2, eps: Adam's constants (``eps`` is added to the bias-corrected
       :math:`\sqrt{\hat v_t}`, as in the official code).
-    delta: cosine-similarity threshold :math:`\delta` (0.1 in the paper).
-    wd_ratio: weight-decay multiplier for projected leaves (0.1 in the paper).
-    weight_decay: decoupled decay coefficient :math:`\lambda` (>= 0).
-    nesterov: use the Nesterov-style first moment.
-    channel_axis: the channel axis of kernels; ``None`` (default) is the last axis, Flax's
-      output axis. Static: under ``optax.inject_hyperparams`` list it (and ``nesterov``) in
-      ``static_args``.
+    delta: cosine-similarity threshold :math:`\delta \ge 0` (0.1 in the paper).
+    wd_ratio: weight-decay multiplier for projected leaves, >= 0 (0.1 in the paper).
+    weight_decay: decoupled decay coefficient :math:`\lambda` (finite, >= 0).
+    nesterov: use the Nesterov-style first moment (a Python bool).
+    channel_axis: the channel axis of kernels, an int valid for every parameter with two
+      or more dimensions (``-1``: the last axis of each; an axis that a leaf lacks is an
+      error, never wrapped around); ``None`` (default) is ``-1``, Flax's output axis.
+      Static: under ``optax.inject_hyperparams`` list it in ``static_args``.
     mu_dtype: optional dtype of ``mu`` and ``nu``.
+    weight_decay_mask: which leaves are decayed (``optax.add_decayed_weights`` semantics):
+      a pytree of bools shaped like (a prefix of) the params, or a function of the params
+      returning one; ``None`` decays every leaf. The decay lives inside this
+      transformation (its ratio :math:`r_t` depends on the projection), so the mask is
+      applied here; projection itself is unaffected. Under ``optax.inject_hyperparams``
+      list a callable mask in ``static_args`` (it would be taken for a schedule).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
@@ -140,45 +166,44 @@ def scale_by_adamp(
     Optimizers on Scale-invariant Weights", ICLR 2021, arXiv:2006.08217 (Algorithm 2, Eq. 12;
     official code github.com/clovaai/AdamP).
   """
-  _check_hparam("b1", b1, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
-  _check_hparam("b2", b2, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
-  _check_hparam("eps", eps, lambda v: v > 0.0, "> 0")
-  _check_hparam("delta", delta, lambda v: v >= 0.0, ">= 0")
-  _check_hparam("wd_ratio", wd_ratio, lambda v: v >= 0.0, ">= 0")
-  _check_hparam("weight_decay", weight_decay, lambda v: v >= 0.0, ">= 0")
+  check_scalar("b1", b1, lo=0.0, hi=1.0, hi_open=True)
+  check_scalar("b2", b2, lo=0.0, hi=1.0, hi_open=True)
+  _check_projection_args(eps, delta, wd_ratio, weight_decay, nesterov, channel_axis)
   mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
 
   def init_fn(params):
-    zeros = lambda p: jnp.zeros(jnp.shape(p), mu_dtype or jnp.result_type(p))
     return ScaleByAdamPState(
       count=jnp.zeros([], jnp.int32),
-      mu=jax.tree.map(zeros, params),
-      nu=jax.tree.map(zeros, params),
+      mu=otu.tree_zeros_like(params, dtype=mu_dtype),
+      nu=otu.tree_zeros_like(params, dtype=mu_dtype),
     )
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    _need_params(params, "scale_by_adamp")
+    require_params(params, "scale_by_adamp")
     count = optax.safe_increment(state.count)
 
-    def leaf(g, m, v, w):
+    # One function per leaf: the moments are read and written once, in f32 or wider, and
+    # the projection's reductions run on the fresh direction. The pieces are optax's
+    # (moment updates, bias corrections) applied to the leaf.
+    def leaf(g, m, v, w, decay):
       acc = m.dtype
       ct = jnp.promote_types(acc, jnp.float32)
-      bc1 = 1.0 - jnp.asarray(b1, ct) ** count.astype(ct)
-      bc2 = 1.0 - jnp.asarray(b2, ct) ** count.astype(ct)
       gc = g.astype(ct)
-      m_new = b1 * m.astype(ct) + (1.0 - b1) * gc
-      v_new = b2 * v.astype(ct) + (1.0 - b2) * gc * gc
-      denom = jnp.sqrt(v_new) / jnp.sqrt(bc2) + eps
+      m_new = otu.tree_update_moment(gc, m.astype(ct), b1, 1)
+      v_new = otu.tree_update_moment_per_elem_norm(gc, v.astype(ct), b2, 2)
+      denom = jnp.sqrt(otu.tree_bias_correction(v_new, b2, count)) + eps
       num = b1 * m_new + (1.0 - b1) * gc if nesterov else m_new
-      perturb = num / denom
+      # Official code: step lr / (1 - b1^t) on the whole (Nesterov) numerator; the
+      # projection is linear, so correcting before it is the same update.
+      perturb = otu.tree_bias_correction(num, b1, count) / denom
       perturb, r = _project_leaf(w, gc, perturb, delta, wd_ratio, eps, channel_axis)
-      u = perturb / bc1 + weight_decay * r * w.astype(ct)
+      u = perturb + decay * r * w.astype(ct)
       return u.astype(g.dtype), m_new.astype(acc), v_new.astype(acc)
 
-    treedef = jax.tree.structure(updates)
-    out = jax.tree.map(leaf, updates, state.mu, state.nu, params)
-    u, m, v = _unzip(treedef, out, 3)
+    decay = _decay_per_leaf(weight_decay, weight_decay_mask, params)
+    out = jax.tree.map(leaf, updates, state.mu, state.nu, params, decay)
+    u, m, v = jax.tree.transpose(jax.tree.structure(updates), jax.tree.structure((0, 0, 0)), out)
     return u, ScaleByAdamPState(count=count, mu=m, nu=v)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -195,6 +220,7 @@ def adamp(
   nesterov: bool = False,
   channel_axis: int | None = None,
   mu_dtype: Any = None,
+  weight_decay_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The AdamP optimizer: :func:`scale_by_adamp` then the learning rate.
 
@@ -202,9 +228,9 @@ def adamp(
     w_t = w_{t-1} - \eta_t\,\Big(\frac{q_t}{1-\beta_1^t} + \lambda\, r_t\, w_{t-1}\Big)
 
   Args:
-    learning_rate: a float or an optax schedule.
-    b1, b2, eps, weight_decay, delta, wd_ratio, nesterov, channel_axis, mu_dtype: see
-      :func:`scale_by_adamp`.
+    learning_rate: a float (finite, >= 0) or an optax schedule.
+    b1, b2, eps, weight_decay, delta, wd_ratio, nesterov, channel_axis, mu_dtype,
+      weight_decay_mask: see :func:`scale_by_adamp`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
@@ -224,6 +250,7 @@ def adamp(
     Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on
     Scale-invariant Weights", arXiv:2006.08217.
   """
+  check_learning_rate(learning_rate)
   return optax.chain(
     scale_by_adamp(
       b1=b1,
@@ -235,6 +262,7 @@ def adamp(
       nesterov=nesterov,
       channel_axis=channel_axis,
       mu_dtype=mu_dtype,
+      weight_decay_mask=weight_decay_mask,
     ),
     optax.scale_by_learning_rate(learning_rate),
   )
@@ -250,6 +278,7 @@ def scale_by_sgdp(
   weight_decay: float = 0.0,
   channel_axis: int | None = None,
   mu_dtype: Any = None,
+  weight_decay_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Heavy-ball momentum followed by the AdamP projection (SGDP).
 
@@ -265,8 +294,9 @@ def scale_by_sgdp(
   Args:
     momentum: :math:`\mu` in [0, 1).
     dampening: :math:`\tau` in [0, 1].
-    nesterov: Nesterov momentum.
-    eps, delta, wd_ratio, weight_decay, channel_axis: see :func:`scale_by_adamp`.
+    nesterov: Nesterov momentum (a Python bool).
+    eps, delta, wd_ratio, weight_decay, channel_axis, weight_decay_mask: see
+      :func:`scale_by_adamp`.
     mu_dtype: optional dtype of the momentum buffer.
 
   Returns:
@@ -285,33 +315,30 @@ def scale_by_sgdp(
     Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on
     Scale-invariant Weights", arXiv:2006.08217 (Algorithm 1).
   """
-  _check_hparam("momentum", momentum, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
-  _check_hparam("dampening", dampening, lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
-  _check_hparam("eps", eps, lambda v: v > 0.0, "> 0")
-  _check_hparam("delta", delta, lambda v: v >= 0.0, ">= 0")
-  _check_hparam("wd_ratio", wd_ratio, lambda v: v >= 0.0, ">= 0")
-  _check_hparam("weight_decay", weight_decay, lambda v: v >= 0.0, ">= 0")
+  check_scalar("momentum", momentum, lo=0.0, hi=1.0, hi_open=True)
+  check_scalar("dampening", dampening, lo=0.0, hi=1.0)
+  _check_projection_args(eps, delta, wd_ratio, weight_decay, nesterov, channel_axis)
   mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
 
   def init_fn(params):
-    zeros = lambda p: jnp.zeros(jnp.shape(p), mu_dtype or jnp.result_type(p))
-    return ScaleBySGDPState(momentum=jax.tree.map(zeros, params))
+    return ScaleBySGDPState(momentum=otu.tree_zeros_like(params, dtype=mu_dtype))
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    _need_params(params, "scale_by_sgdp")
+    require_params(params, "scale_by_sgdp")
 
-    def leaf(g, b, w):
+    def leaf(g, b, w, decay):
       ct = jnp.promote_types(b.dtype, jnp.float32)
       gc = g.astype(ct)
       b_new = momentum * b.astype(ct) + (1.0 - dampening) * gc
       d = gc + momentum * b_new if nesterov else b_new
       d, r = _project_leaf(w, gc, d, delta, wd_ratio, eps, channel_axis)
-      u = d + weight_decay * r / (1.0 - momentum) * w.astype(ct)
+      u = d + decay * r / (1.0 - momentum) * w.astype(ct)
       return u.astype(g.dtype), b_new.astype(b.dtype)
 
-    treedef = jax.tree.structure(updates)
-    u, b = _unzip(treedef, jax.tree.map(leaf, updates, state.momentum, params), 2)
+    decay = _decay_per_leaf(weight_decay, weight_decay_mask, params)
+    out = jax.tree.map(leaf, updates, state.momentum, params, decay)
+    u, b = jax.tree.transpose(jax.tree.structure(updates), jax.tree.structure((0, 0)), out)
     return u, ScaleBySGDPState(momentum=b)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -328,6 +355,7 @@ def sgdp(
   wd_ratio: float = 0.1,
   channel_axis: int | None = None,
   mu_dtype: Any = None,
+  weight_decay_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The SGDP optimizer: :func:`scale_by_sgdp` then the learning rate.
 
@@ -335,9 +363,9 @@ def sgdp(
     w_t = w_{t-1} - \eta_t\,\Big(\Pi(p_t) + \frac{\lambda r_t}{1-\mu} w_{t-1}\Big)
 
   Args:
-    learning_rate: a float or an optax schedule.
+    learning_rate: a float (finite, >= 0) or an optax schedule.
     momentum, dampening, nesterov, weight_decay, eps, delta, wd_ratio, channel_axis,
-      mu_dtype: see :func:`scale_by_sgdp`.
+      mu_dtype, weight_decay_mask: see :func:`scale_by_sgdp`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
@@ -357,6 +385,7 @@ def sgdp(
     Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on
     Scale-invariant Weights", arXiv:2006.08217.
   """
+  check_learning_rate(learning_rate)
   return optax.chain(
     scale_by_sgdp(
       momentum=momentum,
@@ -368,6 +397,7 @@ def sgdp(
       weight_decay=weight_decay,
       channel_axis=channel_axis,
       mu_dtype=mu_dtype,
+      weight_decay_mask=weight_decay_mask,
     ),
     optax.scale_by_learning_rate(learning_rate),
   )

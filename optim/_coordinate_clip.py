@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from optim._validation import check_scalar
 
 
 def _kth_largest_magnitude(leaves, k: int) -> jax.Array:
@@ -37,8 +38,9 @@ def _kth_largest_magnitude(leaves, k: int) -> jax.Array:
   return jax.lax.bitcast_convert_type(lo, ct)
 
 
-class CoordinateClipState(NamedTuple):
-  """``coordinate_clip`` is stateless."""
+# coordinate_clip is stateless; the public name stays for the one release that still exports
+# it.
+CoordinateClipState = optax.EmptyState
 
 
 def coordinate_clip(
@@ -69,8 +71,12 @@ def coordinate_clip(
   propagate.
 
   Args:
-    threshold: fixed :math:`\tau > 0`.
+    threshold: fixed :math:`\tau > 0` (``inf``: no clipping). May be traced, e.g. by
+      ``optax.inject_hyperparams``.
     fraction: adaptive rule, fraction :math:`q \in (0, 1]` of coordinates clipped.
+      Static, because it sets the rank :math:`\lceil q d\rceil` of the order statistic:
+      under ``optax.inject_hyperparams`` pass ``static_args=("fraction",)`` (a traced
+      ``fraction`` raises a ``TypeError`` that says so).
 
   Returns:
     A stateless ``optax.GradientTransformationExtraArgs``.
@@ -92,15 +98,14 @@ def coordinate_clip(
   """
   if (threshold is None) == (fraction is None):
     raise ValueError("coordinate_clip needs exactly one of `threshold` or `fraction`.")
-  if threshold is not None and not isinstance(threshold, jax.core.Tracer):
-    if not float(threshold) > 0.0:
-      raise ValueError(f"threshold must be > 0, got {threshold!r}")
-  if fraction is not None and not 0.0 < float(fraction) <= 1.0:
-    raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+  if threshold is not None:
+    check_scalar("threshold", threshold, lo=0.0, lo_open=True, allow_inf=True)
+  else:
+    fraction = check_scalar("fraction", fraction, lo=0.0, hi=1.0, lo_open=True, static=True)
 
   def init_fn(params):
     del params
-    return CoordinateClipState()
+    return optax.EmptyState()
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
@@ -109,7 +114,7 @@ def coordinate_clip(
       tau = threshold
     else:
       size = sum(x.size for x in leaves)
-      tau = _kth_largest_magnitude(leaves, max(1, math.ceil(float(fraction) * size)))
+      tau = _kth_largest_magnitude(leaves, max(1, math.ceil(fraction * size)))
     clip = lambda x: jnp.clip(x, -tau, tau).astype(x.dtype)
     return jax.tree.map(clip, updates), state
 

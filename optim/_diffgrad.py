@@ -7,8 +7,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+import optax.tree_utils as otu
 
-from optim._validation import check_hparam as _check_hparam
+from optim._validation import check_learning_rate, check_scalar
 
 PyTree = Any
 
@@ -55,7 +56,7 @@ def scale_by_diffgrad(
   Args:
     b1: decay of the first moment, in [0, 1).
     b2: decay of the second moment, in [0, 1).
-    eps: added to :math:`\sqrt{v_t}` (> 0 guards a zero second moment).
+    eps: added to :math:`\sqrt{v_t}`, finite and >= 0 (> 0 guards a zero second moment).
     mu_dtype: optional dtype of the accumulators ``mu``, ``nu`` and ``prev_grad``
       (e.g. ``jnp.float32`` for bf16 parameters); ``None`` keeps the gradients' dtype.
 
@@ -77,41 +78,43 @@ def scale_by_diffgrad(
     Method for Convolutional Neural Networks", IEEE TNNLS 2019, arXiv:1909.11015
     (Eqs. 4-7; corrected code: github.com/shivram1987/diffGrad, ``diffGrad_v2.py``).
   """
-  _check_hparam("b1", b1, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
-  _check_hparam("b2", b2, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
-  _check_hparam("eps", eps, lambda v: v >= 0.0, ">= 0")
+  check_scalar("b1", b1, lo=0.0, hi=1.0, hi_open=True)
+  check_scalar("b2", b2, lo=0.0, hi=1.0, hi_open=True)
+  check_scalar("eps", eps, lo=0.0)
   mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
 
   def init_fn(params):
-    zeros = lambda p: jnp.zeros(jnp.shape(p), mu_dtype or jnp.result_type(p))
     return ScaleByDiffGradState(
       count=jnp.zeros([], jnp.int32),
-      mu=jax.tree.map(zeros, params),
-      nu=jax.tree.map(zeros, params),
-      prev_grad=jax.tree.map(zeros, params),
+      mu=otu.tree_zeros_like(params, dtype=mu_dtype),
+      nu=otu.tree_zeros_like(params, dtype=mu_dtype),
+      prev_grad=otu.tree_zeros_like(params, dtype=mu_dtype),
     )
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     count = optax.safe_increment(state.count)
 
+    # One function per leaf: the accumulators are read and written once, upcast to f32 or
+    # wider in between, whatever their stored dtype. The moments are optax's own updates
+    # (applied to the leaf); the bias correction is not optax's tree_bias_correction,
+    # because eps is added to the *uncorrected* sqrt(v_t) (authors' v2 code), so both
+    # corrections fold into one scalar instead.
     def leaf(g, m, v, gp):
       acc = m.dtype
-      ct = jnp.promote_types(acc, jnp.float32)  # arithmetic in f32 or wider, stored in acc
+      ct = jnp.promote_types(acc, jnp.float32)
       t = count.astype(ct)
-      # sqrt(1 - b2^t) / (1 - b1^t): Adam's bias corrections folded into one scalar.
       step = jnp.sqrt(1.0 - jnp.asarray(b2, ct) ** t) / (1.0 - jnp.asarray(b1, ct) ** t)
       gc = g.astype(ct)
-      m = b1 * m.astype(ct) + (1.0 - b1) * gc
-      v = b2 * v.astype(ct) + (1.0 - b2) * gc * gc
+      m = otu.tree_update_moment(gc, m.astype(ct), b1, 1)
+      v = otu.tree_update_moment_per_elem_norm(gc, v.astype(ct), b2, 2)
       xi = jax.nn.sigmoid(jnp.abs(gp.astype(ct) - gc))
       u = step * xi * m / (jnp.sqrt(v) + eps)
       return u.astype(g.dtype), m.astype(acc), v.astype(acc), gc.astype(acc)
 
     out = jax.tree.map(leaf, updates, state.mu, state.nu, state.prev_grad)
-    treedef = jax.tree.structure(updates)
-    u, m, v, gp = (
-      jax.tree.unflatten(treedef, [o[i] for o in treedef.flatten_up_to(out)]) for i in range(4)
+    u, m, v, gp = jax.tree.transpose(
+      jax.tree.structure(updates), jax.tree.structure((0, 0, 0, 0)), out
     )
     return u, ScaleByDiffGradState(count=count, mu=m, nu=v, prev_grad=gp)
 
@@ -125,6 +128,7 @@ def diffgrad(
   eps: float = 1e-8,
   weight_decay: float = 0.0,
   mu_dtype: Any = None,
+  weight_decay_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The diffGrad optimizer (with optional coupled L2 weight decay).
 
@@ -136,12 +140,16 @@ def diffgrad(
   gradient before the moments, as in the authors' code), so the friction also sees it.
 
   Args:
-    learning_rate: a float or an optax schedule.
+    learning_rate: a float (finite, >= 0) or an optax schedule.
     b1: decay of the first moment.
     b2: decay of the second moment.
     eps: added to :math:`\sqrt{v_t}`.
-    weight_decay: L2 coefficient :math:`\lambda` (>= 0).
+    weight_decay: L2 coefficient :math:`\lambda` (finite, >= 0).
     mu_dtype: optional accumulator dtype.
+    weight_decay_mask: which leaves are decayed, as in ``optax.add_decayed_weights``: a
+      pytree of bools with the structure of (a prefix of) the params, or a function of the
+      params returning one; ``None`` decays every leaf. Under ``optax.inject_hyperparams``
+      list a callable mask in ``static_args`` (it would be taken for a schedule).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -161,9 +169,10 @@ def diffgrad(
     Dubey et al., "diffGrad: An Optimization Method for Convolutional Neural Networks",
     arXiv:1909.11015.
   """
-  _check_hparam("weight_decay", weight_decay, lambda v: v >= 0.0, ">= 0")
+  check_learning_rate(learning_rate)
+  check_scalar("weight_decay", weight_decay, lo=0.0)
   return optax.chain(
-    optax.add_decayed_weights(weight_decay),
+    optax.add_decayed_weights(weight_decay, weight_decay_mask),
     scale_by_diffgrad(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype),
     optax.scale_by_learning_rate(learning_rate),
   )

@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+import optax.tree_utils as otu
 
 from optim._tree import tree_probe
-from optim._validation import as_key as _as_key
+from optim._validation import as_key, check_learning_rate, check_scalar, renamed_kwargs
 
 PyTree = Any
 
 
-def _check_positive(name, value, allow_zero=False):
-  if isinstance(value, jax.core.Tracer) or callable(value):
-    return
-  v = float(value)
-  if not (v >= 0.0 if allow_zero else v > 0.0) or v != v:
-    raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+def _check_clip_and_noise(clip_name, clip, noise_multiplier):
+  """``clip`` > 0 (``inf``: no clipping) and ``noise_multiplier`` >= 0, finite.
+
+  Without clipping the sensitivity is unbounded, so the Gaussian mechanism has no finite
+  noise scale: ``clip = inf`` is accepted only with ``noise_multiplier = 0``.
+  """
+  c = check_scalar(clip_name, clip, lo=0.0, lo_open=True, allow_inf=True)
+  s = check_scalar("noise_multiplier", noise_multiplier, lo=0.0)
+  if c is not None and s is not None and math.isinf(c) and s > 0.0:
+    raise ValueError(
+      f"{clip_name}=inf (no clipping) leaves the sensitivity unbounded, so no noise scale "
+      f"protects it: use a finite {clip_name} or noise_multiplier=0 (got {noise_multiplier!r})"
+    )
+  return c
 
 
 def _batch_size(grads, params, who: str) -> int:
@@ -51,26 +61,47 @@ def _batch_size(grads, params, who: str) -> int:
   return sizes.pop()
 
 
-def _clip_per_example(grads, clip):
-  """Clips each example's gradient (global norm over all leaves) to ``clip``, in f32."""
-  g32 = jax.tree.map(lambda g: g.astype(jnp.promote_types(g.dtype, jnp.float32)), grads)
-  sq = sum(jnp.sum(g.reshape(g.shape[0], -1) ** 2, axis=1) for g in jax.tree.leaves(g32))
-  norms = jnp.sqrt(sq)
-  # clip / max(norm, clip) = min(1, clip / norm) without 0/0 for a zero gradient.
-  factor = clip / jnp.maximum(norms, clip)
-  return jax.tree.map(lambda g: g * factor.reshape((-1,) + (1,) * (g.ndim - 1)), g32)
+def _f32(x):
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _clip_factor(norm, clip):
+  """``min(1, C / |g|)``: 1 for a zero gradient or ``C = inf``, NaN for a NaN gradient.
+
+  Not ``optax.per_example_global_norm_clip``, which computes the same factor for finite
+  gradients but maps a NaN factor to 1: an example with one NaN coordinate would then pass
+  *unclipped* in all its finite coordinates, silently breaking the sensitivity bound
+  :math:`C` there. Here the whole example, hence the whole update, is NaN.
+  """
+  return jnp.minimum(1.0, clip / norm)
+
+
+def _clipped_mean(grads, clip):
+  """``mean_i clip(g_i, C)`` over the leading batch axis, in float32 or wider."""
+  g32 = jax.tree.map(_f32, grads)
+  factor = _clip_factor(jax.vmap(otu.tree_norm)(g32), clip)
+  return jax.tree.map(
+    lambda g: jnp.mean(g * factor.reshape((-1,) + (1,) * (g.ndim - 1)), axis=0), g32
+  )
 
 
 def _clip_tree(tree, clip):
-  f32 = lambda x: x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  norm = jnp.sqrt(sum(jnp.sum(f32(x) ** 2) for x in jax.tree.leaves(tree)))
-  factor = clip / jnp.maximum(norm, clip)
+  """``tree * min(1, C / |tree|)`` with the global norm of the whole tree."""
+  factor = _clip_factor(otu.tree_norm(tree), clip)
   return jax.tree.map(lambda x: (x * factor).astype(x.dtype), tree)
 
 
-def _noise(key, like, std):
-  like32 = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.promote_types(x.dtype, jnp.float32)), like)
-  return jax.tree.map(lambda z: std * z, tree_probe(key, like32, "gaussian"))
+def _noise(key, like, noise_multiplier, clip, b):
+  """Gaussian noise of std ``noise_multiplier * clip / b`` (0 when ``noise_multiplier`` is).
+
+  One flat draw (``tree_probe``) for the whole tree: drawing the noise dominates a step.
+  """
+  # where, not a product: 0 * inf is NaN for an unclipped, noise-free run.
+  std = jnp.where(noise_multiplier > 0, noise_multiplier * clip, 0.0) / b
+  like32 = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, jnp.promote_types(x.dtype, jnp.float32)), like
+  )
+  return jax.tree.map(lambda z: (std * z).astype(z.dtype), tree_probe(key, like32, "gaussian"))
 
 
 class DPSGDState(NamedTuple):
@@ -116,9 +147,10 @@ def scale_by_dp_sgd(
   a NaN is a bug upstream and must be visible).
 
   Args:
-    l2_norm_clip: :math:`C > 0`.
-    noise_multiplier: :math:`\sigma \ge 0`.
-    key: int seed or PRNG key of the noise.
+    l2_norm_clip: :math:`C > 0`; ``inf`` turns clipping off (then ``noise_multiplier``
+      must be 0, since the sensitivity is unbounded).
+    noise_multiplier: :math:`\sigma \ge 0`, finite.
+    key: int seed or PRNG key of the noise (keyword-only).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``init`` takes the (batch-free) params,
@@ -137,20 +169,19 @@ def scale_by_dp_sgd(
     Abadi, Chu, Goodfellow, McMahan, Mironov, Talwar, Zhang, "Deep Learning with
     Differential Privacy", CCS 2016, arXiv:1607.00133 (Algorithm 1).
   """
-  _check_positive("l2_norm_clip", l2_norm_clip)
-  _check_positive("noise_multiplier", noise_multiplier, allow_zero=True)
+  _check_clip_and_noise("l2_norm_clip", l2_norm_clip, noise_multiplier)
+  key = as_key(key)
 
   def init_fn(params):
     del params
-    return DPSGDState(key=_as_key(key))
+    return DPSGDState(key=key)
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
     b = _batch_size(updates, params, "dp_sgd")
-    clipped = _clip_per_example(updates, l2_norm_clip)
-    mean = jax.tree.map(lambda g: jnp.mean(g, axis=0), clipped)
+    mean = _clipped_mean(updates, l2_norm_clip)
     key, sub = jax.random.split(state.key)
-    noise = _noise(sub, mean, noise_multiplier * l2_norm_clip / b)
+    noise = _noise(sub, mean, noise_multiplier, l2_norm_clip, b)
     out = jax.tree.map(lambda m, z, g: (m + z).astype(g.dtype), mean, noise, updates)
     return out, DPSGDState(key=key)
 
@@ -170,10 +201,10 @@ def dp_sgd(
     w_{t+1} = w_t - \eta_t\Big(\frac{1}{B}\sum_i \operatorname{clip}(g_i, C) + z_t\Big)
 
   Args:
-    learning_rate: a float or an optax schedule.
-    l2_norm_clip: :math:`C > 0`.
+    learning_rate: a float (finite, >= 0) or an optax schedule.
+    l2_norm_clip: :math:`C > 0` (``inf``: no clipping, with ``noise_multiplier=0``).
     noise_multiplier: :math:`\sigma \ge 0` (noise std :math:`\sigma C / B` on the mean).
-    key: int seed or PRNG key of the noise.
+    key: int seed or PRNG key of the noise (keyword-only).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` taking per-example gradients.
@@ -194,19 +225,21 @@ def dp_sgd(
   References:
     Abadi et al., "Deep Learning with Differential Privacy", arXiv:1607.00133.
   """
+  check_learning_rate(learning_rate)
   return optax.chain(
     scale_by_dp_sgd(l2_norm_clip, noise_multiplier, key=key),
     optax.scale_by_learning_rate(learning_rate),
   )
 
 
+@renamed_kwargs(error_dtype="mu_dtype")
 def scale_by_dice_sgd(
   clip1: float,
   clip2: float,
   noise_multiplier: float,
   *,
   key=0,
-  error_dtype: Any = None,
+  mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""DiceSGD aggregation: clipped per-example mean plus clipped error feedback, plus noise.
 
@@ -235,11 +268,14 @@ def scale_by_dice_sgd(
   gradients propagate into the update and the error state (never silently dropped).
 
   Args:
-    clip1: :math:`C_1 > 0`, per-example clipping threshold.
-    clip2: :math:`C_2 \ge C_1`, clipping threshold of the fed-back error.
-    noise_multiplier: :math:`\sigma \ge 0`.
-    key: int seed or PRNG key of the noise.
-    error_dtype: optional dtype of :math:`e_t` (default: the params' dtype).
+    clip1: :math:`C_1 > 0`, per-example clipping threshold (``inf``: no clipping, with
+      ``noise_multiplier=0``).
+    clip2: :math:`C_2 \ge C_1`, clipping threshold of the fed-back error (``inf``: the
+      error is fed back unclipped).
+    noise_multiplier: :math:`\sigma \ge 0`, finite.
+    key: int seed or PRNG key of the noise (keyword-only).
+    mu_dtype: optional dtype of the error accumulator :math:`e_t` (default: the params'
+      dtype). Formerly ``error_dtype`` (still accepted, with a ``DeprecationWarning``).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` taking per-example gradients.
@@ -257,17 +293,15 @@ def scale_by_dice_sgd(
     Zhang, Bu, Wu, Hong, "Differentially Private SGD Without Clipping Bias: An
     Error-Feedback Approach", ICLR 2024, arXiv:2311.14632 (Algorithm 1).
   """
-  _check_positive("clip1", clip1)
-  _check_positive("clip2", clip2)
-  _check_positive("noise_multiplier", noise_multiplier, allow_zero=True)
-  if not any(isinstance(c, jax.core.Tracer) for c in (clip1, clip2)):
-    if float(clip2) < float(clip1):
-      raise ValueError(f"DiceSGD needs clip2 >= clip1, got clip1={clip1!r}, clip2={clip2!r}")
-  error_dtype = None if error_dtype is None else jnp.dtype(error_dtype)
+  c1 = _check_clip_and_noise("clip1", clip1, noise_multiplier)
+  c2 = check_scalar("clip2", clip2, lo=0.0, lo_open=True, allow_inf=True)
+  if c1 is not None and c2 is not None and c2 < c1:
+    raise ValueError(f"DiceSGD needs clip2 >= clip1, got clip1={clip1!r}, clip2={clip2!r}")
+  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+  key = as_key(key)
 
   def init_fn(params):
-    zeros = lambda p: jnp.zeros(jnp.shape(p), error_dtype or jnp.result_type(p))
-    return DiceSGDState(key=_as_key(key), error=jax.tree.map(zeros, params))
+    return DiceSGDState(key=key, error=otu.tree_zeros_like(params, dtype=mu_dtype))
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
@@ -279,13 +313,11 @@ def scale_by_dice_sgd(
             f"dice_sgd: leaf {i} of the per-example gradients has shape {jnp.shape(g)}, "
             f"expected (batch, *{jnp.shape(e)})"
           )
-    f32 = lambda x: x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    clipped_mean = jax.tree.map(lambda g: jnp.mean(g, axis=0), _clip_per_example(updates, clip1))
-    full_mean = jax.tree.map(lambda g: jnp.mean(f32(g), axis=0), updates)
-    error = jax.tree.map(f32, state.error)
-    v = jax.tree.map(jnp.add, clipped_mean, _clip_tree(error, clip2))
+    full_mean = jax.tree.map(lambda g: jnp.mean(_f32(g), axis=0), updates)
+    error = jax.tree.map(_f32, state.error)
+    v = otu.tree_add(_clipped_mean(updates, clip1), _clip_tree(error, clip2))
     key, sub = jax.random.split(state.key)
-    noise = _noise(sub, v, noise_multiplier * clip1 / b)
+    noise = _noise(sub, v, noise_multiplier, clip1, b)
     out = jax.tree.map(lambda vi, z, g: (vi + z).astype(g.dtype), v, noise, updates)
     new_error = jax.tree.map(
       lambda e, gm, vi, e0: (e + gm - vi).astype(e0.dtype), error, full_mean, v, state.error
@@ -295,6 +327,7 @@ def scale_by_dice_sgd(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+@renamed_kwargs(error_dtype="mu_dtype")
 def dice_sgd(
   learning_rate: optax.ScalarOrSchedule,
   clip1: float,
@@ -302,7 +335,7 @@ def dice_sgd(
   noise_multiplier: float,
   *,
   key=0,
-  error_dtype: Any = None,
+  mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""DiceSGD: :func:`scale_by_dice_sgd` followed by the learning rate.
 
@@ -310,12 +343,12 @@ def dice_sgd(
     w_{t+1} = w_t - \eta_t\,(v_t + z_t)
 
   Args:
-    learning_rate: a float or an optax schedule.
+    learning_rate: a float (finite, >= 0) or an optax schedule.
     clip1: :math:`C_1 > 0`.
     clip2: :math:`C_2 \ge C_1`.
     noise_multiplier: :math:`\sigma \ge 0` (std :math:`\sigma C_1/B` on the mean).
-    key: int seed or PRNG key of the noise.
-    error_dtype: optional dtype of the error accumulator.
+    key: int seed or PRNG key of the noise (keyword-only).
+    mu_dtype: optional dtype of the error accumulator (formerly ``error_dtype``).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` taking per-example gradients.
@@ -337,7 +370,8 @@ def dice_sgd(
     Zhang, Bu, Wu, Hong, "Differentially Private SGD Without Clipping Bias: An
     Error-Feedback Approach", arXiv:2311.14632.
   """
+  check_learning_rate(learning_rate)
   return optax.chain(
-    scale_by_dice_sgd(clip1, clip2, noise_multiplier, key=key, error_dtype=error_dtype),
+    scale_by_dice_sgd(clip1, clip2, noise_multiplier, key=key, mu_dtype=mu_dtype),
     optax.scale_by_learning_rate(learning_rate),
   )

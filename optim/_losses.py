@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from optim._validation import check_scalar
+
 
 def _log_s(x: jax.Array) -> jax.Array:
   r""":math:`\log s(x)` with :math:`s(x) = x + 1` for :math:`x \ge 0`, :math:`1/(1-x)` else.
@@ -38,7 +40,7 @@ def stablemax_cross_entropy(logits: jax.Array, labels: jax.Array, *, axis: int =
   Args:
     logits: array ``(..., num_classes)`` (class axis given by ``axis``).
     labels: integer class indices of shape ``logits.shape`` without ``axis``.
-    axis: the class axis.
+    axis: the class axis, an int in ``[-logits.ndim, logits.ndim)``.
 
   Returns:
     The per-example loss, shape of ``labels``.
@@ -58,7 +60,10 @@ def stablemax_cross_entropy(logits: jax.Array, labels: jax.Array, *, axis: int =
   labels = jnp.asarray(labels)
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
-  axis = axis % logits.ndim
+  if logits.ndim == 0:
+    raise ValueError("logits must have a class axis, got a scalar")
+  axis = check_scalar("axis", axis, lo=-logits.ndim, hi=logits.ndim - 1, integer=True, static=True)
+  axis %= logits.ndim
   expected = logits.shape[:axis] + logits.shape[axis + 1 :]
   if labels.shape != expected:
     raise ValueError(

@@ -9,9 +9,16 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import numpy as np
 import optax
+import optax.tree_utils as otu
 
 from optim import _tree
-from optim._validation import check_range as _check_range
+from optim._validation import (
+  MISSING,
+  check_learning_rate,
+  check_scalar,
+  renamed_kwargs,
+  warn_default,
+)
 
 PyTree = Any
 
@@ -36,11 +43,12 @@ class ScaleByMFACState(NamedTuple):
   momentum: optax.Updates
 
 
+@renamed_kwargs(buffer_dtype="mu_dtype")
 def scale_by_mfac(
   num_grads: int = 1024,
   damping: float = 1e-5,
   momentum: float = 0.0,
-  buffer_dtype: Any = None,
+  mu_dtype: Any = None,
 ) -> optax.GradientTransformation:
   r"""M-FAC preconditioning: the inverse empirical Fisher of the last ``m`` gradients.
 
@@ -70,16 +78,23 @@ def scale_by_mfac(
   the chain in ``optax.apply_if_finite`` when that can happen).
 
   Args:
-    num_grads: :math:`m \ge 1`, the window length (a static Python int: it sets shapes).
+    num_grads: :math:`m \ge 1`, the window length (a static Python int: it sets shapes;
+      under ``optax.inject_hyperparams`` list it in ``static_args``).
     damping: :math:`\lambda > 0` (official default ``1e-5``). :math:`K` is positive
       definite for any :math:`\lambda > 0`, but its condition number grows like
       :math:`\|g\|^2 / (m \lambda)`: in float32 keep it below ~1e6, or the Cholesky
       factorisation loses accuracy (NaN when it fails outright).
     momentum: :math:`\mu \in [0, 1)` (official default 0).
-    buffer_dtype: dtype of the gradient buffer; default: the parameters' dtypes.
+    mu_dtype: dtype of the gradient window :math:`G`; ``None`` (default): the
+      parameters' dtypes. Formerly ``buffer_dtype=`` (still accepted, with a
+      ``DeprecationWarning``). The momentum :math:`v` keeps the parameters' dtypes.
 
   Returns:
     An ``optax.GradientTransformation`` (needs no objective).
+
+  Raises:
+    ValueError: bad hyperparameters (checked when concrete).
+    TypeError: a non-numeric hyperparameter or a traced ``num_grads``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -94,27 +109,21 @@ def scale_by_mfac(
     Frantar, Kurtic, Alistarh, "M-FAC: Efficient Matrix-Free Approximations of
     Second-Order Information", NeurIPS 2021, arXiv:2107.03356.
   """
-  if not isinstance(num_grads, (int, np.integer)) or isinstance(num_grads, bool):
-    raise TypeError(
-      f"num_grads must be a Python int (it sets the buffer's shape), got {num_grads!r}; "
-      "under optax.inject_hyperparams list it in static_args"
-    )
-  if num_grads < 1:
-    raise ValueError(f"num_grads must be >= 1, got {num_grads}")
-  _check_range("damping", damping, 0.0, np.inf, lo_open=True)
-  _check_range("momentum", momentum, 0.0, 1.0)
-  m = int(num_grads)
+  m = check_scalar("num_grads", num_grads, lo=1, integer=True, static=True)
+  check_scalar("damping", damping, lo=0.0, lo_open=True)
+  check_scalar("momentum", momentum, lo=0.0, hi=1.0, hi_open=True)
+  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
 
   def init_fn(params):
     def buffer(p):
-      return jnp.zeros((m, int(np.prod(jnp.shape(p)))), buffer_dtype or jnp.result_type(p))
+      return jnp.zeros((m, int(np.prod(jnp.shape(p)))), mu_dtype or jnp.result_type(p))
 
     acc = jnp.result_type(jnp.float32, *[jnp.result_type(p) for p in jax.tree.leaves(params)])
     return ScaleByMFACState(
       count=jnp.zeros([], jnp.int32),
       grads=jax.tree.map(buffer, params),
       gram=jnp.zeros((m, m), acc),
-      momentum=_tree.tree_zeros_like(params),
+      momentum=otu.tree_zeros_like(params),
     )
 
   def update_fn(updates, state, params=None):
@@ -151,8 +160,8 @@ def scale_by_mfac(
     )
     grads = jax.tree.unflatten(treedef, buffers)
     ihvp = jax.tree.map(lambda g, c: (g.astype(acc) - c) / lam, updates, correction)
-    mom = jax.tree.map(
-      lambda v, x: (momentum * v + (1 - momentum) * x).astype(v.dtype), state.momentum, ihvp
+    mom = otu.tree_cast_like(
+      otu.tree_update_moment(ihvp, state.momentum, momentum, 1), state.momentum
     )
     new_updates = jax.tree.map(lambda v, g: v.astype(g.dtype), mom, updates)
     return new_updates, ScaleByMFACState(
@@ -162,14 +171,15 @@ def scale_by_mfac(
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+@renamed_kwargs(buffer_dtype="mu_dtype")
 def mfac(
-  learning_rate: optax.ScalarOrSchedule = 1e-3,
+  learning_rate: optax.ScalarOrSchedule = MISSING,
   num_grads: int = 1024,
   damping: float = 1e-5,
   momentum: float = 0.0,
   weight_decay: float = 0.0,
   weight_decay_mask: Any = None,
-  buffer_dtype: Any = None,
+  mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The M-FAC optimizer (Frantar et al., 2021): SGD preconditioned by :func:`scale_by_mfac`.
 
@@ -181,9 +191,11 @@ def mfac(
   the official implementation does.
 
   Args:
-    learning_rate: :math:`\eta_t`, float or optax schedule (official default 1e-3).
-    num_grads, damping, momentum, buffer_dtype: see :func:`scale_by_mfac`.
-    weight_decay: :math:`\lambda_{wd}` (coupled L2).
+    learning_rate: :math:`\eta_t \ge 0`, float or optax schedule; required (the official
+      default 1e-3 is used, with a ``DeprecationWarning``, when it is omitted).
+    num_grads, damping, momentum, mu_dtype: see :func:`scale_by_mfac` (``buffer_dtype=``
+      is the deprecated spelling of ``mu_dtype=``).
+    weight_decay: :math:`\lambda_{wd} \ge 0` (coupled L2).
     weight_decay_mask: optional mask (pytree or callable) of the parameters to decay.
 
   Returns:
@@ -209,12 +221,13 @@ def mfac(
     Frantar, Kurtic, Alistarh, "M-FAC: Efficient Matrix-Free Approximations of
     Second-Order Information", NeurIPS 2021, arXiv:2107.03356.
   """
+  learning_rate = warn_default(learning_rate, "learning_rate", 1e-3, "mfac")
+  check_learning_rate(learning_rate)
+  check_scalar("weight_decay", weight_decay, lo=0.0)
   return optax.with_extra_args_support(
     optax.chain(
       optax.add_decayed_weights(weight_decay, weight_decay_mask),
-      scale_by_mfac(
-        num_grads=num_grads, damping=damping, momentum=momentum, buffer_dtype=buffer_dtype
-      ),
+      scale_by_mfac(num_grads=num_grads, damping=damping, momentum=momentum, mu_dtype=mu_dtype),
       optax.scale_by_learning_rate(learning_rate),
     )
   )

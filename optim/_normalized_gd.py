@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import optax
 
+from optim._validation import check_learning_rate
 
-class ScaleByLossState(NamedTuple):
-  """``scale_by_inverse_loss`` is stateless."""
+# scale_by_inverse_loss is stateless; the public name stays for the one release that still
+# exports it.
+ScaleByLossState = optax.EmptyState
 
 
 def scale_by_inverse_loss() -> optax.GradientTransformationExtraArgs:
@@ -42,7 +42,7 @@ def scale_by_inverse_loss() -> optax.GradientTransformationExtraArgs:
 
   def init_fn(params):
     del params
-    return ScaleByLossState()
+    return optax.EmptyState()
 
   def update_fn(updates, state, params=None, *, value=None, **extra_args):
     del params, extra_args
@@ -75,7 +75,7 @@ def normalized_gd(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransf
   Perceptron; the normalization makes the effective step grow as the loss vanishes).
 
   Args:
-    learning_rate: :math:`\gamma`, a float or an optax schedule.
+    learning_rate: :math:`\gamma`, a float (finite, >= 0) or an optax schedule.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` requires ``value=loss``.
@@ -96,4 +96,5 @@ def normalized_gd(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransf
     Tyurin, "From Logistic Regression to the Perceptron Algorithm: Exploring Gradient
     Descent with Large Step Sizes", arXiv:2412.08424.
   """
+  check_learning_rate(learning_rate)
   return optax.chain(scale_by_inverse_loss(), optax.scale_by_learning_rate(learning_rate))

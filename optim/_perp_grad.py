@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import optax
 
+from optim._validation import check_scalar, require_params
 
-class PerpGradState(NamedTuple):
-  """``perp_grad`` is stateless."""
+# perp_grad is stateless; the public name stays for the one release that still exports it.
+PerpGradState = optax.EmptyState
 
 
 def perp_grad(eps: float = 1e-30) -> optax.GradientTransformationExtraArgs:
@@ -36,8 +35,8 @@ def perp_grad(eps: float = 1e-30) -> optax.GradientTransformationExtraArgs:
   a zero update instead. NaN gradients propagate.
 
   Args:
-    eps: guard added to :math:`\langle w, w\rangle` and :math:`\|g_\perp\|` (1e-30 as in
-      the authors' code).
+    eps: guard added to :math:`\langle w, w\rangle` and :math:`\|g_\perp\|`, finite and
+      > 0 (1e-30 as in the authors' code; 0 would turn a zero leaf into NaN).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
@@ -56,14 +55,15 @@ def perp_grad(eps: float = 1e-30) -> optax.GradientTransformationExtraArgs:
     ICLR 2025, arXiv:2501.04697 (Section 5; ⊥AdamW in the authors' code).
   """
 
+  check_scalar("eps", eps, lo=0.0, lo_open=True)
+
   def init_fn(params):
     del params
-    return PerpGradState()
+    return optax.EmptyState()
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    if params is None:
-      raise ValueError("perp_grad projects against the parameters: call update(g, s, params).")
+    require_params(params, "perp_grad")
 
     def leaf(g, w):
       ct = jnp.promote_types(g.dtype, jnp.float32)

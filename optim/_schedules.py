@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optim._validation import check_choice, check_learning_rate, check_scalar, renamed_kwargs
+
 
 def linear_decay(
   peak_value: float, total_steps: int, warmup_steps: int = 0, end_value: float = 0.0
@@ -27,10 +29,10 @@ def linear_decay(
   returns when the gradient norms are constant.
 
   Args:
-    peak_value: :math:`\eta_{\max}`.
-    total_steps: :math:`T > T_w`.
-    warmup_steps: :math:`T_w \ge 0`.
-    end_value: :math:`\eta_{\mathrm{end}}`.
+    peak_value: :math:`\eta_{\max}`, finite.
+    total_steps: :math:`T > T_w`, an integer.
+    warmup_steps: :math:`T_w \ge 0`, an integer.
+    end_value: :math:`\eta_{\mathrm{end}}`, finite.
 
   Returns:
     An optax schedule (``count -> learning rate``), jit-able.
@@ -45,7 +47,12 @@ def linear_decay(
     Defazio, Cutkosky, Mehta, Mishchenko, "When, Why and How Much? Adaptive Learning Rate
     Scheduling by Refinement", arXiv:2310.07831 (Section 2).
   """
-  if int(total_steps) <= int(warmup_steps) or int(warmup_steps) < 0:
+  check_scalar("peak_value", peak_value)
+  check_scalar("end_value", end_value)
+  # Both set the schedule's pieces (Python control flow), so they are static.
+  total_steps = check_scalar("total_steps", total_steps, lo=1, integer=True, static=True)
+  warmup_steps = check_scalar("warmup_steps", warmup_steps, lo=0, integer=True, static=True)
+  if total_steps <= warmup_steps:
     raise ValueError(
       f"need 0 <= warmup_steps < total_steps, got warmup_steps={warmup_steps}, "
       f"total_steps={total_steps}"
@@ -93,8 +100,8 @@ def refined(
 
   Args:
     grad_norms: 1-D sequence of :math:`T \ge 2` positive, finite norms (host data).
-    peak_value: :math:`\eta_{\max}`.
-    power: :math:`p > 0`.
+    peak_value: :math:`\eta_{\max}`, finite.
+    power: :math:`p > 0`, finite.
     smoothing: median-filter width as a fraction of :math:`T`, in [0, 1].
 
   Returns:
@@ -116,10 +123,9 @@ def refined(
     raise ValueError(f"grad_norms must be a 1-D sequence of length >= 2, got shape {g.shape}")
   if not np.all(np.isfinite(g)) or np.any(g <= 0):
     raise ValueError("grad_norms must be positive and finite")
-  if not power > 0:
-    raise ValueError(f"power must be > 0, got {power}")
-  if not 0.0 <= smoothing <= 1.0:
-    raise ValueError(f"smoothing must be in [0, 1], got {smoothing}")
+  check_scalar("peak_value", peak_value)
+  power = check_scalar("power", power, lo=0.0, lo_open=True, static=True)
+  smoothing = check_scalar("smoothing", smoothing, lo=0.0, hi=1.0, static=True)
   width = int(smoothing * g.size)
   g = _median_filter(g, width + 1 - width % 2)  # odd, so the window is centered
   w = g**-power
@@ -135,11 +141,12 @@ def refined(
   return schedule
 
 
+@renamed_kwargs(kind="variant")
 def scale_for_batch_size(
   learning_rate: optax.ScalarOrSchedule,
   base_batch_size: int,
   batch_size: int,
-  kind: Literal["sgd", "adaptive"] = "sgd",
+  variant: Literal["sgd", "adaptive"] = "sgd",
 ) -> optax.ScalarOrSchedule:
   r"""Rescales a learning rate tuned at ``base_batch_size`` for ``batch_size``.
 
@@ -153,10 +160,11 @@ def scale_for_batch_size(
   itself scales with the gradient noise). Both hold below the critical batch size.
 
   Args:
-    learning_rate: a float or an optax schedule (scaled pointwise).
-    base_batch_size: :math:`B_0 > 0`.
-    batch_size: :math:`B > 0`.
-    kind: ``"sgd"`` (linear) or ``"adaptive"`` (square root).
+    learning_rate: a float (finite, >= 0) or an optax schedule (scaled pointwise).
+    base_batch_size: :math:`B_0 \ge 1`, an integer.
+    batch_size: :math:`B \ge 1`, an integer.
+    variant: ``"sgd"`` (linear) or ``"adaptive"`` (square root). Formerly ``kind`` (still
+      accepted, with a ``DeprecationWarning``).
 
   Returns:
     A float, or a schedule if ``learning_rate`` was one.
@@ -170,16 +178,16 @@ def scale_for_batch_size(
     Granziol, Zohren, Roberts, "Learning Rates as a Function of Batch Size: A Random Matrix
     Theory Approach to Neural Network Training", JMLR 2022, arXiv:2006.09092.
   """
-  if int(base_batch_size) <= 0 or int(batch_size) <= 0:
-    raise ValueError(
-      f"batch sizes must be positive, got base={base_batch_size}, batch={batch_size}"
-    )
-  if kind == "sgd":
+  check_learning_rate(learning_rate)
+  base_batch_size = check_scalar(
+    "base_batch_size", base_batch_size, lo=1, integer=True, static=True
+  )
+  batch_size = check_scalar("batch_size", batch_size, lo=1, integer=True, static=True)
+  check_choice("variant", variant, ("sgd", "adaptive"))
+  if variant == "sgd":
     factor = batch_size / base_batch_size
-  elif kind == "adaptive":
-    factor = float(np.sqrt(batch_size / base_batch_size))
   else:
-    raise ValueError(f"kind must be 'sgd' or 'adaptive', got {kind!r}")
+    factor = float(np.sqrt(batch_size / base_batch_size))
   if callable(learning_rate):
     base: Callable = learning_rate
     return lambda count: factor * base(count)

@@ -1,8 +1,4 @@
-"""Sophia: clipped diagonal-Hessian preconditioning (Liu et al., 2023).
-
-Also home of the small helpers the curvature-based optimizers share (PRNG keys kept in
-the state, validation of the ``obj_fn`` extra argument and of hyperparameters).
-"""
+"""Sophia: clipped diagonal-Hessian preconditioning (Liu et al., 2023)."""
 
 from __future__ import annotations
 
@@ -12,12 +8,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import optax.tree_utils as otu
 
 from optim import _tree
-from optim._validation import as_key as _as_key
-from optim._validation import check_range as _check_range
-from optim._validation import require_fn as _require_fn
-from optim._validation import require_params as _require_params
+from optim._tree import PROBES
+from optim._validation import (
+  MISSING,
+  as_key,
+  check_choice,
+  check_learning_rate,
+  check_scalar,
+  renamed_kwargs,
+  require_fn,
+  require_params,
+  warn_default,
+)
 from optim.curvature import hvp
 
 PyTree = Any
@@ -26,7 +31,10 @@ __all__ = ["ScaleBySophiaState", "scale_by_sophia", "sophia"]
 
 
 def _finite_or(new: PyTree, old: PyTree) -> PyTree:
-  """Leafwise ``new`` where it is finite, ``old`` elsewhere (skips non-finite estimates)."""
+  """Leafwise ``new`` where it is finite, ``old`` elsewhere (skips non-finite estimates).
+
+  Not ``otu.tree_where``: its condition is one scalar, this one is elementwise.
+  """
   return jax.tree.map(lambda n, o: jnp.where(jnp.isfinite(n), n, o).astype(o.dtype), new, old)
 
 
@@ -56,16 +64,22 @@ class ScaleBySophiaState(NamedTuple):
   win_rate: jax.Array
 
 
+_VARIANTS = ("hutchinson", "gnb")
+
+
+@renamed_kwargs(estimator="variant")
 def scale_by_sophia(
   b1: float = 0.965,
   b2: float = 0.99,
   gamma: float = 0.01,
   eps: float = 1e-12,
   update_interval: int = 10,
-  estimator: Literal["hutchinson", "gnb"] = "hutchinson",
+  variant: Literal["hutchinson", "gnb"] = "hutchinson",
   batch_size: float | None = None,
   clip_threshold: float = 1.0,
   probe: Literal["rademacher", "gaussian"] = "rademacher",
+  mu_dtype: Any = None,
+  *,
   key: Any = 0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Sophia's clipped, diagonal-Hessian-preconditioned momentum (no learning rate).
@@ -80,7 +94,8 @@ def scale_by_sophia(
     u_t &= \operatorname{clip}\!\Big(\frac{m_t}{\max(\gamma h_t, \epsilon)}, \rho\Big),
     \qquad \operatorname{clip}(z, \rho) = \max(\min(z, \rho), -\rho),
 
-  with :math:`t` counted from 1, so the first step draws an estimate. The estimators:
+  with :math:`t` counted from 1, so the first step draws an estimate. The variants
+  (estimators of :math:`\hat h`):
 
   * ``"hutchinson"`` (Sophia-H, Algorithm 1): :math:`\hat h = u \odot (\nabla^2 L\, u)`
     with a probe :math:`u` (Rademacher by default: its estimate is exact for a diagonal
@@ -105,28 +120,37 @@ def scale_by_sophia(
   batched and ``cond`` becomes a ``select``: both branches then run at every step.
 
   Args:
-    b1: EMA rate of the gradient, :math:`\beta_1`.
-    b2: EMA rate of the Hessian estimates, :math:`\beta_2` (applied once per refresh).
+    b1: EMA rate of the gradient, :math:`\beta_1 \in [0, 1)`.
+    b2: EMA rate of the Hessian estimates, :math:`\beta_2 \in [0, 1)` (applied once per
+      refresh).
     gamma: :math:`\gamma`, scales the curvature; larger means smaller, more often
       unclipped steps. Paper/official values: 0.01 for Sophia-H; the official Sophia-G
       code uses ``rho = 0.04`` with the batch-size factor below.
     eps: :math:`\epsilon > 0`, floor of the denominator.
-    update_interval: :math:`k \ge 1`, steps between Hessian refreshes.
-    estimator: ``"hutchinson"`` (Sophia-H) or ``"gnb"`` (Sophia-G).
-    batch_size: :math:`B`, the number of predictions in the sampled loss; required with
-      ``estimator="gnb"``.
-    clip_threshold: :math:`\rho > 0` (the paper's Algorithm 3 uses 1).
+    update_interval: :math:`k \ge 1`, steps between Hessian refreshes (a Python int: it
+      is static; under ``optax.inject_hyperparams`` list it in ``static_args``).
+    variant: ``"hutchinson"`` (Sophia-H) or ``"gnb"`` (Sophia-G). Formerly
+      ``estimator=`` (still accepted, with a ``DeprecationWarning``).
+    batch_size: :math:`B > 0`, the number of predictions in the sampled loss; required
+      with ``variant="gnb"``.
+    clip_threshold: :math:`\rho > 0` (the paper's Algorithm 3 uses 1; ``inf`` turns
+      the clip off).
     probe: the Hutchinson probe distribution, ``"rademacher"`` or ``"gaussian"``.
-    key: int seed or PRNG key of the probes / label samples. It is stored in the state
-      and split every step, so a step is a pure function of its inputs.
+    mu_dtype: dtype of the first moment ``m``; ``None`` (default): the parameters'
+      dtypes. ``h`` keeps the parameters' dtypes.
+    key: int seed, raw ``uint32`` key or typed PRNG key of the probes / label samples
+      (keyword-only). It is stored in the state and split every step, so a step is a
+      pure function of its inputs.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update(updates, state, params, *,
     obj_fn=None, sampled_obj_fn=None, **extra)``.
 
   Raises:
-    ValueError: bad hyperparameters at construction; at ``update``, a missing ``params``,
-      ``obj_fn`` (Sophia-H) or ``sampled_obj_fn`` (Sophia-G).
+    ValueError: bad hyperparameters at construction (checked when concrete); at
+      ``update``, a missing ``params``, ``obj_fn`` (Sophia-H) or ``sampled_obj_fn``
+      (Sophia-G).
+    TypeError: a non-numeric hyperparameter, a traced ``update_interval``, a bad ``key``.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -142,63 +166,63 @@ def scale_by_sophia(
     Liu, Li, Hall, Liang, Ma, "Sophia: A Scalable Stochastic Second-order Optimizer for
     Language Model Pre-training", arXiv:2305.14342 (Algorithms 1-3).
   """
-  if estimator not in ("hutchinson", "gnb"):
-    raise ValueError(f"estimator must be 'hutchinson' or 'gnb', got {estimator!r}")
-  if probe not in ("rademacher", "gaussian"):
-    raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {probe!r}")
-  _check_range("b1", b1, 0.0, 1.0)
-  _check_range("b2", b2, 0.0, 1.0)
-  _check_range("gamma", gamma, 0.0, np.inf, lo_open=True)
-  _check_range("eps", eps, 0.0, np.inf, lo_open=True)
-  _check_range("clip_threshold", clip_threshold, 0.0, np.inf, lo_open=True)
-  _check_range("update_interval", update_interval, 1, np.inf)
-  if estimator == "gnb":
+  variant = check_choice("variant", variant, _VARIANTS)
+  probe = check_choice("probe", probe, PROBES)
+  check_scalar("b1", b1, lo=0.0, hi=1.0, hi_open=True)
+  check_scalar("b2", b2, lo=0.0, hi=1.0, hi_open=True)
+  check_scalar("gamma", gamma, lo=0.0, lo_open=True)
+  check_scalar("eps", eps, lo=0.0, lo_open=True)
+  check_scalar("clip_threshold", clip_threshold, lo=0.0, lo_open=True, allow_inf=True)
+  update_interval = check_scalar(
+    "update_interval", update_interval, lo=1, integer=True, static=True
+  )
+  if variant == "gnb":
     if batch_size is None:
       raise ValueError(
-        "estimator='gnb' needs batch_size: the number of predictions averaged in the "
+        "variant='gnb' needs batch_size: the number of predictions averaged in the "
         "sampled loss (the GNB estimate is batch_size * g_hat * g_hat)"
       )
-    _check_range("batch_size", batch_size, 0.0, np.inf, lo_open=True)
-  method = f"sophia(estimator={estimator!r})"
+    check_scalar("batch_size", batch_size, lo=0.0, lo_open=True)
+  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+  key = as_key(key)
+  method = f"sophia(variant={variant!r})"
 
   def init_fn(params):
-    zeros = _tree.tree_zeros_like(params)
     return ScaleBySophiaState(
       count=jnp.zeros([], jnp.int32),
-      mu=zeros,
-      hess=_tree.tree_zeros_like(params),
-      key=_as_key(key),
+      mu=otu.tree_zeros_like(params, dtype=mu_dtype),
+      hess=otu.tree_zeros_like(params),
+      key=key,
       win_rate=jnp.zeros([], jnp.float32),
     )
 
   def estimate(params, key, extra):
-    if estimator == "hutchinson":
-      obj_fn = _require_fn(extra, "obj_fn", method, "params -> scalar loss")
+    if variant == "hutchinson":
+      obj_fn = require_fn(extra, "obj_fn", method, "params -> scalar loss")
       u = _tree.tree_probe(key, params, probe)
       hu = hvp(obj_fn, params, u)
       return jax.tree.map(lambda a, b: a * b, u, hu)
-    sampled = _require_fn(
+    sampled = require_fn(
       extra, "sampled_obj_fn", method, "(params, key) -> scalar loss at sampled labels"
     )
     g_hat = jax.grad(sampled)(params, key)
     return jax.tree.map(lambda g: (batch_size * g * g).astype(g.dtype), g_hat)
 
   def update_fn(updates, state, params=None, **extra):
-    _require_params(params, method)
+    require_params(params, method)
     _tree.check_same_structure(params, updates, "params", "updates")
     # Validate the extra arguments eagerly (trace time), not only inside the cond branch.
-    if estimator == "hutchinson":
-      _require_fn(extra, "obj_fn", method, "params -> scalar loss")
+    if variant == "hutchinson":
+      require_fn(extra, "obj_fn", method, "params -> scalar loss")
     else:
-      _require_fn(extra, "sampled_obj_fn", method, "(params, key) -> scalar loss")
+      require_fn(extra, "sampled_obj_fn", method, "(params, key) -> scalar loss")
 
     key, subkey = jax.random.split(state.key)
-    mu = jax.tree.map(lambda m, g: (b1 * m + (1 - b1) * g).astype(m.dtype), state.mu, updates)
+    mu = otu.tree_cast_like(otu.tree_update_moment(updates, state.mu, b1, 1), state.mu)
 
     def refresh(hess):
-      h_hat = estimate(params, subkey, extra)
-      new = jax.tree.map(lambda h, e: b2 * h + (1 - b2) * e.astype(h.dtype), hess, h_hat)
-      return _finite_or(new, hess)
+      h_hat = otu.tree_cast_like(estimate(params, subkey, extra), hess)
+      return _finite_or(otu.tree_update_moment(h_hat, hess, b2, 1), hess)
 
     hess = jax.lax.cond(state.count % update_interval == 0, refresh, lambda h: h, state.hess)
 
@@ -223,8 +247,9 @@ def scale_by_sophia(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+@renamed_kwargs(estimator="variant")
 def sophia(
-  learning_rate: optax.ScalarOrSchedule = 1e-4,
+  learning_rate: optax.ScalarOrSchedule = MISSING,
   b1: float = 0.965,
   b2: float = 0.99,
   gamma: float = 0.01,
@@ -232,10 +257,12 @@ def sophia(
   weight_decay: float = 1e-1,
   weight_decay_mask: Any = None,
   update_interval: int = 10,
-  estimator: Literal["hutchinson", "gnb"] = "hutchinson",
+  variant: Literal["hutchinson", "gnb"] = "hutchinson",
   batch_size: float | None = None,
   clip_threshold: float = 1.0,
   probe: Literal["rademacher", "gaussian"] = "rademacher",
+  mu_dtype: Any = None,
+  *,
   key: Any = 0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Sophia-H / Sophia-G with decoupled weight decay (Liu et al., 2023, Algorithm 3).
@@ -245,8 +272,8 @@ def sophia(
       - \eta_t \operatorname{clip}\!\Big(\frac{m_t}{\max(\gamma h_t, \epsilon)}, 1\Big),
 
   with :math:`m_t, h_t` from :func:`scale_by_sophia`. Weight decay is decoupled and
-  *not* clipped (it is added after the clip). ``estimator="hutchinson"`` needs the extra
-  argument ``obj_fn(params) -> loss``; ``estimator="gnb"`` needs
+  *not* clipped (it is added after the clip). ``variant="hutchinson"`` needs the extra
+  argument ``obj_fn(params) -> loss``; ``variant="gnb"`` needs
   ``sampled_obj_fn(params, key) -> loss`` evaluated at labels drawn from the model::
 
     def sampled_obj_fn(params, key):
@@ -255,15 +282,17 @@ def sophia(
       return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
   Args:
-    learning_rate: :math:`\eta_t`, a float or an optax schedule.
-    b1, b2, gamma, eps, update_interval, estimator, batch_size, clip_threshold, probe,
-      key: see :func:`scale_by_sophia`.
-    weight_decay: :math:`\lambda` (official Sophia-G default 0.1).
+    learning_rate: :math:`\eta_t \ge 0`, a float or an optax schedule; required (the
+      old default 1e-4 is used, with a ``DeprecationWarning``, when it is omitted).
+    b1, b2, gamma, eps, update_interval, variant, batch_size, clip_threshold, probe,
+      mu_dtype, key: see :func:`scale_by_sophia`. ``estimator=`` is the deprecated
+      spelling of ``variant=``.
+    weight_decay: :math:`\lambda \ge 0` (official Sophia-G default 0.1).
     weight_decay_mask: optional mask (pytree or callable) of the parameters to decay.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Under ``optax.inject_hyperparams`` mark
-    ``estimator``, ``probe``, ``key`` and a callable ``weight_decay_mask`` as
+    ``variant``, ``probe``, ``update_interval``, ``key`` and a callable ``weight_decay_mask`` as
     ``static_args``.
 
   Example:
@@ -285,6 +314,9 @@ def sophia(
     Liu, Li, Hall, Liang, Ma, "Sophia: A Scalable Stochastic Second-order Optimizer for
     Language Model Pre-training", arXiv:2305.14342.
   """
+  learning_rate = warn_default(learning_rate, "learning_rate", 1e-4, "sophia")
+  check_learning_rate(learning_rate)
+  check_scalar("weight_decay", weight_decay, lo=0.0)
   return optax.chain(
     scale_by_sophia(
       b1=b1,
@@ -292,10 +324,11 @@ def sophia(
       gamma=gamma,
       eps=eps,
       update_interval=update_interval,
-      estimator=estimator,
+      variant=variant,
       batch_size=batch_size,
       clip_threshold=clip_threshold,
       probe=probe,
+      mu_dtype=mu_dtype,
       key=key,
     ),
     optax.add_decayed_weights(weight_decay, weight_decay_mask),

@@ -57,8 +57,7 @@ def as_key(key: Any, *, name: str = "key") -> jax.Array:
       )
     return jax.random.wrap_key_data(jnp.asarray(key))
   raise TypeError(
-    f"{name} must be an int seed or a JAX PRNG key (jax.random.key(...)), "
-    f"got {type(key).__name__}"
+    f"{name} must be an int seed or a JAX PRNG key (jax.random.key(...)), got {type(key).__name__}"
   )
 
 
@@ -150,6 +149,12 @@ def check_scalar(
   return v
 
 
+def check_learning_rate(learning_rate: Any) -> None:
+  """A learning rate is a schedule (callable, not checked) or a finite scalar ``>= 0``."""
+  if not callable(learning_rate):
+    check_scalar("learning_rate", learning_rate, lo=0.0)
+
+
 def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
   """Validates a string option against its admissible values."""
   choices = tuple(choices)
@@ -173,10 +178,9 @@ def require_fn(extra: dict, name: str, method: str, signature: str) -> Callable:
 
 
 def require_params(params, method: str):
+  """Raises a clear error when ``update`` was called without the parameters it needs."""
   if params is None:
-    raise ValueError(
-      f"{method} evaluates curvature at the current parameters: pass params to update"
-    )
+    raise ValueError(f"{method} needs the current parameters: call update(updates, state, params)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -229,15 +233,3 @@ def warn_default(value: Any, name: str, default: Any, where: str) -> Any:
     )
     return default
   return value
-
-
-# TEMPORARY shims while modules migrate to check_scalar; removed before landing.
-def check_range(name, value, lo, hi, *, lo_open=False, hi_open=True):
-  check_scalar(name, value, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open, allow_inf=True)
-
-
-def check_hparam(name, value, ok, what):
-  if isinstance(value, jax.core.Tracer) or callable(value):
-    return
-  if not ok(float(value)):
-    raise ValueError(f"{name} must be {what}, got {value!r}")

@@ -46,7 +46,7 @@ CURVATURE_CASES: list[OptCase] = [
   OptCase(
     name="sophia_g",
     make=lambda learning_rate: optim.sophia(
-      learning_rate, gamma=0.1, weight_decay=0.0, estimator="gnb", batch_size=1, key=0
+      learning_rate, gamma=0.1, weight_decay=0.0, variant="gnb", batch_size=1, key=0
     ),
     lr=0.1,
     steps=600,

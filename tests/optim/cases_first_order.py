@@ -1,10 +1,17 @@
 """First-order optimizers (issue 3) in the shared generic table (tests/optim/test_generic.py)."""
 
+import jax
 import jax.numpy as jnp
 import optax
 
 import optim
 from tests.optim.cases import OptCase
+
+
+def _matrices_only(params):
+  """A callable ``weight_decay_mask``: decay kernels, not vectors (optax's usual mask)."""
+  return jax.tree.map(lambda x: jnp.ndim(x) >= 2, params)
+
 
 FIRST_ORDER_CASES: list[OptCase] = [
   OptCase(
@@ -18,6 +25,14 @@ FIRST_ORDER_CASES: list[OptCase] = [
     make=lambda learning_rate: optim.diffgrad(learning_rate, mu_dtype=jnp.float32),
     lr=0.1,
     note="float32 accumulators; bf16 gradients must still give bf16 updates",
+  ),
+  OptCase(
+    name="diffgrad_wd_masked",
+    make=lambda learning_rate: optim.diffgrad(
+      learning_rate, weight_decay=1e-4, weight_decay_mask=_matrices_only
+    ),
+    lr=0.1,
+    note="coupled decay 1e-4 on 2-D leaves only (optax.masked state)",
   ),
   OptCase(
     name="adamp",
@@ -36,6 +51,14 @@ FIRST_ORDER_CASES: list[OptCase] = [
     make=lambda learning_rate: optim.sgdp(learning_rate, momentum=0.9),
     lr=0.05,
     rosenbrock_lr=2e-3,
+  ),
+  OptCase(
+    name="sgdp_wd_masked",
+    make=lambda learning_rate: optim.sgdp(
+      learning_rate, momentum=0.9, weight_decay=1e-4, weight_decay_mask=_matrices_only
+    ),
+    lr=0.05,
+    note="decay 1e-4 / (1 - 0.9) on 2-D leaves only, applied inside the projection step",
   ),
   OptCase(
     name="perp_grad_sgd",
@@ -97,5 +120,14 @@ FIRST_ORDER_CASES: list[OptCase] = [
     lr=0.2,
     per_example=True,
     note="small clip thresholds: the error feedback must still remove the clipping bias",
+  ),
+  OptCase(
+    name="dice_sgd_mu_f32",
+    make=lambda learning_rate: optim.dice_sgd(
+      learning_rate, clip1=0.3, clip2=0.6, noise_multiplier=0.01, key=0, mu_dtype=jnp.float32
+    ),
+    lr=0.2,
+    per_example=True,
+    note="float32 error accumulator; bf16 gradients must still give bf16 updates",
   ),
 ]

@@ -166,7 +166,7 @@ def test_non_finite_curvature_keeps_previous_second_moment(x64):
 
 def test_missing_objective_raises_a_clear_error():
   p = jnp.ones(2)
-  opt = optim.adahessian()
+  opt = optim.adahessian(0.15)
   with pytest.raises(ValueError, match="obj_fn"):
     opt.update(p, opt.init(p), p)
   with pytest.raises(TypeError, match="obj_fn must be callable"):
@@ -179,10 +179,82 @@ def test_missing_objective_raises_a_clear_error():
     (dict(hessian_power=0.0), "hessian_power"),
     (dict(hessian_power=1.5), "hessian_power"),
     (dict(b1=1.0), "b1"),
+    (dict(b2=float("nan")), "b2"),
     (dict(eps=0.0), "eps"),
+    (dict(eps=float("inf")), "eps"),
     (dict(update_interval=0), "update_interval"),
+    (dict(update_interval=2.5), "update_interval"),
+    (dict(weight_decay=-1.0), "weight_decay"),
+    (dict(learning_rate=-0.1), "learning_rate"),
   ],
 )
 def test_invalid_hyperparameters_raise_at_construction(kwargs, match):
+  kwargs = {"learning_rate": 0.15, **kwargs}
   with pytest.raises(ValueError, match=match):
     optim.adahessian(**kwargs)
+
+
+def test_non_numeric_hyperparameter_and_bad_key_raise_type_errors():
+  with pytest.raises(TypeError, match="b1"):
+    optim.adahessian(0.15, b1="0.9")
+  with pytest.raises(TypeError, match="key"):
+    optim.adahessian(0.15, key="seed")
+
+
+def test_update_interval_is_static_under_inject_hyperparams():
+  f = _quadratic({"w": jnp.array([1.0, 2.0])}, {"w": jnp.zeros(2)})
+  p = {"w": jnp.ones(2)}
+
+  def jitted_step(tx):
+    return jax.jit(lambda s: tx.update(jax.grad(f)(p), s, p, obj_fn=f))(tx.init(p))
+
+  # spatial_axes is callable: inject_hyperparams would take it for a schedule.
+  inject = lambda static_args: optax.inject_hyperparams(optim.adahessian, static_args=static_args)
+  traced = inject(("spatial_axes",))(learning_rate=0.1, update_interval=2)
+  with pytest.raises(TypeError, match="update_interval.*static_args"):
+    jitted_step(traced)
+  static = inject(("spatial_axes", "update_interval"))(learning_rate=0.1, update_interval=2)
+  u, _ = jitted_step(static)
+  u_ref, _ = jitted_step(optim.adahessian(0.1, update_interval=2))
+  np.testing.assert_allclose(u["w"], u_ref["w"], rtol=1e-6)
+
+
+def _first_update(opt, p):
+  f = _quadratic({"w": jnp.array([1.0, 4.0])}, {"w": jnp.array([0.5, -0.5])})
+  g = jax.tree.map(lambda x: x.astype(p["w"].dtype), jax.grad(f)(p))
+  return opt.update(g, opt.init(p), p, obj_fn=f)
+
+
+def test_omitted_learning_rate_warns_and_uses_the_paper_default():
+  p = {"w": jnp.array([1.0, -2.0])}
+  with pytest.warns(DeprecationWarning, match="learning_rate"):
+    opt = optim.adahessian(key=0)
+  u, _ = _first_update(opt, p)
+  u_ref, _ = _first_update(optim.adahessian(0.15, key=0), p)
+  np.testing.assert_array_equal(u["w"], u_ref["w"])
+
+
+def test_key_is_keyword_only_and_accepts_seed_raw_and_typed_keys():
+  with pytest.raises(TypeError):
+    optim.scale_by_adahessian(0.9, 0.999, 1e-4, 1.0, 1, optim.conv_spatial_axes, None, 0)
+  keys = [5, jax.random.PRNGKey(5), jax.random.key(5)]
+  states = [optim.scale_by_adahessian(key=k).init(jnp.ones(2)) for k in keys]
+  for s in states:
+    assert jax.dtypes.issubdtype(s.key.dtype, jax.dtypes.prng_key)
+    np.testing.assert_array_equal(jax.random.key_data(s.key), jax.random.key_data(states[0].key))
+
+
+def test_mu_dtype_sets_the_first_moment_dtype_only():
+  p32 = {"w": jnp.array([1.0, -2.0])}
+  u, s = _first_update(optim.adahessian(0.15, mu_dtype=jnp.bfloat16), p32)
+  assert s[0].mu["w"].dtype == jnp.bfloat16 and s[0].nu["w"].dtype == jnp.float32
+  assert u["w"].dtype == jnp.float32
+  # float32 moments for bf16 parameters: the updates stay in the parameters' dtype.
+  p16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), p32)
+  u, s = _first_update(optim.adahessian(0.15, mu_dtype=jnp.float32), p16)
+  assert s[0].mu["w"].dtype == jnp.float32 and s[0].nu["w"].dtype == jnp.bfloat16
+  assert u["w"].dtype == jnp.bfloat16
+  # mu_dtype equal to the parameters' dtype is the default, bit for bit.
+  u_a, _ = _first_update(optim.adahessian(0.15, mu_dtype=jnp.float32), p32)
+  u_b, _ = _first_update(optim.adahessian(0.15), p32)
+  np.testing.assert_array_equal(u_a["w"], u_b["w"])

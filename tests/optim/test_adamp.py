@@ -1,5 +1,6 @@
 """AdamP and SGDP against float64 NumPy transcriptions (paper + official clovaai details)."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -209,7 +210,104 @@ def test_missing_params_is_a_clear_error():
     tx.update(w, tx.init(w))
 
 
-@pytest.mark.parametrize("kwargs", [{"delta": -0.1}, {"wd_ratio": -1.0}, {"eps": 0.0}, {"b1": 1.0}])
-def test_invalid_hyperparameters_raise(kwargs):
-  with pytest.raises(ValueError):
-    optim.adamp(0.1, **kwargs)
+@pytest.mark.parametrize(
+  "kwargs",
+  [
+    {"delta": -0.1},
+    {"delta": float("inf")},
+    {"wd_ratio": -1.0},
+    {"eps": 0.0},
+    {"b1": 1.0},
+    {"b2": float("nan")},
+    {"weight_decay": -0.1},
+    {"weight_decay": float("inf")},
+    {"learning_rate": -0.1},
+    {"channel_axis": 1.5},
+  ],
+)
+@pytest.mark.parametrize("alias", ["adamp", "sgdp"])
+def test_invalid_hyperparameters_raise_naming_the_argument(alias, kwargs):
+  (name,) = kwargs
+  if alias == "sgdp" and name in ("b1", "b2"):
+    kwargs, name = {"momentum": kwargs[name]}, "momentum"
+  with pytest.raises(ValueError, match=name):
+    getattr(optim, alias)(**{"learning_rate": 0.1, **kwargs})
+
+
+@pytest.mark.parametrize("make", [optim.scale_by_adamp, optim.scale_by_sgdp])
+def test_nesterov_must_be_a_bool(make):
+  with pytest.raises(TypeError, match="nesterov"):
+    make(nesterov=1)
+
+
+@pytest.mark.parametrize("axis", [2, -3])
+def test_channel_axis_outside_a_leaf_is_an_error_not_a_wrap_around(axis):
+  # Axis 2 of a 2-D kernel used to wrap to axis 0 silently.
+  tx = optim.scale_by_adamp(channel_axis=axis)
+  w = {"kernel": jnp.ones((4, 3)), "bias": jnp.ones(3)}
+  with pytest.raises(ValueError, match="channel_axis"):
+    tx.update(w, tx.init(w), w)
+
+
+def test_channel_axis_is_static_under_inject_hyperparams():
+  w = jnp.asarray(np.random.default_rng(3).normal(size=(4, 3)))
+  traced = optax.inject_hyperparams(optim.scale_by_adamp)(channel_axis=0)
+  with pytest.raises(TypeError, match="static_args"):
+    jax.jit(traced.update)(w, traced.init(w), w)
+  static = optax.inject_hyperparams(optim.scale_by_adamp, static_args=("channel_axis",))(
+    channel_axis=0
+  )
+  u, _ = jax.jit(static.update)(w, static.init(w), w)
+  plain = optim.scale_by_adamp(channel_axis=0)
+  # inject_hyperparams stores b2 = 0.999 in float32: 1 - b2 then differs by ~1e-5.
+  chex.assert_trees_all_close(u, plain.update(w, plain.init(w), w)[0], rtol=1e-4)
+
+
+@pytest.mark.parametrize("alias", ["adamp", "sgdp"])
+@pytest.mark.parametrize(
+  "mask",
+  [
+    {"conv": True, "dense": False, "head": True, "bias": False},
+    lambda p: {k: k in ("conv", "head") for k in p},
+  ],
+  ids=["tree", "callable"],
+)
+def test_weight_decay_mask_applies_inside_the_projection_step(x64, problem, alias, mask):
+  """Masked-out leaves step as without decay, masked-in ones as with it (ratio r_t and,
+  for SGDP, the 1 / (1 - momentum) factor included): the mask acts where the decay is."""
+  w0, grads = problem
+  make = getattr(optim, alias)
+
+  def run(**kw):
+    return _run(make(0.01, **kw), w0, grads[:3])
+
+  masked = run(weight_decay=0.1, weight_decay_mask=mask)
+  full, none = run(weight_decay=0.1), run()
+  for m, f, n in zip(masked, full, none):
+    chex.assert_trees_all_close(
+      {k: m[k] for k in ("conv", "head")}, {k: f[k] for k in ("conv", "head")}, rtol=1e-12
+    )
+    chex.assert_trees_all_close(
+      {k: m[k] for k in ("dense", "bias")}, {k: n[k] for k in ("dense", "bias")}, rtol=1e-12
+    )
+    assert not np.allclose(f["dense"], n["dense"])  # decay matters on the masked-out leaf
+
+
+def test_weight_decay_mask_prefix_tree_covers_a_whole_subtree():
+  w = {"enc": {"k": jnp.ones((3, 2)), "b": jnp.ones(2)}, "head": jnp.ones((2, 2))}
+  g = jax.tree.map(lambda x: 0.5 * x, w)
+  prefix = optim.adamp(0.1, weight_decay=0.3, weight_decay_mask={"enc": False, "head": True})
+  full = optim.adamp(
+    0.1, weight_decay=0.3, weight_decay_mask={"enc": {"k": False, "b": False}, "head": True}
+  )
+  chex.assert_trees_all_close(
+    prefix.update(g, prefix.init(w), w)[0], full.update(g, full.init(w), w)[0]
+  )
+
+
+def test_state_dtypes_follow_mu_dtype():
+  w = {"k": jnp.ones((3, 2), jnp.bfloat16)}
+  tx = optim.scale_by_adamp(mu_dtype=jnp.float32)
+  u, s = tx.update(w, tx.init(w), w)
+  chex.assert_trees_all_equal_dtypes(u, w)
+  chex.assert_trees_all_equal_dtypes(s.mu, s.nu, {"k": jnp.ones((3, 2), jnp.float32)})

@@ -2,9 +2,11 @@
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import optim
@@ -66,19 +68,44 @@ def test_clipping_lowers_directional_sharpness_when_few_coordinates_are_sharp():
 
 
 @pytest.mark.parametrize(
-  "kw",
+  "kw, match",
   [
-    {},
-    {"threshold": 1.0, "fraction": 0.1},
-    {"threshold": 0.0},
-    {"threshold": -1.0},
-    {"fraction": 0.0},
-    {"fraction": 1.5},
+    ({}, "exactly one"),
+    ({"threshold": 1.0, "fraction": 0.1}, "exactly one"),
+    ({"threshold": 0.0}, "threshold"),
+    ({"threshold": -1.0}, "threshold"),
+    ({"threshold": float("nan")}, "threshold"),
+    ({"fraction": 0.0}, "fraction"),
+    ({"fraction": 1.5}, "fraction"),
+    ({"fraction": float("nan")}, "fraction"),
   ],
 )
-def test_invalid_arguments_raise(kw):
-  with pytest.raises(ValueError):
+def test_invalid_arguments_raise(kw, match):
+  with pytest.raises(ValueError, match=match):
     optim.coordinate_clip(**kw)
+
+
+def test_infinite_threshold_clips_nothing():
+  g = {"a": jnp.array([1e30, -3.0]), "b": jnp.array([0.5])}
+  u, _ = jax.jit(optim.coordinate_clip(threshold=float("inf")).update)(g, optax.EmptyState())
+  chex.assert_trees_all_equal(u, g)
+
+
+def test_traced_fraction_under_inject_hyperparams_says_to_make_it_static():
+  g = jnp.array([4.0, -3.0, 1.0, 0.5])
+  traced = optax.inject_hyperparams(optim.coordinate_clip)(fraction=0.5)
+  with pytest.raises(TypeError, match=r"fraction.*static_args"):
+    jax.jit(traced.update)(g, traced.init(g))
+  static = optax.inject_hyperparams(optim.coordinate_clip, static_args=("fraction",))(fraction=0.5)
+  u, _ = jax.jit(static.update)(g, static.init(g))
+  chex.assert_trees_all_equal(u, jnp.array([3.0, -3.0, 1.0, 0.5]))
+
+
+def test_threshold_may_be_traced_under_inject_hyperparams():
+  g = jnp.array([4.0, -3.0, 1.0, 0.5])
+  tx = optax.inject_hyperparams(optim.coordinate_clip)(threshold=2.0)
+  u, _ = jax.jit(tx.update)(g, tx.init(g))
+  chex.assert_trees_all_equal(u, jnp.array([2.0, -2.0, 1.0, 0.5]))
 
 
 def _load_repro():

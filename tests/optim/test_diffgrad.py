@@ -1,5 +1,6 @@
 """diffGrad against a float64 NumPy transcription of the paper's update (authors' v2 code)."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -76,8 +77,50 @@ def test_mu_dtype_keeps_float32_accumulators_for_bf16_gradients():
 
 
 @pytest.mark.parametrize(
-  "kwargs", [{"b1": 1.0}, {"b2": -0.1}, {"eps": -1.0}, {"weight_decay": -1e-3}]
+  "kwargs",
+  [
+    {"b1": 1.0},
+    {"b1": float("nan")},
+    {"b2": -0.1},
+    {"eps": -1.0},
+    {"eps": float("inf")},
+    {"weight_decay": -1e-3},
+    {"weight_decay": float("inf")},
+    {"learning_rate": -0.1},
+    {"learning_rate": float("nan")},
+  ],
 )
-def test_invalid_hyperparameters_raise(kwargs):
-  with pytest.raises(ValueError):
-    optim.diffgrad(0.1, **kwargs)
+def test_invalid_hyperparameters_raise_naming_the_argument(kwargs):
+  (name,) = kwargs
+  kwargs = {"learning_rate": 0.1, **kwargs}
+  with pytest.raises(ValueError, match=name):
+    optim.diffgrad(**kwargs)
+
+
+def test_non_numeric_hyperparameter_is_a_type_error():
+  with pytest.raises(TypeError, match="b1"):
+    optim.scale_by_diffgrad(b1="0.9")
+
+
+@pytest.mark.parametrize(
+  "mask",
+  [
+    {"w": True, "b": False},
+    lambda p: jax.tree.map(lambda x: x.ndim > 1, p),
+  ],
+  ids=["tree", "callable"],
+)
+def test_weight_decay_mask_decays_exactly_the_selected_leaves(mask):
+  rng = np.random.default_rng(2)
+  p = {"w": jnp.asarray(rng.normal(size=(3, 2))), "b": jnp.asarray(rng.normal(size=2))}
+  g = jax.tree.map(lambda x: 0.3 * x + 0.1, p)
+
+  def first_update(**kw):
+    tx = optim.diffgrad(0.1, **kw)
+    return tx.update(g, tx.init(p), p)[0]
+
+  masked = first_update(weight_decay=0.5, weight_decay_mask=mask)
+  full, none = first_update(weight_decay=0.5), first_update()
+  chex.assert_trees_all_close(masked["w"], full["w"])
+  chex.assert_trees_all_close(masked["b"], none["b"])
+  assert not np.allclose(full["b"], none["b"])  # the decay does change that leaf

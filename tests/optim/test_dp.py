@@ -1,5 +1,6 @@
 """DP-SGD and DiceSGD against float64 NumPy transcriptions; noise calibration; bad input."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -114,13 +115,13 @@ def test_noise_std_is_sigma_times_clip_over_batch(which):
   assert not np.allclose(u1["w"], u2["w"])  # the key advances every step
 
 
-def test_same_key_gives_same_noise_and_int_seed_equals_typed_key():
+def test_same_key_gives_same_noise_and_int_seed_equals_typed_and_raw_keys():
   g = {"w": jnp.zeros((4, 10))}
-  a = optim.dp_sgd(0.1, 1.0, 1.0, key=5)
-  b = optim.dp_sgd(0.1, 1.0, 1.0, key=jax.random.key(5))
-  ua, _ = a.update(g, a.init({"w": jnp.zeros(10)}))
-  ub, _ = b.update(g, b.init({"w": jnp.zeros(10)}))
-  np.testing.assert_array_equal(ua["w"], ub["w"])
+  keys = (5, jax.random.key(5), jax.random.PRNGKey(5))
+  txs = [optim.dp_sgd(0.1, 1.0, 1.0, key=k) for k in keys]
+  us = [tx.update(g, tx.init({"w": jnp.zeros(10)}))[0] for tx in txs]
+  chex.assert_trees_all_equal(*us)
+  assert float(jnp.std(us[0]["w"])) > 0
 
 
 def test_scalar_leaf_without_batch_axis_is_a_clear_error():
@@ -144,18 +145,67 @@ def test_gradients_missing_the_batch_axis_are_a_clear_error():
 
 
 @pytest.mark.parametrize(
-  "make",
+  "make, match",
   [
-    lambda: optim.dp_sgd(0.1, -1.0, 1.0),
-    lambda: optim.dp_sgd(0.1, 0.0, 1.0),
-    lambda: optim.dp_sgd(0.1, 1.0, -0.5),
-    lambda: optim.dice_sgd(0.1, -1.0, 1.0, 1.0),
-    lambda: optim.dice_sgd(0.1, 2.0, 1.0, 1.0),  # C2 < C1
+    (lambda: optim.dp_sgd(0.1, -1.0, 1.0), "l2_norm_clip"),
+    (lambda: optim.dp_sgd(0.1, 0.0, 1.0), "l2_norm_clip"),
+    (lambda: optim.dp_sgd(0.1, float("nan"), 1.0), "l2_norm_clip"),
+    (lambda: optim.dp_sgd(0.1, 1.0, -0.5), "noise_multiplier"),
+    (lambda: optim.dp_sgd(0.1, 1.0, float("inf")), "noise_multiplier"),
+    (lambda: optim.dp_sgd(-0.1, 1.0, 1.0), "learning_rate"),
+    (lambda: optim.dp_sgd(0.1, float("inf"), 1.0), "unbounded"),
+    (lambda: optim.dice_sgd(0.1, -1.0, 1.0, 1.0), "clip1"),
+    (lambda: optim.dice_sgd(0.1, 2.0, 1.0, 1.0), "clip2 >= clip1"),
+    (lambda: optim.dice_sgd(0.1, 1.0, float("nan"), 1.0), "clip2"),
+    (lambda: optim.dice_sgd(0.1, float("inf"), float("inf"), 0.5), "unbounded"),
+    (lambda: optim.dice_sgd(float("nan"), 1.0, 1.0, 1.0), "learning_rate"),
   ],
 )
-def test_invalid_thresholds_and_noise_raise(make):
-  with pytest.raises(ValueError):
+def test_invalid_thresholds_and_noise_raise_naming_the_argument(make, match):
+  with pytest.raises(ValueError, match=match):
     make()
+
+
+def test_infinite_clip_means_no_clipping_dp_sgd_is_the_plain_mean(x64):
+  grads = _per_example_grads(3, steps=3)
+  tx = optim.scale_by_dp_sgd(l2_norm_clip=float("inf"), noise_multiplier=0.0)
+  state = tx.init(PARAMS)
+  for g in grads:
+    u, state = jax.jit(tx.update)(g, state, PARAMS)
+    chex.assert_tree_all_finite(u)
+    chex.assert_trees_all_close(u, {k: v.mean(axis=0) for k, v in g.items()}, rtol=1e-12)
+
+
+def test_infinite_clip2_feeds_the_error_back_unclipped(x64):
+  grads = _per_example_grads(4)
+  tx = optim.scale_by_dice_sgd(clip1=0.5, clip2=float("inf"), noise_multiplier=0.0)
+  state = tx.init(PARAMS)
+  want_u, want_e = dice_sgd_reference(grads, 0.5, 1e300)
+  for g, wu, we in zip(grads, want_u, want_e):
+    u, state = jax.jit(tx.update)(g, state, PARAMS)
+    chex.assert_trees_all_close(u, wu, rtol=1e-6)
+    chex.assert_trees_all_close(state.error, we, rtol=1e-6, atol=1e-12)
+
+
+def test_error_dtype_is_deprecated_for_mu_dtype():
+  params = {"w": jnp.zeros(2, jnp.bfloat16)}
+  with pytest.warns(DeprecationWarning, match="mu_dtype"):
+    tx = optim.dice_sgd(0.1, 1.0, 1.0, 0.0, error_dtype=jnp.float32)
+  with pytest.warns(DeprecationWarning, match="mu_dtype"):
+    inner = optim.scale_by_dice_sgd(1.0, 1.0, 0.0, error_dtype=jnp.float32)
+  new = optim.dice_sgd(0.1, 1.0, 1.0, 0.0, mu_dtype=jnp.float32)
+  for t in (tx, new):
+    chex.assert_trees_all_equal_dtypes(t.init(params)[0].error, {"w": jnp.zeros(2)})
+  assert inner.init(params).error["w"].dtype == jnp.float32
+  with pytest.raises(TypeError, match="both"):
+    optim.dice_sgd(0.1, 1.0, 1.0, 0.0, error_dtype=jnp.float32, mu_dtype=jnp.float32)
+
+
+def test_key_is_keyword_only_and_checked_at_construction():
+  with pytest.raises(TypeError):
+    optim.dp_sgd(0.1, 1.0, 1.0, 0)  # a positional key
+  with pytest.raises(TypeError, match="key"):
+    optim.scale_by_dice_sgd(1.0, 1.0, 1.0, key="seed")
 
 
 @pytest.mark.parametrize("which", ["dp_sgd", "dice_sgd"])

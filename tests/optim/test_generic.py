@@ -2,10 +2,11 @@
 
 Every case in ``FIRST_ORDER_CASES + CURVATURE_CASES`` must: converge on a parabola (and on
 Rosenbrock when it declares a learning rate for it), return updates in the gradients'
-dtype, work under ``optax.inject_hyperparams``, not recompile on a second jitted call,
-keep its state structure across steps, tolerate unknown extra arguments, give the same
-updates on parameters sharded over 8 devices, and resume bit-identically from an orbax
-checkpoint of its state.
+dtype, work under ``optax.inject_hyperparams``, take an optax schedule as its learning rate
+(the same updates as the schedule's value at each step), accumulate under
+``optax.MultiSteps``, not recompile on a second jitted call, keep its state structure
+across steps, tolerate unknown extra arguments, give the same updates on parameters
+sharded over 8 devices, and resume bit-identically from an orbax checkpoint of its state.
 
 The harness always passes ``obj_fn`` (params -> scalar loss) and ``value`` (the current
 loss) as extra keyword arguments, plus whatever ``case.extra_args`` builds. States may hold
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,6 +35,20 @@ CASES = FIRST_ORDER_CASES + CURVATURE_CASES
 CASES_BY_NAME = {c.name: c for c in CASES}
 assert len(CASES_BY_NAME) == len(CASES), "duplicate case names in the optimizer table"
 ROSENBROCK_CASES = [c for c in CASES if c.rosenbrock_lr is not None]
+# optax.MultiSteps forwards extra arguments (obj_fn, sampled_obj_fn) to the inner update,
+# so curvature cases take part; per-example cases cannot: MultiSteps accumulates
+# gradients shaped like the parameters, and theirs carry a leading batch axis.
+MULTISTEPS_CASES = [
+  pytest.param(
+    c,
+    marks=pytest.mark.skip(
+      reason="per-example gradients: optax.MultiSteps accumulates params-shaped gradients"
+    )
+    if c.per_example
+    else (),
+  )
+  for c in CASES
+]
 N_EXAMPLES = 8
 
 
@@ -220,6 +236,65 @@ def test_works_under_inject_hyperparams(case):
   _, _, u_a = step_inj(params, s_inj)
   _, _, u_b = step_inj(params, s_changed)
   assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(u_a), jax.tree.leaves(u_b)))
+
+
+SCHEDULE_STEPS = 4
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_schedule_learning_rate_gives_the_updates_of_its_value_at_each_step(case):
+  """The alias built with an optax schedule against the same alias with the schedule's
+  value at each step (set through ``inject_hyperparams``), in lockstep on the same
+  parameters, states and extra arguments."""
+  schedule = optax.linear_schedule(case.lr, 0.25 * case.lr, transition_steps=SCHEDULE_STEPS - 1)
+  tx_schedule = case.make(schedule)
+  tx_value = optax.inject_hyperparams(case.make)(learning_rate=case.lr)
+  step_schedule = _make_step(case, tx_schedule, PARABOLA)
+  step_value = _make_step(case, tx_value, PARABOLA)
+
+  @jax.jit
+  def run(params):
+    def body(carry, t):
+      p, s_schedule, s_value = carry
+      hp = dict(s_value.hyperparams)
+      hp[case.hyperparam] = schedule(t).astype(hp[case.hyperparam].dtype)
+      _, s_value, u_value = step_value(p, s_value._replace(hyperparams=hp))
+      p, s_schedule, u_schedule = step_schedule(p, s_schedule)
+      return (p, s_schedule, s_value), (u_schedule, u_value)
+
+    init = (params, tx_schedule.init(params), tx_value.init(params))
+    _, out = jax.lax.scan(body, init, jnp.arange(SCHEDULE_STEPS))
+    return out
+
+  u_schedule, u_value = run(PARABOLA_INIT)
+  chex.assert_trees_all_close(u_schedule, u_value, rtol=1e-5, atol=1e-7)
+  # The schedule is live: the last step's learning rate is a quarter of the first's.
+  assert any(not np.allclose(u[0], u[-1]) for u in jax.tree.leaves(u_schedule)), (
+    f"{case.name}: updates do not change along the schedule"
+  )
+
+
+@pytest.mark.parametrize("case", MULTISTEPS_CASES, ids=lambda c: c.name)
+def test_multisteps_k2_emits_the_inner_update_every_second_step(case):
+  """``optax.MultiSteps(k=2)``: the first mini-step returns zeros (so the parameters, hence
+  the gradient, repeat), the second returns the inner optimizer's update of that gradient;
+  jitted, with the state's structure, shapes and dtypes fixed across steps."""
+  tx_inner, step_inner = _jitted_parabola_step(case.name)
+  multi = optax.MultiSteps(case.make(case.lr), every_k_schedule=2)
+  step_multi = jax.jit(_make_step(case, multi, PARABOLA))
+  params, state = PARABOLA_INIT, multi.init(PARABOLA_INIT)
+  ref_params, ref_state = PARABOLA_INIT, tx_inner.init(PARABOLA_INIT)
+  state0 = _raw(state)
+  for _ in range(2):
+    ref_params, ref_state, ref_updates = step_inner(ref_params, ref_state)
+    params, state, updates = step_multi(params, state)
+    chex.assert_trees_all_equal(updates, jax.tree.map(jnp.zeros_like, updates))
+    params, state, updates = step_multi(params, state)
+    chex.assert_trees_all_close(updates, ref_updates, rtol=1e-5, atol=1e-7)
+    chex.assert_trees_all_equal_shapes_and_dtypes(_raw(state), state0)
+  assert bool(multi.has_updated(state))
+  chex.assert_trees_all_close(params, ref_params, rtol=1e-5, atol=1e-7)
+  chex.assert_trees_all_close(_raw(state.inner_opt_state), _raw(ref_state), rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)

@@ -78,3 +78,10 @@ def test_class_axis_argument_and_bf16_input():
 def test_bad_labels_raise(logits, labels):
   with pytest.raises(ValueError):
     stablemax_cross_entropy(logits, labels)
+
+
+@pytest.mark.parametrize("axis", [2, -3, 1.5])
+def test_class_axis_outside_the_logits_is_an_error_not_a_wrap_around(axis):
+  # axis=2 of 2-D logits used to wrap to axis 0 silently.
+  with pytest.raises(ValueError, match="axis"):
+    stablemax_cross_entropy(jnp.zeros((4, 3)), jnp.zeros(4, jnp.int32), axis=axis)

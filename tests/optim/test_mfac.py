@@ -181,15 +181,57 @@ def test_obs_pruning_with_mfac_beats_magnitude_pruning_on_logistic_regression(x6
   assert rise_obs < rise_mag, (rise_obs, rise_mag)
 
 
-def test_bad_input_raises_clear_errors():
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
+    (dict(num_grads=0), "num_grads"),
+    (dict(num_grads=4.5), "num_grads"),
+    (dict(damping=0.0), "damping"),
+    (dict(damping=float("inf")), "damping"),
+    (dict(momentum=1.0), "momentum"),
+    (dict(weight_decay=-1.0), "weight_decay"),
+    (dict(learning_rate=float("nan")), "learning_rate"),
+  ],
+)
+def test_invalid_hyperparameters_raise_at_construction(kwargs, match):
+  kwargs = {"learning_rate": 1e-3, **kwargs}
+  with pytest.raises(ValueError, match=match):
+    optim.mfac(**kwargs)
+
+
+def test_num_grads_must_be_a_concrete_integer():
   with pytest.raises(TypeError, match="num_grads"):
-    optim.mfac(num_grads=4.0)
-  with pytest.raises(ValueError, match="num_grads"):
-    optim.mfac(num_grads=0)
-  with pytest.raises(ValueError, match="damping"):
-    optim.mfac(damping=0.0)
-  with pytest.raises(ValueError, match="momentum"):
-    optim.mfac(momentum=1.0)
+    optim.mfac(1e-3, num_grads="8")
+  with pytest.raises(TypeError, match="num_grads.*static_args"):
+    jax.jit(lambda m: optim.scale_by_mfac(num_grads=m).init(jnp.ones(2)))(4)
+  # An integral float is an integer: the window has 4 rows.
+  assert optim.scale_by_mfac(num_grads=4.0).init(jnp.ones(2)).grads.shape == (4, 2)
+
+
+def test_omitted_learning_rate_warns_and_uses_the_official_default():
+  p, g = jnp.array([1.0, -2.0]), jnp.array([0.5, 0.25])
+  with pytest.warns(DeprecationWarning, match="learning_rate"):
+    opt = optim.mfac(num_grads=4)
+  ref = optim.mfac(1e-3, num_grads=4)
+  np.testing.assert_array_equal(opt.update(g, opt.init(p), p)[0], ref.update(g, ref.init(p), p)[0])
+
+
+def test_buffer_dtype_is_a_deprecated_spelling_of_mu_dtype():
+  p = jnp.ones(3)
+  with pytest.warns(DeprecationWarning, match="mu_dtype"):
+    old = optim.mfac(1e-3, num_grads=2, buffer_dtype=jnp.bfloat16)
+  with pytest.warns(DeprecationWarning, match="mu_dtype"):
+    old_bare = optim.scale_by_mfac(num_grads=2, buffer_dtype=jnp.bfloat16)
+  new = optim.mfac(1e-3, num_grads=2, mu_dtype=jnp.bfloat16)
+  for opt in (old, new):
+    assert opt.init(p)[1].grads.dtype == jnp.bfloat16  # chain: (decay, mfac, lr)
+  state = old_bare.init(p)
+  assert state.grads.dtype == jnp.bfloat16 and state.momentum.dtype == jnp.float32
+  u, state = old_bare.update(p, state)
+  assert u.dtype == jnp.float32 and state.grads.dtype == jnp.bfloat16
+
+
+def test_bad_update_input_raises_clear_errors():
   with pytest.raises(ValueError, match="leading axis"):
     mfac_ihvp({"a": jnp.ones((3, 2)), "b": jnp.ones((4,))})
   with pytest.raises(ValueError, match="damping"):

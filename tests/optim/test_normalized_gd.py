@@ -74,3 +74,13 @@ def test_accepts_a_schedule():
   tx = optim.normalized_gd(optax.linear_schedule(1.0, 0.0, 10))
   u, s = tx.update(jnp.ones(2), tx.init(jnp.ones(2)), value=jnp.float32(2.0))
   np.testing.assert_allclose(u, -0.5 * jnp.ones(2))
+
+
+@pytest.mark.parametrize("lr", [-0.1, float("nan"), float("inf")])
+def test_invalid_learning_rate_raises_naming_it(lr):
+  with pytest.raises(ValueError, match="learning_rate"):
+    optim.normalized_gd(lr)
+
+
+def test_state_is_optax_empty_state():
+  assert optim.scale_by_inverse_loss().init(jnp.ones(2)) == optax.EmptyState()

@@ -90,6 +90,16 @@ def test_missing_params_is_a_clear_error():
     tx.update(jnp.ones(3), tx.init(None))
 
 
+@pytest.mark.parametrize("eps", [0.0, -1e-30, float("nan"), float("inf")])
+def test_invalid_eps_raises_naming_it(eps):
+  with pytest.raises(ValueError, match="eps"):
+    optim.perp_grad(eps)
+
+
+def test_state_is_optax_empty_state():
+  assert optim.perp_grad().init({"w": jnp.ones(2)}) == optax.EmptyState()
+
+
 def _load_repro():
   import importlib.util
   import pathlib

@@ -19,11 +19,21 @@ def test_linear_decay_matches_formula_with_warmup():
 
 
 @pytest.mark.parametrize(
-  "kw", [{"total_steps": 5, "warmup_steps": 5}, {"total_steps": 5, "warmup_steps": -1}]
+  "kw, match",
+  [
+    ({"total_steps": 5, "warmup_steps": 5}, "warmup_steps < total_steps"),
+    ({"total_steps": 5, "warmup_steps": -1}, "warmup_steps"),
+    ({"total_steps": 10.5}, "total_steps"),
+    ({"total_steps": 0}, "total_steps"),
+    ({"total_steps": 10, "warmup_steps": 2.5}, "warmup_steps"),
+    ({"total_steps": 10, "end_value": float("nan")}, "end_value"),
+    ({"total_steps": 10, "peak_value": float("inf")}, "peak_value"),
+  ],
 )
-def test_linear_decay_rejects_bad_step_counts(kw):
-  with pytest.raises(ValueError):
-    linear_decay(1.0, **kw)
+def test_linear_decay_rejects_bad_arguments_naming_them(kw, match):
+  kw = {"peak_value": 1.0, **kw}
+  with pytest.raises(ValueError, match=match):
+    linear_decay(**kw)
 
 
 def refined_reference(norms, peak, power, width):
@@ -63,8 +73,24 @@ def test_refined_decays_faster_where_gradient_norms_grow():
 
 @pytest.mark.parametrize("norms", [[1.0], [1.0, 0.0], [1.0, np.nan], [[1.0, 2.0]]])
 def test_refined_rejects_bad_norms(norms):
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match="grad_norms"):
     refined(norms, 1.0)
+
+
+@pytest.mark.parametrize(
+  "kw, match",
+  [
+    ({"power": 0.0}, "power"),
+    ({"power": float("inf")}, "power"),
+    ({"smoothing": 1.5}, "smoothing"),
+    ({"smoothing": float("nan")}, "smoothing"),
+    ({"peak_value": float("nan")}, "peak_value"),
+  ],
+)
+def test_refined_rejects_bad_hyperparameters_naming_them(kw, match):
+  kw = {"peak_value": 1.0, **kw}
+  with pytest.raises(ValueError, match=match):
+    refined(np.ones(5), **kw)
 
 
 def test_scale_for_batch_size_linear_and_square_root_rules():
@@ -72,10 +98,26 @@ def test_scale_for_batch_size_linear_and_square_root_rules():
   assert scale_for_batch_size(0.1, 64, 256, "adaptive") == pytest.approx(0.2)
   sched = scale_for_batch_size(optax.constant_schedule(1e-3), 32, 8, "adaptive")
   assert float(sched(3)) == pytest.approx(5e-4)
-  with pytest.raises(ValueError):
-    scale_for_batch_size(0.1, 0, 8)
-  with pytest.raises(ValueError):
-    scale_for_batch_size(0.1, 8, 8, kind="lars")
+  assert scale_for_batch_size(0.1, 64, 256, variant="adaptive") == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize(
+  "args, kw, match",
+  [
+    ((0.1, 0, 8), {}, "base_batch_size"),
+    ((0.1, 8, 2.5), {}, "batch_size"),
+    ((-0.1, 8, 8), {}, "learning_rate"),
+    ((0.1, 8, 8), {"variant": "lars"}, "variant"),
+  ],
+)
+def test_scale_for_batch_size_rejects_bad_arguments_naming_them(args, kw, match):
+  with pytest.raises(ValueError, match=match):
+    scale_for_batch_size(*args, **kw)
+
+
+def test_scale_for_batch_size_kind_is_deprecated_for_variant():
+  with pytest.warns(DeprecationWarning, match="variant"):
+    assert scale_for_batch_size(0.1, 64, 256, kind="adaptive") == pytest.approx(0.2)
 
 
 def test_schedules_plug_into_an_optax_alias():

@@ -116,7 +116,7 @@ def test_sophia_g_matches_numpy_transcription_with_batch_size_scaling(x64):
     eps=cfg["eps"],
     update_interval=cfg["k"],
     weight_decay=cfg["wd"],
-    estimator="gnb",
+    variant="gnb",
     batch_size=batch,
     key=3,
   )
@@ -141,7 +141,7 @@ def test_gnb_estimate_is_unbiased_for_the_gauss_newton_diagonal(x64):
     y = jax.random.categorical(key, jax.lax.stop_gradient(x @ w))
     return mean_ce(w, y)
 
-  opt = optim.scale_by_sophia(b2=0.0, estimator="gnb", batch_size=n, update_interval=1)
+  opt = optim.scale_by_sophia(b2=0.0, variant="gnb", batch_size=n, update_interval=1)
 
   def one(key):
     state = opt.init(w)._replace(key=key)
@@ -221,7 +221,7 @@ def test_missing_objective_raises_a_clear_error():
   opt = optim.sophia(0.1)
   with pytest.raises(ValueError, match="obj_fn"):
     opt.update(p, opt.init(p), p)
-  opt_g = optim.sophia(0.1, estimator="gnb", batch_size=4)
+  opt_g = optim.sophia(0.1, variant="gnb", batch_size=4)
   with pytest.raises(ValueError, match="sampled_obj_fn"):
     opt_g.update(p, opt_g.init(p), p, obj_fn=lambda q: jnp.sum(q**2))
   with pytest.raises(ValueError, match="params"):
@@ -231,16 +231,90 @@ def test_missing_objective_raises_a_clear_error():
 @pytest.mark.parametrize(
   "kwargs, match",
   [
-    (dict(estimator="newton"), "estimator"),
-    (dict(estimator="gnb"), "batch_size"),
+    (dict(variant="newton"), "variant"),
+    (dict(variant="gnb"), "batch_size"),
+    (dict(variant="gnb", batch_size=0), "batch_size"),
     (dict(b1=1.0), "b1"),
     (dict(b2=-0.1), "b2"),
     (dict(gamma=0.0), "gamma"),
+    (dict(gamma=float("nan")), "gamma"),
     (dict(eps=0.0), "eps"),
+    (dict(clip_threshold=0.0), "clip_threshold"),
     (dict(update_interval=0), "update_interval"),
+    (dict(update_interval=2.5), "update_interval"),
     (dict(probe="normal"), "probe"),
+    (dict(weight_decay=-1.0), "weight_decay"),
+    (dict(learning_rate=float("inf")), "learning_rate"),
   ],
 )
 def test_invalid_hyperparameters_raise_at_construction(kwargs, match):
+  kwargs = {"learning_rate": 0.1, **kwargs}
   with pytest.raises(ValueError, match=match):
-    optim.sophia(0.1, **kwargs)
+    optim.sophia(**kwargs)
+
+
+def test_non_numeric_hyperparameter_and_traced_update_interval_raise_type_errors():
+  with pytest.raises(TypeError, match="gamma"):
+    optim.sophia(0.1, gamma=None)
+  with pytest.raises(TypeError, match="update_interval.*static_args"):
+    jax.jit(lambda k: optim.scale_by_sophia(update_interval=k).init(jnp.ones(2)))(3)
+
+
+def _first_update(opt, p, **extra):
+  f = _quadratic({"w": jnp.array([1.0, 4.0])}, {"w": jnp.array([0.5, -0.5])})
+  g = jax.tree.map(lambda x: x.astype(p["w"].dtype), jax.grad(f)(p))
+  return opt.update(g, opt.init(p), p, obj_fn=f, **extra)
+
+
+def test_estimator_is_a_deprecated_spelling_of_variant():
+  p = {"w": jnp.array([1.0, -2.0])}
+  sampled = {"sampled_obj_fn": lambda q, key: jnp.sum(q["w"] ** 2)}
+  with pytest.warns(DeprecationWarning, match="variant"):
+    old = optim.sophia(0.1, estimator="gnb", batch_size=2, key=0)
+  with pytest.warns(DeprecationWarning, match="variant"):
+    old_bare = optim.scale_by_sophia(estimator="gnb", batch_size=2, key=0)
+  new = optim.sophia(0.1, variant="gnb", batch_size=2, key=0)
+  new_bare = optim.scale_by_sophia(variant="gnb", batch_size=2, key=0)
+  np.testing.assert_array_equal(
+    _first_update(old, p, **sampled)[0]["w"], _first_update(new, p, **sampled)[0]["w"]
+  )
+  np.testing.assert_array_equal(
+    _first_update(old_bare, p, **sampled)[1].hess["w"],
+    _first_update(new_bare, p, **sampled)[1].hess["w"],
+  )
+  with pytest.raises(TypeError, match="variant"):
+    optim.sophia(0.1, estimator="gnb", variant="gnb", batch_size=2)
+
+
+def test_omitted_learning_rate_warns_and_uses_the_old_default():
+  p = {"w": jnp.array([1.0, -2.0])}
+  with pytest.warns(DeprecationWarning, match="learning_rate"):
+    opt = optim.sophia(key=0)
+  u, _ = _first_update(opt, p)
+  u_ref, _ = _first_update(optim.sophia(1e-4, key=0), p)
+  np.testing.assert_array_equal(u["w"], u_ref["w"])
+
+
+def test_key_is_keyword_only_and_accepts_seed_raw_and_typed_keys():
+  with pytest.raises(TypeError):
+    optim.scale_by_sophia(0.9, 0.99, 0.01, 1e-12, 10, "hutchinson", None, 1.0, "gaussian", None, 0)
+  p = {"w": jnp.array([1.0, -2.0])}
+  outs = [
+    _first_update(optim.scale_by_sophia(probe="gaussian", key=k), p)
+    for k in (5, jax.random.PRNGKey(5), jax.random.key(5))
+  ]
+  for u, s in outs:
+    np.testing.assert_array_equal(u["w"], outs[0][0]["w"])
+    np.testing.assert_array_equal(s.hess["w"], outs[0][1].hess["w"])
+    np.testing.assert_array_equal(jax.random.key_data(s.key), jax.random.key_data(outs[0][1].key))
+
+
+def test_mu_dtype_sets_the_first_moment_dtype_only():
+  p32 = {"w": jnp.array([1.0, -2.0])}
+  u, s = _first_update(optim.scale_by_sophia(mu_dtype=jnp.bfloat16), p32)
+  assert s.mu["w"].dtype == jnp.bfloat16 and s.hess["w"].dtype == jnp.float32
+  assert u["w"].dtype == jnp.float32
+  p16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), p32)
+  u, s = _first_update(optim.scale_by_sophia(mu_dtype=jnp.float32), p16)
+  assert s.mu["w"].dtype == jnp.float32 and s.hess["w"].dtype == jnp.bfloat16
+  assert u["w"].dtype == jnp.bfloat16
