@@ -1,4 +1,10 @@
-"""optim.curvature: curvature linear operators on pytrees and the estimators built on them."""
+"""optim.curvature: curvature linear operators on pytrees and the estimators built on them.
+
+Operators (:class:`LinearOperator` from :func:`hessian_matvec`, :func:`ggn_matvec`,
+:func:`fisher_matvec`) are matrix-free; the estimators (:func:`hutchinson_trace`,
+:func:`hutchinson_diag`, :func:`top_eigenvalues`, :func:`lanczos`, :func:`slq_density`)
+take any of them. :func:`run_tour` reproduces Sagun et al.'s Hessian-spectrum experiment.
+"""
 
 from optim.curvature._eigen import (
   EigenResult,
@@ -26,29 +32,35 @@ from optim.curvature._operators import (
 )
 from optim.curvature._plot import plot_density
 from optim.curvature._slq import SpectralDensity, slq_density
+from optim.curvature._tour import run_tour
 
 __all__: list[str] = [
-  "DiagEstimate",
-  "EigenResult",
-  "LanczosResult",
+  # Operators and products.
   "LinearOperator",
-  "SpectralDensity",
-  "TraceEstimate",
   "directional_sharpness",
   "fisher_matvec",
   "ggn_matvec",
   "hessian_matvec",
+  "hvp",
+  "sample_categorical",
+  "softmax_nll",
+  # Estimators and their results.
+  "DiagEstimate",
+  "EigenResult",
+  "LanczosResult",
+  "SpectralDensity",
+  "TraceEstimate",
   "hutchinson_diag",
   "hutchinson_trace",
-  "hvp",
   "lanczos",
-  "plot_density",
-  "sample_categorical",
   "slq_density",
-  "softmax_nll",
   "top_eigenvalues",
   "tridiagonal",
+  # Inverse empirical Fisher (static M-FAC) and pruning saliency.
   "MFACInverse",
   "mfac_ihvp",
   "obs_saliency",
+  # Plotting and the Sagun et al. reproduction.
+  "plot_density",
+  "run_tour",
 ]

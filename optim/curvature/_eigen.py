@@ -6,11 +6,12 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax.tree_utils as otu
 from jax.flatten_util import ravel_pytree
 
-from optim._tree import tree_probe, tree_vdot
-from optim.curvature._hutchinson import _check_count, _check_operator
-from optim.curvature._operators import LinearOperator
+from optim._tree import PROBES, tree_probe, tree_vdot
+from optim._validation import as_key, check_choice, check_scalar, renamed_kwargs
+from optim.curvature._operators import LinearOperator, check_at_most_dim, check_operator
 
 PyTree = Any
 
@@ -62,7 +63,7 @@ def _normalize(v: PyTree) -> tuple[PyTree, jax.Array]:
 def top_eigenvalues(
   op: LinearOperator,
   *,
-  key: jax.Array,
+  key: Any,
   k: int = 1,
   max_iters: int = 100,
   tol: float = 1e-6,
@@ -85,13 +86,19 @@ def top_eigenvalues(
 
   Args:
     op: a symmetric :class:`LinearOperator`.
-    key: PRNG key for the (Gaussian) start vectors.
-    k: number of eigenpairs (>= 1).
-    max_iters: maximum operator products per pair (>= 1).
-    tol: relative residual tolerance.
+    key: PRNG key for the (Gaussian) start vectors (typed key, raw ``uint32`` key or int
+      seed).
+    k: number of eigenpairs, a static integer between 1 and the operator's dimension.
+    max_iters: maximum operator products per pair, a static integer (>= 1).
+    tol: relative residual tolerance (>= 0).
 
   Returns:
     An :class:`EigenResult`.
+
+  Raises:
+    ValueError: ``k`` below 1 or above the operator's dimension, ``max_iters < 1``, or a
+      negative ``tol``.
+    TypeError: ``op`` is not a :class:`LinearOperator`, or ``k``/``max_iters`` is traced.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -106,11 +113,12 @@ def top_eigenvalues(
     Hessian", arXiv:1912.07145 (Alg. 1). Golub & Van Loan, "Matrix Computations", 4th ed.,
     Sec. 8.2.1.
   """
-  _check_operator(op, "top_eigenvalues")
-  _check_count(k, "k")
-  _check_count(max_iters, "max_iters")
-  if not tol >= 0:
-    raise ValueError(f"tol must be >= 0, got {tol!r}")
+  check_operator(op, "top_eigenvalues")
+  k = check_scalar("k", k, lo=1, integer=True, static=True)
+  check_at_most_dim("k", k, op)
+  max_iters = check_scalar("max_iters", max_iters, lo=1, integer=True, static=True)
+  check_scalar("tol", tol, lo=0)
+  key = as_key(key)
   dtype = op.dtype
   basis0 = jax.tree.map(lambda x: jnp.zeros((k, *x.shape), x.dtype), op.like)
 
@@ -131,9 +139,9 @@ def top_eigenvalues(
       r = jnp.sqrt(tree_vdot(*(2 * [jax.tree.map(lambda a, b: a - lam.astype(a.dtype) * b, w, v)])))
       v_new, w_norm = _normalize(w)
       # Keep v when A v = 0 (zero operator on this subspace): the pair (0, v) is exact.
-      v_new = jax.tree.map(lambda a, b: jnp.where(w_norm > 0, a, b), v_new, v)
+      v_new = otu.tree_where(w_norm > 0, v_new, v)
       done = r <= tol * jnp.abs(lam)
-      v_out = jax.tree.map(lambda a, b: jnp.where(done, a, b), v, v_new)
+      v_out = otu.tree_where(done, v, v_new)
       return it + 1, v_out, lam, r.astype(dtype), done
 
     zero = jnp.zeros((), dtype)
@@ -180,24 +188,45 @@ class LanczosResult(NamedTuple):
 
 
 def tridiagonal(result: LanczosResult) -> jax.Array:
-  """The dense ``(m, m)`` tridiagonal matrix :math:`T = V^\\top A V` of a Lanczos run."""
+  """The dense ``(m, m)`` tridiagonal matrix :math:`T = V^\\top A V` of a Lanczos run.
+
+  .. math::
+    T = \\begin{pmatrix} \\alpha_1 & \\beta_1 & & \\\\ \\beta_1 & \\alpha_2 & \\ddots & \\\\
+    & \\ddots & \\ddots & \\beta_{m-1} \\\\ & & \\beta_{m-1} & \\alpha_m \\end{pmatrix};
+
+  its eigenvalues are the Ritz values of the run.
+
+  Args:
+    result: a :class:`LanczosResult` from :func:`lanczos`.
+
+  Returns:
+    The ``(m, m)`` matrix :math:`T`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from optim.curvature import LinearOperator, lanczos, tridiagonal
+    >>> op = LinearOperator(lambda v: 2.0 * v, jax.ShapeDtypeStruct((3,), jnp.float32))
+    >>> tridiagonal(lanczos(op, key=0, num_iters=2))  # A = 2I: invariant after one step
+    Array([[2., 0.],
+           [0., 0.]], dtype=float32)
+
+  References:
+    Golub & Van Loan, "Matrix Computations", 4th ed., Sec. 10.1.
+  """
   return jnp.diag(result.alphas) + jnp.diag(result.betas, 1) + jnp.diag(result.betas, -1)
 
 
-def _lanczos_flat(op: LinearOperator, key, num_iters: int, kind: str, breakdown_tol):
+def _lanczos_flat(op: LinearOperator, key, num_iters: int, probe: str, breakdown_tol):
   # Full reorthogonalization is a product with the (m, P) matrix of stored Lanczos
   # vectors, so the vectors are raveled into one flat array for the duration of the run.
-  zeros_tree = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), op.like)
-  flat0, unravel = ravel_pytree(zeros_tree)
+  flat0, unravel = ravel_pytree(otu.tree_zeros_like(op.like))
   dim = flat0.shape[0]
-  if num_iters > dim:
-    raise ValueError(f"num_iters={num_iters} exceeds the operator dimension {dim}")
   dtype = jnp.promote_types(flat0.dtype, jnp.float32)
   eps = jnp.finfo(dtype).eps
   tol = 100 * eps if breakdown_tol is None else breakdown_tol
   matvec = lambda x: ravel_pytree(op(unravel(x.astype(flat0.dtype))))[0].astype(dtype)
 
-  q0 = ravel_pytree(tree_probe(key, op.like, kind))[0].astype(dtype)
+  q0 = ravel_pytree(tree_probe(key, op.like, probe))[0].astype(dtype)
   q0 = q0 / jnp.linalg.norm(q0)
   basis = jnp.zeros((num_iters + 1, dim), dtype).at[0].set(q0)
 
@@ -227,12 +256,13 @@ def _lanczos_flat(op: LinearOperator, key, num_iters: int, kind: str, breakdown_
   return alphas, betas[:-1], basis[:num_iters], steps, lambda x: unravel(x.astype(flat0.dtype))
 
 
+@renamed_kwargs(kind="probe")
 def lanczos(
   op: LinearOperator,
   *,
-  key: jax.Array,
+  key: Any,
   num_iters: int,
-  kind: str = "gaussian",
+  probe: str = "gaussian",
   breakdown_tol: float | None = None,
 ) -> LanczosResult:
   """Lanczos tridiagonalization with full reorthogonalization and a fixed trip count.
@@ -257,13 +287,19 @@ def lanczos(
 
   Args:
     op: a symmetric :class:`LinearOperator`.
-    key: PRNG key for the start vector.
-    num_iters: :math:`m`, between 1 and the operator's dimension.
-    kind: start-vector distribution, ``"gaussian"`` or ``"rademacher"``.
-    breakdown_tol: relative breakdown threshold; default ``100 * eps`` of the dtype.
+    key: PRNG key for the start vector (typed key, raw ``uint32`` key or int seed).
+    num_iters: :math:`m`, a static integer between 1 and the operator's dimension.
+    probe: start-vector distribution, ``"gaussian"`` or ``"rademacher"`` (formerly
+      ``kind``).
+    breakdown_tol: relative breakdown threshold (>= 0); default ``100 * eps`` of the dtype.
 
   Returns:
     A :class:`LanczosResult` ``(alphas, betas, basis, num_steps)``; see :func:`tridiagonal`.
+
+  Raises:
+    ValueError: ``num_iters`` below 1 or above the operator's dimension, an unknown
+      ``probe``, or a negative ``breakdown_tol``.
+    TypeError: ``op`` is not a :class:`LinearOperator`, or ``num_iters`` is traced.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -279,9 +315,12 @@ def lanczos(
     differential and integral operators", J. Res. Nat. Bur. Standards 45, 1950. Golub &
     Van Loan, "Matrix Computations", 4th ed., Sec. 10.1 and 10.3.1.
   """
-  _check_operator(op, "lanczos")
-  _check_count(num_iters, "num_iters")
-  if kind not in ("gaussian", "rademacher"):
-    raise ValueError(f"kind must be 'gaussian' or 'rademacher', got {kind!r}")
-  alphas, betas, basis, steps, unravel = _lanczos_flat(op, key, num_iters, kind, breakdown_tol)
+  check_operator(op, "lanczos")
+  num_iters = check_scalar("num_iters", num_iters, lo=1, integer=True, static=True)
+  check_at_most_dim("num_iters", num_iters, op)
+  check_choice("probe", probe, PROBES)
+  if breakdown_tol is not None:
+    check_scalar("breakdown_tol", breakdown_tol, lo=0)
+  key = as_key(key)
+  alphas, betas, basis, steps, unravel = _lanczos_flat(op, key, num_iters, probe, breakdown_tol)
   return LanczosResult(alphas, betas, jax.vmap(unravel)(basis), steps)

@@ -6,34 +6,18 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax.tree_utils as otu
 from jax.flatten_util import ravel_pytree
 
-from optim._tree import tree_probe, tree_vdot
-from optim.curvature._operators import LinearOperator
+from optim._tree import PROBES, tree_probe, tree_vdot
+from optim._validation import as_key, check_choice, check_scalar, renamed_kwargs
+from optim.curvature._operators import LinearOperator, check_operator
 
 PyTree = Any
 
 __all__ = ["DiagEstimate", "TraceEstimate", "hutchinson_diag", "hutchinson_trace"]
 
-_PROBES = ("rademacher", "gaussian")
-
-
-def _check_operator(op: Any, name: str) -> None:
-  if not isinstance(op, LinearOperator):
-    raise TypeError(
-      f"{name} expects a LinearOperator (from hessian_matvec, ggn_matvec, fisher_matvec or "
-      f"LinearOperator(matvec, like)), got {type(op).__name__}"
-    )
-
-
-def _check_count(value: Any, name: str, minimum: int = 1) -> None:
-  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
-def _check_probe_kind(kind: str) -> None:
-  if kind not in _PROBES:
-    raise ValueError(f"probe kind must be one of {_PROBES}, got {kind!r}")
+VARIANTS = ("hutchinson", "hutch++")
 
 
 def _stderr(samples: jax.Array) -> jax.Array:
@@ -78,13 +62,14 @@ class DiagEstimate(NamedTuple):
   stderr: PyTree
 
 
+@renamed_kwargs(kind="probe", method="variant")
 def hutchinson_trace(
   op: LinearOperator,
   *,
-  key: jax.Array,
+  key: Any,
   num_probes: int = 100,
-  kind: str = "rademacher",
-  method: str = "hutchinson",
+  probe: str = "rademacher",
+  variant: str = "hutchinson",
 ) -> TraceEstimate:
   """Hutchinson (or Hutch++) estimate of the trace of a linear operator, with its error.
 
@@ -95,7 +80,7 @@ def hutchinson_trace(
   with Rademacher (variance :math:`2\\sum_{i \\ne j} A_{ij}^2` per probe) or Gaussian
   probes (variance :math:`2\\|A\\|_F^2`). The per-leaf sums
   :math:`z_\\ell^\\top (Az)_\\ell` estimate the traces of the diagonal blocks from the same
-  probes. ``method="hutch++"`` spends :math:`m/3` products on a sketch
+  probes. ``variant="hutch++"`` spends :math:`m/3` products on a sketch
   :math:`Q = \\mathrm{orth}(AS)`, computes :math:`\\mathrm{tr}(Q^\\top A Q)` exactly and runs
   Hutchinson on :math:`(I - QQ^\\top) A (I - QQ^\\top)` with the rest, which needs
   :math:`O(1/\\epsilon)` instead of :math:`O(1/\\epsilon^2)` products for relative error
@@ -103,16 +88,18 @@ def hutchinson_trace(
 
   Args:
     op: a :class:`LinearOperator` (symmetric).
-    key: PRNG key for the probes.
-    num_probes: total number of operator products :math:`m` (>= 1; >= 3 for Hutch++).
-    kind: ``"rademacher"`` or ``"gaussian"``.
-    method: ``"hutchinson"`` or ``"hutch++"``.
+    key: PRNG key for the probes (typed key, raw ``uint32`` key or int seed).
+    num_probes: total number of operator products :math:`m`, a static integer (>= 1;
+      >= 3 for Hutch++).
+    probe: probe distribution, ``"rademacher"`` or ``"gaussian"`` (formerly ``kind``).
+    variant: ``"hutchinson"`` or ``"hutch++"`` (formerly ``method``).
 
   Returns:
     A :class:`TraceEstimate` ``(trace, stderr, per_leaf, per_leaf_stderr)``.
 
   Raises:
-    ValueError: ``num_probes`` too small, unknown ``kind`` or ``method``.
+    ValueError: ``num_probes`` too small, unknown ``probe`` or ``variant``.
+    TypeError: ``op`` is not a :class:`LinearOperator`, or ``num_probes`` is traced.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -128,18 +115,21 @@ def hutchinson_trace(
     Laplacian smoothing splines", 1989. Meyer, Musco, Musco & Woodruff, "Hutch++: Optimal
     Stochastic Trace Estimation", arXiv:2010.09649.
   """
-  _check_operator(op, "hutchinson_trace")
-  _check_probe_kind(kind)
-  if method == "hutchinson":
-    _check_count(num_probes, "num_probes")
-  elif method == "hutch++":
-    _check_count(num_probes, "num_probes (hutch++)", minimum=3)
-    return _hutchpp(op, key, num_probes, kind)
-  else:
-    raise ValueError(f"method must be 'hutchinson' or 'hutch++', got {method!r}")
+  check_operator(op, "hutchinson_trace")
+  check_choice("probe", probe, PROBES)
+  check_choice("variant", variant, VARIANTS)
+  num_probes = check_scalar("num_probes", num_probes, lo=1, integer=True, static=True)
+  key = as_key(key)
+  if variant == "hutch++":
+    if num_probes < 3:
+      raise ValueError(
+        f"num_probes must be >= 3 for variant='hutch++' (a third each for the sketch, its "
+        f"product and the residual probes), got {num_probes}"
+      )
+    return _hutchpp(op, key, num_probes, probe)
 
   def one_probe(k):
-    z = tree_probe(k, op.like, kind)
+    z = tree_probe(k, op.like, probe)
     az = op(z)
     per_leaf = jax.tree.map(lambda a, b: tree_vdot(a, b), z, az)
     return per_leaf
@@ -154,9 +144,9 @@ def hutchinson_trace(
   )
 
 
-def _hutchpp(op: LinearOperator, key: jax.Array, num_probes: int, kind: str) -> TraceEstimate:
+def _hutchpp(op: LinearOperator, key: jax.Array, num_probes: int, probe: str) -> TraceEstimate:
   # QR needs the probes as columns of one matrix, hence the raveling to flat vectors.
-  flat_like, unravel = ravel_pytree(jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), op.like))
+  flat_like, unravel = ravel_pytree(otu.tree_zeros_like(op.like))
   dim = flat_like.shape[0]
   sketch = min(num_probes // 3, dim)
   rest = num_probes - 2 * sketch
@@ -165,7 +155,7 @@ def _hutchpp(op: LinearOperator, key: jax.Array, num_probes: int, kind: str) -> 
 
   def draw(k, n):
     keys = jax.random.split(k, n)
-    return jax.vmap(lambda kk: ravel_pytree(tree_probe(kk, op.like, kind))[0])(keys)
+    return jax.vmap(lambda kk: ravel_pytree(tree_probe(kk, op.like, probe))[0])(keys)
 
   s = draw(ks, sketch)  # (sketch, dim)
   y = jax.lax.map(matvec, s)
@@ -180,12 +170,13 @@ def _hutchpp(op: LinearOperator, key: jax.Array, num_probes: int, kind: str) -> 
   )
 
 
+@renamed_kwargs(kind="probe")
 def hutchinson_diag(
   op: LinearOperator,
   *,
-  key: jax.Array,
+  key: Any,
   num_probes: int = 100,
-  kind: str = "rademacher",
+  probe: str = "rademacher",
 ) -> DiagEstimate:
   """Stochastic estimate of the diagonal of a linear operator.
 
@@ -200,12 +191,16 @@ def hutchinson_diag(
 
   Args:
     op: a :class:`LinearOperator`.
-    key: PRNG key for the probes.
-    num_probes: number of probes :math:`m` (>= 1).
-    kind: ``"rademacher"`` or ``"gaussian"``.
+    key: PRNG key for the probes (typed key, raw ``uint32`` key or int seed).
+    num_probes: number of probes :math:`m`, a static integer (>= 1).
+    probe: probe distribution, ``"rademacher"`` or ``"gaussian"`` (formerly ``kind``).
 
   Returns:
     A :class:`DiagEstimate` ``(diag, stderr)``, both shaped like the domain.
+
+  Raises:
+    ValueError: ``num_probes < 1`` or an unknown ``probe``.
+    TypeError: ``op`` is not a :class:`LinearOperator`, or ``num_probes`` is traced.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -219,18 +214,21 @@ def hutchinson_diag(
     Bekas, Kokiopoulou & Saad, "An estimator for the diagonal of a matrix", Applied
     Numerical Mathematics 57, 2007. Yao et al., "AdaHessian", arXiv:2006.00719.
   """
-  _check_operator(op, "hutchinson_diag")
-  _check_probe_kind(kind)
-  _check_count(num_probes, "num_probes")
+  check_operator(op, "hutchinson_diag")
+  check_choice("probe", probe, PROBES)
+  num_probes = check_scalar("num_probes", num_probes, lo=1, integer=True, static=True)
+  key = as_key(key)
   wide = lambda x: jnp.promote_types(x.dtype, jnp.float32)
 
   def body(carry, k):
     s, s2, zz = carry
-    z = tree_probe(k, op.like, kind)
-    za = jax.tree.map(lambda a, b: a.astype(wide(a)) * b.astype(wide(a)), z, op(z))
-    s = jax.tree.map(jnp.add, s, za)
-    s2 = jax.tree.map(lambda acc, x: acc + x * x, s2, za)
-    zz = jax.tree.map(lambda acc, x: acc + jnp.square(x.astype(acc.dtype)), zz, z)
+    z = tree_probe(k, op.like, probe)
+    az = op(z)
+    z, az = otu.tree_cast_like(z, s), otu.tree_cast_like(az, s)
+    za = otu.tree_mul(z, az)
+    s = otu.tree_add(s, za)
+    s2 = otu.tree_add(s2, otu.tree_mul(za, za))
+    zz = otu.tree_add(zz, otu.tree_mul(z, z))
     return (s, s2, zz), None
 
   zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, wide(x)), op.like)
@@ -244,6 +242,6 @@ def hutchinson_diag(
     return jnp.sqrt(var / m).astype(like.dtype)
 
   return DiagEstimate(
-    diag=jax.tree.map(lambda a, b, like: (a / b).astype(like.dtype), s, zz, op.like),
+    diag=otu.tree_cast_like(otu.tree_div(s, zz), op.like),
     stderr=jax.tree.map(stderr, s, s2, op.like),
   )

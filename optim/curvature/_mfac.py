@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 
 from optim import _tree
-from optim._validation import check_range as _check_range
+from optim._validation import check_scalar
 from optim.curvature._operators import LinearOperator, shape_dtype_tree
 
 PyTree = Any
@@ -149,7 +149,8 @@ def mfac_ihvp(grads: PyTree, damping: float = 1e-5) -> MFACInverse:
     the diagonal of :math:`\hat F^{-1}`, both pytrees shaped like one gradient.
 
   Raises:
-    ValueError: leaves without a common leading axis; a non-positive concrete damping.
+    ValueError: leaves without a common leading axis; a non-positive or non-finite
+      concrete damping (a traced damping is not checked).
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -167,7 +168,7 @@ def mfac_ihvp(grads: PyTree, damping: float = 1e-5) -> MFACInverse:
     algorithm).
   """
 
-  _check_range("damping", damping, 0.0, float("inf"), lo_open=True)
+  check_scalar("damping", damping, lo=0, lo_open=True)
   m = _num_rows(grads)
   dtype = _acc_dtype(grads)
   damping = jnp.asarray(damping, dtype)

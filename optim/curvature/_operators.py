@@ -8,13 +8,18 @@ structure, at the cost of a small constant number of forward/backward passes.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
+import optax.tree_utils as otu
 
 from optim._tree import check_same_structure, tree_vdot
+from optim._validation import as_key, check_choice, check_scalar, renamed_kwargs
 
 PyTree = Any
 
@@ -169,6 +174,28 @@ class LinearOperator:
     return jnp.result_type(jnp.float32, *[x.dtype for x in jax.tree.leaves(self.like)])
 
 
+def check_operator(op: Any, name: str) -> None:
+  """Raises a ``TypeError`` unless ``op`` is a :class:`LinearOperator` (the estimators' input)."""
+  if not isinstance(op, LinearOperator):
+    raise TypeError(
+      f"{name} expects a LinearOperator (from hessian_matvec, ggn_matvec, fisher_matvec or "
+      f"LinearOperator(matvec, like)), got {type(op).__name__}"
+    )
+
+
+def check_at_most_dim(name: str, value: int, op: LinearOperator) -> None:
+  """Raises unless ``value`` (a count of orthonormal vectors) is at most the operator's dimension.
+
+  An orthonormal set or a Krylov basis cannot have more vectors than the dimension, so ``k``
+  or ``num_iters`` beyond it is an error rather than padding with spurious values.
+  """
+  if value > op.dim:
+    raise ValueError(
+      f"{name}={value} exceeds the dimension of the operator ({op.dim}): at most {op.dim} "
+      "orthonormal vectors exist"
+    )
+
+
 def shape_dtype_tree(tree: PyTree) -> PyTree:
   """``jax.ShapeDtypeStruct`` for every leaf of ``tree`` (arrays or shape structs)."""
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), tree)
@@ -191,7 +218,7 @@ def _average_over_batches(
   def body(acc, xs):
     batch, index = xs
     out = product(batch, index)
-    return jax.tree.map(lambda a, o: a + o.astype(a.dtype), acc, out), None
+    return otu.tree_add(acc, otu.tree_cast_like(out, acc)), None
 
   acc0 = jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), acc_dtype(x)), like)
   total, _ = jax.lax.scan(body, acc0, (batches, jnp.arange(num_batches, dtype=jnp.int32)))
@@ -344,25 +371,96 @@ def ggn_matvec(
 
 
 def softmax_nll(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Per-example negative log-likelihood of integer ``labels`` under ``softmax(logits)``."""
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  return -jnp.take_along_axis(logp, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  """Per-example negative log-likelihood of integer ``labels`` under ``softmax(logits)``.
+
+  .. math::
+    \\ell(z, y) = -\\log \\mathrm{softmax}(z)_y = \\log \\sum_c e^{z_c} - z_y,
+
+  over the last axis, not reduced over the batch. A thin wrapper of
+  ``optax.losses.softmax_cross_entropy_with_integer_labels`` that also accepts
+  non-integer label arrays (cast to ``int32``); it is the default ``nll_fn`` of
+  :func:`fisher_matvec`.
+
+  Args:
+    logits: ``(..., C)`` unnormalized log-probabilities.
+    labels: ``(...)`` class indices in ``[0, C)``.
+
+  Returns:
+    ``(...)`` the per-example losses.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optim.curvature import softmax_nll
+    >>> softmax_nll(jnp.zeros((2, 4)), jnp.array([0, 3]))  # uniform: log 4
+    Array([1.3862944, 1.3862944], dtype=float32)
+
+  References:
+    Bishop, "Pattern Recognition and Machine Learning", 2006, Sec. 4.3.4.
+  """
+  labels = jnp.asarray(labels).astype(jnp.int32)
+  return optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def sample_categorical(key: jax.Array, logits: jax.Array) -> jax.Array:
-  """Labels drawn from ``softmax(logits)`` (the model's predictive distribution)."""
-  return jax.random.categorical(key, logits, axis=-1)
+def _positional_key_deprecated(fn: Callable) -> Callable:
+  """Accepts the old ``fn(key, x)`` call for one release, with a ``DeprecationWarning``."""
+
+  @functools.wraps(fn)
+  def wrapper(*args, **kwargs):
+    if len(args) == 2 and "key" not in kwargs:
+      warnings.warn(
+        f"{fn.__name__}(key, x) with a positional key is deprecated; call "
+        f"{fn.__name__}(x, key=key) (the old form will be removed in the next release)",
+        DeprecationWarning,
+        stacklevel=2,
+      )
+      key, x = args
+      return fn(x, key=key, **kwargs)
+    return fn(*args, **kwargs)
+
+  return wrapper
 
 
+@_positional_key_deprecated
+def sample_categorical(logits: jax.Array, *, key: Any) -> jax.Array:
+  """Labels drawn from ``softmax(logits)`` (the model's predictive distribution).
+
+  .. math::
+    \\hat y \\sim \\mathrm{Categorical}\\big(\\mathrm{softmax}(z)\\big)
+
+  independently for every row of ``logits`` (Gumbel-max, ``jax.random.categorical``); the
+  default ``sample_fn`` of :func:`fisher_matvec` with ``variant="true"``.
+
+  Args:
+    logits: ``(..., C)`` unnormalized log-probabilities.
+    key: a PRNG key (typed, raw ``uint32`` or an int seed).
+
+  Returns:
+    ``(...)`` int32 labels in ``[0, C)``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from optim.curvature import sample_categorical
+    >>> logits = jnp.array([[0.0, -jnp.inf], [-jnp.inf, 0.0]])
+    >>> sample_categorical(logits, key=0)
+    Array([0, 1], dtype=int32)
+
+  References:
+    Martens, "New insights and perspectives on the natural gradient method",
+    arXiv:1412.1193, Sec. 9.2 (sampled labels for the true Fisher).
+  """
+  return jax.random.categorical(as_key(key), logits, axis=-1)
+
+
+@renamed_kwargs(kind="variant")
 def fisher_matvec(
   model_fn: Callable[[PyTree, Any], PyTree],
   params: PyTree,
   batch: tuple[Any, Any],
   *,
-  kind: str = "empirical",
+  variant: str = "empirical",
   nll_fn: Callable[[PyTree, Any], jax.Array] = softmax_nll,
-  sample_fn: Callable[[jax.Array, PyTree], Any] = sample_categorical,
-  key: jax.Array | None = None,
+  sample_fn: Callable[..., Any] = sample_categorical,
+  key: Any = None,
   num_samples: int = 1,
   stacked: bool = False,
 ) -> LinearOperator:
@@ -387,14 +485,17 @@ def fisher_matvec(
   Args:
     model_fn: ``model_fn(params, inputs) -> outputs``.
     params: the point :math:`\\theta`.
-    batch: ``(inputs, targets)``; ``targets`` is used by ``kind="empirical"`` only.
-    kind: ``"empirical"`` (observed labels) or ``"true"`` (labels sampled from the model).
+    batch: ``(inputs, targets)``; ``targets`` is used by ``variant="empirical"`` only.
+    variant: ``"empirical"`` (observed labels) or ``"true"`` (labels sampled from the
+      model). Formerly ``kind`` (deprecated spelling, still accepted).
     nll_fn: ``nll_fn(outputs, targets) -> (N,)`` per-example negative log-likelihoods;
-      softmax cross-entropy on integer labels by default.
-    sample_fn: ``sample_fn(key, outputs) -> targets`` drawn from the model's predictive
-      distribution (``kind="true"``); categorical over the softmax by default.
-    key: PRNG key for the sampled labels (required for ``kind="true"``).
-    num_samples: label samples :math:`S` per example (``kind="true"``).
+      softmax cross-entropy on integer labels (:func:`softmax_nll`) by default.
+    sample_fn: ``sample_fn(outputs, *, key) -> targets`` drawn from the model's predictive
+      distribution (``variant="true"``); :func:`sample_categorical` by default.
+    key: PRNG key for the sampled labels (required for ``variant="true"``): a typed key,
+      a raw ``uint32`` key or an int seed.
+    num_samples: label samples :math:`S` per example (``variant="true"``; a positive
+      integer).
     stacked: if ``True``, ``inputs``/``targets`` carry a leading axis of batches and the
       operator is the mean over batches (``lax.scan``).
 
@@ -402,15 +503,16 @@ def fisher_matvec(
     A :class:`LinearOperator` on pytrees shaped like ``params``.
 
   Raises:
-    ValueError: unknown ``kind``, missing ``key``, ``num_samples < 1``, or ``nll_fn`` not
-      returning one value per example.
+    ValueError: unknown ``variant``, missing ``key``, ``num_samples < 1``, or ``nll_fn``
+      not returning one value per example.
+    TypeError: ``sample_fn`` does not accept ``(outputs, *, key)``.
 
   Example:
     >>> import jax, jax.numpy as jnp
     >>> from optim.curvature import fisher_matvec
     >>> model = lambda w, x: x @ w
     >>> x, y = jnp.ones((8, 2)), jnp.zeros(8, jnp.int32)
-    >>> op = fisher_matvec(model, jnp.zeros((2, 3)), (x, y), kind="true",
+    >>> op = fisher_matvec(model, jnp.zeros((2, 3)), (x, y), variant="true",
     ...                    key=jax.random.key(0), num_samples=4)
     >>> op(jnp.ones((2, 3))).shape
     (2, 3)
@@ -420,18 +522,23 @@ def fisher_matvec(
     arXiv:1412.1193. Kunstner, Balles & Hennig, "Limitations of the empirical Fisher
     approximation for natural gradient descent", arXiv:1905.12558.
   """
-  if kind not in ("empirical", "true"):
-    raise ValueError(f"kind must be 'empirical' or 'true', got {kind!r}")
-  if kind == "true":
-    if key is None:
-      raise ValueError("fisher_matvec(kind='true') needs a PRNG key= for the sampled labels")
-    if not isinstance(num_samples, int) or num_samples < 1:
-      raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+  check_choice("variant", variant, ("empirical", "true"))
+  num_samples = check_scalar("num_samples", num_samples, lo=1, integer=True, static=True)
+  if variant == "true" and key is None:
+    raise ValueError("fisher_matvec(variant='true') needs a PRNG key= for the sampled labels")
+  if key is not None:
+    key = as_key(key)
   inputs, targets = _split_batch(batch, "fisher_matvec")
   one = _first_batch((inputs, targets), stacked)
   out_shape = jax.eval_shape(model_fn, params, one[0])
-  if kind == "true":
-    one_t = jax.eval_shape(sample_fn, jax.random.key(0), out_shape)
+  if variant == "true":
+    try:
+      one_t = jax.eval_shape(lambda z: sample_fn(z, key=key), out_shape)
+    except TypeError as e:
+      raise TypeError(
+        "sample_fn is called as sample_fn(outputs, *, key) -> targets (the key is "
+        f"keyword-only, like sample_categorical); calling it failed with: {e}"
+      ) from e
   else:
     one_t = one[1]
   nll_shape = jax.eval_shape(nll_fn, out_shape, one_t)
@@ -446,9 +553,10 @@ def fisher_matvec(
     outputs, model_jvp = jax.linearize(lambda p: model_fn(p, x), params)
     model_vjp = jax.linear_transpose(model_jvp, params)
     jv = model_jvp(v)
-    if kind == "true":
+    if variant == "true":
       keys = jax.random.split(jax.random.fold_in(key, index), num_samples)
-      ys = jax.vmap(sample_fn, in_axes=(0, None))(keys, jax.lax.stop_gradient(outputs))
+      logits = jax.lax.stop_gradient(outputs)
+      ys = jax.vmap(lambda k: sample_fn(logits, key=k))(keys)
     else:
       ys = jax.tree.map(lambda t: t[None], y)
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from optim._tree import PROBES
+from optim._validation import as_key, check_choice, check_scalar, renamed_kwargs
 from optim.curvature._eigen import _lanczos_flat
-from optim.curvature._hutchinson import _check_count, _check_operator
-from optim.curvature._operators import LinearOperator
+from optim.curvature._operators import LinearOperator, check_operator
 
 __all__ = ["SpectralDensity", "slq_density"]
 
@@ -35,16 +36,17 @@ class SpectralDensity(NamedTuple):
   sigma: jax.Array
 
 
+@renamed_kwargs(kind="probe")
 def slq_density(
   op: LinearOperator,
   *,
-  key: jax.Array,
+  key: Any,
   num_iters: int = 100,
   num_probes: int = 1,
   num_points: int = 1024,
   width_fraction: float = 0.01,
   grid: jax.Array | None = None,
-  kind: str = "gaussian",
+  probe: str = "gaussian",
 ) -> SpectralDensity:
   """The eigenvalue density of a symmetric operator by stochastic Lanczos quadrature.
 
@@ -67,16 +69,22 @@ def slq_density(
 
   Args:
     op: a symmetric :class:`LinearOperator`.
-    key: PRNG key for the probes.
-    num_iters: Lanczos steps per probe :math:`m` (clipped to the operator's dimension).
-    num_probes: number of probes :math:`n_v` (>= 1).
-    num_points: size of the default grid (>= 2).
+    key: PRNG key for the probes (typed key, raw ``uint32`` key or int seed).
+    num_iters: Lanczos steps per probe :math:`m`, a static integer (>= 1; clipped to the
+      operator's dimension).
+    num_probes: number of probes :math:`n_v`, a static integer (>= 1).
+    num_points: size of the default grid, a static integer (>= 2).
     width_fraction: :math:`\\sigma` as a fraction of the spectral range (> 0).
-    grid: optional explicit eigenvalue axis, used instead of the default one.
-    kind: probe distribution, ``"gaussian"`` or ``"rademacher"``.
+    grid: optional explicit 1-D eigenvalue axis, used instead of the default one.
+    probe: probe distribution, ``"gaussian"`` or ``"rademacher"`` (formerly ``kind``).
 
   Returns:
     A :class:`SpectralDensity` ``(grid, density, nodes, weights, sigma)``.
+
+  Raises:
+    ValueError: a count below its minimum, ``width_fraction <= 0``, an unknown ``probe``
+      or a ``grid`` that is not 1-D.
+    TypeError: ``op`` is not a :class:`LinearOperator`, or a count is traced.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -93,16 +101,17 @@ def slq_density(
     Neural Net Optimization via Hessian Eigenvalue Density", arXiv:1901.10159. Yao et al.,
     "PyHessian", arXiv:1912.07145.
   """
-  _check_operator(op, "slq_density")
-  _check_count(num_iters, "num_iters")
-  _check_count(num_probes, "num_probes")
-  _check_count(num_points, "num_points", minimum=2)
-  if not width_fraction > 0:
-    raise ValueError(f"width_fraction must be > 0, got {width_fraction!r}")
+  check_operator(op, "slq_density")
+  num_iters = check_scalar("num_iters", num_iters, lo=1, integer=True, static=True)
+  num_probes = check_scalar("num_probes", num_probes, lo=1, integer=True, static=True)
+  num_points = check_scalar("num_points", num_points, lo=2, integer=True, static=True)
+  check_scalar("width_fraction", width_fraction, lo=0, lo_open=True)
+  check_choice("probe", probe, PROBES)
+  key = as_key(key)
   m = min(num_iters, op.dim)
 
   def one_probe(k):
-    alphas, betas, _, _, _ = _lanczos_flat(op, k, m, kind, None)
+    alphas, betas, _, _, _ = _lanczos_flat(op, k, m, probe, None)
     t = jnp.diag(alphas) + jnp.diag(betas, 1) + jnp.diag(betas, -1)
     nodes, vecs = jnp.linalg.eigh(t)
     return nodes, jnp.square(vecs[0, :])

@@ -42,7 +42,8 @@ def test_non_scalar_objective_raises_at_trace_time():
   "call",
   [
     lambda: curvature.hutchinson_trace(_OP, key=_KEY, num_probes=0),
-    lambda: curvature.hutchinson_trace(_OP, key=_KEY, num_probes=2, method="hutch++"),
+    lambda: curvature.hutchinson_trace(_OP, key=_KEY, num_probes=2, variant="hutch++"),
+    lambda: curvature.hutchinson_trace(_OP, key=_KEY, num_probes=2.5),
     lambda: curvature.hutchinson_diag(_OP, key=_KEY, num_probes=-1),
     lambda: curvature.top_eigenvalues(_OP, key=_KEY, k=0),
     lambda: curvature.top_eigenvalues(_OP, key=_KEY, max_iters=0),
@@ -50,7 +51,12 @@ def test_non_scalar_objective_raises_at_trace_time():
     lambda: curvature.lanczos(_OP, key=_KEY, num_iters=4),  # > dimension 3
     lambda: curvature.slq_density(_OP, key=_KEY, num_iters=0),
     lambda: curvature.slq_density(_OP, key=_KEY, num_probes=0),
+    lambda: curvature.slq_density(_OP, key=_KEY, num_points=1),
     lambda: curvature.slq_density(_OP, key=_KEY, width_fraction=0.0),
+    lambda: curvature.slq_density(_OP, key=_KEY, width_fraction=float("nan")),
+    lambda: curvature.top_eigenvalues(_OP, key=_KEY, tol=-1.0),
+    lambda: curvature.lanczos(_OP, key=_KEY, num_iters=2, breakdown_tol=-1.0),
+    lambda: curvature.mfac_ihvp(jnp.ones((2, 3)), damping=float("inf")),
   ],
 )
 def test_zero_or_invalid_iteration_counts_raise(call):
@@ -58,21 +64,57 @@ def test_zero_or_invalid_iteration_counts_raise(call):
     call()
 
 
+@pytest.mark.parametrize(
+  "call, name",
+  [
+    (lambda: curvature.top_eigenvalues(_OP, key=_KEY, k=5), "k=5"),
+    (lambda: curvature.lanczos(_OP, key=_KEY, num_iters=4), "num_iters=4"),
+  ],
+)
+def test_more_orthonormal_vectors_than_the_dimension_raises_naming_both(call, name):
+  # A 3-dimensional operator has at most 3 eigenpairs / Krylov vectors; asking for more
+  # used to return padded, "converged" eigenvalues.
+  with pytest.raises(ValueError, match=rf"{name} exceeds the dimension of the operator \(3\)"):
+    call()
+
+
+def test_counts_that_set_shapes_must_be_static():
+  @jax.jit
+  def traced(n):
+    return curvature.hutchinson_trace(_OP, key=_KEY, num_probes=n).trace
+
+  with pytest.raises(TypeError, match="num_probes must be a concrete Python number"):
+    traced(4)
+  with pytest.raises(TypeError, match="k must be a concrete"):
+    jax.jit(lambda k: curvature.top_eigenvalues(_OP, key=_KEY, k=k).eigenvalues)(2)
+
+
 def test_invalid_options_raise():
-  with pytest.raises(ValueError, match="probe kind"):
-    curvature.hutchinson_trace(_OP, key=_KEY, kind="uniform")
-  with pytest.raises(ValueError, match="method"):
-    curvature.hutchinson_trace(_OP, key=_KEY, method="hutch+")
+  with pytest.raises(ValueError, match="probe must be one of"):
+    curvature.hutchinson_trace(_OP, key=_KEY, probe="uniform")
+  with pytest.raises(ValueError, match="probe must be one of"):
+    curvature.slq_density(_OP, key=_KEY, probe="uniform")
+  with pytest.raises(ValueError, match="probe must be one of"):
+    curvature.lanczos(_OP, key=_KEY, num_iters=2, probe="uniform")
+  with pytest.raises(ValueError, match="variant must be one of"):
+    curvature.hutchinson_trace(_OP, key=_KEY, variant="hutch+")
   with pytest.raises(TypeError, match="LinearOperator"):
     curvature.hutchinson_trace(lambda v: v, key=_KEY)
   model = lambda p, x: x @ p
   batch = (jnp.ones((4, 3)), jnp.zeros(4, jnp.int32))
   with pytest.raises(ValueError, match="key"):
-    curvature.fisher_matvec(model, jnp.ones((3, 2)), batch, kind="true")
-  with pytest.raises(ValueError, match="kind"):
-    curvature.fisher_matvec(model, jnp.ones((3, 2)), batch, kind="exact")
+    curvature.fisher_matvec(model, jnp.ones((3, 2)), batch, variant="true")
+  with pytest.raises(ValueError, match="variant must be one of"):
+    curvature.fisher_matvec(model, jnp.ones((3, 2)), batch, variant="exact")
   with pytest.raises(ValueError, match="num_samples"):
-    curvature.fisher_matvec(model, jnp.ones((3, 2)), batch, kind="true", key=_KEY, num_samples=0)
+    curvature.fisher_matvec(model, jnp.ones((3, 2)), batch, variant="true", key=_KEY, num_samples=0)
+  with pytest.raises(TypeError, match=r"sample_fn\(outputs, \*, key\)"):
+    old_style = lambda key, logits: jax.random.categorical(key, logits)
+    curvature.fisher_matvec(
+      model, jnp.ones((3, 2)), batch, variant="true", key=_KEY, sample_fn=old_style
+    )
+  with pytest.raises(TypeError, match="key must be an int seed or a JAX PRNG key"):
+    curvature.hutchinson_trace(_OP, key="0")
   with pytest.raises(TypeError, match="inputs, targets"):
     curvature.ggn_matvec(model, lambda z, t: jnp.sum(z), jnp.ones((3, 2)), batch[0])
   with pytest.raises(ValueError, match="leading"):

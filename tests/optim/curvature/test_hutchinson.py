@@ -51,7 +51,7 @@ def test_hutchpp_beats_hutchinson_on_a_low_rank_psd_operator(x64):
   @jax.jit
   def errors(key):
     h = curvature.hutchinson_trace(op, key=key, num_probes=30)
-    pp = curvature.hutchinson_trace(op, key=key, num_probes=30, method="hutch++")
+    pp = curvature.hutchinson_trace(op, key=key, num_probes=30, variant="hutch++")
     return jnp.abs(h.trace - exact), jnp.abs(pp.trace - exact), pp.stderr
 
   err_h, err_pp, se_pp = jax.vmap(errors)(jax.random.split(key_a, 10))
@@ -101,8 +101,8 @@ def test_diag_of_mlp_hessian_within_standard_errors(x64, mlp_problem):
 def test_gaussian_probes_trace_is_unbiased_and_dtype_is_preserved():
   d = jnp.linspace(1.0, 2.0, 16, dtype=jnp.float32)
   op = curvature.LinearOperator(lambda v: d * v, jax.ShapeDtypeStruct((16,), jnp.float32))
-  est = curvature.hutchinson_trace(op, key=jax.random.key(5), num_probes=2000, kind="gaussian")
+  est = curvature.hutchinson_trace(op, key=jax.random.key(5), num_probes=2000, probe="gaussian")
   assert est.trace.dtype == jnp.float32
   assert abs(est.trace - jnp.sum(d)) <= 4 * est.stderr
-  diag = curvature.hutchinson_diag(op, key=jax.random.key(6), num_probes=8, kind="gaussian")
+  diag = curvature.hutchinson_diag(op, key=jax.random.key(6), num_probes=8, probe="gaussian")
   assert diag.diag.dtype == jnp.float32

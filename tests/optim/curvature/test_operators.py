@@ -170,7 +170,7 @@ def test_true_fisher_with_sampled_labels_equals_ggn_in_expectation(x64, problem)
   @jax.jit
   def draws(keys):
     one = lambda k: ravel_pytree(
-      curvature.fisher_matvec(_mlp.mlp, params, (x, y), kind="true", key=k)(u)
+      curvature.fisher_matvec(_mlp.mlp, params, (x, y), variant="true", key=k)(u)
     )[0]
     return jax.vmap(one)(keys)
 
@@ -181,11 +181,11 @@ def test_true_fisher_with_sampled_labels_equals_ggn_in_expectation(x64, problem)
   gu = ravel_pytree(curvature.ggn_matvec(_mlp.mlp, _mlp.cross_entropy, params, (x, y))(u))[0]
   z = (mean - np.asarray(gu)) / se
   assert np.max(np.abs(z)) < 5.0, np.max(np.abs(z))
-  emp = ravel_pytree(curvature.fisher_matvec(_mlp.mlp, params, (x, y), kind="empirical")(u))[0]
+  emp = ravel_pytree(curvature.fisher_matvec(_mlp.mlp, params, (x, y), variant="empirical")(u))[0]
   assert np.max(np.abs((mean - np.asarray(emp)) / se)) > 5.0
   # More label samples per example average the same way (one operator, S = 64).
   op64 = curvature.fisher_matvec(
-    _mlp.mlp, params, (x, y), kind="true", key=jax.random.key(7), num_samples=64
+    _mlp.mlp, params, (x, y), variant="true", key=jax.random.key(7), num_samples=64
   )
   z64 = (np.asarray(ravel_pytree(op64(u))[0]) - np.asarray(gu)) / (se * np.sqrt(num_draws / 64))
   assert np.max(np.abs(z64)) < 5.0, np.max(np.abs(z64))

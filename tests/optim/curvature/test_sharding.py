@@ -27,7 +27,7 @@ def _everything(params, batch):
   ggn = curvature.ggn_matvec(
     _model, lambda z, t: jnp.mean(curvature.softmax_nll(z, t)), params, (x, y)
   )
-  fisher = curvature.fisher_matvec(_model, params, (x, y), kind="true", key=jax.random.key(3))
+  fisher = curvature.fisher_matvec(_model, params, (x, y), variant="true", key=jax.random.key(3))
   v = jax.tree.map(jnp.ones_like, params)
   return {
     "hvp": curvature.hvp(_loss, params, v, batch),

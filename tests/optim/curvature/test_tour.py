@@ -1,21 +1,41 @@
-"""The Sagun et al. reproduction (optim._tour): outputs, tool agreement, and the k-outlier claim."""
+"""The Sagun et al. reproduction (run_tour): outputs, tool agreement, and the k-outlier claim."""
 
 import json
+import sys
 
+import matplotlib
 import numpy as np
 import pytest
 
-from optim import _tour
+from optim import curvature
+from optim.curvature import _tour
+
+
+def _open_pyplot_figures():
+  plt = sys.modules.get("matplotlib.pyplot")
+  return [] if plt is None else plt.get_fignums()
 
 
 @pytest.fixture(scope="module")
 def small_tour(tmp_path_factory):
+  """``(out_dir, result, backend_selections, new_pyplot_figures)`` of one small run."""
   out = tmp_path_factory.mktemp("tour")
-  return out, _tour.run_tour(out, small=True)
+  before = _open_pyplot_figures()
+  with pytest.MonkeyPatch.context() as mp:
+    selections = []
+    mp.setattr(matplotlib, "use", lambda *args, **kwargs: selections.append(args))
+    result = curvature.run_tour(out, small=True)
+  new_figures = [n for n in _open_pyplot_figures() if n not in before]
+  return out, result, selections, new_figures
+
+
+def test_tour_is_library_code_that_selects_no_backend_and_leaves_no_figure(small_tour):
+  _, _, selections, new_figures = small_tour
+  assert selections == [] and new_figures == []
 
 
 def test_small_tour_writes_json_and_log_scale_density_plot(small_tour):
-  out, result = small_tour
+  out, result, _, _ = small_tour
   assert (out / "curvature_density.png").stat().st_size > 10_000
   assert json.loads((out / "curvature_tour.json").read_text()) == result
   (run,) = result["runs"]
@@ -54,6 +74,6 @@ def test_count_outliers_uses_the_largest_ratio_gap():
   ),
 )
 def test_outlier_count_is_within_k_plus_minus_one_for_every_k(tmp_path):
-  result = _tour.run_tour(tmp_path)
+  result = curvature.run_tour(tmp_path)
   for run in result["runs"]:
     assert abs(run["outliers"] - run["k"]) <= 1, (run["k"], run["outliers"])
