@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff._validation import as_key, check_scalar
+
 Array = jax.Array
 
 
@@ -200,9 +202,20 @@ class GaussianMixture:
     return logp if log else jnp.exp(logp)
 
   def sample(self, key, n: int, cond: Any = None) -> Array:
-    """Exact samples ``(n, D)`` from ``p(x | y)`` (per-sample labels; -1 = mixture)."""
+    """Exact samples ``(n, D)`` from ``p(x | y)`` (per-sample labels; -1 = mixture).
+
+    ``key`` comes first, as in ``jax.random`` samplers, and may be a typed key, a raw
+    ``uint32`` key or an int seed.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxdiff.testing import GaussianMixture
+      >>> GaussianMixture(jnp.array([[-2.0], [2.0]]), 0.1).sample(0, 5).shape
+      (5, 1)
+    """
+    n = check_scalar("n", n, lo=1, integer=True, static=True)
     labels = _labels(cond, n)
-    k_comp, k_noise = jax.random.split(key)
+    k_comp, k_noise = jax.random.split(as_key(key))
     comp = jax.random.categorical(k_comp, self._log_prior(labels), axis=1)
     z = jax.random.normal(k_noise, (n, self.dim), self.means.dtype)
     z = jnp.sqrt(self.eigvals[comp]) * z

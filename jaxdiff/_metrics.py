@@ -12,6 +12,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxdiff._validation import as_key, check_choice, check_scalar, renamed_kwargs
+
 Array = jax.Array
 
 __all__ = [
@@ -22,7 +24,7 @@ __all__ = [
   "sliced_wasserstein",
 ]
 
-_SATURATION_METHODS = ("excess", "fraction", "rms")
+_SATURATION_VARIANTS = ("excess", "fraction", "rms")
 
 
 def _wide(x) -> Array:
@@ -201,15 +203,15 @@ def precision_recall(real_features, fake_features, *, k: int = 3) -> tuple[Array
     Kynkaanniemi et al., "Improved Precision and Recall Metric for Assessing Generative
     Models", arXiv:1904.06991 (Eq. 1-2).
   """
-  if not isinstance(k, int) or k < 1:
-    raise ValueError(f"precision_recall: k must be a positive int, got {k!r}.")
+  k = check_scalar("k", k, lo=1, integer=True, static=True)
   real, fake = _check_features("precision_recall", real_features, fake_features, min_rows=k + 1)
   precision = _coverage(_knn_radii_sq(real, k), real, fake)
   recall = _coverage(_knn_radii_sq(fake, k), fake, real)
   return precision, recall
 
 
-def saturation(x, *, low: float = -1.0, high: float = 1.0, method: str = "excess") -> Array:
+@renamed_kwargs(method="variant")
+def saturation(x, *, low: float = -1.0, high: float = 1.0, variant: str = "excess") -> Array:
   """How far samples stray past the data range: the symptom of high guidance scales.
 
   Large classifier-free guidance weights push the denoised prediction outside the range
@@ -234,7 +236,7 @@ def saturation(x, *, low: float = -1.0, high: float = 1.0, method: str = "excess
     x: samples, batch first, shape ``(B, ...)``.
     low: lower bound of the data range.
     high: upper bound of the data range (``high > low``).
-    method: ``"excess"``, ``"fraction"`` or ``"rms"``.
+    variant: ``"excess"``, ``"fraction"`` or ``"rms"`` (formerly ``method``, deprecated).
 
   Returns:
     A scalar: the average over the batch.
@@ -243,7 +245,7 @@ def saturation(x, *, low: float = -1.0, high: float = 1.0, method: str = "excess
     >>> import jax.numpy as jnp
     >>> from jaxdiff.metrics import saturation
     >>> x = jnp.array([[0.5, 1.5, -3.0, 0.0]])
-    >>> float(saturation(x)), float(saturation(x, method="fraction"))
+    >>> float(saturation(x)), float(saturation(x, variant="fraction"))
     (0.625, 0.5)
 
   References:
@@ -252,17 +254,18 @@ def saturation(x, *, low: float = -1.0, high: float = 1.0, method: str = "excess
     "Eliminating Oversaturation and Artifacts of High Guidance Scales in Diffusion
     Models", arXiv:2410.02416.
   """
-  if method not in _SATURATION_METHODS:
-    raise ValueError(f"saturation: method must be one of {_SATURATION_METHODS}, got {method!r}.")
+  check_choice("variant", variant, _SATURATION_VARIANTS)
+  low = check_scalar("low", low, allow_inf=True, static=True)
+  high = check_scalar("high", high, allow_inf=True, static=True)
   if not high > low:
     raise ValueError(f"saturation: need high > low, got low={low}, high={high}.")
   x = _wide(x)
   if x.ndim < 1 or x.shape[0] == 0 or x.size == 0:
     raise ValueError(f"saturation: expected a non-empty batch (B, ...), got shape {x.shape}.")
   flat = x.reshape(x.shape[0], -1)
-  if method == "excess":
+  if variant == "excess":
     per_sample = jnp.mean(jnp.maximum(flat - high, 0.0) + jnp.maximum(low - flat, 0.0), axis=1)
-  elif method == "fraction":
+  elif variant == "fraction":
     per_sample = jnp.mean(((flat < low) | (flat > high)).astype(flat.dtype), axis=1)
   else:
     per_sample = jnp.sqrt(jnp.mean(flat * flat, axis=1))
@@ -293,7 +296,7 @@ def _wasserstein_1d_pow(u: Array, v: Array, p: float) -> Array:
   return jnp.sum(widths * gaps**p, axis=-1)
 
 
-def sliced_wasserstein(x, y, *, key: Array, num_projections: int = 128, p: float = 2.0) -> Array:
+def sliced_wasserstein(x, y, *, key, num_projections: int = 128, p: float = 2.0) -> Array:
   """Sliced Wasserstein distance between two point clouds (Monte Carlo over directions).
 
   .. math::
@@ -311,7 +314,7 @@ def sliced_wasserstein(x, y, *, key: Array, num_projections: int = 128, p: float
   Args:
     x: samples of shape ``(N, ...)`` (flattened to ``(N, d)``).
     y: samples of shape ``(M, ...)`` with the same trailing size ``d``.
-    key: PRNG key for the directions.
+    key: PRNG key for the directions: a typed key, a raw ``uint32`` key or an int seed.
     num_projections: number of random directions ``L``.
     p: order ``p >= 1``.
 
@@ -330,12 +333,11 @@ def sliced_wasserstein(x, y, *, key: Array, num_projections: int = 128, p: float
     2011. Bonneel et al., "Sliced and Radon Wasserstein Barycenters of Measures", J. Math.
     Imaging Vis. 2015 (Eq. 6).
   """
-  if not isinstance(num_projections, int) or num_projections < 1:
-    raise ValueError(
-      f"sliced_wasserstein: num_projections must be a positive int, got {num_projections!r}."
-    )
-  if not p >= 1:
-    raise ValueError(f"sliced_wasserstein: need p >= 1, got {p}.")
+  num_projections = check_scalar(
+    "num_projections", num_projections, lo=1, integer=True, static=True
+  )
+  check_scalar("p", p, lo=1.0)  # traced p is not checked
+  key = as_key(key)
   x, y = _wide(x), _wide(y)
   if x.ndim < 1 or y.ndim < 1 or x.shape[0] == 0 or y.shape[0] == 0:
     raise ValueError(f"sliced_wasserstein: expected batches (N, ...), got {x.shape}, {y.shape}.")

@@ -24,14 +24,18 @@ every module of the package (solvers, guidance rules, wrappers):
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from jaxdiff._validation import check_choice, renamed_kwargs
+
 Array = jax.Array
 
-KINDS = ("x0", "eps", "v", "score", "velocity")
+PREDICTIONS = ("x0", "eps", "v", "score", "velocity")
+KINDS = PREDICTIONS  # deprecated alias (the vocabulary's name is ``prediction``)
 
 
 def _floor(d):
@@ -40,14 +44,14 @@ def _floor(d):
   return jnp.maximum(d, jnp.sqrt(jnp.finfo(dt).tiny).astype(dt))
 
 
-def _to_x0(value, x, alpha, sigma, kind):
-  if kind == "x0":
+def _to_x0(value, x, alpha, sigma, prediction):
+  if prediction == "x0":
     return value
-  if kind == "eps":
+  if prediction == "eps":
     return (x - sigma * value) / _floor(alpha)
-  if kind == "v":
+  if prediction == "v":
     return (alpha * x - sigma * value) / (alpha**2 + sigma**2)
-  if kind == "score":
+  if prediction == "score":
     return (x + sigma**2 * value) / _floor(alpha)
   return (x - sigma * value) / (alpha + sigma)  # velocity
 
@@ -71,15 +75,15 @@ def eps_from_x0(x: Array, x0: Array, alpha: Array, sigma: Array) -> Array:
   return jnp.where(positive, (x - alpha * x0) / safe, jnp.zeros_like(x))
 
 
-def _from_x0(x0, x, alpha, sigma, kind):
-  if kind == "x0":
+def _from_x0(x0, x, alpha, sigma, prediction):
+  if prediction == "x0":
     return x0
   eps = eps_from_x0(x, x0, alpha, sigma)
-  if kind == "eps":
+  if prediction == "eps":
     return eps
-  if kind == "v":
+  if prediction == "v":
     return alpha * eps - sigma * x0
-  if kind == "score":
+  if prediction == "score":
     sigma = jnp.asarray(sigma)
     return -eps / jnp.where(sigma > 0, sigma, jnp.ones_like(sigma))  # eps = 0 at sigma = 0
   return eps - x0  # velocity
@@ -115,9 +119,8 @@ def convert(value: Array, x: Array, alpha: Array, sigma: Array, *, src: str, dst
     arXiv:2202.00512 (v, App. D); Song et al., arXiv:2011.13456 (score);
     Lipman et al., arXiv:2210.02747 (velocity).
   """
-  for name, k in (("src", src), ("dst", dst)):
-    if k not in KINDS:
-      raise ValueError(f"{name} must be one of {KINDS}, got {k!r}")
+  check_choice("src", src, PREDICTIONS)
+  check_choice("dst", dst, PREDICTIONS)
   value, x = jnp.asarray(value), jnp.asarray(x)
   if value.shape != x.shape:
     raise ValueError(f"prediction shape {value.shape} does not match x shape {x.shape}")
@@ -129,11 +132,28 @@ def convert(value: Array, x: Array, alpha: Array, sigma: Array, *, src: str, dst
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True, eq=False)
 class Wrapped:
-  """A denoiser ``denoise(x, t, cond, **kw) -> x0`` from a network predicting ``kind``."""
+  """A denoiser ``denoise(x, t, cond, **kw) -> x0`` from a network predicting ``prediction``.
+
+  ``prediction`` is one of :data:`PREDICTIONS`; the spellings ``Wrapped(..., kind=...)`` and
+  ``Wrapped.kind`` are deprecated (one release, ``DeprecationWarning``).
+  """
 
   net: Any
   schedule: Any
-  kind: str = dataclasses.field(metadata={"static": True}, default="eps")
+  prediction: str = dataclasses.field(metadata={"static": True}, default="eps")
+
+  def __post_init__(self):
+    check_choice("prediction", self.prediction, PREDICTIONS)
+
+  @property
+  def kind(self) -> str:
+    """Deprecated spelling of :attr:`prediction`."""
+    warnings.warn(
+      "Wrapped.kind is deprecated; use Wrapped.prediction (removed in the next release)",
+      DeprecationWarning,
+      stacklevel=2,
+    )
+    return self.prediction
 
   def __call__(self, x, t, cond=None, **kwargs):
     out = self.net(x, t, cond, **kwargs)
@@ -143,14 +163,18 @@ class Wrapped:
     expand = (slice(None),) + (None,) * (x.ndim - 1) if t.ndim == 1 else ()
     alpha = self.schedule.alpha(t)[expand].astype(x.dtype)
     sigma = self.schedule.sigma(t)[expand].astype(x.dtype)
-    return _to_x0(out, x, alpha, sigma, self.kind).astype(x.dtype)
+    return _to_x0(out, x, alpha, sigma, self.prediction).astype(x.dtype)
 
 
-def _wrapper(kind):
+# The keyword ``kind`` of the dataclass constructor keeps working for one release.
+Wrapped.__init__ = renamed_kwargs(kind="prediction")(Wrapped.__init__)
+
+
+def _wrapper(prediction):
   def wrap(net, schedule) -> Wrapped:
     if not callable(net):
       raise TypeError(f"net must be callable net(x, t, cond), got {type(net).__name__}")
-    return Wrapped(net, schedule, kind)
+    return Wrapped(net, schedule, prediction)
 
   return wrap
 

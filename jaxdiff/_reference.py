@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxdiff._parameterization import eps_from_x0
+
 
 def probability_flow_reference(
   denoise, schedule, x_T, t0, t1, *, cond=None, rtol: float = 1e-12, atol: float = 1e-12
@@ -64,7 +66,7 @@ def probability_flow_reference(
     a, da = jax.jvp(schedule.alpha, (t,), (ones,))
     s, ds = jax.jvp(schedule.sigma, (t,), (ones,))
     x0 = denoise(x, jnp.full((x.shape[0],), t), cond)
-    return da * x0 + ds * (x - a * x0) / s
+    return da * x0 + ds * eps_from_x0(x, x0, a, s)
 
   sol = diffrax.diffeqsolve(
     diffrax.ODETerm(vector_field),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, NamedTuple
 
@@ -10,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff._schedules import Grid, validate_grid
-from jaxdiff._solvers import Solver
+from jaxdiff._solvers._base import Solver
 from jaxdiff._types import GuidanceRule, Prediction, StepContext
+from jaxdiff._validation import as_key
 
 Array = jax.Array
 
@@ -34,39 +36,31 @@ def _is_array(leaf) -> bool:
   return isinstance(leaf, (jax.Array, np.ndarray, np.generic))
 
 
+# The (denoiser, solver, guidance) triple is split the way equinox.filter_jit splits its
+# arguments: array leaves are traced, everything else (callables, solver dataclasses,
+# hyperparameters) is static and part of the compilation cache key. equinox is only a
+# test dependency and nnx.jit would make the core import flax, so the filter is built
+# on public jax API instead: each non-array leaf is boxed in `_Static`, registered with
+# `jax.tree_util.register_static`, i.e. a pytree node without children whose value lives
+# in the treedef. jit then hashes and compares it with the rest of the treedef; no
+# static_argnums bookkeeping. A pytree denoiser (the Gaussian mixture's, a flax nnx
+# module) thus shares one compilation across instances of the same structure, while a
+# plain closure is static.
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
 class _Static:
-  """Hashable wrapper of the non-array part of the (denoiser, solver, guidance) pytrees."""
-
-  def __init__(self, treedef, leaves):
-    self.treedef, self.leaves = treedef, leaves
-
-  def __hash__(self):
-    return hash((self.treedef, self.leaves))
-
-  def __eq__(self, other):
-    return (
-      isinstance(other, _Static)
-      and self.treedef == other.treedef
-      and len(self.leaves) == len(other.leaves)
-      and all(a is b or a == b for a, b in zip(self.leaves, other.leaves))
-    )
+  # Equality is the field tuple's, which tries identity first: callables and solvers
+  # compare cheaply and an object whose __eq__ is unusual still matches itself.
+  value: Any
 
 
-def _partition(tree):
-  """Splits a pytree into array leaves (traced) and everything else (static, hashed).
-
-  A denoiser that is a pytree (the Gaussian mixture's, a flax nnx module) then shares
-  one compilation across instances of the same structure; a plain closure is static.
-  """
-  leaves, treedef = jax.tree.flatten(tree)
-  dynamic = [leaf if _is_array(leaf) else None for leaf in leaves]
-  static = tuple(None if _is_array(leaf) else leaf for leaf in leaves)
-  return dynamic, _Static(treedef, static)
+def _box(tree):
+  return jax.tree.map(lambda leaf: leaf if _is_array(leaf) else _Static(leaf), tree)
 
 
-def _combine(dynamic, static: _Static):
-  leaves = [d if s is None else s for d, s in zip(dynamic, static.leaves)]
-  return jax.tree.unflatten(static.treedef, leaves)
+def _unbox(tree):
+  is_static = lambda leaf: isinstance(leaf, _Static)
+  return jax.tree.map(lambda leaf: leaf.value if is_static(leaf) else leaf, tree, is_leaf=is_static)
 
 
 def _plain_call(denoise, x, cond, ctx: StepContext, gstate):
@@ -74,7 +68,7 @@ def _plain_call(denoise, x, cond, ctx: StepContext, gstate):
   return Prediction.of(denoise(x, t, cond)), gstate, jnp.ones((), jnp.int32)
 
 
-def _check_inputs(denoise, solver, x_T, ts, cond, guidance, key):
+def _check_inputs(denoise, solver, x_T, ts, cond, guidance):
   if not callable(denoise):
     raise TypeError(f"denoise must be callable denoise(x, t, cond), got {type(denoise).__name__}")
   if not isinstance(solver, Solver):
@@ -98,8 +92,6 @@ def _check_inputs(denoise, solver, x_T, ts, cond, guidance, key):
         f"cond{jax.tree_util.keystr(path)} must be batch-first with leading size {batch} "
         f"(like x_T), got shape {shape}"
       )
-  if key is None:
-    raise TypeError("sample needs a PRNG key: sample(..., key=jax.random.key(0))")
 
 
 def sample(
@@ -136,7 +128,8 @@ def sample(
     solver: a solver from :mod:`jaxdiff.solvers`.
     x_T: initial noise ``(B, ...)``, e.g. ``sigma(t_0) * normal`` for VE, ``normal`` for VP.
     ts: a :class:`~jaxdiff.schedules.Grid` (``timesteps`` or ``timesteps_from``).
-    key: PRNG key (stochastic solvers and rules draw from per-step subkeys).
+    key: PRNG key: a typed key, a raw ``uint32`` key or an int seed (stochastic solvers
+      and rules draw from per-step subkeys).
     cond: batch-first conditioning pytree or ``None``.
     guidance: a :class:`~jaxdiff.GuidanceRule` or ``None``.
     return_trajectory: also return all intermediate states.
@@ -162,16 +155,15 @@ def sample(
     Lu et al., "DPM-Solver++", arXiv:2211.01095 (the multistep loop, Alg. 2);
     Karras et al., arXiv:2206.00364 (Alg. 1/2, stage skipping at sigma = 0).
   """
-  _check_inputs(denoise, solver, x_T, ts, cond, guidance, key)
-  if isinstance(key, jax.Array) and not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-    key = jax.random.wrap_key_data(key)
-  dynamic, static = _partition((denoise, solver, guidance))
-  return _sample_jit(dynamic, static, x_T, ts, key, cond, bool(return_trajectory))
+  _check_inputs(denoise, solver, x_T, ts, cond, guidance)
+  key = as_key(key)
+  parts = _box((denoise, solver, guidance))
+  return _sample_jit(parts, x_T, ts, key, cond, bool(return_trajectory))
 
 
-@functools.partial(jax.jit, static_argnums=(1, 6))
-def _sample_jit(dynamic, static, x_T, ts, key, cond, return_trajectory):
-  denoise, solver, guidance = _combine(dynamic, static)
+@functools.partial(jax.jit, static_argnums=5)
+def _sample_jit(parts, x_T, ts, key, cond, return_trajectory):
+  denoise, solver, guidance = _unbox(parts)
   apply = _plain_call if guidance is None else guidance.apply
   gstate = () if guidance is None else guidance.init(x_T, cond)
   n = ts.num_steps

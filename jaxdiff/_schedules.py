@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff._validation import check_choice, check_scalar
+
 Array = jax.Array
 
 # |lam| is clipped here on grids: alpha = 0 (pure noise) or sigma = 0 (clean data) give
@@ -267,8 +269,9 @@ def vp_linear(beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3
     >>> round(float(s.alpha(0.5) ** 2 + s.sigma(0.5) ** 2), 6)
     1.0
   """
-  if not 0 < beta_min < beta_max:
-    raise ValueError(f"vp_linear needs 0 < beta_min < beta_max, got {beta_min}, {beta_max}")
+  beta_min = check_scalar("beta_min", beta_min, lo=0.0, lo_open=True, static=True)
+  beta_max = check_scalar("beta_max", beta_max, lo=beta_min, lo_open=True, static=True)
+  t_min = check_scalar("t_min", t_min, lo=0.0, hi=1.0, hi_open=True, static=True)
   return VPLinear(float(beta_min), float(beta_max), float(t_min))
 
 
@@ -281,8 +284,9 @@ def vp_cosine(s: float = 0.008, t_min: float = 1e-3, t_max: float = 0.9946) -> V
     >>> round(float(c.t_from_logsnr(c.logsnr(0.3))), 5)
     0.3
   """
-  if s <= 0 or not 0 <= t_min < t_max <= 1:
-    raise ValueError(f"vp_cosine needs s > 0 and 0 <= t_min < t_max <= 1, got {s, t_min, t_max}")
+  s = check_scalar("s", s, lo=0.0, lo_open=True, static=True)
+  t_max = check_scalar("t_max", t_max, lo=0.0, hi=1.0, lo_open=True, static=True)
+  t_min = check_scalar("t_min", t_min, lo=0.0, hi=t_max, hi_open=True, static=True)
   return VPCosine(float(s), float(t_min), float(t_max))
 
 
@@ -294,8 +298,8 @@ def edm(sigma_min: float = 0.002, sigma_max: float = 80.0) -> EDM:
     >>> float(schedules.edm().sigma(3.0))
     3.0
   """
-  if not 0 < sigma_min < sigma_max:
-    raise ValueError(f"edm needs 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+  sigma_min = check_scalar("sigma_min", sigma_min, lo=0.0, lo_open=True, static=True)
+  sigma_max = check_scalar("sigma_max", sigma_max, lo=sigma_min, lo_open=True, static=True)
   return EDM(float(sigma_min), float(sigma_max))
 
 
@@ -308,8 +312,8 @@ def flow(t_min: float = 0.0, t_max: float = 1.0) -> Flow:
     >>> float(f.alpha(0.25)), float(f.sigma(0.25))
     (0.75, 0.25)
   """
-  if not 0 <= t_min < t_max <= 1:
-    raise ValueError(f"flow needs 0 <= t_min < t_max <= 1, got {t_min}, {t_max}")
+  t_max = check_scalar("t_max", t_max, lo=0.0, hi=1.0, lo_open=True, static=True)
+  t_min = check_scalar("t_min", t_min, lo=0.0, hi=t_max, hi_open=True, static=True)
   return Flow(float(t_min), float(t_max))
 
 
@@ -381,6 +385,18 @@ def validate_grid(grid: Grid) -> Grid:
 
   Raises ``ValueError`` with the offending index. Traced grids (built inside ``jit``)
   are checked for shapes only.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxdiff import schedules
+    >>> g = schedules.timesteps(schedules.flow(), 4)
+    >>> schedules.validate_grid(g) is g
+    True
+    >>> bad = g._replace(sigma=g.sigma.at[1].set(0.0))
+    >>> schedules.validate_grid(bad)
+    Traceback (most recent call last):
+    ...
+    ValueError: sigma must be > 0 at every point but the last; sigma[1] = 0
   """
   if not isinstance(grid, Grid):
     raise TypeError(
@@ -556,12 +572,11 @@ def timesteps(
     Lu et al., "DPM-Solver", arXiv:2206.00927 (logSNR-uniform);
     Karras et al., "Elucidating the Design Space...", arXiv:2206.00364 (eq. 5).
   """
-  if not isinstance(n, (int, np.integer)) or n < 1:
-    raise ValueError(f"n must be a positive int, got {n!r}")
-  if spacing not in SPACINGS:
-    raise ValueError(f"unknown spacing {spacing!r}; expected one of {SPACINGS}")
-  t_s = float(schedule.t_max if t_start is None else t_start)
-  t_e = float(schedule.t_min if t_end is None else t_end)
+  n = check_scalar("n", n, lo=1, integer=True, static=True)
+  check_choice("spacing", spacing, SPACINGS)
+  rho = check_scalar("rho", rho, lo=0.0, lo_open=True, static=True)
+  t_s = check_scalar("t_start", schedule.t_max if t_start is None else t_start, static=True)
+  t_e = check_scalar("t_end", schedule.t_min if t_end is None else t_end, static=True)
   if not t_s > t_e:
     raise ValueError(f"t_start must exceed t_end (noise decreases), got {t_s} <= {t_e}")
   m = n - 1 if denoise_to_zero else n
@@ -571,7 +586,7 @@ def timesteps(
   with jax.enable_x64(True):
     u = np.linspace(0.0, 1.0, m + 1)
     u = jnp.asarray(np.pad(u, (0, _bucket(m + 1) - m - 1), mode="edge"))  # shared compiles
-    t, l_s, l_e = _spaced(schedule, u, jnp.float64(t_s), jnp.float64(t_e), spacing, float(rho))
+    t, l_s, l_e = _spaced(schedule, u, jnp.float64(t_s), jnp.float64(t_e), spacing, rho)
     t = np.array(t)[: m + 1]
     t[-1] = t_e
     if spacing in ("logsnr", "karras") and not (np.isfinite(l_s) and np.isfinite(l_e)):

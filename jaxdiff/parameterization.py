@@ -2,6 +2,7 @@
 
 from jaxdiff._parameterization import (
   KINDS,
+  PREDICTIONS,
   Wrapped,
   convert,
   eps_from_x0,
@@ -13,6 +14,7 @@ from jaxdiff._parameterization import (
 
 __all__ = [
   "KINDS",
+  "PREDICTIONS",
   "Wrapped",
   "convert",
   "eps_from_x0",

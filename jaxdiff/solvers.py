@@ -5,29 +5,22 @@ a solver by name. The demo, the CLI and the bench read only the registry.
 """
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 from types import MappingProxyType
 
-from jaxdiff._solvers import (
-  DDIM,
-  DDPM,
+from jaxdiff._solvers._base import Solver, phi
+from jaxdiff._solvers._ddim import DDIM, DDPM, ddim, ddpm
+from jaxdiff._solvers._dpmpp import (
   DPMSolverPP2M,
   DPMSolverPP2MSDE,
   DPMSolverPP3M,
-  Euler,
-  Heun,
-  Solver,
-  UniPC,
-  ddim,
-  ddpm,
   dpmpp_2m,
   dpmpp_2m_sde,
   dpmpp_3m,
-  euler,
-  heun,
-  phi,
-  unipc,
 )
+from jaxdiff._solvers._euler import Euler, Heun, euler, heun
+from jaxdiff._solvers._unipc import UniPC, unipc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +50,9 @@ REGISTRY = MappingProxyType(
 def make(name: str, **kwargs) -> Solver:
   """Builds the registered solver ``name`` with the factory's keyword arguments.
 
+  An option the solver does not have (``make("dpmpp_2m", diffusers_compat=True)``) is a
+  ``TypeError`` that lists the options it has.
+
   Example:
     >>> from jaxdiff import solvers
     >>> solvers.make("unipc", order=3).order
@@ -64,7 +60,15 @@ def make(name: str, **kwargs) -> Solver:
   """
   if name not in REGISTRY:
     raise ValueError(f"unknown solver {name!r}; known: {', '.join(sorted(REGISTRY))}")
-  return REGISTRY[name].factory(**kwargs)
+  factory = REGISTRY[name].factory
+  accepted = inspect.signature(factory).parameters
+  unknown = sorted(set(kwargs) - set(accepted))
+  if unknown:
+    raise TypeError(
+      f"solver {name!r} has no option {', '.join(unknown)}; its options: "
+      f"{', '.join(accepted) or 'none'}"
+    )
+  return factory(**kwargs)
 
 
 __all__ = [

@@ -89,6 +89,17 @@ def test_samples_have_the_mixture_moments(gmm):
   )
 
 
+def test_sample_accepts_an_int_seed_or_a_raw_key_positionally():
+  g = GaussianMixture(MEANS, 0.2)
+  want = g.sample(jax.random.key(5), 16)
+  np.testing.assert_array_equal(g.sample(5, 16), want)
+  np.testing.assert_array_equal(g.sample(jax.random.PRNGKey(5), 16), want)
+  with pytest.raises(ValueError, match="n must"):
+    g.sample(5, 0)
+  with pytest.raises(TypeError, match="key"):
+    g.sample("5", 16)
+
+
 def test_sigma_zero_returns_the_input_and_float32_works():
   g = GaussianMixture(MEANS, 0.2)
   x = jnp.ones((3, 2), jnp.float32)

@@ -103,8 +103,8 @@ def test_precision_recall_detects_mode_collapse():
   assert float(r) < 0.5
 
 
-@pytest.mark.parametrize("method", ["excess", "fraction", "rms"])
-def test_saturation_matches_numpy(method):
+@pytest.mark.parametrize("variant", ["excess", "fraction", "rms"])
+def test_saturation_matches_numpy(variant):
   rng = np.random.default_rng(6)
   x = rng.normal(size=(7, 3, 4)) * 1.5
   flat = x.reshape(7, -1)
@@ -112,9 +112,16 @@ def test_saturation_matches_numpy(method):
     "excess": np.mean(np.maximum(flat - 0.5, 0) + np.maximum(-1.0 - flat, 0)),
     "fraction": np.mean((flat < -1.0) | (flat > 0.5)),
     "rms": np.mean(np.sqrt(np.mean(flat**2, axis=1))),
-  }[method]
-  got = metrics.saturation(x, low=-1.0, high=0.5, method=method)
+  }[variant]
+  got = metrics.saturation(x, low=-1.0, high=0.5, variant=variant)
   np.testing.assert_allclose(float(got), want, rtol=1e-6)
+
+
+def test_saturation_method_keyword_still_works_and_warns():
+  x = jnp.array([[0.5, 1.5, -3.0, 0.0]])
+  with pytest.warns(DeprecationWarning, match="variant"):
+    old = metrics.saturation(x, method="fraction")
+  assert float(old) == float(metrics.saturation(x, variant="fraction")) == 0.5
 
 
 def test_saturation_excess_is_zero_inside_range_and_grows_with_overshoot():
@@ -157,6 +164,15 @@ def test_sliced_wasserstein_matches_numpy_with_documented_directions(x64):
   np.testing.assert_allclose(float(got), want, rtol=1e-10)
 
 
+def test_sliced_wasserstein_key_may_be_an_int_seed_or_a_raw_key():
+  x, y = np.random.default_rng(11).normal(size=(2, 32, 3))
+  want = metrics.sliced_wasserstein(x, y, key=jax.random.key(4), num_projections=8)
+  for key in (4, np.int32(4), jax.random.PRNGKey(4)):
+    assert float(metrics.sliced_wasserstein(x, y, key=key, num_projections=8)) == float(want)
+  with pytest.raises(TypeError, match="key"):
+    metrics.sliced_wasserstein(x, y, key=None)
+
+
 def test_sliced_wasserstein_of_a_translation_is_the_projected_shift(x64):
   # Every 1-D projection of a translated cloud is translated by theta . c, so
   # SW_2^2 = E[(theta . c)^2] = |c|^2 / d for directions uniform on the sphere.
@@ -173,8 +189,10 @@ def test_sliced_wasserstein_of_a_translation_is_the_projected_shift(x64):
     (lambda: metrics.frechet_distance(np.ones((1, 3)), np.ones((5, 3))), "at least 2"),
     (lambda: metrics.frechet_distance(np.ones(3), np.ones(3)), "2-D"),
     (lambda: metrics.precision_recall(np.ones((3, 2)), np.ones((9, 2)), k=3), "at least 4"),
-    (lambda: metrics.precision_recall(np.ones((9, 2)), np.ones((9, 2)), k=0), "positive int"),
-    (lambda: metrics.saturation(np.ones((2, 2)), method="hsv"), "method"),
+    (lambda: metrics.precision_recall(np.ones((9, 2)), np.ones((9, 2)), k=0), "k must lie"),
+    (lambda: metrics.precision_recall(np.ones((9, 2)), np.ones((9, 2)), k=2.5), "k must be an int"),
+    (lambda: metrics.saturation(np.ones((2, 2)), variant="hsv"), "variant"),
+    (lambda: metrics.saturation(np.ones((2, 2)), low=float("nan")), "low"),
     (lambda: metrics.saturation(np.ones((2, 2)), low=1.0, high=0.0), "high > low"),
     (
       lambda: metrics.sliced_wasserstein(
@@ -186,7 +204,13 @@ def test_sliced_wasserstein_of_a_translation_is_the_projected_shift(x64):
       lambda: metrics.sliced_wasserstein(
         np.ones((4, 2)), np.ones((4, 2)), key=jax.random.key(0), p=0.5
       ),
-      "p >= 1",
+      "p must lie",
+    ),
+    (
+      lambda: metrics.sliced_wasserstein(
+        np.ones((4, 2)), np.ones((4, 2)), key=0, num_projections=2.5
+      ),
+      "num_projections must be an integer",
     ),
   ],
 )

@@ -13,8 +13,8 @@ from jaxdiff import schedules
 @given(
   a=st.floats(0.05, 1.0),
   s=st.floats(0.05, 2.0),
-  src=st.sampled_from(P.KINDS),
-  dst=st.sampled_from(P.KINDS),
+  src=st.sampled_from(P.PREDICTIONS),
+  dst=st.sampled_from(P.PREDICTIONS),
   seed=st.integers(0, 100),
 )
 def test_conversions_round_trip_and_agree_with_definitions(x64, a, s, src, dst, seed):
@@ -29,7 +29,7 @@ def test_conversions_round_trip_and_agree_with_definitions(x64, a, s, src, dst, 
 
 
 @pytest.mark.parametrize(
-  "wrap, kind, sched",
+  "wrap, prediction, sched",
   [
     (P.from_eps, "eps", schedules.vp_cosine()),
     (P.from_v, "v", schedules.vp_linear()),
@@ -37,16 +37,29 @@ def test_conversions_round_trip_and_agree_with_definitions(x64, a, s, src, dst, 
     (P.from_x0, "x0", schedules.edm()),
   ],
 )
-def test_wrappers_turn_an_oracle_network_into_the_true_denoiser(x64, wrap, kind, sched):
+def test_wrappers_turn_an_oracle_network_into_the_true_denoiser(x64, wrap, prediction, sched):
   rng = np.random.default_rng(0)
   x0, eps = rng.normal(size=(4, 3, 2)), rng.normal(size=(4, 3, 2))
   t = jnp.linspace(0.2, 0.7, 4) * sched.t_max
   a = np.asarray(sched.alpha(t))[:, None, None]
   s = np.asarray(sched.sigma(t))[:, None, None]
   x = a * x0 + s * eps
-  oracle = {"eps": eps, "v": a * eps - s * x0, "velocity": eps - x0, "x0": x0}[kind]
+  oracle = {"eps": eps, "v": a * eps - s * x0, "velocity": eps - x0, "x0": x0}[prediction]
   den = wrap(lambda x_, t_, c: jnp.asarray(oracle), sched)
+  assert den.prediction == prediction
   np.testing.assert_allclose(den(x, t, None), x0, rtol=1e-9, atol=1e-9)
+
+
+def test_kind_spellings_still_work_and_warn():
+  assert P.KINDS is P.PREDICTIONS
+  net, sched = (lambda x, t, c: x), schedules.flow()
+  with pytest.warns(DeprecationWarning, match="prediction"):
+    den = P.Wrapped(net, sched, kind="v")
+  assert den.prediction == "v"
+  with pytest.warns(DeprecationWarning, match="Wrapped.prediction"):
+    assert P.from_eps(net, sched).kind == "eps"
+  with pytest.raises(ValueError, match="prediction"):
+    P.Wrapped(net, sched, prediction="noise")
 
 
 def test_eps_at_alpha_zero_stays_finite_and_bad_input_raises():

@@ -126,6 +126,33 @@ def test_new_key_new_data_and_new_mixture_parameters_do_not_retrace(gmm):
   assert jaxdiff._sampling._sample_jit._cache_size() == before + 1
 
 
+def test_key_may_be_an_int_seed_or_a_raw_key_and_all_share_one_compilation(gmm):
+  ts = schedules.timesteps(SCHED, 4)
+  run = lambda key: (
+    jaxdiff.sample(gmm.denoiser(SCHED), solvers.ddim(eta=1.0), jnp.ones((3, 2)), ts, key=key).x
+  )
+  want = run(jax.random.key(7))
+  before = jaxdiff._sampling._sample_jit._cache_size()
+  np.testing.assert_array_equal(run(7), want)
+  np.testing.assert_array_equal(run(jax.random.PRNGKey(7)), want)
+  np.testing.assert_array_equal(run(np.int64(7)), want)
+  assert jaxdiff._sampling._sample_jit._cache_size() == before
+  with pytest.raises(TypeError, match="key"):
+    run("seven")
+
+
+def test_a_solver_built_twice_shares_one_compilation(gmm):
+  ts = schedules.timesteps(SCHED, 3)
+  den = gmm.denoiser(SCHED)
+  jaxdiff.sample(den, solvers.unipc(3), jnp.ones((2, 2)), ts, key=0)
+  before = jaxdiff._sampling._sample_jit._cache_size()
+  jaxdiff.sample(den, solvers.make("unipc", order=3), jnp.ones((2, 2)), ts, key=1)
+  assert jaxdiff._sampling._sample_jit._cache_size() == before
+  # A different hyperparameter is a different program.
+  jaxdiff.sample(den, solvers.unipc(2), jnp.ones((2, 2)), ts, key=1)
+  assert jaxdiff._sampling._sample_jit._cache_size() == before + 1
+
+
 def test_batch_sharded_over_8_devices_gives_the_single_device_samples(gmm, mesh8):
   ts = schedules.timesteps(SCHED, 6, spacing="logsnr")
   x_T = jax.random.normal(jax.random.key(0), (16, 2))

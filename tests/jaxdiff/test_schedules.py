@@ -134,18 +134,39 @@ def test_invalid_user_grids_raise_clear_errors(t, match):
     schedules.timesteps_from(schedules.flow(), t)
 
 
-def test_invalid_schedule_and_grid_arguments_raise():
-  with pytest.raises(ValueError, match="spacing"):
-    schedules.timesteps(schedules.flow(), 5, spacing="linear")
-  with pytest.raises(ValueError, match="positive int"):
-    schedules.timesteps(schedules.flow(), 0)
-  with pytest.raises(ValueError, match="t_start must exceed"):
-    schedules.timesteps(schedules.flow(), 5, t_start=0.1, t_end=0.5)
-  with pytest.raises(ValueError, match="finite logSNR"):
-    schedules.timesteps(schedules.flow(), 5, spacing="logsnr")
-  with pytest.raises(ValueError, match="strictly decreasing"):
-    schedules.from_alphas_cumprod([0.5, 0.9])
-  with pytest.raises(ValueError, match="beta_min"):
-    schedules.vp_linear(beta_min=2.0, beta_max=1.0)
-  with pytest.raises(TypeError, match="Grid"):
-    schedules.validate_grid(jnp.linspace(1, 0, 5))
+@pytest.mark.parametrize(
+  "build, error, match",
+  [
+    (lambda: schedules.timesteps(schedules.flow(), 5, spacing="linear"), ValueError, "spacing"),
+    (lambda: schedules.timesteps(schedules.flow(), 0), ValueError, "n must lie"),
+    (lambda: schedules.timesteps(schedules.flow(), 2.5), ValueError, "n must be an integer"),
+    (lambda: schedules.timesteps(schedules.edm(), 5, rho=0.0), ValueError, "rho"),
+    (lambda: schedules.timesteps(schedules.edm(), 5, rho=-7.0), ValueError, "rho"),
+    (lambda: schedules.timesteps(schedules.edm(), 5, t_start=np.inf), ValueError, "t_start"),
+    (
+      lambda: schedules.timesteps(schedules.flow(), 5, t_start=0.1, t_end=0.5),
+      ValueError,
+      "t_start must exceed",
+    ),
+    (lambda: schedules.timesteps(schedules.flow(), 5, spacing="logsnr"), ValueError, "finite"),
+    (lambda: schedules.from_alphas_cumprod([0.5, 0.9]), ValueError, "strictly decreasing"),
+    (lambda: schedules.vp_linear(beta_min=2.0, beta_max=1.0), ValueError, "beta_max"),
+    (lambda: schedules.vp_linear(beta_min=0.0), ValueError, "beta_min"),
+    (lambda: schedules.vp_linear(beta_max=np.inf), ValueError, "beta_max must be finite"),
+    (lambda: schedules.vp_linear(t_min=1.0), ValueError, "t_min"),
+    (lambda: schedules.vp_cosine(t_max=1.5), ValueError, "t_max"),
+    (lambda: schedules.vp_cosine(t_max=float("nan")), ValueError, "t_max"),
+    (lambda: schedules.vp_cosine(t_min=0.5, t_max=0.4), ValueError, "t_min"),
+    (lambda: schedules.vp_cosine(s=0.0), ValueError, "s must lie"),
+    (lambda: schedules.edm(sigma_max=np.inf), ValueError, "sigma_max must be finite"),
+    (lambda: schedules.edm(sigma_min=1.0, sigma_max=0.5), ValueError, "sigma_max"),
+    (lambda: schedules.edm(sigma_min=-1.0), ValueError, "sigma_min"),
+    (lambda: schedules.edm(sigma_min="small"), TypeError, "sigma_min"),
+    (lambda: schedules.flow(t_max=1.2), ValueError, "t_max"),
+    (lambda: schedules.flow(t_min=0.5, t_max=0.5), ValueError, "t_min"),
+    (lambda: schedules.validate_grid(jnp.linspace(1, 0, 5)), TypeError, "Grid"),
+  ],
+)
+def test_invalid_schedule_and_grid_arguments_raise(build, error, match):
+  with pytest.raises(error, match=match):
+    build()

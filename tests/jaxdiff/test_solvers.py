@@ -3,7 +3,7 @@
 Order test: the probability-flow ODE of an exact Gaussian mixture, integrated in float64
 by each deterministic solver with N = 32, 64, 128 steps (asymptotic regime) and by
 diffrax (Dopri8, rtol = atol = 1e-13). The observed order log(e_64/e_128)/log 2 must
-lie within 0.3 of ``solver.order``.
+lie within 0.3 of ``solver.convergence_order`` (UniPC's corrector makes it ``order + 1``).
 Grids are logSNR-uniform (the variable the exponential integrators are built on) after
 two tiny warm-up steps of size 1/N^2 in the grid parameter: the order of a multistep
 method is defined for accurate starting values, and the lower-order warm-up steps would
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import jaxdiff
-from jaxdiff import schedules, solvers
+from jaxdiff import Prediction, schedules, solvers
 from jaxdiff.testing import GaussianMixture, probability_flow_reference
 
 STEPS = (32, 64, 128)
@@ -29,6 +29,7 @@ ORDER_SOLVERS = {
   "heun": solvers.heun(),
   "dpmpp_2m": solvers.dpmpp_2m(lower_order_final=False),
   "dpmpp_3m": solvers.dpmpp_3m(lower_order_final=False),
+  "dpmpp_3m_diffusers": solvers.dpmpp_3m(lower_order_final=False, diffusers_compat=True),
   "unipc2": solvers.unipc(2, lower_order_final=False),
   "unipc3": solvers.unipc(3, lower_order_final=False),
 }
@@ -80,7 +81,7 @@ def test_empirical_order_matches_declared_order(x64, order_problem, case, name):
   # in the message: 3M on VP approaches 3 from above (local slopes 4.0, 3.5, 3.2).
   slope = np.log(errs[-2] / errs[-1]) / np.log(STEPS[-1] / STEPS[-2])
   fit = -np.polyfit(np.log(STEPS), np.log(errs), 1)[0]
-  assert abs(slope - solver.order) < 0.3, (name, case, slope, fit, errs)
+  assert abs(slope - solver.convergence_order) < 0.3, (name, case, slope, fit, errs)
 
 
 # ---------------------------------------------------------------------------------------
@@ -198,8 +199,68 @@ def test_phi_functions_are_accurate_across_the_series_switch(x64):
     np.testing.assert_allclose(solvers.phi(k, z), want, rtol=1e-13)
 
 
-def test_invalid_solver_hyperparameters_raise():
-  with pytest.raises(ValueError, match="eta"):
-    solvers.ddim(eta=-0.1)
-  with pytest.raises(ValueError, match="order 1, 2 or 3"):
-    solvers.unipc(4)
+@pytest.mark.parametrize(
+  "solver, order, convergence_order",
+  [
+    (solvers.unipc(1), 1, 2),
+    (solvers.unipc(2), 2, 3),
+    (solvers.unipc(3), 3, 4),
+    (solvers.unipc(3, corrector=False), 3, 3),
+    (solvers.make("unipc", order=3), 3, 4),
+    (solvers.dpmpp_3m(), 3, 3),
+    (solvers.dpmpp_3m(diffusers_compat=True), 3, 2),
+    (solvers.dpmpp_2m_sde(), 2, 1),
+    (solvers.heun(), 2, 2),
+    (solvers.ddim(), 1, 1),
+  ],
+)
+def test_order_is_the_requested_order_and_convergence_order_is_declared_apart(
+  solver, order, convergence_order
+):
+  assert (solver.order, solver.convergence_order) == (order, convergence_order)
+
+
+@pytest.mark.parametrize(
+  "build, error, match",
+  [
+    # Direct construction validates exactly as the factory does (``__post_init__``).
+    (lambda: solvers.DDIM(eta=5), ValueError, "eta"),
+    (lambda: solvers.ddim(eta=-0.1), ValueError, "eta"),
+    (lambda: solvers.DDIM(eta=float("nan")), ValueError, "eta"),
+    (lambda: solvers.ddim(eta=jnp.inf), ValueError, "eta"),
+    (lambda: solvers.unipc(4), ValueError, "order"),
+    (lambda: solvers.UniPC(order=0), ValueError, "order"),
+    (lambda: solvers.unipc(2.7), ValueError, "order must be an integer"),
+    (lambda: solvers.unipc("2"), TypeError, "order"),
+    (lambda: solvers.dpmpp_2m(lower_order_final="no"), TypeError, "lower_order_final"),
+    (lambda: solvers.UniPC(corrector=1), TypeError, "corrector"),
+    (lambda: solvers.DPMSolverPP3M(diffusers_compat=None), TypeError, "diffusers_compat"),
+    # The 3M-only option is rejected where it does not apply (it was silently ignored).
+    (lambda: solvers.DPMSolverPP2M(diffusers_compat=True), TypeError, "diffusers_compat"),
+    (lambda: solvers.dpmpp_2m(diffusers_compat=True), TypeError, "diffusers_compat"),
+    (lambda: solvers.make("dpmpp_2m", diffusers_compat=True), TypeError, "lower_order_final"),
+    (lambda: solvers.make("ddpm", eta=1.0), TypeError, "no option eta"),
+    (lambda: solvers.make("rk4"), ValueError, "unknown solver"),
+  ],
+)
+def test_invalid_solver_hyperparameters_raise(build, error, match):
+  with pytest.raises(error, match=match):
+    build()
+
+
+def test_validated_hyperparameters_are_stored_as_python_values():
+  assert solvers.unipc(3.0) == solvers.unipc(3) and type(solvers.unipc(3.0).order) is int
+  assert solvers.DDIM(jnp.float32(0.5)) == solvers.ddim(0.5)
+  assert hash(solvers.DDIM(jnp.float32(0.5))) == hash(solvers.ddim(0.5))
+
+
+@pytest.mark.parametrize("solver", [s for s in ORDER_SOLVERS.values()] + [solvers.ddpm()])
+def test_a_step_from_a_clean_point_follows_the_one_sigma_zero_policy(solver):
+  # validate_grid forbids starting a step at sigma = 0; a hand-built grid reaches the
+  # solvers' x0 -> eps conversion, which must give eps = 0 (eps_from_x0), not inf/NaN.
+  one, zero = jnp.ones(3), jnp.zeros(3)
+  grid = schedules.Grid(jnp.array([1.0, 0.5, 0.0]), one, zero, jnp.full(3, 30.0), zero, zero)
+  x = jnp.full((2, 2), 2.0)
+  state = solver.init(x, grid)
+  x_new, _ = solver.step(state, x, 0, Prediction.of(jnp.ones((2, 2))), jax.random.key(0))
+  np.testing.assert_allclose(x_new, 1.0)
