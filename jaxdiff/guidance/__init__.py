@@ -1,48 +1,62 @@
 """jaxdiff.guidance: guidance rules (one module each) and the name -> rule registry.
 
-Guidance rules are :class:`jaxdiff.GuidanceRule` factories; pass one to
+Guidance rules are :class:`jaxdiff.GuidanceRule` factories ``(init, apply)``; pass one to
 ``jaxdiff.sample(..., guidance=rule)``. :data:`REGISTRY` maps a name to a
 :class:`RuleSpec` (label, builder, default scale, evaluations per step); :func:`make`
 builds a rule by name. The demo, the CLI and the bench read only the registry.
+
+Every rule acts on *data predictions* (denoised estimates ``x0``). The rules are affine
+in the predictions they combine unless stated otherwise, so the same weights applied to
+noise predictions ``eps = (x - alpha x0) / sigma`` give the same update: they are exact
+transcriptions of the papers, which write them on ``eps`` (CFG, PAG, CFG++, RCFG) or
+directly on the denoised prediction (APG, autoguidance, EluCD). The exceptions (APG's
+norms and projections, guidance rescale's standard deviations, Adaptive Guidance's
+cosine similarity) state in their docstrings which quantity they act on.
+
+Conventions shared by all rules:
+
+* ``denoise(x, t, cond) -> x0_hat``, batch first, ``t`` of shape ``(B,)``.
+* Class labels are integers; the unconditional ("null") label is ``-1`` unless a rule
+  gets ``null_cond`` (an array broadcast over the batch, or a callable ``cond -> null``).
+* The main strength of every rule is ``scale``, in the rule's own convention.
+* The evaluations a step needs are concatenated along the batch axis into one network
+  call wherever the inputs allow it; ``nfe`` counts evaluations *per sample*.
+
+A new rule is one module here, its test, and one line in :data:`REGISTRY`.
 """
 
+import warnings
 from types import MappingProxyType
 
-from jaxdiff._attention import SelfAttention
-from jaxdiff._guidance import (
-  AdaptiveState,
-  APGState,
-  LinearAGState,
-  RCFGState,
-  adaptive,
-  apg,
-  autoguidance,
-  cfg,
-  cfgpp,
-  classifier,
-  fit_linear_ag,
-  gfcg,
-  linear_ag,
-  pag,
-  rcfg,
-  smooth_relu,
-)
 from jaxdiff._types import GuidanceRule
+from jaxdiff.guidance._adaptive import (
+  AdaptiveState,
+  LinearAGState,
+  adaptive,
+  fit_linear_ag,
+  linear_ag,
+)
+from jaxdiff.guidance._apg import APGState, apg
+from jaxdiff.guidance._autoguidance import autoguidance
+from jaxdiff.guidance._cfg import cfg
+from jaxdiff.guidance._cfgpp import cfgpp
+from jaxdiff.guidance._classifier import classifier, smooth_relu
+from jaxdiff.guidance._gfcg import gfcg
+from jaxdiff.guidance._pag import pag
+from jaxdiff.guidance._rcfg import RCFGState, rcfg
 from jaxdiff.guidance._registry import RESOURCES, RuleSpec
 from jaxdiff.guidance._registry import make as _make
 
 # One line per rule. ``build(scale, **resources, **hyperparameters)``.
 REGISTRY = MappingProxyType(
   {
-    "cfg": RuleSpec("CFG", lambda s, **kw: cfg(s, **kw), 3.0, 2, sweep=(1.0, 2.0, 3.0, 5.0, 8.0)),
-    "apg": RuleSpec("APG", lambda s, **kw: apg(s, **kw), 3.0, 2, sweep=(1.0, 2.0, 3.0, 5.0, 8.0)),
-    "cfgpp": RuleSpec(
-      "CFG++", lambda s, **kw: cfgpp(s, **kw), 0.6, 2, sweep=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-    ),
+    "cfg": RuleSpec("CFG", cfg, 3.0, 2, sweep=(1.0, 2.0, 3.0, 5.0, 8.0)),
+    "apg": RuleSpec("APG", apg, 3.0, 2, sweep=(1.0, 2.0, 3.0, 5.0, 8.0)),
+    "cfgpp": RuleSpec("CFG++", cfgpp, 0.6, 2, sweep=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0)),
     "adaptive": RuleSpec(
       "Adaptive Guidance", lambda s, threshold=0.99, **kw: adaptive(s, threshold, **kw), 3.0, 2
     ),
-    "pag": RuleSpec("PAG", lambda s, **kw: pag(s, **kw), 3.0, 2),
+    "pag": RuleSpec("PAG", pag, 3.0, 2),
     "autoguidance": RuleSpec(
       "Autoguidance",
       lambda s, weak_denoise, **kw: autoguidance(weak_denoise, s, **kw),
@@ -57,7 +71,9 @@ REGISTRY = MappingProxyType(
       1,
       requires=("classifier_fn", "num_classes"),
     ),
-    "rcfg": RuleSpec("RCFG", lambda s, **kw: rcfg(s, **kw), 3.0, 2),
+    "rcfg": RuleSpec(
+      "RCFG", lambda s, variant="onetime", **kw: rcfg(s, variant=variant, **kw), 3.0, 2
+    ),
   }
 )
 
@@ -78,6 +94,22 @@ def make(name: str, scale=None, **kwargs) -> GuidanceRule:
   return _make(REGISTRY, name, scale, **kwargs)
 
 
+def __getattr__(name):
+  # Deprecated for one release: SelfAttention is a network layer (needs flax), so it lives
+  # in jaxdiff.models; importing it lazily keeps `import jaxdiff` free of flax.
+  if name == "SelfAttention":
+    warnings.warn(
+      "jaxdiff.guidance.SelfAttention is deprecated; use jaxdiff.models.SelfAttention "
+      "(the old location will be removed in the next release)",
+      DeprecationWarning,
+      stacklevel=2,
+    )
+    from jaxdiff.models._attention import SelfAttention
+
+    return SelfAttention
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
   "REGISTRY",
   "RESOURCES",
@@ -87,7 +119,6 @@ __all__ = [
   "AdaptiveState",
   "LinearAGState",
   "RCFGState",
-  "SelfAttention",
   "adaptive",
   "apg",
   "autoguidance",

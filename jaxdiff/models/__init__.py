@@ -1,6 +1,7 @@
 """jaxdiff.models: small flax.nnx networks and the deterministic, resumable training used by
 the digits demo, the CLI and the notebooks."""
 
+from jaxdiff.models._attention import SelfAttention
 from jaxdiff.models._nets import DigitClassifier, DigitDenoiser
 from jaxdiff.models._train import (
   Digits,
@@ -16,6 +17,7 @@ __all__ = [
   "DigitClassifier",
   "DigitDenoiser",
   "Digits",
+  "SelfAttention",
   "TrainResult",
   "batch_indices",
   "classifier_loss",

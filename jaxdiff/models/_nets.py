@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxdiff._attention import SelfAttention
+from jaxdiff.models._attention import SelfAttention
 
 Array = jax.Array
 
@@ -68,7 +68,7 @@ class DigitDenoiser(nnx.Module):
 
   with ``(s, g, b) = Linear(silu(c))``. The label ``-1`` selects a learned *null*
   embedding (the unconditional model of classifier-free guidance, trained by label
-  dropout). The self-attention is :class:`jaxdiff.guidance.SelfAttention`: the keyword
+  dropout). The self-attention is :class:`jaxdiff.models.SelfAttention`: the keyword
   ``perturb`` (bool ``(B,)``) replaces the attention maps of the blocks listed in
   ``pag_layers`` by the identity for the flagged samples (Perturbed-Attention Guidance).
 

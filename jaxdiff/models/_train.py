@@ -1,7 +1,7 @@
 """Deterministic, resumable training of the small demo networks on sklearn's 8x8 digits.
 
 Determinism is by construction: the minibatch and the noise of step ``s`` are pure functions
-of ``(seed, s)`` (:func:`batch_indices`, ``fold_in``), training runs in jitted chunks of a
+of ``(key, s)`` (:func:`batch_indices`, ``fold_in``), training runs in jitted chunks of a
 fixed number of steps, and checkpoints are only ever written at chunk boundaries. A run
 that is interrupted and resumed from its last checkpoint therefore executes exactly the
 same compiled computations on exactly the same inputs as an uninterrupted run, and ends
@@ -22,6 +22,7 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from jaxdiff._validation import as_key, renamed_kwargs
 from optim._tree import data_to_keys, keys_to_data
 
 Array = jax.Array
@@ -47,15 +48,18 @@ class Digits(NamedTuple):
   test_y: np.ndarray
 
 
-def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> Digits:
+@renamed_kwargs(seed="key")
+def load_digits(*, test_fraction: float = 0.2, key: Any = 0) -> Digits:
   """sklearn's 1797 handwritten 8x8 digits, scaled from ``0..16`` to ``[-1, 1]``.
 
-  The split is stratified by class and fixed by ``seed``; the held-out part is what the
+  The split is stratified by class and fixed by ``key``; the held-out part is what the
   demo's Frechet distance and precision/recall compare samples against.
 
   Args:
     test_fraction: fraction of the images held out, in ``(0, 1)``.
-    seed: seed of the split.
+    key: the split's randomness: an int seed (sklearn's ``random_state``, as before) or a
+      JAX PRNG key (typed or raw; it draws the ``random_state``). ``seed=`` is its
+      deprecated spelling.
 
   Returns:
     A :class:`Digits` of float32 images and int32 labels.
@@ -78,8 +82,12 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> Digits:
   bunch = _sk_load_digits()
   x = (bunch.images.astype(np.float32) / 8.0 - 1.0).astype(np.float32)
   y = bunch.target.astype(np.int32)
+  if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+    state = int(key)
+  else:
+    state = int(jax.random.randint(as_key(key), (), 0, np.iinfo(np.int32).max))
   tr_x, te_x, tr_y, te_y = train_test_split(
-    x, y, test_size=test_fraction, random_state=seed, stratify=y
+    x, y, test_size=test_fraction, random_state=state, stratify=y
   )
   return Digits(tr_x, tr_y, te_x, te_y)
 
@@ -135,6 +143,15 @@ def v_prediction_loss(schedule, *, label_dropout: float = 0.1, null_label: int =
 
   Returns:
     ``loss(model, x0, y, key) -> scalar``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxdiff import schedules
+    >>> from jaxdiff.models import v_prediction_loss
+    >>> loss = v_prediction_loss(schedules.vp_cosine())
+    >>> zero_net = lambda x, t, y: jnp.zeros_like(x)
+    >>> float(loss(zero_net, jnp.zeros((4, 8, 8)), jnp.arange(4), jax.random.key(0))) > 0
+    True
   """
   t_min, t_max = float(schedule.t_min), float(schedule.t_max)
 
@@ -157,6 +174,14 @@ def classifier_loss(*, noise: float = 0.1):
 
   Returns:
     ``loss(model, x, y, key) -> scalar``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxdiff.models import classifier_loss
+    >>> uniform = lambda x: jnp.zeros((x.shape[0], 10))  # logits of a uniform guess
+    >>> x, y = jnp.zeros((4, 8, 8)), jnp.arange(4)
+    >>> round(float(classifier_loss()(uniform, x, y, jax.random.key(0))), 4)  # log(10)
+    2.3026
   """
 
   def loss(model, x, y, key):
@@ -213,6 +238,7 @@ class TrainResult(NamedTuple):
   resumed_from: int
 
 
+@renamed_kwargs(seed="key")
 def train(
   model: nnx.Module,
   loss_fn: Callable[..., Array],
@@ -221,7 +247,7 @@ def train(
   *,
   steps: int,
   batch_size: int,
-  seed: int = 0,
+  key: Any = 0,
   chunk: int = 50,
   checkpoint_dir: str | pathlib.Path | None = None,
   checkpoint_every: int | None = None,
@@ -232,8 +258,8 @@ def train(
   """Trains ``model`` on ``data``; resumable from orbax checkpoints, bit-for-bit.
 
   Step ``s`` uses the minibatch :func:`batch_indices` ``(fold_in(key, 0), s)`` and the
-  loss key ``fold_in(fold_in(key, 1), s)`` with ``key = jax.random.key(seed)``, so the
-  whole run is a pure function of ``seed``. Steps run in jitted ``lax.scan`` chunks of
+  loss key ``fold_in(fold_in(key, 1), s)``, so the whole run is a pure function of
+  ``key``. Steps run in jitted ``lax.scan`` chunks of
   ``chunk`` steps; every ``checkpoint_every`` steps (a multiple of ``chunk``) and at the
   end the parameters, optimizer state and loss history are saved under
   ``checkpoint_dir``. A later call with the same directory restores the newest checkpoint
@@ -247,7 +273,9 @@ def train(
     data: ``(x, y)`` arrays with a shared leading axis.
     steps: total number of training steps.
     batch_size: minibatch size.
-    seed: seed of the data order and the loss noise.
+    key: PRNG key of the data order and the loss noise (a typed key, a raw key or an
+      int seed ``n``, which means ``jax.random.key(n)``); ``seed=`` is its deprecated
+      spelling.
     chunk: steps per jitted call (progress-bar granularity); ``steps`` need not be a
       multiple.
     checkpoint_dir: where to save/restore (``None``: no checkpoints).
@@ -260,6 +288,18 @@ def train(
 
   Returns:
     A :class:`TrainResult`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from flax import nnx
+    >>> from jaxdiff.models import classifier_loss, train
+    >>> flat = lambda x: x.reshape(x.shape[0], -1)
+    >>> net = nnx.Sequential(flat, nnx.Linear(64, 10, rngs=nnx.Rngs(0)))
+    >>> data = (jnp.zeros((8, 8, 8)), jnp.arange(8) % 10)
+    >>> out = train(net, classifier_loss(), optax.sgd(0.1), data, steps=3, batch_size=4,
+    ...             key=0, chunk=3, progress=False)
+    >>> out.steps_done, out.losses.shape
+    (3, (3,))
   """
   if steps < 1 or chunk < 1:
     raise ValueError(f"train: steps and chunk must be >= 1, got {steps}, {chunk}.")
@@ -274,7 +314,7 @@ def train(
     )
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   opt_state = optimizer.init(params)
-  key = jax.random.key(seed)
+  key = as_key(key)
   data_key, loss_key = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
   options = None if compiler_options is None else tuple(sorted(compiler_options.items()))
   run = _chunk_runner(graphdef, loss_fn, optimizer, batch_size, options)

@@ -1,12 +1,15 @@
 """SelfAttention: standard attention when clean, the value path when PAG-perturbed."""
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from jaxdiff.guidance import SelfAttention
+from jaxdiff.models import SelfAttention
 
 DIM, HEADS, B, L = 8, 2, 3, 5
 
@@ -87,3 +90,19 @@ def test_bad_inputs_raise_clear_errors(block, tokens):
     block(tokens, perturb=jnp.ones((B,), jnp.int32))
   with pytest.raises(ValueError, match=r"expected x of shape \(B, L, 8\)"):
     block(tokens[..., :4])
+
+
+def test_old_location_in_guidance_still_works_and_warns():
+  from jaxdiff import guidance
+
+  with pytest.warns(DeprecationWarning, match="use jaxdiff.models.SelfAttention"):
+    old = guidance.SelfAttention
+  assert old is SelfAttention
+  with pytest.raises(AttributeError, match="no attribute 'NoSuchRule'"):
+    guidance.NoSuchRule
+
+
+def test_import_jaxdiff_does_not_import_flax():
+  # A fresh interpreter: this test process has imported flax already.
+  code = "import jaxdiff, jaxdiff.guidance, sys; assert 'flax' not in sys.modules, 'flax'"
+  subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -64,7 +64,7 @@ def test_apg_reduction_and_classifier_guidance_through_sample(x64, setup):
     _sample(setup, guidance.apg(5.0, eta=1.0), solver).x, cfg.x, rtol=1e-10
   )
   clf = lambda x, t: gmm.class_posterior(x, t, sched, log=True)
-  guided = _sample(setup, guidance.classifier(clf, 3, 1.0, input="noisy"), solver)
+  guided = _sample(setup, guidance.classifier(clf, 3, 1.0, variant="noisy"), solver)
   np.testing.assert_allclose(guided.x, _sample(setup, None, solver).x, rtol=1e-7, atol=1e-7)
 
 

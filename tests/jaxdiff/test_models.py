@@ -173,7 +173,17 @@ def test_load_digits_range_split_and_determinism():
   assert d.train_x.min() == -1.0 and d.train_x.max() == 1.0
   assert np.bincount(d.test_y).min() >= 35  # stratified: 36 +- 1 per class
   np.testing.assert_array_equal(load_digits().test_x, d.test_x)
-  assert not np.array_equal(load_digits(seed=1).test_y, d.test_y)
+  assert not np.array_equal(load_digits(key=1).test_y, d.test_y)
+  # A JAX key (typed or raw) draws the split's random_state: deterministic as well.
+  typed = load_digits(key=jax.random.key(1))
+  np.testing.assert_array_equal(typed.test_y, load_digits(key=jax.random.PRNGKey(1)).test_y)
+  assert not np.array_equal(typed.test_y, d.test_y)
+
+
+def test_load_digits_seed_is_the_deprecated_spelling_of_key():
+  with pytest.warns(DeprecationWarning, match=r"load_digits\(seed=...\) is deprecated"):
+    old = load_digits(seed=1)
+  np.testing.assert_array_equal(old.test_y, load_digits(key=1).test_y)
 
 
 def test_batch_indices_is_a_pure_function_covering_each_epoch_once():
@@ -201,7 +211,9 @@ _LOSS = v_prediction_loss(schedules.vp_cosine())
 _OPT = optax.adam(1e-2)
 
 
-def _tiny_run(data, directory, seed=3, **kw):
+def _tiny_run(data, directory, **kw):
+  if "seed" not in kw:  # the deprecated spelling's test passes seed= alone
+    kw.setdefault("key", 3)
   model = DigitDenoiser(dim=8, depth=1, num_heads=2, rngs=nnx.Rngs(0))
   return train(
     model,
@@ -210,7 +222,6 @@ def _tiny_run(data, directory, seed=3, **kw):
     data,
     steps=6,
     batch_size=16,
-    seed=seed,
     chunk=2,
     checkpoint_dir=directory,
     checkpoint_every=2,
@@ -238,8 +249,13 @@ def test_interrupted_then_resumed_training_equals_uninterrupted_bit_for_bit(tiny
 
 
 def test_different_seeds_train_differently_and_the_classifier_learns(tiny_data):
-  a, b = _tiny_run(tiny_data, None), _tiny_run(tiny_data, None, seed=4)
+  a, b = _tiny_run(tiny_data, None), _tiny_run(tiny_data, None, key=4)
   assert not np.array_equal(a.losses, b.losses)
+  # An int seed n means jax.random.key(n); a typed key gives the same run.
+  np.testing.assert_array_equal(_tiny_run(tiny_data, None, key=jax.random.key(3)).losses, a.losses)
+  with pytest.warns(DeprecationWarning, match=r"train\(seed=...\) is deprecated"):
+    old = _tiny_run(tiny_data, None, seed=4)
+  np.testing.assert_array_equal(old.losses, b.losses)
   clf = train(
     DigitClassifier(rngs=nnx.Rngs(0)),
     classifier_loss(),

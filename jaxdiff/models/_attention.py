@@ -35,8 +35,8 @@ class SelfAttention(nnx.Module):
   transformer block).
 
   The flag is applied with ``jnp.where`` on traced values, so one compiled function serves
-  any mix of perturbed and clean samples, and the network output depends on ``perturb`` in
-  the jaxpr (which is how :func:`jaxdiff.guidance.pag` checks a denoiser honours it).
+  any mix of perturbed and clean samples, and the network output depends on ``perturb``
+  as data (which is how :func:`jaxdiff.guidance.pag` checks a denoiser honours it).
 
   Args:
     dim: model width (last axis of ``x``); must be divisible by ``num_heads``.
@@ -48,7 +48,7 @@ class SelfAttention(nnx.Module):
   Example:
     >>> import jax.numpy as jnp
     >>> from flax import nnx
-    >>> from jaxdiff.guidance import SelfAttention
+    >>> from jaxdiff.models import SelfAttention
     >>> attn = SelfAttention(8, 2, rngs=nnx.Rngs(0))
     >>> x = jnp.ones((3, 5, 8))
     >>> attn(x, perturb=jnp.array([False, True, False])).shape

@@ -1,0 +1,53 @@
+"""Autoguidance: guiding a model with a bad version of itself."""
+
+from __future__ import annotations
+
+from jaxdiff._types import Denoiser, GuidanceRule, Prediction
+from jaxdiff._validation import check_scalar
+from jaxdiff.guidance._common import batch_t, cfg_combine, nfe, stateless_init
+
+
+def autoguidance(weak_denoise: Denoiser, scale) -> GuidanceRule:
+  r"""Autoguidance: guide the model away from a weaker version of itself.
+
+  .. math::
+
+    \hat x = \hat x_1 + (w - 1)\,(\hat x_1 - \hat x_0)
+           = w\,D_1(x; \sigma, c) + (1 - w)\,D_0(x; \sigma, c)
+
+  ``D_1`` is the main denoiser and ``D_0 = weak_denoise`` a smaller / less-trained model
+  with the same conditioning (both conditional). The two networks differ, so they cannot
+  share a call: ``nfe = 2`` (one evaluation of each model per sample). ``w = 1`` is the
+  main model, ``w = 0`` the weak one.
+
+  Args:
+    weak_denoise: the guiding model ``denoise(x, t, cond) -> x0_hat``.
+    scale: ``w``, finite (the paper's best ImageNet-512 settings use 2.0 - 2.5).
+
+  Returns:
+    A stateless :class:`~jaxdiff.GuidanceRule` (``nfe = 2``).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxdiff import guidance, StepContext
+    >>> main, weak = (lambda x, t, c: x), (lambda x, t, c: 0.5 * x)
+    >>> ctx = StepContext(jnp.array(0.5), 1.0, 1.0, 0, 10, None)
+    >>> pred, _, _ = guidance.autoguidance(weak, 2.0).apply(main, jnp.ones((1, 2)), None, ctx, ())
+    >>> float(pred.x0[0, 0])
+    1.5
+
+  References:
+    Karras, Aittala, Kynkäänniemi, Lehtinen, Aila & Laine, "Guiding a Diffusion Model with
+    a Bad Version of Itself", arXiv:2406.02507 (Eq. 1).
+  """
+  if not callable(weak_denoise):
+    raise TypeError("autoguidance: weak_denoise must be a denoiser callable.")
+  check_scalar("autoguidance: scale", scale)
+
+  def apply(denoise, x, cond, ctx, state):
+    t = batch_t(ctx, x)
+    x_1 = denoise(x, t, cond)
+    x_0 = weak_denoise(x, t, cond).astype(x_1.dtype)
+    return Prediction.of(cfg_combine(x_1, x_0, scale)), state, nfe(2)
+
+  return GuidanceRule(stateless_init, apply)

@@ -1,0 +1,90 @@
+"""Classifier-free guidance, with guidance rescale."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxdiff._types import GuidanceRule, Prediction
+from jaxdiff._validation import check_scalar, static_equal
+from jaxdiff.guidance._common import (
+  batch_t,
+  cfg_combine,
+  evaluate,
+  nfe,
+  null_fn,
+  stateless_init,
+)
+
+Array = jax.Array
+
+
+def cfg(scale, *, rescale=0.0, null_cond=-1) -> GuidanceRule:
+  r"""Classifier-free guidance, optionally with guidance rescale.
+
+  .. math::
+
+    \hat x_{\text{cfg}} = \hat x_u + w\,(\hat x_c - \hat x_u), \qquad
+    \hat x = \phi\,\hat x_{\text{cfg}}\,\frac{\operatorname{std}(\hat x_c)}
+      {\operatorname{std}(\hat x_{\text{cfg}})} + (1-\phi)\,\hat x_{\text{cfg}}
+
+  with ``x_c = denoise(x, t, cond)`` and ``x_u = denoise(x, t, null)`` evaluated in one
+  batched call (``nfe = 2``), standard deviations per sample over all non-batch axes.
+
+  **Scale conventions.** Here ``w = scale`` multiplies the difference from the
+  unconditional prediction (diffusers' ``guidance_scale``, Lin et al.): ``w = 0`` is the
+  unconditional model, ``w = 1`` the conditional model, ``w > 1`` guidance. Ho & Salimans
+  (2022) write :math:`(1 + w')\,\hat\epsilon_c - w'\,\hat\epsilon_u`, i.e. ``w = 1 + w'``
+  (``w' = 0`` is the conditional model, ``w' = -1`` the unconditional one). The
+  combination is affine, so applying it to ``x0`` or to ``eps`` gives the same step.
+
+  The rescale (Lin et al., Sec. 3.4, Eqs. 15-16) acts here on the denoised prediction
+  (the paper's models predict ``v``; std-matching of the prediction is the same idea on
+  the quantity every solver here consumes). A zero ``std(x_cfg)`` leaves it unscaled.
+
+  Args:
+    scale: guidance scale ``w`` (see conventions above), finite; float or traced scalar.
+    rescale: ``phi`` in ``[0, 1]``; 0 disables the rescale (Lin et al. use 0.7).
+    null_cond: unconditional label (default ``-1`` broadcast over the batch), or a
+      callable ``cond -> null_cond`` for structured conditions.
+
+  Returns:
+    A stateless :class:`~jaxdiff.GuidanceRule` (``nfe = 2``).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxdiff import guidance, StepContext
+    >>> den = lambda x, t, c: x * (1.0 + (c >= 0)[:, None])
+    >>> rule = guidance.cfg(3.0)
+    >>> ctx = StepContext(jnp.array(0.5), 1.0, 1.0, 0, 10, None)
+    >>> pred, _, nfe = rule.apply(den, jnp.ones((2, 3)), jnp.array([0, 1]), ctx, ())
+    >>> float(pred.x0[0, 0]), int(nfe)
+    (4.0, 2)
+
+  References:
+    Ho & Salimans, "Classifier-Free Diffusion Guidance", arXiv:2207.12598 (Eq. 6).
+    Lin, Liu, Li & Yang, "Common Diffusion Noise Schedules and Sample Steps are Flawed",
+    arXiv:2305.08891 (Sec. 3.4, Eqs. 15-16).
+  """
+  check_scalar("cfg: scale", scale)
+  check_scalar("cfg: rescale", rescale, lo=0.0, hi=1.0)
+  null = null_fn(null_cond)
+  use_rescale = not static_equal(rescale, 0.0)
+
+  def apply(denoise, x, cond, ctx, state):
+    x_c, x_u = evaluate(denoise, x, batch_t(ctx, x), [cond, null(cond)])
+    x0 = cfg_combine(x_c, x_u, scale)
+    if use_rescale:
+      x0 = _rescale(x0, x_c, rescale)
+    return Prediction.of(x0), state, nfe(2)
+
+  return GuidanceRule(stateless_init, apply)
+
+
+def _rescale(x_cfg: Array, x_c: Array, phi) -> Array:
+  axes = tuple(range(1, x_cfg.ndim))
+  std_c = jnp.std(x_c, axis=axes, keepdims=True)
+  std_cfg = jnp.std(x_cfg, axis=axes, keepdims=True)
+  ratio = jnp.where(std_cfg > 0, std_c / jnp.where(std_cfg > 0, std_cfg, 1), 1)
+  phi = jnp.asarray(phi, x_cfg.dtype)
+  return x_cfg * (phi * ratio + (1 - phi))

@@ -1,0 +1,129 @@
+"""Perturbed-Attention Guidance (PAG)."""
+
+from __future__ import annotations
+
+import inspect
+
+import jax
+import jax.numpy as jnp
+
+from jaxdiff._types import GuidanceRule, Prediction
+from jaxdiff._validation import check_scalar, renamed_kwargs, static_equal
+from jaxdiff.guidance._common import batch_t, evaluate, nfe, null_fn, stateless_init
+
+_NO_FLAG = (
+  "pag: the denoiser does not accept the keyword argument `perturb` (bool (B,)). "
+  "Build it on jaxdiff.models.SelfAttention (or any layer that honours the flag)."
+)
+
+
+def _accepts_perturb(fn) -> bool | None:
+  try:
+    sig = inspect.signature(fn)
+  except (TypeError, ValueError):
+    return None
+  for p in sig.parameters.values():
+    if p.kind is inspect.Parameter.VAR_KEYWORD or (
+      p.name == "perturb" and p.kind is not inspect.Parameter.POSITIONAL_ONLY
+    ):
+      return True
+  return False
+
+
+def _check_pag_denoiser(denoise, x, t, cond) -> None:
+  """Raises unless ``denoise`` accepts ``perturb`` and its output depends on it.
+
+  Dependence is read off batching, with public API only: two flag vectors are the mapped
+  axis of a ``jax.vmap`` whose output is declared unmapped (``out_axes=None``). That
+  traces (under ``jax.eval_shape``: no computation) exactly when no output value depends
+  on the flag, however much the denoiser computes from it on the side.
+  """
+  if _accepts_perturb(denoise) is False:
+    raise TypeError(_NO_FLAG)
+  sds = lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a))
+  probe = jax.vmap(
+    lambda p, x_, t_, c_: denoise(x_, t_, c_, perturb=p),
+    in_axes=(0, None, None, None),
+    out_axes=None,
+  )
+  flags = jax.ShapeDtypeStruct((2, x.shape[0]), jnp.bool_)
+  try:
+    jax.eval_shape(probe, flags, *jax.tree.map(sds, (x, t, cond)))
+  except TypeError as e:
+    if "perturb" in str(e):
+      raise TypeError(_NO_FLAG) from e
+    raise
+  except ValueError:
+    return  # the output is batched along the flags: it depends on them
+  raise ValueError(
+    "pag: the denoiser's output does not depend on `perturb` (it ignores the PAG flag), so "
+    "PAG would silently reduce to CFG. Route the flag to its self-attention layers "
+    "(jaxdiff.models.SelfAttention(...)(h, perturb=perturb))."
+  )
+
+
+@renamed_kwargs(pag_scale="scale")
+def pag(scale, *, cfg_scale=1.0, null_cond=-1) -> GuidanceRule:
+  r"""Perturbed-Attention Guidance, optionally combined with CFG.
+
+  .. math::
+
+    \hat x = \hat x_c + (w - 1)\,(\hat x_c - \hat x_u) + s\,(\hat x_c - \tilde x_c)
+
+  where :math:`\tilde x_c` is the conditional prediction of the network whose chosen
+  self-attention maps are replaced by the identity (the denoiser is called with
+  ``perturb=True`` for those samples; see :class:`jaxdiff.models.SelfAttention`).
+  In the paper's notation (Eq. 12 and its CFG combination, Sec. 4 / App.) this is
+  :math:`\epsilon_c + s(\epsilon_c - \hat\epsilon_c) + w'(\epsilon_c - \epsilon_u)` with
+  ``w' = w - 1``; ``w = cfg_scale`` follows the :func:`cfg` convention (``w = 1``: no
+  CFG term, and then the unconditional evaluation is skipped). All evaluations of a step
+  go in one batched call with a per-sample ``perturb`` flag (``nfe = 2`` without CFG,
+  ``3`` with it).
+
+  At trace time the rule checks that the denoiser accepts ``perturb`` and that its
+  output depends on it; a denoiser that ignores the flag raises ``ValueError`` (PAG
+  would silently be a no-op).
+
+  Args:
+    scale: the PAG scale ``s >= 0``, finite (the paper uses 3.0 for unconditional
+      sampling). ``pag_scale=`` is its deprecated spelling.
+    cfg_scale: ``w`` in the :func:`cfg` convention, finite; 1 disables the CFG term.
+    null_cond: unconditional label or ``cond -> null`` callable (used when CFG is on).
+
+  Returns:
+    A stateless :class:`~jaxdiff.GuidanceRule`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxdiff import guidance, StepContext
+    >>> def den(x, t, c, *, perturb=None):
+    ...   return jnp.where(perturb[:, None], 0.5 * x, x)
+    >>> ctx = StepContext(jnp.array(0.5), 1.0, 1.0, 0, 10, None)
+    >>> pred, _, nfe = guidance.pag(2.0).apply(den, jnp.ones((1, 2)), jnp.array([0]), ctx, ())
+    >>> float(pred.x0[0, 0]), int(nfe)
+    (2.0, 2)
+
+  References:
+    Ahn, Cho, Min, Jang, Kim, Kim, Park, Jin & Kim, "Self-Rectifying Diffusion Sampling
+    with Perturbed-Attention Guidance", arXiv:2403.17377 (Eqs. 10-12).
+  """
+  check_scalar("pag: scale", scale, lo=0.0)
+  check_scalar("pag: cfg_scale", cfg_scale)
+  null = null_fn(null_cond)
+  use_cfg = not static_equal(cfg_scale, 1.0)
+
+  def apply(denoise, x, cond, ctx, state):
+    t = batch_t(ctx, x)
+    b = x.shape[0]
+    _check_pag_denoiser(denoise, x, t, cond)
+    conds = [cond, cond] + ([null(cond)] if use_cfg else [])
+    n = len(conds)
+    flags = jnp.zeros((n, b), jnp.bool_).at[1].set(True).reshape(-1)
+    outs = evaluate(denoise, x, t, conds, perturb=flags)
+    x_c, x_p = outs[0], outs[1]
+    x0 = x_c + jnp.asarray(scale, x_c.dtype) * (x_c - x_p)
+    if use_cfg:
+      x0 = x0 + (jnp.asarray(cfg_scale, x_c.dtype) - 1) * (x_c - outs[2])
+    return Prediction.of(x0), state, nfe(n)
+
+  return GuidanceRule(stateless_init, apply)
