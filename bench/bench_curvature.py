@@ -7,10 +7,11 @@ Prints a table and writes bench/results/curvature.json:
 - PyHessian's trace / top-eigenvalue time on the same architecture and batch, as a ratio,
   only when torch and pyhessian are importable (they are not installed by this project).
 
-Every timed function is jitted, warmed up, synchronized with ``block_until_ready`` and
-reported as the median of repeats.
+Every timed function is jitted, warmed up and synchronized with ``block_until_ready``;
+each is timed in interleaved rounds with the gradient (``bench/_timing.py``) and its ratio
+is the median over rounds of the per-round ratio, which keeps a shared machine's drifts out.
 
-Usage: .venv/bin/python bench/bench_curvature.py [--repeats N] [--out PATH]
+Usage: .venv/bin/python bench/bench_curvature.py [--repeats N] [--out PATH] [--quick]
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ import argparse
 import json
 import pathlib
 import platform
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _timing import compare, output_path
 
 import optim
 from optim import curvature
@@ -52,18 +52,7 @@ def loss(params, batch):
   return jnp.mean(curvature.softmax_nll(mlp(params, x), y))
 
 
-def median_time(fn, *args, repeats: int) -> float:
-  jax.block_until_ready(fn(*args))  # compile + warm up
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
-
-
-def pyhessian_times(repeats: int) -> dict | None:
+def pyhessian_times(repeats: int, sizes=SIZES, batch=BATCH) -> dict | None:
   try:
     import torch
     from pyhessian import hessian as pyhessian_hessian
@@ -71,37 +60,41 @@ def pyhessian_times(repeats: int) -> dict | None:
     return None
   torch.manual_seed(0)
   layers = []
-  for m, n in zip(SIZES[:-1], SIZES[1:]):
+  for m, n in zip(sizes[:-1], sizes[1:]):
     layers += [torch.nn.Linear(m, n), torch.nn.ReLU()]
   model = torch.nn.Sequential(*layers[:-1])
-  x = torch.randn(BATCH, SIZES[0])
-  y = torch.randint(0, SIZES[-1], (BATCH,))
+  x = torch.randn(batch, sizes[0])
+  y = torch.randint(0, sizes[-1], (batch,))
   comp = pyhessian_hessian(model, torch.nn.CrossEntropyLoss(), data=(x, y), cuda=False)
-  out = {}
-  for name, call in (
-    ("trace_100", lambda: comp.trace(maxIter=100, tol=0.0)),
-    ("top1_eig_100", lambda: comp.eigenvalues(maxIter=100, tol=0.0, top_n=1)),
-  ):
-    times = []
-    for _ in range(max(1, repeats // 5)):
-      t0 = time.perf_counter()
-      call()
-      times.append(time.perf_counter() - t0)
-    out[name] = statistics.median(times)
-  return out
+  timings = compare(
+    {
+      "trace_100": lambda: comp.trace(maxIter=100, tol=0.0),
+      "top1_eig_100": lambda: comp.eigenvalues(maxIter=100, tol=0.0, top_n=1),
+    },
+    rounds=max(1, repeats // 5),
+    warmup=1,
+  )
+  return {name: t.seconds for name, t in timings.items()}
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--repeats", type=int, default=20)
+  parser.add_argument("--out", default=None, help="JSON path (default: bench/results/)")
   parser.add_argument(
-    "--out", default=str(pathlib.Path(__file__).parent / "results/curvature.json")
+    "--quick", action="store_true", help="a tiny MLP and 2 rounds: proves the script runs"
   )
   args = parser.parse_args()
+  sizes, batch_size = ((64, 128, 64, 10), 32) if args.quick else (SIZES, BATCH)
+  repeats = 2 if args.quick else args.repeats
+  out = pathlib.Path(args.out) if args.out else output_path("curvature.json", args.quick)
 
   kp, kx, ky, kv = jax.random.split(jax.random.key(0), 4)
-  params = init_mlp(kp)
-  batch = (jax.random.normal(kx, (BATCH, SIZES[0])), jax.random.randint(ky, (BATCH,), 0, SIZES[-1]))
+  params = init_mlp(kp, sizes)
+  batch = (
+    jax.random.normal(kx, (batch_size, sizes[0])),
+    jax.random.randint(ky, (batch_size,), 0, sizes[-1]),
+  )
   v = optim._tree.tree_probe(kv, params, "gaussian")
   num_params = sum(x.size for x in jax.tree.leaves(params))
 
@@ -135,28 +128,42 @@ def main() -> None:
     )
   )
 
-  r = args.repeats
-  t_grad = median_time(grad, params, batch, repeats=r)
-  t_hvp = median_time(hvp, params, v, batch, repeats=r)
-  t_ggn = median_time(ggn, params, v, batch, repeats=r)
-  t_fisher = median_time(fisher, params, v, batch, repeats=r)
-  t_slq = median_time(slq, params, batch, repeats=max(1, r // 5))
-  t_trace = median_time(trace, params, batch, repeats=max(1, r // 5))
-  t_top = median_time(top, params, batch, repeats=max(1, r // 5))
-  ph = pyhessian_times(r)
+  r = repeats
+  # Products: many rounds. Whole algorithms (100 products each): fewer rounds, each again
+  # interleaved with a gradient so that their ratio is per round too.
+  fast = compare(
+    {
+      "gradient": lambda: grad(params, batch),
+      "HVP (forward-over-reverse)": lambda: hvp(params, v, batch),
+      "GGN matvec": lambda: ggn(params, v, batch),
+      "empirical Fisher matvec": lambda: fisher(params, v, batch),
+    },
+    baseline="gradient",
+    rounds=r,
+  )
+  slow = compare(
+    {
+      "gradient": lambda: grad(params, batch),
+      "SLQ, 100 Lanczos iterations": lambda: slq(params, batch),
+      "Hutchinson trace, 100 probes": lambda: trace(params, batch),
+      "power iteration, 100 iterations": lambda: top(params, batch),
+    },
+    baseline="gradient",
+    rounds=max(1, r // 5),
+  )
+  timings = {**fast, **{k: t for k, t in slow.items() if k != "gradient"}}
+  rows = [(name, t.seconds, t.ratio) for name, t in timings.items()]
+  t_hvp = timings["HVP (forward-over-reverse)"]
+  t_slq = timings["SLQ, 100 Lanczos iterations"].seconds
+  t_trace = timings["Hutchinson trace, 100 probes"].seconds
+  t_top = timings["power iteration, 100 iterations"].seconds
+  ph = pyhessian_times(r, sizes, batch_size)
 
-  rows = [
-    ("gradient", t_grad, 1.0),
-    ("HVP (forward-over-reverse)", t_hvp, t_hvp / t_grad),
-    ("GGN matvec", t_ggn, t_ggn / t_grad),
-    ("empirical Fisher matvec", t_fisher, t_fisher / t_grad),
-    ("SLQ, 100 Lanczos iterations", t_slq, t_slq / t_grad),
-    ("Hutchinson trace, 100 probes", t_trace, t_trace / t_grad),
-    ("power iteration, 100 iterations", t_top, t_top / t_grad),
-  ]
   device = jax.devices()[0]
-  print(f"MLP {SIZES}, {num_params:,} parameters, batch {BATCH}, device {device.device_kind}")
-  print(f"{'operation':36s} {'median time (ms)':>17s} {'/ gradient':>11s}")
+  print(f"MLP {sizes}, {num_params:,} parameters, batch {batch_size}, device {device.device_kind}")
+  print(
+    f"{'operation':36s} {'median time (ms)':>17s} {'/ gradient':>11s}  (median per-round ratio)"
+  )
   for name, t, ratio in rows:
     print(f"{name:36s} {1e3 * t:17.3f} {ratio:11.2f}")
   if ph is None:
@@ -172,24 +179,24 @@ def main() -> None:
     )
 
   result = {
-    "sizes": list(SIZES),
+    "sizes": list(sizes),
     "num_params": int(num_params),
-    "batch": BATCH,
+    "batch": batch_size,
     "device": f"{device.platform}:{device.device_kind}",
     "cpu_count_visible": len(jax.devices("cpu")),
     "machine": platform.machine(),
     "repeats": r,
     "seconds": {name: t for name, t, _ in rows},
-    "hvp_over_grad": t_hvp / t_grad,
+    "ratios_to_gradient": {name: ratio for name, _, ratio in rows},
+    "hvp_over_grad": t_hvp.ratio,
     "hvp_over_grad_goal": 2.5,
-    "ggn_over_grad": t_ggn / t_grad,
-    "fisher_over_grad": t_fisher / t_grad,
+    "ggn_over_grad": timings["GGN matvec"].ratio,
+    "fisher_over_grad": timings["empirical Fisher matvec"].ratio,
     "slq_100_seconds": t_slq,
     "pyhessian": ph,
     "pyhessian_ratio_trace": None if ph is None else t_trace / ph["trace_100"],
     "pyhessian_ratio_top1": None if ph is None else t_top / ph["top1_eig_100"],
   }
-  out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(result, indent=2))
   print(f"wrote {out}")

@@ -7,8 +7,9 @@ step must move at least (every array read once, every updated array written once
 
 Goal (issue 3): every elementwise optimizer within 1.3x of its bytes-proportional share of
 ``optax.adam``'s time, i.e. ``t / (t_adam * bytes / bytes_adam) <= 1.3``. Optimizers are
-timed in interleaved rounds (each round times every optimizer once) and the median per-step
-time over rounds is reported, which keeps a shared machine's drifts out of the ratios.
+timed in interleaved rounds (each round times every optimizer once, ``bench/_timing.py``)
+and each ratio is the median over rounds of the per-round ratio, which keeps a shared
+machine's drifts out of the ratios.
 
 When PyTorch and ``torch_optimizer`` / ``pytorch_optimizer`` are installed, the same
 optimizers there are timed too (ratio ours / theirs); otherwise that column says so.
@@ -17,7 +18,8 @@ At the end, if ``bench/bench_optim_second_order.py`` exists, its ``run(results)`
 
     .venv/bin/python bench/bench_optim.py [--quick]
 
-Writes ``bench/results/optim.json``.
+Writes ``bench/results/optim.json`` (``--quick``: a smoke run, written to the temporary
+directory instead).
 """
 
 from __future__ import annotations
@@ -28,20 +30,19 @@ import json
 import pathlib
 import platform
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
 
+from _timing import Stateful, compare, output_path  # noqa: E402
+
 import optim  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results" / "optim.json"
 GOAL = 1.3
 PER_EXAMPLE_BATCH = 4
 
@@ -84,17 +85,6 @@ def _params(n_leaves: int, shape):
   return {f"layer{i}": jax.random.normal(k, shape) * 0.02 for i, k in enumerate(keys)}
 
 
-def _time(fn, args, reps):
-  """Per-call seconds of ``fn`` (donating its first two args), median of ``reps`` calls."""
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    args = fn(*args)
-    jax.block_until_ready(args)
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times)), args
-
-
 def measure(n_leaves=10, shape=(1000, 1000), rounds=5, reps=5):
   params = _params(n_leaves, shape)
   n = sum(x.size for x in jax.tree.leaves(params))
@@ -104,11 +94,7 @@ def measure(n_leaves=10, shape=(1000, 1000), rounds=5, reps=5):
 
   # Copy bandwidth: donated x + 1 over the same bytes (read once, write once).
   copy = jax.jit(lambda p: jax.tree.map(lambda x: x + 1.0, p), donate_argnums=0)
-  bw_args = (jax.tree.map(jnp.copy, params),)
-  copy_fn = lambda p: (copy(p),)
-  _, bw_args = _time(copy_fn, bw_args, 2)  # compile + warm up
-
-  steps, args = {}, {}
+  timed = {"copy": Stateful(copy, jax.tree.map(jnp.copy, params))}
   for name, (tx, _, per_ex, _) in _optimizers().items():
     g = pe_grads if per_ex else grads
 
@@ -116,35 +102,23 @@ def measure(n_leaves=10, shape=(1000, 1000), rounds=5, reps=5):
       u, s = tx.update(g, s, p, value=value)
       return optax.apply_updates(p, u), s
 
-    # Gradients and loss are arguments (not closed-over constants XLA would fold).
+    # Gradients and loss are arguments (not closed-over constants XLA would fold); params
+    # and state are donated, so each optimizer steps on its own copy.
     jitted = jax.jit(step, donate_argnums=(0, 1))
-    steps[name] = lambda p, s, _f=jitted, _g=g: (*_f(p, s, _g, value),)
     p = jax.tree.map(jnp.copy, params)
-    args[name] = (p, tx.init(p))
-    args[name] = steps[name](*args[name])  # compile + warm up
-    jax.block_until_ready(args[name])
+    timed[name] = Stateful(lambda ps, _f=jitted, _g=g: _f(*ps, _g, value), (p, tx.init(p)))
 
-  per_round = {name: [] for name in steps}
-  bw_times = []
-  for _ in range(rounds):
-    t, bw_args = _time(copy_fn, bw_args, reps)
-    bw_times.append(t)
-    for name, fn in steps.items():
-      t, args[name] = _time(fn, args[name], reps)
-      per_round[name].append(t)
-
-  t_copy = float(np.median(bw_times))
-  bandwidth = 2 * 4 * n / t_copy  # bytes / s
-  t_adam = float(np.median(per_round["optax.adam"]))
+  timings = compare(timed, baseline="optax.adam", rounds=rounds, calls_per_round=reps)
+  bandwidth = 2 * 4 * n / timings["copy"].seconds  # bytes / s
   b_adam = _bytes_per_step(n, 2, False)
   rows = {}
   for name, (_, state_arrays, per_ex, note) in _optimizers().items():
-    t = float(np.median(per_round[name]))
+    t, vs_adam = timings[name].seconds, timings[name].ratio
     b = _bytes_per_step(n, state_arrays, per_ex)
-    share = t / (t_adam * b / b_adam)
+    share = vs_adam * b_adam / b
     rows[name] = {
       "ms_per_step": 1e3 * t,
-      "vs_adam": t / t_adam,
+      "vs_adam": vs_adam,
       "bytes_per_step": b,
       "vs_bytes_share_of_adam": share,
       "roofline_ms": 1e3 * b / bandwidth,
@@ -198,9 +172,10 @@ def main():
   out = measure(**kw)
   _print(out)
   results = {"optim": out}
-  RESULTS.parent.mkdir(parents=True, exist_ok=True)
-  RESULTS.write_text(json.dumps(out, indent=2))
-  print(f"wrote {RESULTS}")
+  path = output_path("optim.json", args.quick)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(out, indent=2))
+  print(f"wrote {path}")
   second = pathlib.Path(__file__).parent / "bench_optim_second_order.py"
   if second.exists():
     spec = importlib.util.spec_from_file_location("bench_optim_second_order", second)

@@ -3,8 +3,9 @@
 A step is everything a training loop pays: ``value_and_grad`` of a ~10M-parameter MLP on
 one batch, the optimizer update (with its Hessian-vector product or sliding-window
 solve) and ``apply_updates``, jitted together. Optimizers are timed in interleaved
-rounds (every round times each optimizer once) and the per-step median over rounds is
-reported, which keeps slow drifts of a shared machine out of the ratios.
+rounds (every round times each optimizer once, ``bench/_timing.py``) and each ratio is the
+median over rounds of the per-round ratio, which keeps slow drifts of a shared machine out
+of the ratios.
 
 Goals (issue 4): Sophia (k = 10) <= 1.15x AdamW; AdaHessian (one HVP per step) <= 2.5x;
 M-FAC at m = 32 reported.
@@ -12,7 +13,7 @@ M-FAC at m = 32 reported.
     .venv/bin/python bench/bench_optim_second_order.py [--quick]
 
 ``run(results)`` is called from ``bench/bench_optim.py``; both write
-``bench/results/optim_second_order.json``.
+``bench/results/optim_second_order.json`` (``--quick``: the temporary directory instead).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import json
 import pathlib
 import platform
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -34,9 +34,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
 
+from _timing import Stateful, compare, output_path  # noqa: E402
+
 import optim  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results" / "optim_second_order.json"
 GOALS = {"sophia_h_k10": 1.15, "sophia_g_k10": 1.15, "adahessian": 2.5}
 
 
@@ -57,7 +58,7 @@ def _optimizers(batch: int):
   return {
     "adamw": optax.adamw(1e-3, weight_decay=0.1),
     "sophia_h_k10": optim.sophia(1e-3, update_interval=10, key=0),
-    "sophia_g_k10": optim.sophia(1e-3, estimator="gnb", batch_size=batch, key=0),
+    "sophia_g_k10": optim.sophia(1e-3, variant="gnb", batch_size=batch, key=0),
     "adahessian": optim.adahessian(0.15, key=0),
     "mfac_m32": optim.mfac(1e-3, num_grads=32, damping=1e-4),
   }
@@ -111,44 +112,31 @@ def measure(sizes=(1024, 2048, 2048, 2048, 10), batch=128, rounds=7, steps_per_r
   n_params = sum(x.size for x in jax.tree.leaves(params))
   x = jax.random.normal(jax.random.key(1), (batch, sizes[0]))
   y = jax.random.randint(jax.random.key(2), (batch,), 0, sizes[-1])
-  runs = {}
   todo = dict(_optimizers(batch))
   # Components, for reading the ratios: one gradient, and one Hessian-vector product.
   todo["component_grad"] = _GradOnly()
   todo["component_hvp"] = _HvpOnly()
+  timed = {}
   for name, tx in todo.items():
     step = _make_step(tx, x, y)
     p = jax.tree.map(jnp.copy, params)  # donated: every optimizer gets its own copy
-    s = tx.init(p)
-    t0 = time.perf_counter()
-    p, s, v = step(p, s)  # compile + first step
-    jax.block_until_ready((p, s))
-    compile_s = time.perf_counter() - t0
-    runs[name] = {"step": step, "p": p, "s": s, "compile_s": compile_s, "times": []}
-  for _ in range(rounds):
-    for r in runs.values():
-      p, s = r["p"], r["s"]
-      jax.block_until_ready((p, s))
-      t0 = time.perf_counter()
-      for _ in range(steps_per_round):
-        p, s, v = r["step"](p, s)
-      jax.block_until_ready((p, s, v))
-      r["times"].append((time.perf_counter() - t0) / steps_per_round)
-      r["p"], r["s"] = p, s
-  base = float(np.median(runs["adamw"]["times"]))
+    timed[name] = Stateful(lambda psv, _step=step: _step(psv[0], psv[1]), (p, tx.init(p), None))
+  # One warm-up step (its time: compilation + the first step).
+  timings = compare(
+    timed, baseline="adamw", rounds=rounds, calls_per_round=steps_per_round, warmup=1
+  )
   table = {}
-  for name, r in runs.items():
-    med = float(np.median(r["times"]))
+  for name, t in timings.items():
     if name.startswith("component_"):
-      table[name] = {"ms": 1e3 * med, "ratio_to_adamw_step": med / base}
+      table[name] = {"ms": 1e3 * t.seconds, "ratio_to_adamw_step": t.ratio}
       continue
     table[name] = {
-      "ms_per_step": 1e3 * med,
-      "ratio_to_adamw": med / base,
-      "ratio_min_max": [min(r["times"]) / base, max(r["times"]) / base],
+      "ms_per_step": 1e3 * t.seconds,
+      "ratio_to_adamw": t.ratio,
+      "ratio_min_max": list(t.ratio_min_max),
       "goal": GOALS.get(name),
-      "meets_goal": None if name not in GOALS else bool(med / base <= GOALS[name]),
-      "compile_s": r["compile_s"],
+      "meets_goal": None if name not in GOALS else bool(t.ratio <= GOALS[name]),
+      "compile_s": t.warmup_s,
     }
   return {
     "model": {"sizes": list(sizes), "n_params": int(n_params), "batch": batch},
@@ -187,8 +175,10 @@ def run(results: dict, quick: bool = False) -> dict:
   out = measure(**kwargs)
   _print(out)
   results["optim_second_order"] = out
-  RESULTS.parent.mkdir(parents=True, exist_ok=True)
-  RESULTS.write_text(json.dumps(out, indent=2))
+  path = output_path("optim_second_order.json", quick)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(out, indent=2))
+  print(f"wrote {path}")
   return out
 
 

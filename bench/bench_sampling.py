@@ -1,20 +1,22 @@
 """Sampling benchmarks: loop overhead, error vs NFE per solver, optional diffusers comparison.
 
 (a) loop overhead = time(jaxdiff.sample, N steps) / (N x time(one jitted denoiser call)) on a
-    small MLP denoiser, measured side by side in this process (goal <= 1.05);
+    small MLP denoiser, measured side by side in this process in interleaved rounds (the
+    median of per-round ratios, ``bench/_timing.py``; goal <= 1.05);
 (b) RMS error vs a tight diffrax solve of the probability-flow ODE of an exact Gaussian
-    mixture, for every solver at 5 / 10 / 20 NFE (vp_cosine with logSNR grid; flow with
-    uniform-t grid from pure noise), plus plain-grid empirical orders;
+    mixture, for every deterministic solver of ``jaxdiff.solvers.REGISTRY`` (plus a few
+    variants) at 5 / 10 / 20 / 40 / 80 NFE (vp_cosine with logSNR grid; flow with uniform-t
+    grid from pure noise), plus plain-grid empirical orders;
 (c) only when torch and diffusers are importable: diffusers' schedulers on the same mixture.
 
-Writes bench/results/sampling.json. Run: .venv/bin/python bench/bench_sampling.py
+Writes bench/results/sampling.json. Run: .venv/bin/python bench/bench_sampling.py [--quick]
+(``--quick``: a smoke run on tiny sizes, written to the temporary directory).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import pathlib
-import time
 
 import jax
 import jax.numpy as jnp
@@ -23,24 +25,18 @@ import numpy as np
 jax.config.update("jax_enable_x64", True)
 
 
+from _timing import compare, output_path, ratio  # noqa: E402
+
 import jaxdiff  # noqa: E402
 from jaxdiff import schedules, solvers  # noqa: E402
 from jaxdiff.testing import GaussianMixture, probability_flow_reference  # noqa: E402
 
-OUT = pathlib.Path(__file__).parent / "results" / "sampling.json"
+# Solvers whose loop overhead is timed (names of jaxdiff.solvers.REGISTRY).
+LOOP_SOLVERS = ("ddim", "dpmpp_2m", "unipc")
+NFES = (5, 10, 20, 40, 80)
 
 
-def _time(f, reps=5):
-  f()  # compile / warm
-  best = float("inf")
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(f())
-    best = min(best, time.perf_counter() - t0)
-  return best
-
-
-def loop_overhead(n_steps=50, batch=256, dim=64, width=512):
+def loop_overhead(n_steps=50, batch=256, dim=64, width=512, rounds=7):
   k = jax.random.split(jax.random.key(0), 3)
   w1 = jax.random.normal(k[0], (dim + 1, width), jnp.float32) / np.sqrt(dim)
   w2 = jax.random.normal(k[1], (width, width), jnp.float32) / np.sqrt(width)
@@ -57,28 +53,28 @@ def loop_overhead(n_steps=50, batch=256, dim=64, width=512):
     one = jax.jit(mlp)
     # N chained calls inside one jit: the denoiser's own cost without Python dispatch.
     chained = jax.jit(lambda x: jax.lax.fori_loop(0, n_steps, lambda i, y: mlp(y, t, None), x))
-    t_call = _time(lambda: one(x, t, None))
-    t_chain = _time(lambda: chained(x))
-    rows = {}
-    for name, s in [
-      ("ddim", solvers.ddim()),
-      ("dpmpp_2m", solvers.dpmpp_2m()),
-      ("unipc", solvers.unipc()),
-    ]:
-      ts = schedules.timesteps(sched, n_steps, spacing="logsnr")
-      t_s = _time(lambda s=s, ts=ts: jaxdiff.sample(mlp, s, x, ts, key=jax.random.key(0)).x)
-      rows[name] = {
-        "sample_s": t_s,
-        "overhead_vs_single_calls": t_s / (n_steps * t_call),
-        "overhead_vs_chained_calls": t_s / t_chain,
+    ts = schedules.timesteps(sched, n_steps, spacing="logsnr")
+    fns = {"one call": lambda: one(x, t, None), "chained": lambda: chained(x)}
+    for name in LOOP_SOLVERS:
+      s = solvers.make(name)
+      fns[name] = lambda s=s: jaxdiff.sample(mlp, s, x, ts, key=jax.random.key(0)).x
+    timings = compare(fns, baseline="one call", rounds=rounds)
+    rows = {
+      name: {
+        "sample_s": timings[name].seconds,
+        "overhead_vs_single_calls": timings[name].ratio / n_steps,
+        "overhead_vs_chained_calls": ratio(timings[name], timings["chained"]),
       }
+      for name in LOOP_SOLVERS
+    }
   return {
     "n_steps": n_steps,
     "batch": batch,
     "dim": dim,
     "width": width,
-    "one_call_s": t_call,
-    "chained_calls_s": t_chain,
+    "rounds": rounds,
+    "one_call_s": timings["one call"].seconds,
+    "chained_calls_s": timings["chained"].seconds,
     "solvers": rows,
   }
 
@@ -93,19 +89,15 @@ def _reference(gmm, sched, x_T, t0, t1):
   return probability_flow_reference(gmm.denoiser(sched), sched, x_T, t0, t1, rtol=1e-12, atol=1e-12)
 
 
-SOLVERS = {
-  "ddim": solvers.ddim(),
-  "euler": solvers.euler(),
-  "heun": solvers.heun(),
-  "dpmpp_2m": solvers.dpmpp_2m(),
-  "dpmpp_3m": solvers.dpmpp_3m(),
-  "dpmpp_3m_diffusers": solvers.dpmpp_3m(diffusers_compat=True),
-  "unipc2": solvers.unipc(2),
-  "unipc3": solvers.unipc(3),
-}
+def _solvers():
+  """Every deterministic registered solver with its defaults, plus variants worth a row."""
+  table = {n: solvers.make(n) for n, spec in solvers.REGISTRY.items() if not spec.stochastic}
+  table["dpmpp_3m_diffusers"] = solvers.make("dpmpp_3m", diffusers_compat=True)
+  table["unipc3"] = solvers.make("unipc", order=3)
+  return table
 
 
-def error_vs_nfe():
+def error_vs_nfe(nfes=NFES):
   gmm = _mixture()
   cases = {
     "vp_cosine": (schedules.vp_cosine(), "logsnr", 0.9946, 1e-3),
@@ -115,15 +107,16 @@ def error_vs_nfe():
   for case, (sched, spacing, t0, t1) in cases.items():
     x_T = jax.random.normal(jax.random.key(0), (64, 2)) * sched.sigma(t0)
     ref = _reference(gmm, sched, x_T, t0, t1)
-    for name, s in SOLVERS.items():
+    for name, s in _solvers().items():
       row = {}
-      for nfe in (5, 10, 20, 40, 80):
+      for nfe in nfes:
         n = nfe // s.stages if s.stages == 1 else (nfe + 1) // 2
         ts = schedules.timesteps(sched, n, spacing=spacing, t_start=t0, t_end=t1)
         out = jaxdiff.sample(gmm.denoiser(sched), s, x_T, ts, key=jax.random.key(1))
         row[nfe] = {"nfe": int(out.nfe), "rms_error": float(jnp.sqrt(jnp.mean((out.x - ref) ** 2)))}
-      e = np.array([row[n]["rms_error"] for n in (20, 40, 80)])
-      row["plain_grid_order_20_80"] = float(-np.polyfit(np.log([20, 40, 80]), np.log(e), 1)[0])
+      fit = nfes[-3:]  # the empirical order from the three finest grids
+      e = np.array([row[n]["rms_error"] for n in fit])
+      row["plain_grid_order_20_80"] = float(-np.polyfit(np.log(fit), np.log(e), 1)[0])
       table.setdefault(case, {})[name] = row
   return table
 
@@ -138,14 +131,20 @@ def diffusers_comparison():
 
 
 def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--quick", action="store_true", help="tiny sizes: proves the script runs")
+  quick = ap.parse_args().quick
+  nfes = (5, 10, 20) if quick else NFES
+  overhead_kw = dict(n_steps=5, batch=16, dim=8, width=32, rounds=2) if quick else {}
   res = {
     "device": str(jax.devices()[0]),
-    "loop_overhead": loop_overhead(),
-    "error_vs_nfe": error_vs_nfe(),
+    "loop_overhead": loop_overhead(**overhead_kw),
+    "error_vs_nfe": error_vs_nfe(nfes),
     "diffusers": diffusers_comparison(),
   }
-  OUT.parent.mkdir(parents=True, exist_ok=True)
-  OUT.write_text(json.dumps(res, indent=2))
+  out = output_path("sampling.json", quick)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(res, indent=2))
   lo = res["loop_overhead"]
   print(
     f"(a) loop overhead, {lo['n_steps']} steps, MLP {lo['dim']}-{lo['width']}, batch {lo['batch']}"
@@ -162,17 +161,15 @@ def main():
   print("(b) RMS error vs diffrax reference (PF-ODE of exact mixture)")
   for case, rows in res["error_vs_nfe"].items():
     print(f"  {case}")
-    print(
-      f"    {'solver':20s}" + "".join(f"{n:>11d}" for n in (5, 10, 20, 40, 80)) + "   order(20-80)"
-    )
+    print(f"    {'solver':20s}" + "".join(f"{n:>11d}" for n in nfes) + "   order(finest 3)")
     for name, row in rows.items():
       print(
         f"    {name:20s}"
-        + "".join(f"{row[n]['rms_error']:11.2e}" for n in (5, 10, 20, 40, 80))
+        + "".join(f"{row[n]['rms_error']:11.2e}" for n in nfes)
         + f"   {row['plain_grid_order_20_80']:.2f}"
       )
   print("(c) diffusers:", res["diffusers"])
-  print(f"wrote {OUT}")
+  print(f"wrote {out}")
 
 
 if __name__ == "__main__":

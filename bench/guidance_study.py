@@ -1,7 +1,8 @@
 """Guidance study on the exact Gaussian mixture: CFG overshoot vs APG, and AG's NFE savings.
 
-Run: .venv/bin/python bench/guidance_study.py     (prints two tables, writes
-bench/results/guidance.json). CPU, float64, about a minute.
+Run: .venv/bin/python bench/guidance_study.py [--quick]    (prints two tables, writes
+bench/results/guidance.json; ``--quick``: 200 samples, written to the temporary directory).
+CPU, float64, about a minute. Rules are built by name from ``jaxdiff.guidance.REGISTRY``.
 
 Part 1 (Sadat et al., APG): class-0 samples at growing guidance scale w. "overshoot" is the
 mean signed distance past the class mean along the class-mean direction,
@@ -12,8 +13,8 @@ sliced Wasserstein distance (SW2) to CFG's samples (same seeds) and to exact sam
 the classifier-free-guided target's class (class-conditional law), at w = 3.
 """
 
+import argparse
 import json
-import os
 import time
 
 import jax
@@ -21,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 jax.config.update("jax_enable_x64", True)
+
+from _timing import output_path  # noqa: E402
 
 import jaxdiff  # noqa: E402
 from jaxdiff import guidance, metrics, schedules, solvers  # noqa: E402
@@ -32,14 +35,26 @@ N_SAMPLES = 2000
 STEPS = 20
 
 
+# The CFG-vs-APG rows: (row name, registry rule, hyperparameters).
+APG_ROWS = (
+  ("cfg", "cfg", {}),
+  ("apg(eta=0,b=-0.5)", "apg", dict(eta=0.0, momentum=-0.5)),
+  ("apg(eta=0,b=-0.5,r=1)", "apg", dict(eta=0.0, momentum=-0.5, norm_threshold=1.0)),
+)
+
+
 def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--quick", action="store_true", help="200 samples: proves the script runs")
+  quick = ap.parse_args().quick
+  n_samples = 200 if quick else N_SAMPLES
   gmm = GaussianMixture(MEANS, VAR, weights=jnp.array([5.0, 3.0, 2.0]))
   sched = schedules.vp_cosine()
   ts = schedules.timesteps(sched, STEPS, spacing="logsnr")
   den = gmm.denoiser(sched)
-  x_T = jax.random.normal(jax.random.key(0), (N_SAMPLES, 2))
-  cond = jnp.zeros((N_SAMPLES,), jnp.int32)
-  solver = solvers.dpmpp_2m()
+  x_T = jax.random.normal(jax.random.key(0), (n_samples, 2))
+  cond = jnp.zeros((n_samples,), jnp.int32)
+  solver = solvers.make("dpmpp_2m")
   mu0 = MEANS[0]
   r0 = float(jnp.linalg.norm(mu0))
   box = float(jnp.max(jnp.abs(MEANS))) + 3 * VAR**0.5
@@ -60,23 +75,19 @@ def main():
   rows = []
   print(f"{'w':>5} | {'rule':<22} | {'overshoot':>9} | {'|x|/|mu|':>8} | {'sat':>8}")
   for w in (1.0, 3.0, 7.0, 15.0, 30.0, 50.0):
-    for name, rule in (
-      ("cfg", guidance.cfg(w)),
-      ("apg(eta=0,b=-0.5)", guidance.apg(w, eta=0.0, momentum=-0.5)),
-      ("apg(eta=0,b=-0.5,r=1)", guidance.apg(w, eta=0.0, momentum=-0.5, norm_threshold=1.0)),
-    ):
-      s = stats(run(rule)[0])
+    for name, rule, hyper in APG_ROWS:
+      s = stats(run(guidance.make(rule, w, **hyper))[0])
       rows.append({"scale": w, "rule": name, **s})
       print(
         f"{w:5.1f} | {name:<22} | {s['overshoot']:9.3f} | {s['norm_ratio']:8.3f} | "
         f"{s['saturation']:8.4f}"
       )
 
-  exact = gmm.sample(jax.random.key(2), N_SAMPLES, cond)
+  exact = gmm.sample(jax.random.key(2), n_samples, cond)
   key = jax.random.key(3)
   swd = lambda a, b: float(metrics.sliced_wasserstein(a, b, key=key, num_projections=256))
   w = 3.0
-  x_cfg, nfe_cfg = run(guidance.cfg(w))
+  x_cfg, nfe_cfg = run(guidance.make("cfg", w))
   ag_rows = []
   print(
     f"\nAdaptive Guidance at w={w}: CFG nfe={nfe_cfg}, SW2(CFG, exact class)="
@@ -84,7 +95,7 @@ def main():
   )
   print(f"{'gamma_bar':>9} | {'nfe':>4} | {'saved':>6} | {'SW2 to CFG':>10} | {'SW2 to exact':>12}")
   for thr in (1.01, 0.9999, 0.999, 0.99, 0.95, 0.9):
-    x, nfe = run(guidance.adaptive(w, thr))
+    x, nfe = run(guidance.make("adaptive", w, threshold=thr))
     r = {
       "threshold": thr,
       "nfe": nfe,
@@ -97,8 +108,8 @@ def main():
       f"{thr:9.4f} | {nfe:4d} | {r['saved_fraction']:6.1%} | {r['sw2_to_cfg']:10.4f} | "
       f"{r['sw2_to_exact_class']:12.4f}"
     )
-  os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
-  path = os.path.join(os.path.dirname(__file__), "results", "guidance.json")
+  path = output_path("guidance.json", quick)
+  path.parent.mkdir(parents=True, exist_ok=True)
   with open(path, "w") as f:
     json.dump(
       {
@@ -106,7 +117,7 @@ def main():
           "means": np.asarray(MEANS).tolist(),
           "variance": VAR,
           "weights": [0.5, 0.3, 0.2],
-          "samples": N_SAMPLES,
+          "samples": n_samples,
           "steps": STEPS,
           "solver": "dpmpp_2m",
           "schedule": "vp_cosine, logsnr grid",

@@ -12,15 +12,14 @@ Prints a table and writes bench/results/repro_first_order.json. Four studies:
    direction vs Adam's (and their coordinate-clipped versions) along an Adam run of a tiny
    one-layer attention model.
 
-Usage: ``.venv/bin/python bench/repro_first_order.py [--quick]``.
+Usage: ``.venv/bin/python bench/repro_first_order.py [--quick]`` (``--quick``: smaller
+budgets, written to the temporary directory instead of ``bench/results``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import pathlib
-import time
 
 import jax
 import jax.numpy as jnp
@@ -30,9 +29,6 @@ import optax
 import optim
 from optim.curvature import directional_sharpness
 from optim.losses import stablemax_cross_entropy
-
-RESULTS = pathlib.Path(__file__).parent / "results" / "repro_first_order.json"
-
 
 # ---------------------------------------------------------------- 1. grokking, no decay
 
@@ -320,6 +316,9 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--quick", action="store_true", help="smaller budgets (CI smoke)")
   args = ap.parse_args()
+  # Imported here: tests load this file as a module without bench/ on the path.
+  from _timing import output_path, time_once
+
   out, timing = {}, {}
   for name, fn in [
     ("grokking_perp_grad_stablemax", study_grokking),
@@ -327,17 +326,16 @@ def main():
     ("normalized_gd_separable", study_normalized_gd),
     ("directional_sharpness", study_sharpness),
   ]:
-    t0 = time.perf_counter()
-    out[name] = fn(args.quick)
-    timing[name] = time.perf_counter() - t0
+    out[name], timing[name] = time_once(lambda fn=fn: fn(args.quick))
     print(f"\n== {name} ({timing[name]:.1f}s) ==\n   {out[name]['setup']}")
     for k, v in out[name]["results"].items():
       print(f"   {k:<42} {json.dumps(v)}")
   out["seconds"] = timing
   out["backend"] = jax.default_backend()
-  RESULTS.parent.mkdir(parents=True, exist_ok=True)
-  RESULTS.write_text(json.dumps(out, indent=1))
-  print(f"\nwrote {RESULTS}")
+  path = output_path("repro_first_order.json", args.quick)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(out, indent=1))
+  print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":

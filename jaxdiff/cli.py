@@ -19,8 +19,9 @@ from collections.abc import Sequence
 
 __all__ = ["build_parser", "main"]
 
-_GUIDANCE = ("none", "cfg", "apg", "cfgpp", "adaptive", "pag", "autoguidance", "classifier")
-_SOLVERS = ("ddim", "dpmpp_2m", "unipc")
+# Options whose value may be a negative number that argparse would take for an option
+# ("-inf", "-1e3"): ``--scale -inf`` is rewritten to ``--scale=-inf`` before parsing.
+_NUMBER_OPTIONS = ("--scale",)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -67,8 +68,52 @@ def _png_path(text: str) -> pathlib.Path:
   return path
 
 
+def _join_number_values(argv: Sequence[str]) -> list[str]:
+  """``[..., "--scale", "-inf", ...]`` -> ``[..., "--scale=-inf", ...]`` (see _NUMBER_OPTIONS)."""
+  out: list[str] = []
+  it = iter(argv)
+  for tok in it:
+    out.append(tok)
+    if tok in _NUMBER_OPTIONS:
+      value = next(it, None)
+      if value is None:
+        break
+      try:
+        float(value)
+      except ValueError:
+        out.append(value)
+      else:
+        out[-1] = f"{tok}={value}"
+  return out
+
+
+def _unwritable(path: pathlib.Path, *, directory: bool) -> str | None:
+  """Why ``path`` (an output directory or file) cannot be written, or None if it can."""
+  if not directory and path.is_dir():
+    return "it is a directory"
+  if path.exists() and not os.access(path, os.W_OK):
+    return "permission denied"
+  parent = path if directory else path.parent
+  parent = parent.absolute()
+  while not parent.exists():  # the nearest existing ancestor is where mkdir would start
+    parent = parent.parent
+  if not parent.is_dir():
+    return f"{parent} is not a directory"
+  if not os.access(parent, os.W_OK | os.X_OK):
+    return f"{parent} is not writable"
+  return None
+
+
 def build_parser() -> argparse.ArgumentParser:
-  """The ``jaxdiff`` argument parser (sub-commands ``demo`` and ``sample``)."""
+  """The ``jaxdiff`` argument parser (sub-commands ``demo`` and ``sample``).
+
+  The ``--guidance`` and ``--solver`` choices are the registries' names
+  (:data:`jaxdiff.guidance.REGISTRY`, :data:`jaxdiff.solvers.REGISTRY`), read when the
+  parser is built, plus ``"none"`` (no guidance).
+  """
+  from jaxdiff import solvers
+  from jaxdiff.demo import demo_rules
+
   parser = _OneLineParser(
     prog="jaxdiff",
     description="Diffusion guidance and solvers on sklearn's 8x8 digits.",
@@ -86,8 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     help="train, sample a grid of guidance rules x solvers, measure, write a report",
     description=(
       "Trains a class-conditional denoiser, a weak denoiser and a classifier on the "
-      "digits (or restores them from the cache), samples every guidance rule with DDIM, "
-      "DPM-Solver++(2M) and UniPC at a fixed evaluation budget, and writes report.md, "
+      "digits (or restores them from the cache), samples every registered guidance rule "
+      "with the demo's solvers at a fixed evaluation budget, and writes report.md, "
       "metrics.json and PNG figures."
     ),
   )
@@ -110,18 +155,24 @@ def build_parser() -> argparse.ArgumentParser:
     ),
   )
   smp.add_argument(
-    "--guidance", choices=_GUIDANCE, default="cfg", help="guidance rule (default: cfg)"
+    "--guidance",
+    choices=demo_rules(),
+    default="cfg",
+    help="guidance rule, 'none' for plain conditional sampling (default: cfg)",
   )
   smp.add_argument(
     "--scale",
     type=_finite_float,
-    default=3.0,
-    help="guidance scale in the rule's convention: w for cfg/apg/adaptive/"
-    "autoguidance (1 = none), s for pag and classifier, lambda in [0, 1] for "
-    "cfgpp (default: 3)",
+    default=None,
+    help="guidance scale in the rule's own convention (CFG's w: 1 = none; PAG's s: "
+    "0 = none; CFG++'s lambda in [0, 1]; see the rule's docstring); default: the demo's "
+    "scale for the rule (cfg: 3)",
   )
   smp.add_argument(
-    "--solver", choices=_SOLVERS, default="dpmpp_2m", help="sampler (default: dpmpp_2m)"
+    "--solver",
+    choices=tuple(solvers.REGISTRY),
+    default="dpmpp_2m",
+    help="sampler (default: dpmpp_2m)",
   )
   smp.add_argument(
     "--steps", type=_positive_int, default=10, help="number of solver steps (default: 10)"
@@ -151,20 +202,20 @@ def _use_compilation_cache(cache_dir) -> None:
   """Persists XLA executables next to the checkpoints: a second run skips compilation."""
   import jax
 
-  from jaxdiff._demo import default_cache_dir
+  from jaxdiff.demo import default_cache_dir
 
   root = default_cache_dir() if cache_dir is None else cache_dir
   jax.config.update("jax_compilation_cache_dir", str(pathlib.Path(root).absolute() / "xla"))
 
 
 def _config(args):
-  from jaxdiff._demo import DemoConfig
+  from jaxdiff.demo import DemoConfig
 
   return DemoConfig.small() if args.small else DemoConfig.from_env()
 
 
 def _cmd_demo(args) -> int:
-  from jaxdiff._demo import run_demo
+  from jaxdiff.demo import run_demo
 
   run_demo(_config(args), out_dir=args.out, cache_dir=args.cache_dir, progress=not args.no_progress)
   return 0
@@ -173,49 +224,46 @@ def _cmd_demo(args) -> int:
 def _cmd_sample(args) -> int:
   import numpy as np
 
-  from jaxdiff._demo import default_cache_dir, prepare_models, sample_digits
+  from jaxdiff.demo import default_cache_dir, prepare_models, sample_digits
+  from jaxdiff.demo._figures import save_grid
   from jaxdiff.models import load_digits
 
-  if args.guidance == "cfgpp" and not 0.0 <= args.scale <= 1.0:
-    raise _UsageError(f"--scale for cfgpp is lambda in [0, 1], got {args.scale:g}")
-  if args.guidance in ("pag", "classifier") and args.scale < 0:
-    raise _UsageError(f"--scale for {args.guidance} must be >= 0, got {args.scale:g}")
   config = _config(args)
+  scale = config.scale_of(args.guidance) if args.scale is None else args.scale
+  _check_rule(args.guidance, scale, config)
   cache = default_cache_dir() if args.cache_dir is None else args.cache_dir
   models = prepare_models(
-    config, load_digits(seed=config.seed), cache, progress=not args.no_progress
+    config, load_digits(key=config.seed), cache, progress=not args.no_progress
   )
   classes = [args.digit] if args.digit is not None else list(range(10))
   labels = np.repeat(np.asarray(classes, np.int32), args.num)
   x, nfe = sample_digits(
     models,
     guidance=args.guidance,
-    scale=args.scale,
+    scale=scale,
     solver=args.solver,
     steps=args.steps,
     labels=labels,
-    seed=args.seed,
-    compiler_options=config.compiler_options,
+    key=args.seed,
+    config=config,
   )
-  _save_grid(args.out, np.clip(x, -1.0, 1.0), len(classes), args.num)
+  save_grid(args.out, np.clip(x, -1.0, 1.0), len(classes), args.num)
   print(f"wrote {args.out} ({len(labels)} samples, {nfe} network evaluations per sample)")
   return 0
 
 
-def _save_grid(path: pathlib.Path, x, rows: int, cols: int) -> None:
-  import matplotlib
+def _check_rule(name: str, scale: float, config) -> None:
+  """Builds the rule once with stand-in networks, so its factory rejects a bad ``--scale``
+  (or hyperparameter) before any model is trained or loaded."""
+  from jaxdiff.demo import make_rule
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  import numpy as np
-
-  pad = 1
-  canvas = np.full((rows * 9 + pad, cols * 9 + pad), -1.0)
-  for i, img in enumerate(x):
-    r, c = divmod(i, cols)
-    canvas[pad + 9 * r : pad + 9 * r + 8, pad + 9 * c : pad + 9 * c + 8] = img
-  path.parent.mkdir(parents=True, exist_ok=True)
-  plt.imsave(path, np.kron(canvas, np.ones((8, 8))), cmap="gray_r", vmin=-1, vmax=1)
+  stand_in = lambda x, *args, **kwargs: x  # noqa: E731
+  try:
+    make_rule(
+      name, scale, weak_denoise=stand_in, classifier_fn=stand_in, **config.rule_kwargs.get(name, {})
+    )
+  except (TypeError, ValueError) as e:
+    raise _UsageError(f"--scale {scale:g} does not suit --guidance {name}: {e}") from None
 
 
 class _UsageError(Exception):
@@ -225,7 +273,11 @@ class _UsageError(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
   """Entry point; returns the process exit status."""
   parser = build_parser()
-  args = parser.parse_args(argv)
+  argv = sys.argv[1:] if argv is None else argv
+  args = parser.parse_args(_join_number_values(argv))
+  reason = _unwritable(args.out, directory=args.command == "demo")
+  if reason is not None:
+    parser.error(f"argument --out: cannot write {args.out}: {reason}")
   if args.small:
     os.environ["JAXDIFF_DEMO_SMALL"] = "1"
   try:

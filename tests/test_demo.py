@@ -4,29 +4,30 @@ samples from the cached model."""
 
 import json
 import math
+import types
 
 import jax
 import matplotlib.image
 import numpy as np
 import pytest
 
-from jaxdiff import _demo, cli
+from jaxdiff import cli, demo, guidance
 from jaxdiff.models import load_digits
 
-CONFIG = _demo.DemoConfig.small()
+CONFIG = demo.DemoConfig.small()
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def demo_run(tmp_path_factory):
   root = tmp_path_factory.mktemp("demo")
   out, cache = root / "out", root / "cache"
   lines = []
-  results = _demo.run_demo(CONFIG, out_dir=out, cache_dir=cache, progress=False, log=lines.append)
+  results = demo.run_demo(CONFIG, out_dir=out, cache_dir=cache, progress=False, log=lines.append)
   return results, out, cache, lines
 
 
-def test_demo_writes_report_metrics_and_figures(demo):
-  results, out, _, lines = demo
+def test_demo_writes_report_metrics_and_figures(demo_run):
+  results, out, _, lines = demo_run
   for name in [
     "report.md",
     "metrics.json",
@@ -47,17 +48,19 @@ def test_demo_writes_report_metrics_and_figures(demo):
   assert any("wrote" in ln for ln in lines)
 
 
-def test_every_rule_and_solver_was_sampled_with_the_evaluations_it_reports(demo):
-  results = demo[0]
+def test_every_rule_and_solver_was_sampled_with_the_evaluations_it_reports(demo_run):
+  results = demo_run[0]
   grid = results["grid"]
   assert {(r["rule"], r["solver"]) for r in grid} == {
     (rule, s) for rule in CONFIG.rules for s in CONFIG.solvers
   }
   for r in grid:
-    per_step = _demo.EVALS_PER_STEP[r["rule"]]
+    per_step = 1 if r["rule"] == "none" else guidance.REGISTRY[r["rule"]].evals_per_step
     assert r["steps"] == max(1, CONFIG.nfe_budget // per_step)
     if r["rule"] == "adaptive":  # 2 per step until the switch, then 1
       assert r["steps"] + 1 <= r["nfe"] <= 2 * r["steps"]
+    elif r["rule"] == "rcfg":  # onetime negative: 2 evaluations at the first step, then 1
+      assert r["nfe"] == r["steps"] + 1, r
     else:
       assert r["nfe"] == per_step * r["steps"], r
     for k in ("fd", "accuracy", "precision", "recall", "saturation", "wall_s"):
@@ -65,17 +68,17 @@ def test_every_rule_and_solver_was_sampled_with_the_evaluations_it_reports(demo)
     assert 0 <= r["accuracy"] <= 1 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1
 
 
-def test_metrics_json_is_the_run_results(demo):
-  results, out = demo[0], demo[1]
+def test_metrics_json_is_the_run_results(demo_run):
+  results, out = demo_run[0], demo_run[1]
   saved = json.loads((out / "metrics.json").read_text())
   assert saved["grid"] == json.loads(json.dumps(results["grid"]))
   assert set(saved["stages_s"]) >= {"total"}
-  assert len(saved["sweep"]) == 5 * len(CONFIG.sweep_scales)  # cfg, apg, ag, pag, autoguidance
+  assert len(saved["sweep"]) == len(CONFIG.sweep_rules) * len(CONFIG.sweep_scales)
 
 
-def test_second_run_reuses_the_checkpoints(demo):
-  cache = demo[2]
-  models = _demo.prepare_models(CONFIG, load_digits(seed=CONFIG.seed), cache, progress=False)
+def test_second_run_reuses_the_checkpoints(demo_run):
+  cache = demo_run[2]
+  models = demo.prepare_models(CONFIG, load_digits(key=CONFIG.seed), cache, progress=False)
   assert models.resumed == {
     "denoiser": CONFIG.denoiser_steps,
     "weak denoiser": CONFIG.weak_steps,
@@ -83,8 +86,8 @@ def test_second_run_reuses_the_checkpoints(demo):
   }
 
 
-def test_cli_samples_a_grid_from_the_cached_model(demo, tmp_path, monkeypatch, capsys):
-  cache = demo[2]
+def test_cli_samples_a_grid_from_the_cached_model(demo_run, tmp_path, monkeypatch, capsys):
+  cache = demo_run[2]
   monkeypatch.setenv("JAXDIFF_DEMO_SMALL", "1")  # restored after the test (main() sets it)
   previous = jax.config.jax_compilation_cache_dir
   target = tmp_path / "grid.png"
@@ -119,3 +122,30 @@ def test_cli_samples_a_grid_from_the_cached_model(demo, tmp_path, monkeypatch, c
   img = matplotlib.image.imread(target)
   assert img.shape[:2] == (8 * 10, 8 * 37)  # 1 row x 4 samples of 8x8, 1-pixel gaps, x8
   assert np.ptp(img[..., :3]) > 0
+
+
+def test_a_rule_added_to_the_registry_is_sampled_without_other_edits(demo_run, monkeypatch):
+  spec = guidance.RuleSpec("My rule", lambda s, **kw: guidance.cfg(s, **kw), 4.5, 2)
+  monkeypatch.setattr(
+    guidance, "REGISTRY", types.MappingProxyType({**guidance.REGISTRY, "my_rule": spec})
+  )
+  config = demo.DemoConfig.small()
+  assert "my_rule" in config.rules
+  models = demo.prepare_models(config, load_digits(key=config.seed), demo_run[2], progress=False)
+  steps = demo.steps_for_budget("my_rule", config.nfe_budget)
+  labels = np.arange(10)
+  x, nfe = demo.sample_digits(
+    models,
+    guidance="my_rule",
+    scale=config.scale_of("my_rule"),
+    solver="dpmpp_2m",
+    steps=steps,
+    labels=labels,
+    config=config,
+  )
+  assert nfe == 2 * steps and x.shape == (10, 8, 8) and np.isfinite(x).all()
+  # the same call as CFG at that scale: the new line is all it took
+  x_cfg, _ = demo.sample_digits(
+    models, guidance="cfg", scale=4.5, solver="dpmpp_2m", steps=steps, labels=labels, config=config
+  )
+  np.testing.assert_allclose(x, x_cfg, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,120 @@
+"""The demo's figures, drawn with matplotlib's object-oriented API (no backend selection,
+no global pyplot state): sample grids, training curves, metrics vs scale, the spectrum."""
+
+from __future__ import annotations
+
+import pathlib
+
+import matplotlib.image
+import numpy as np
+from matplotlib.figure import Figure
+
+from optim import curvature
+
+__all__ = ["plot_hessian", "plot_sweep", "plot_training", "save_grid", "save_panels", "tile"]
+
+_DPI = 110
+
+
+def tile(x: np.ndarray, labels: np.ndarray, rows: int) -> np.ndarray:
+  """Images ``(N, 8, 8)`` -> one array with a column per class and ``rows`` per class.
+
+  Example:
+    >>> tile(np.zeros((4, 8, 8)), np.array([0, 0, 1, 1]), 2).shape
+    (19, 19)
+  """
+  classes = np.unique(labels)
+  pad = 1
+  canvas = np.full((rows * (8 + pad) + pad, len(classes) * (8 + pad) + pad), -1.0)
+  for ci, c in enumerate(classes):
+    imgs = x[labels == c][:rows]
+    for r, img in enumerate(imgs):
+      canvas[pad + r * (8 + pad) : pad + r * (8 + pad) + 8, pad + ci * 9 : pad + ci * 9 + 8] = img
+  return canvas
+
+
+def save_grid(path: str | pathlib.Path, x: np.ndarray, rows: int, cols: int) -> None:
+  """Saves images ``(rows * cols, 8, 8)`` in ``[-1, 1]`` as one PNG, each pixel 8x8."""
+  pad = 1
+  canvas = np.full((rows * 9 + pad, cols * 9 + pad), -1.0)
+  for i, img in enumerate(x):
+    r, c = divmod(i, cols)
+    canvas[pad + 9 * r : pad + 9 * r + 8, pad + 9 * c : pad + 9 * c + 8] = img
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  matplotlib.image.imsave(path, np.kron(canvas, np.ones((8, 8))), cmap="gray_r", vmin=-1, vmax=1)
+
+
+def _save(fig: Figure, path) -> None:
+  fig.tight_layout()
+  fig.savefig(path, dpi=_DPI)
+
+
+def save_panels(path, panels: list[tuple[str, np.ndarray]], labels: np.ndarray, rows: int, title):
+  """Titled sample grids (:func:`tile`), four to a row, in one PNG."""
+  cols = min(4, len(panels))
+  nrows = -(-len(panels) // cols)
+  fig = Figure(figsize=(3.6 * cols, 3.0 * nrows + 0.4))
+  axes = fig.subplots(nrows, cols, squeeze=False)
+  for ax in axes.flat:
+    ax.axis("off")
+  for ax, (name, x) in zip(axes.flat, panels):
+    ax.imshow(tile(np.clip(x, -1, 1), labels, rows), cmap="gray_r", vmin=-1, vmax=1)
+    ax.set_title(name, fontsize=9)
+  fig.suptitle(title, fontsize=11)
+  _save(fig, path)
+
+
+def plot_training(path, losses: dict[str, np.ndarray]):
+  """One log-scale loss curve per model, with a moving mean."""
+  fig = Figure(figsize=(4.2 * len(losses), 3.2))
+  axes = fig.subplots(1, len(losses))
+  for ax, (name, curve) in zip(np.atleast_1d(axes), losses.items()):
+    steps = np.arange(1, len(curve) + 1)
+    ax.plot(steps, curve, lw=0.5, alpha=0.35, color="C0")
+    if len(curve) >= 20:
+      w = max(5, len(curve) // 50)
+      smooth = np.convolve(curve, np.ones(w) / w, mode="valid")
+      ax.plot(steps[w - 1 :], smooth, lw=1.5, color="C0", label=f"moving mean ({w})")
+      ax.legend(fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_title(f"{name} training loss", fontsize=10)
+  _save(fig, path)
+
+
+def plot_sweep(path, sweep: list[dict], labels: dict[str, str], solver_label: str):
+  """Accuracy, FD and saturation vs ``w``, one line per rule (``labels``: rule -> label)."""
+  keys = [
+    ("accuracy", "class accuracy"),
+    ("fd", "Frechet distance (clf features)"),
+    ("saturation", "saturation (mean excess beyond [-1, 1])"),
+  ]
+  fig = Figure(figsize=(14, 3.8))
+  axes = fig.subplots(1, 3)
+  rules = list(dict.fromkeys(r["rule"] for r in sweep))
+  for ax, (k, label) in zip(axes, keys):
+    for i, rule in enumerate(rules):
+      rows = sorted((r for r in sweep if r["rule"] == rule), key=lambda r: r["w"])
+      ax.plot([r["w"] for r in rows], [r[k] for r in rows], "o-", color=f"C{i}", label=labels[rule])
+    ax.set_xlabel("guidance scale w (CFG convention; PAG: w = 1 + s)")
+    ax.set_title(label, fontsize=10)
+    if k == "fd":
+      ax.set_yscale("log")
+  axes[0].legend(fontsize=8)
+  fig.suptitle(f"metrics vs guidance scale ({solver_label})", fontsize=11)
+  _save(fig, path)
+
+
+def plot_hessian(path, density, eigenvalues: np.ndarray, num_params: int, slq_iters: int):
+  """The SLQ density on a log axis with the top eigenvalues as vertical lines."""
+  fig = Figure(figsize=(6, 3.8))
+  ax = fig.subplots()
+  curvature.plot_density(density, ax, label=f"SLQ ({slq_iters} Lanczos steps)")
+  for i, e in enumerate(eigenvalues):
+    ax.axvline(e, color="C3", lw=0.6, alpha=0.6, label="top eigenvalues" if i == 0 else None)
+  ax.set_xlabel("eigenvalue")
+  ax.set_ylabel("density (log)")
+  ax.set_title(f"Hessian spectrum of the digit classifier ({num_params} params)", fontsize=10)
+  ax.legend(fontsize=8)
+  _save(fig, path)
