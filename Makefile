@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # CPU-only by default on machines without an accelerator; JAX picks a GPU/TPU when present.
 export PYTHONHASHSEED := 0
 
-.PHONY: demo test test-all lint bench clean
+.PHONY: demo test test-all lint bench notebooks clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,10 +31,17 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check optim jaxdiff
 
+# Every script whose figures the README quotes (the repro_* scripts are run by hand).
 bench: $(STAMP)
 	$(BIN)/python bench/bench_curvature.py
 	$(BIN)/python bench/bench_optim.py
+	$(BIN)/python bench/bench_optim_second_order.py
 	$(BIN)/python bench/bench_sampling.py
+
+# The notebooks are jupytext pairs: after editing either side, bring the other in line
+# (outputs stay empty; tests/test_notebooks.py checks the pairs agree).
+notebooks: $(STAMP)
+	$(BIN)/jupytext --sync notebooks/[0-9][0-9]_*.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis

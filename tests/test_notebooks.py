@@ -1,5 +1,7 @@
-"""The Colab notebooks (jupytext percent scripts) run end to end at small size, and their
-first code cell installs the package."""
+"""The Colab notebooks run end to end at small size, their first code cell installs the
+package, and each is a jupytext pair whose two sides agree: ``NAME.ipynb`` (what Colab
+opens, shipped without outputs) and ``NAME.py`` (percent format, what reviews and CI read).
+``make notebooks`` re-syncs a pair after an edit to either side."""
 
 import os
 import pathlib
@@ -7,6 +9,7 @@ import subprocess
 import sys
 
 import jupytext
+import nbformat
 import pytest
 
 NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("[0-9][0-9]_*.py"))
@@ -15,6 +18,25 @@ NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("[0
 def test_the_three_notebooks_exist():
   names = [p.stem for p in NOTEBOOKS]
   assert names == ["01_optimizers", "02_guided_sampling", "03_curvature"]
+
+
+def _cells(nb):
+  return [(c.cell_type, c.source.strip()) for c in nb.cells]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_ipynb_and_py_sides_are_in_sync(path):
+  ipynb = path.with_suffix(".ipynb")
+  assert ipynb.is_file(), f"{ipynb.name} missing: run `make notebooks`"
+  py_side, nb_side = jupytext.read(path), jupytext.read(ipynb)
+  assert _cells(nb_side) == _cells(py_side), f"{path.stem}: sides differ; run `make notebooks`"
+  for nb in (py_side, nb_side):
+    assert nb.metadata["jupytext"]["formats"] == "ipynb,py:percent"
+  # Shipped clean: no outputs or execution counts in the repository.
+  raw = nbformat.read(ipynb, as_version=4)
+  for cell in raw.cells:
+    if cell.cell_type == "code":
+      assert cell.outputs == [] and cell.execution_count is None, f"{ipynb.name} has outputs"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
