@@ -26,6 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 # Sentinel for "argument not given" where ``None`` is a meaningful value.
 MISSING: Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()
@@ -233,3 +234,73 @@ def warn_default(value: Any, name: str, default: Any, where: str) -> Any:
     )
     return default
   return value
+
+
+# ---------------------------------------------------------------------------------------
+# init / update arguments of a GradientTransformation.
+
+
+def _describe(path) -> str:
+  return jax.tree_util.keystr(path) or "(root)"
+
+
+def check_floating(tree: Any, what: str, method: str) -> None:
+  """Every leaf of ``tree`` is a floating-point array (integer params would truncate moments)."""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    dtype = jnp.result_type(leaf)
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise TypeError(
+        f"{method}: {what}{_describe(path)} has dtype {dtype}; optimizer {what} must be "
+        "floating point (cast integer parameters, e.g. with jnp.asarray(p, jnp.float32))"
+      )
+
+
+def check_like(tree: Any, like: Any, what: str, what_like: str, method: str) -> None:
+  """``tree`` has the pytree structure and leaf shapes of ``like`` (no silent broadcasting)."""
+  t, l = jax.tree.structure(tree), jax.tree.structure(like)
+  if t != l:
+    raise ValueError(
+      f"{method}: {what} and {what_like} must have the same pytree structure; got\n"
+      f"  {what}: {t}\n  {what_like}: {l}"
+    )
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(tree), jax.tree.leaves(like)):
+    if jnp.shape(a) != jnp.shape(b):
+      raise ValueError(
+        f"{method}: {what}{_describe(path)} has shape {jnp.shape(a)} but {what_like} has "
+        f"{jnp.shape(b)} there"
+      )
+
+
+def guard(tx: Any, method: str, *, per_example: bool = False) -> Any:
+  """Wraps a transformation so that ``init``/``update`` check their arguments at trace time.
+
+  ``init(params)``: params are floating point. ``update(updates, state, params)``: updates
+  are floating point and shaped like params (with a leading per-example axis when
+  ``per_example``), and ``state`` has the structure and shapes ``init`` gives. All checks
+  read only shapes and dtypes, so they cost nothing after tracing. Extra arguments are
+  forwarded unchanged.
+  """
+
+  def init_fn(params):
+    check_floating(params, "params", method)
+    return tx.init(params)
+
+  def update_fn(updates, state, params=None, **extra):
+    check_floating(updates, "updates", method)
+    if params is not None:
+      check_floating(params, "params", method)
+      like = updates
+      if per_example:
+        like = jax.tree.map(lambda u: jax.ShapeDtypeStruct(jnp.shape(u)[1:], u.dtype), updates)
+      check_like(
+        like, params, "updates" + (" (per example)" if per_example else ""), "params", method
+      )
+      expected = jax.eval_shape(tx.init, params)
+      check_like(state, expected, "state", "init(params)", method)
+    if isinstance(tx, optax.GradientTransformationExtraArgs):
+      return tx.update(updates, state, params, **extra)
+    return tx.update(updates, state, params)
+
+  if isinstance(tx, optax.GradientTransformationExtraArgs):
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return optax.GradientTransformation(init_fn, update_fn)
