@@ -49,6 +49,9 @@ def as_key(key: Any, *, name: str = "key") -> jax.Array:
   if isinstance(key, (int, np.integer)) or (
     isinstance(key, (jax.Array, np.ndarray)) and jnp.shape(key) == () and _is_int(key)
   ):
+    if not isinstance(key, jax.core.Tracer) and not -(2**31) <= int(key) < 2**32:
+      # Without x64, jax keeps 32 bits of the seed: 2**32 would silently equal seed 0.
+      raise ValueError(f"{name}: an int seed must lie in [-2**31, 2**32), got {int(key)}")
     return jax.random.key(key)
   if isinstance(key, (jax.Array, np.ndarray)) and jnp.asarray(key).dtype == jnp.uint32:
     if jnp.shape(key)[-1:] != (2,) and jnp.shape(key)[-1:] != (4,):
@@ -178,6 +181,43 @@ def require_fn(extra: dict, name: str, method: str, signature: str) -> Callable:
   return fn
 
 
+def check_objective(fn: Callable, args: tuple, name: str, method: str, signature: str) -> None:
+  """``fn(*args)`` (traced only, by ``jax.eval_shape``) is a real floating-point scalar.
+
+  Names the extra argument (``obj_fn``, ``sampled_obj_fn``) instead of letting the error come
+  from deep inside a Hessian-vector product.
+  """
+  try:
+    out = jax.eval_shape(fn, *args)
+  except TypeError as err:
+    if "positional argument" not in str(err):
+      raise
+    raise TypeError(
+      f"{method}: {name} must be a function {signature}; calling it failed: {err}"
+    ) from err
+  shape, dtype = getattr(out, "shape", None), getattr(out, "dtype", None)
+  if shape != () or dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(
+      f"{method}: {name} must return a real floating-point scalar loss ({signature}), got "
+      f"{'shape ' + str(shape) if shape != () else 'dtype ' + str(dtype)}"
+    )
+
+
+def check_dtype(name: str, dtype: Any) -> Any:
+  """``None`` or a floating-point dtype (an integer accumulator would truncate silently)."""
+  if dtype is None:
+    return None
+  try:
+    dt = jnp.dtype(dtype)
+  except (TypeError, ValueError) as err:
+    raise TypeError(
+      f"{name} must be a floating-point dtype (e.g. jnp.float32), got {dtype!r}"
+    ) from err
+  if not jnp.issubdtype(dt, jnp.floating):
+    raise TypeError(f"{name} must be a floating-point dtype (e.g. jnp.float32), got {dt}")
+  return dt
+
+
 def require_params(params, method: str):
   """Raises a clear error when ``update`` was called without the parameters it needs."""
   if params is None:
@@ -269,6 +309,51 @@ def check_like(tree: Any, like: Any, what: str, what_like: str, method: str) -> 
         f"{method}: {what}{_describe(path)} has shape {jnp.shape(a)} but {what_like} has "
         f"{jnp.shape(b)} there"
       )
+
+
+def check_mask(mask: Any, params: Any, method: str, name: str = "weight_decay_mask") -> None:
+  """``mask`` (or ``mask(params)``) is a pytree of bools shaped like (a prefix of) ``params``.
+
+  The mask semantics of ``optax.masked`` / ``optax.add_decayed_weights``; checked here so that
+  a wrong structure is an error naming the argument, not a pytree-prefix error from JAX.
+  """
+  if mask is None:
+    return
+  tree = mask(params) if callable(mask) else mask
+  try:
+    jax.tree.map(lambda m, p: None, tree, params)
+  except ValueError as err:
+    raise ValueError(
+      f"{method}: {name} must be a pytree of bools with the structure of (a prefix of) "
+      f"params, or a function of params returning one; got\n  {name}: "
+      f"{jax.tree.structure(tree)}\n  params: {jax.tree.structure(params)}"
+    ) from err
+  for path, m in jax.tree_util.tree_leaves_with_path(tree):
+    if not (isinstance(m, (bool, np.bool_)) or jnp.result_type(m) == jnp.bool_):
+      raise TypeError(
+        f"{method}: {name}{_describe(path)} must be a bool, got {m!r} ({type(m).__name__})"
+      )
+
+
+def add_decayed_weights(weight_decay: Any, mask: Any, method: str) -> Any:
+  """``optax.add_decayed_weights`` whose ``mask`` is checked against the params.
+
+  A wrong mask structure is then an error naming ``weight_decay_mask`` (:func:`check_mask`).
+  """
+  tx = optax.add_decayed_weights(weight_decay, mask)
+  if mask is None:
+    return tx
+
+  def init_fn(params):
+    check_mask(mask, params, method)
+    return tx.init(params)
+
+  def update_fn(updates, state, params=None):
+    if params is not None:
+      check_mask(mask, params, method)
+    return tx.update(updates, state, params)
+
+  return optax.GradientTransformation(init_fn, update_fn)
 
 
 def guard(tx: Any, method: str, *, per_example: bool = False) -> Any:
