@@ -10,13 +10,16 @@ import jax.numpy as jnp
 import optax
 import optax.tree_utils as otu
 
-from optim import _tree
 from optim._tree import tree_probe
 from optim._validation import (
   MISSING,
+  add_decayed_weights,
   as_key,
+  check_dtype,
   check_learning_rate,
+  check_objective,
   check_scalar,
+  guard,
   require_fn,
   require_params,
   warn_default,
@@ -69,6 +72,12 @@ def conv_spatial_axes(shape: tuple[int, ...]) -> tuple[int, ...]:
     >>> conv_spatial_axes((3, 3, 16, 32)), conv_spatial_axes((64, 10))
     ((0, 1), ())
   """
+  if not isinstance(shape, (tuple, list)):
+    raise TypeError(
+      f"spatial_axes (conv_spatial_axes) takes a leaf's shape tuple, got {shape!r}; under "
+      "optax.inject_hyperparams list spatial_axes in static_args (a callable hyperparameter "
+      "is taken for a schedule and called with the step count)"
+    )
   return tuple(range(len(shape) - 2)) if len(shape) >= 4 else ()
 
 
@@ -111,8 +120,13 @@ def scale_by_adahessian(
 
   With ``update_interval = n > 1`` the Hessian is drawn only every ``n`` steps (a top-
   level ``lax.cond``; under a batched ``vmap`` both branches run); in between, ``v`` is
-  held fixed and its bias correction counts refreshes, not steps. A non-finite entry of
-  :math:`D_t` is skipped: that coordinate keeps its previous ``v``.
+  held fixed and its bias correction counts refreshes, not steps.
+
+  Non-finite gradients: propagate, as in Adam: a NaN or inf gradient makes the update and
+  the first moment ``mu`` non-finite, hence every later update too; wrap the optimizer in
+  ``optax.apply_if_finite`` to skip such steps (the skipped step leaves the state
+  untouched). A non-finite entry of the Hessian estimate :math:`D_t` is skipped instead:
+  that coordinate keeps its previous ``v``.
 
   Args:
     b1: EMA rate of the gradient, :math:`\beta_1 \in [0, 1)`.
@@ -163,7 +177,7 @@ def scale_by_adahessian(
   )
   if not callable(spatial_axes):
     raise TypeError(f"spatial_axes must be callable (shape -> axes), got {spatial_axes!r}")
-  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+  mu_dtype = check_dtype("mu_dtype", mu_dtype)
   key = as_key(key)
   method = "adahessian"
 
@@ -186,8 +200,8 @@ def scale_by_adahessian(
 
   def update_fn(updates, state, params=None, **extra):
     require_params(params, method)
-    _tree.check_same_structure(params, updates, "params", "updates")
     obj_fn = require_fn(extra, "obj_fn", method, "params -> scalar loss")
+    check_objective(obj_fn, (params,), "obj_fn", method, "params -> scalar loss")
 
     key, subkey = jax.random.split(state.key)
     mu = otu.tree_cast_like(otu.tree_update_moment(updates, state.mu, b1, 1), state.mu)
@@ -228,7 +242,7 @@ def scale_by_adahessian(
       count=count, hess_count=hess_count, mu=mu, nu=nu, key=key
     )
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return guard(optax.GradientTransformationExtraArgs(init_fn, update_fn), "scale_by_adahessian")
 
 
 def adahessian(
@@ -254,9 +268,13 @@ def adahessian(
   by the RMS-EMA of the spatially averaged Hutchinson diagonal to the power :math:`k`).
   The weight decay is decoupled, as in the official implementation.
 
+  Non-finite gradients: propagate (see :func:`scale_by_adahessian`); compose with
+  ``optax.apply_if_finite`` to skip such steps.
+
   Args:
     learning_rate: :math:`\eta_t \ge 0`, float or optax schedule; required (the paper's
-      0.15 is used, with a ``DeprecationWarning``, when it is omitted).
+      0.15 is used, with a ``DeprecationWarning``, when it is omitted). A schedule's values
+      are not checked: one returning NaN gives NaN updates.
     b1, b2, eps, hessian_power, update_interval, spatial_axes, mu_dtype, key: see
       :func:`scale_by_adahessian`.
     weight_decay: :math:`\lambda \ge 0` (official default 0).
@@ -299,6 +317,6 @@ def adahessian(
       mu_dtype=mu_dtype,
       key=key,
     ),
-    optax.add_decayed_weights(weight_decay, weight_decay_mask),
+    add_decayed_weights(weight_decay, weight_decay_mask, "adahessian"),
     optax.scale_by_learning_rate(learning_rate),
   )

@@ -10,7 +10,14 @@ import jax.numpy as jnp
 import optax
 import optax.tree_utils as otu
 
-from optim._validation import check_learning_rate, check_scalar, require_params
+from optim._validation import (
+  check_dtype,
+  check_learning_rate,
+  check_mask,
+  check_scalar,
+  guard,
+  require_params,
+)
 
 PyTree = Any
 
@@ -28,7 +35,7 @@ def _check_projection_args(eps, delta, wd_ratio, weight_decay, nesterov, channel
     check_scalar("channel_axis", channel_axis, integer=True, static=True)
 
 
-def _decay_per_leaf(weight_decay, mask, params):
+def _decay_per_leaf(weight_decay, mask, params, method):
   """``weight_decay`` on the leaves ``mask`` selects, 0 elsewhere (optax's mask semantics).
 
   ``mask`` is ``None`` (every leaf), a pytree of bools shaped like (a prefix of) ``params``
@@ -36,6 +43,7 @@ def _decay_per_leaf(weight_decay, mask, params):
   """
   if mask is None:
     return jax.tree.map(lambda _: weight_decay, params)
+  check_mask(mask, params, method)
   if callable(mask):
     mask = mask(params)
   return jax.tree.map(
@@ -43,22 +51,27 @@ def _decay_per_leaf(weight_decay, mask, params):
   )
 
 
-def _project_leaf(p, g, u, delta, wd_ratio, eps, channel_axis):
+def _project_leaf(p, g, u, delta, wd_ratio, eps, channel_axis, where):
   """The AdamP projection of one leaf; returns ``(u_projected, wd_factor)``.
 
   Computed in float32 or wider. Channel-wise first: the channel view keeps ``channel_axis``
-  and reduces over every other axis; the layer-wise view reduces over all axes.
+  and reduces over every other axis; the layer-wise view reduces over all axes. ``where``
+  names the leaf in errors (``"scale_by_adamp: params['w']"``).
   """
   ct = jnp.promote_types(u.dtype, jnp.float32)
   if p.ndim < 2:  # biases, norms' scales: never scale-invariant by construction
     return u, jnp.ones([], ct)
-  p, g, u = p.astype(ct), g.astype(ct), u.astype(ct)
   ax = -1 if channel_axis is None else int(channel_axis)
   if not -p.ndim <= ax < p.ndim:
+    method, leaf = where
     raise ValueError(
-      f"channel_axis={ax} is not an axis of a {p.ndim}-D parameter (shape {p.shape}); "
-      f"use an axis in [-{p.ndim}, {p.ndim - 1}] (negative axes count from the end)"
+      f"{method}: channel_axis={ax} is out of range for params{leaf} of rank {p.ndim} "
+      f"(shape {p.shape}); use an axis in [-{p.ndim}, {p.ndim - 1}] (negative axes count "
+      "from the end)"
     )
+  if p.size == 0:  # no direction to project out (and no cosine to test)
+    return u, jnp.ones([], ct)
+  p, g, u = p.astype(ct), g.astype(ct), u.astype(ct)
   ax %= p.ndim
   chan_axes = tuple(i for i in range(p.ndim) if i != ax)
   # One pass of four per-channel reductions; the layer-wise sums are their totals.
@@ -128,7 +141,12 @@ def scale_by_adamp(
   by the learning rate, reproducing ``w <- w (1 - lr wd r_t)``.
 
   Zero weights or zero gradients give cosine 0 (norms are clamped at ``eps``), so such a
-  leaf is projected against ``w / eps``-scaled zeros: a no-op, never NaN.
+  leaf is projected against ``w / eps``-scaled zeros: a no-op, never NaN. Zero-size leaves
+  are not projected (their update is empty).
+
+  Non-finite gradients: propagate, as in optax's Adam: a NaN or inf gradient makes the
+  update and the moments non-finite, hence every later update too. Wrap the optimizer in
+  ``optax.apply_if_finite`` to skip such steps; the skipped step leaves the state untouched.
 
   Args:
     b1, b2, eps: Adam's constants (``eps`` is added to the bias-corrected
@@ -169,7 +187,7 @@ def scale_by_adamp(
   check_scalar("b1", b1, lo=0.0, hi=1.0, hi_open=True)
   check_scalar("b2", b2, lo=0.0, hi=1.0, hi_open=True)
   _check_projection_args(eps, delta, wd_ratio, weight_decay, nesterov, channel_axis)
-  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+  mu_dtype = check_dtype("mu_dtype", mu_dtype)
 
   def init_fn(params):
     return ScaleByAdamPState(
@@ -186,7 +204,7 @@ def scale_by_adamp(
     # One function per leaf: the moments are read and written once, in f32 or wider, and
     # the projection's reductions run on the fresh direction. The pieces are optax's
     # (moment updates, bias corrections) applied to the leaf.
-    def leaf(g, m, v, w, decay):
+    def leaf(path, g, m, v, w, decay):
       acc = m.dtype
       ct = jnp.promote_types(acc, jnp.float32)
       gc = g.astype(ct)
@@ -197,16 +215,17 @@ def scale_by_adamp(
       # Official code: step lr / (1 - b1^t) on the whole (Nesterov) numerator; the
       # projection is linear, so correcting before it is the same update.
       perturb = otu.tree_bias_correction(num, b1, count) / denom
-      perturb, r = _project_leaf(w, gc, perturb, delta, wd_ratio, eps, channel_axis)
+      where = ("scale_by_adamp", jax.tree_util.keystr(path))
+      perturb, r = _project_leaf(w, gc, perturb, delta, wd_ratio, eps, channel_axis, where)
       u = perturb + decay * r * w.astype(ct)
       return u.astype(g.dtype), m_new.astype(acc), v_new.astype(acc)
 
-    decay = _decay_per_leaf(weight_decay, weight_decay_mask, params)
-    out = jax.tree.map(leaf, updates, state.mu, state.nu, params, decay)
+    decay = _decay_per_leaf(weight_decay, weight_decay_mask, params, "scale_by_adamp")
+    out = jax.tree_util.tree_map_with_path(leaf, updates, state.mu, state.nu, params, decay)
     u, m, v = jax.tree.transpose(jax.tree.structure(updates), jax.tree.structure((0, 0, 0)), out)
     return u, ScaleByAdamPState(count=count, mu=m, nu=v)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return guard(optax.GradientTransformationExtraArgs(init_fn, update_fn), "scale_by_adamp")
 
 
 def adamp(
@@ -227,8 +246,12 @@ def adamp(
   .. math::
     w_t = w_{t-1} - \eta_t\,\Big(\frac{q_t}{1-\beta_1^t} + \lambda\, r_t\, w_{t-1}\Big)
 
+  Non-finite gradients: propagate (see :func:`scale_by_adamp`); compose with
+  ``optax.apply_if_finite`` to skip such steps.
+
   Args:
-    learning_rate: a float (finite, >= 0) or an optax schedule.
+    learning_rate: a float (finite, >= 0) or an optax schedule (a schedule's values are not
+      checked: one returning NaN gives NaN updates).
     b1, b2, eps, weight_decay, delta, wd_ratio, nesterov, channel_axis, mu_dtype,
       weight_decay_mask: see :func:`scale_by_adamp`.
 
@@ -291,6 +314,10 @@ def scale_by_sgdp(
   :func:`scale_by_adamp` (tested on the raw gradient). The :math:`1/(1-\mu)` factor on the
   decay is the official implementation's.
 
+  Non-finite gradients: propagate: a NaN or inf gradient makes the update and the momentum
+  buffer non-finite from then on; wrap the optimizer in ``optax.apply_if_finite`` to skip
+  such steps (the skipped step leaves the state untouched).
+
   Args:
     momentum: :math:`\mu` in [0, 1).
     dampening: :math:`\tau` in [0, 1].
@@ -318,7 +345,7 @@ def scale_by_sgdp(
   check_scalar("momentum", momentum, lo=0.0, hi=1.0, hi_open=True)
   check_scalar("dampening", dampening, lo=0.0, hi=1.0)
   _check_projection_args(eps, delta, wd_ratio, weight_decay, nesterov, channel_axis)
-  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+  mu_dtype = check_dtype("mu_dtype", mu_dtype)
 
   def init_fn(params):
     return ScaleBySGDPState(momentum=otu.tree_zeros_like(params, dtype=mu_dtype))
@@ -327,21 +354,22 @@ def scale_by_sgdp(
     del extra_args
     require_params(params, "scale_by_sgdp")
 
-    def leaf(g, b, w, decay):
+    def leaf(path, g, b, w, decay):
       ct = jnp.promote_types(b.dtype, jnp.float32)
       gc = g.astype(ct)
       b_new = momentum * b.astype(ct) + (1.0 - dampening) * gc
       d = gc + momentum * b_new if nesterov else b_new
-      d, r = _project_leaf(w, gc, d, delta, wd_ratio, eps, channel_axis)
+      where = ("scale_by_sgdp", jax.tree_util.keystr(path))
+      d, r = _project_leaf(w, gc, d, delta, wd_ratio, eps, channel_axis, where)
       u = d + decay * r / (1.0 - momentum) * w.astype(ct)
       return u.astype(g.dtype), b_new.astype(b.dtype)
 
-    decay = _decay_per_leaf(weight_decay, weight_decay_mask, params)
-    out = jax.tree.map(leaf, updates, state.momentum, params, decay)
+    decay = _decay_per_leaf(weight_decay, weight_decay_mask, params, "scale_by_sgdp")
+    out = jax.tree_util.tree_map_with_path(leaf, updates, state.momentum, params, decay)
     u, b = jax.tree.transpose(jax.tree.structure(updates), jax.tree.structure((0, 0)), out)
     return u, ScaleBySGDPState(momentum=b)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return guard(optax.GradientTransformationExtraArgs(init_fn, update_fn), "scale_by_sgdp")
 
 
 def sgdp(
@@ -362,8 +390,12 @@ def sgdp(
   .. math::
     w_t = w_{t-1} - \eta_t\,\Big(\Pi(p_t) + \frac{\lambda r_t}{1-\mu} w_{t-1}\Big)
 
+  Non-finite gradients: propagate (see :func:`scale_by_sgdp`); compose with
+  ``optax.apply_if_finite`` to skip such steps.
+
   Args:
-    learning_rate: a float (finite, >= 0) or an optax schedule.
+    learning_rate: a float (finite, >= 0) or an optax schedule (a schedule's values are not
+      checked: one returning NaN gives NaN updates).
     momentum, dampening, nesterov, weight_decay, eps, delta, wd_ratio, channel_axis,
       mu_dtype, weight_decay_mask: see :func:`scale_by_sgdp`.
 

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optim._validation import check_scalar
+from optim._validation import check_scalar, guard
 
 
 def _kth_largest_magnitude(leaves, k: int) -> jax.Array:
@@ -67,8 +67,13 @@ def coordinate_clip(
   ``threshold`` (or a schedule on the base learning rate) where that matters.
 
   The adaptive threshold is the exact order statistic, found by bisection on the float bit
-  patterns (32 counting passes over the update for float32, no sort); NaN coordinates
-  propagate.
+  patterns (32 counting passes over the update for float32, no sort). Zero-size leaves are
+  ignored (an update with no coordinates at all is returned as it is).
+
+  Non-finite gradients: NaN coordinates propagate (they stay NaN; the adaptive rule counts
+  them among the largest). A ``±inf`` coordinate is clipped to :math:`\pm\tau` like any
+  other large one: clipping is this transformation's purpose. Wrap the optimizer in
+  ``optax.apply_if_finite`` to skip such steps instead. There is no state to poison.
 
   Args:
     threshold: fixed :math:`\tau > 0` (``inf``: no clipping). May be traced, e.g. by
@@ -109,13 +114,15 @@ def coordinate_clip(
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
-    leaves = jax.tree.leaves(updates)
+    leaves = [x for x in jax.tree.leaves(updates) if x.size]  # zero-size leaves: nothing to clip
     if threshold is not None:
       tau = threshold
+    elif not leaves:
+      return updates, state
     else:
       size = sum(x.size for x in leaves)
       tau = _kth_largest_magnitude(leaves, max(1, math.ceil(fraction * size)))
     clip = lambda x: jnp.clip(x, -tau, tau).astype(x.dtype)
     return jax.tree.map(clip, updates), state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return guard(optax.GradientTransformationExtraArgs(init_fn, update_fn), "coordinate_clip")

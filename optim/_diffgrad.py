@@ -9,7 +9,14 @@ import jax.numpy as jnp
 import optax
 import optax.tree_utils as otu
 
-from optim._validation import check_learning_rate, check_scalar
+from optim._validation import (
+  add_decayed_weights,
+  check_dtype,
+  check_learning_rate,
+  check_like,
+  check_scalar,
+  guard,
+)
 
 PyTree = Any
 
@@ -53,6 +60,11 @@ def scale_by_diffgrad(
   :math:`g_t` before taking the difference, so :math:`\xi_t` was always 1/2 and the method
   reduced to Adam with half the step.
 
+  Non-finite gradients: propagate, as in optax's Adam: a NaN or inf gradient makes the
+  update, the moments and the stored previous gradient non-finite, hence every later
+  update too. Wrap the optimizer in ``optax.apply_if_finite`` to skip such steps; the
+  skipped step leaves the state untouched.
+
   Args:
     b1: decay of the first moment, in [0, 1).
     b2: decay of the second moment, in [0, 1).
@@ -81,7 +93,7 @@ def scale_by_diffgrad(
   check_scalar("b1", b1, lo=0.0, hi=1.0, hi_open=True)
   check_scalar("b2", b2, lo=0.0, hi=1.0, hi_open=True)
   check_scalar("eps", eps, lo=0.0)
-  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+  mu_dtype = check_dtype("mu_dtype", mu_dtype)
 
   def init_fn(params):
     return ScaleByDiffGradState(
@@ -93,6 +105,8 @@ def scale_by_diffgrad(
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
+    # guard compares updates with params; without params, compare them with the state.
+    check_like(updates, state.mu, "updates", "state.mu", "scale_by_diffgrad")
     count = optax.safe_increment(state.count)
 
     # One function per leaf: the accumulators are read and written once, upcast to f32 or
@@ -118,7 +132,7 @@ def scale_by_diffgrad(
     )
     return u, ScaleByDiffGradState(count=count, mu=m, nu=v, prev_grad=gp)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return guard(optax.GradientTransformationExtraArgs(init_fn, update_fn), "scale_by_diffgrad")
 
 
 def diffgrad(
@@ -139,8 +153,12 @@ def diffgrad(
   where :math:`u_t` is :func:`scale_by_diffgrad`. The decay is *coupled* (added to the
   gradient before the moments, as in the authors' code), so the friction also sees it.
 
+  Non-finite gradients: propagate (see :func:`scale_by_diffgrad`); compose with
+  ``optax.apply_if_finite`` to skip such steps.
+
   Args:
-    learning_rate: a float (finite, >= 0) or an optax schedule.
+    learning_rate: a float (finite, >= 0) or an optax schedule (a schedule's values are not
+      checked: one returning NaN gives NaN updates).
     b1: decay of the first moment.
     b2: decay of the second moment.
     eps: added to :math:`\sqrt{v_t}`.
@@ -171,8 +189,12 @@ def diffgrad(
   """
   check_learning_rate(learning_rate)
   check_scalar("weight_decay", weight_decay, lo=0.0)
-  return optax.chain(
-    optax.add_decayed_weights(weight_decay, weight_decay_mask),
-    scale_by_diffgrad(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype),
-    optax.scale_by_learning_rate(learning_rate),
+  # The decay comes first and would cast integer gradients to float: guard the whole chain.
+  return guard(
+    optax.chain(
+      add_decayed_weights(weight_decay, weight_decay_mask, "diffgrad"),
+      scale_by_diffgrad(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype),
+      optax.scale_by_learning_rate(learning_rate),
+    ),
+    "diffgrad",
   )

@@ -11,7 +11,15 @@ import optax
 import optax.tree_utils as otu
 
 from optim._tree import tree_probe
-from optim._validation import as_key, check_learning_rate, check_scalar, renamed_kwargs
+from optim._validation import (
+  as_key,
+  check_dtype,
+  check_learning_rate,
+  check_like,
+  check_scalar,
+  guard,
+  renamed_kwargs,
+)
 
 PyTree = Any
 
@@ -32,8 +40,11 @@ def _check_clip_and_noise(clip_name, clip, noise_multiplier):
   return c
 
 
-def _batch_size(grads, params, who: str) -> int:
-  """Checks that every leaf has the same leading batch axis (and params' shapes after it)."""
+def _batch_size(grads, who: str) -> int:
+  """Checks that every leaf has the same, non-zero leading batch axis and returns it.
+
+  That the axes after it are the params' shapes is :func:`guard`'s check (``per_example``).
+  """
   leaves = jax.tree.leaves(grads)
   if not leaves:
     raise ValueError(f"{who}: empty gradient pytree")
@@ -49,16 +60,13 @@ def _batch_size(grads, params, who: str) -> int:
     raise ValueError(
       f"{who}: per-example gradients must share one batch size on axis 0; got leaf shapes {shapes}"
     )
-  if params is not None:
-    if jax.tree.structure(params) != jax.tree.structure(grads):
-      raise ValueError(f"{who}: gradients and params have different pytree structures")
-    for i, (g, p) in enumerate(zip(leaves, jax.tree.leaves(params))):
-      if jnp.shape(g)[1:] != jnp.shape(p):
-        raise ValueError(
-          f"{who}: leaf {i} of the per-example gradients has shape {jnp.shape(g)}, expected "
-          f"(batch, *{jnp.shape(p)}) (a batch axis in front of the parameter's shape)"
-        )
-  return sizes.pop()
+  b = sizes.pop()
+  if b == 0:
+    raise ValueError(
+      f"{who}: the per-example updates have batch size 0 (an empty batch): their mean, hence "
+      "the update, is undefined"
+    )
+  return b
 
 
 def _f32(x):
@@ -142,9 +150,17 @@ def scale_by_dp_sgd(
   state, so a restored checkpoint reproduces the same noise. Generating the Gaussian noise
   (one normal per parameter) dominates the cost of a step on CPU.
 
-  Numerical hazards: zero per-example gradients are left at zero (no 0/0). A NaN in an
-  example's gradient makes that example's norm NaN and the update NaN (no silent masking:
-  a NaN is a bug upstream and must be visible).
+  Numerical hazards: zero per-example gradients are left at zero (no 0/0); zero-size
+  leaves give empty updates; an empty batch (batch size 0) is a ``ValueError``.
+
+  Non-finite gradients: propagate. A NaN or inf in an example's gradient makes that
+  example's norm non-finite and the whole update NaN (no silent masking: a non-finite
+  gradient is a bug upstream and must be visible); the state (a PRNG key) is not
+  poisoned, so the next finite step is normal.
+  ``optax.apply_if_finite`` cannot wrap a per-example optimizer: its skipped step returns
+  zeros shaped like the incoming (per-example) gradients, which do not match the update's
+  shape. Skip such a step in the training loop instead (test the per-example gradients
+  with ``jnp.isfinite`` before calling ``update``).
 
   Args:
     l2_norm_clip: :math:`C > 0`; ``inf`` turns clipping off (then ``noise_multiplier``
@@ -178,14 +194,17 @@ def scale_by_dp_sgd(
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    b = _batch_size(updates, params, "dp_sgd")
+    del params
+    b = _batch_size(updates, "dp_sgd")
     mean = _clipped_mean(updates, l2_norm_clip)
     key, sub = jax.random.split(state.key)
     noise = _noise(sub, mean, noise_multiplier, l2_norm_clip, b)
     out = jax.tree.map(lambda m, z, g: (m + z).astype(g.dtype), mean, noise, updates)
     return out, DPSGDState(key=key)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return guard(
+    optax.GradientTransformationExtraArgs(init_fn, update_fn), "scale_by_dp_sgd", per_example=True
+  )
 
 
 def dp_sgd(
@@ -200,8 +219,11 @@ def dp_sgd(
   .. math::
     w_{t+1} = w_t - \eta_t\Big(\frac{1}{B}\sum_i \operatorname{clip}(g_i, C) + z_t\Big)
 
+  Non-finite gradients: propagate into the update (see :func:`scale_by_dp_sgd`).
+
   Args:
-    learning_rate: a float (finite, >= 0) or an optax schedule.
+    learning_rate: a float (finite, >= 0) or an optax schedule (a schedule's values are not
+      checked: one returning NaN gives NaN updates).
     l2_norm_clip: :math:`C > 0` (``inf``: no clipping, with ``noise_multiplier=0``).
     noise_multiplier: :math:`\sigma \ge 0` (noise std :math:`\sigma C / B` on the mean).
     key: int seed or PRNG key of the noise (keyword-only).
@@ -264,8 +286,16 @@ def scale_by_dice_sgd(
   the fed-back term has norm up to :math:`C_2`; calibrate :math:`\sigma` with that bound.
   No privacy accounting is done here.
 
-  Numerical hazards: zero gradients and a zero error are left at zero; NaN per-example
-  gradients propagate into the update and the error state (never silently dropped).
+  Numerical hazards: zero gradients and a zero error are left at zero; zero-size leaves
+  give empty updates; an empty batch (batch size 0) is a ``ValueError``.
+
+  Non-finite gradients: propagate into the update and into the error state :math:`e_t`
+  (never silently dropped), so every later update is NaN too: the error feedback carries
+  the full mean gradient, and a non-finite one is a bug upstream that must stay visible.
+  ``optax.apply_if_finite`` cannot wrap a per-example optimizer: its skipped step returns
+  zeros shaped like the incoming (per-example) gradients, which do not match the update's
+  shape. Skip such a step in the training loop instead (test the per-example gradients
+  with ``jnp.isfinite`` before calling ``update``).
 
   Args:
     clip1: :math:`C_1 > 0`, per-example clipping threshold (``inf``: no clipping, with
@@ -297,7 +327,7 @@ def scale_by_dice_sgd(
   c2 = check_scalar("clip2", clip2, lo=0.0, lo_open=True, allow_inf=True)
   if c1 is not None and c2 is not None and c2 < c1:
     raise ValueError(f"DiceSGD needs clip2 >= clip1, got clip1={clip1!r}, clip2={clip2!r}")
-  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+  mu_dtype = check_dtype("mu_dtype", mu_dtype)
   key = as_key(key)
 
   def init_fn(params):
@@ -305,14 +335,11 @@ def scale_by_dice_sgd(
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    b = _batch_size(updates, params, "dice_sgd")
-    if params is None:
-      for i, (g, e) in enumerate(zip(jax.tree.leaves(updates), jax.tree.leaves(state.error))):
-        if jnp.shape(g)[1:] != jnp.shape(e):
-          raise ValueError(
-            f"dice_sgd: leaf {i} of the per-example gradients has shape {jnp.shape(g)}, "
-            f"expected (batch, *{jnp.shape(e)})"
-          )
+    del params
+    b = _batch_size(updates, "dice_sgd")
+    # guard compares updates with params; without params, compare them with the state.
+    per_example = jax.tree.map(lambda g: jax.ShapeDtypeStruct(jnp.shape(g)[1:], g.dtype), updates)
+    check_like(per_example, state.error, "updates (per example)", "state.error", "dice_sgd")
     full_mean = jax.tree.map(lambda g: jnp.mean(_f32(g), axis=0), updates)
     error = jax.tree.map(_f32, state.error)
     v = otu.tree_add(_clipped_mean(updates, clip1), _clip_tree(error, clip2))
@@ -324,7 +351,11 @@ def scale_by_dice_sgd(
     )
     return out, DiceSGDState(key=key, error=new_error)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return guard(
+    optax.GradientTransformationExtraArgs(init_fn, update_fn),
+    "scale_by_dice_sgd",
+    per_example=True,
+  )
 
 
 @renamed_kwargs(error_dtype="mu_dtype")
@@ -342,8 +373,12 @@ def dice_sgd(
   .. math::
     w_{t+1} = w_t - \eta_t\,(v_t + z_t)
 
+  Non-finite gradients: propagate into the update and the error state (see
+  :func:`scale_by_dice_sgd`).
+
   Args:
-    learning_rate: a float (finite, >= 0) or an optax schedule.
+    learning_rate: a float (finite, >= 0) or an optax schedule (a schedule's values are not
+      checked: one returning NaN gives NaN updates).
     clip1: :math:`C_1 > 0`.
     clip2: :math:`C_2 \ge C_1`.
     noise_multiplier: :math:`\sigma \ge 0` (std :math:`\sigma C_1/B` on the mean).

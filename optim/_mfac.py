@@ -11,11 +11,14 @@ import numpy as np
 import optax
 import optax.tree_utils as otu
 
-from optim import _tree
 from optim._validation import (
   MISSING,
+  add_decayed_weights,
+  check_dtype,
   check_learning_rate,
+  check_like,
   check_scalar,
+  guard,
   renamed_kwargs,
   warn_default,
 )
@@ -74,8 +77,13 @@ def scale_by_mfac(
   coefficient recursion (an LU factorisation without pivoting of
   :math:`\lambda^{-1} G G^\top + m I`, which equals :math:`K/\lambda`), in a
   numerically stable, matmul-friendly form. The Gram matrix and the factorisation are
-  in float32 at least; a non-finite gradient poisons the window for ``m`` steps (wrap
-  the chain in ``optax.apply_if_finite`` when that can happen).
+  in float32 at least.
+
+  Non-finite gradients: propagate. A NaN or inf gradient makes the update NaN and poisons
+  the state: the gradient window for ``m`` steps and the momentum EMA for good (even at
+  ``momentum=0``, since ``0 * NaN`` is NaN). Wrap the optimizer in
+  ``optax.apply_if_finite`` when that can happen; the skipped step leaves the state
+  untouched.
 
   Args:
     num_grads: :math:`m \ge 1`, the window length (a static Python int: it sets shapes;
@@ -112,7 +120,7 @@ def scale_by_mfac(
   m = check_scalar("num_grads", num_grads, lo=1, integer=True, static=True)
   check_scalar("damping", damping, lo=0.0, lo_open=True)
   check_scalar("momentum", momentum, lo=0.0, hi=1.0, hi_open=True)
-  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+  mu_dtype = check_dtype("mu_dtype", mu_dtype)
 
   def init_fn(params):
     def buffer(p):
@@ -128,7 +136,8 @@ def scale_by_mfac(
 
   def update_fn(updates, state, params=None):
     del params
-    _tree.check_same_structure(state.momentum, updates, "the optimizer state", "updates")
+    # guard compares updates with params; without params, compare them with the state.
+    check_like(updates, state.momentum, "updates", "state.momentum", "scale_by_mfac")
     acc = state.gram.dtype
     slot = state.count % m
     flat_g = [g.reshape(-1) for g in jax.tree.leaves(updates)]
@@ -168,7 +177,7 @@ def scale_by_mfac(
       count=optax.safe_increment(state.count), grads=grads, gram=gram, momentum=mom
     )
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return guard(optax.GradientTransformation(init_fn, update_fn), "scale_by_mfac")
 
 
 @renamed_kwargs(buffer_dtype="mu_dtype")
@@ -190,9 +199,13 @@ def mfac(
   with the weight decay added to the gradient *before* preconditioning (an L2 term), as
   the official implementation does.
 
+  Non-finite gradients: propagate and poison the state (see :func:`scale_by_mfac`);
+  compose with ``optax.apply_if_finite`` to skip such steps.
+
   Args:
     learning_rate: :math:`\eta_t \ge 0`, float or optax schedule; required (the official
-      default 1e-3 is used, with a ``DeprecationWarning``, when it is omitted).
+      default 1e-3 is used, with a ``DeprecationWarning``, when it is omitted). A schedule's
+      values are not checked: one returning NaN gives NaN updates.
     num_grads, damping, momentum, mu_dtype: see :func:`scale_by_mfac` (``buffer_dtype=``
       is the deprecated spelling of ``mu_dtype=``).
     weight_decay: :math:`\lambda_{wd} \ge 0` (coupled L2).
@@ -224,10 +237,14 @@ def mfac(
   learning_rate = warn_default(learning_rate, "learning_rate", 1e-3, "mfac")
   check_learning_rate(learning_rate)
   check_scalar("weight_decay", weight_decay, lo=0.0)
-  return optax.with_extra_args_support(
-    optax.chain(
-      optax.add_decayed_weights(weight_decay, weight_decay_mask),
-      scale_by_mfac(num_grads=num_grads, damping=damping, momentum=momentum, mu_dtype=mu_dtype),
-      optax.scale_by_learning_rate(learning_rate),
-    )
+  # The decay comes first and would cast integer gradients to float: guard the whole chain.
+  return guard(
+    optax.with_extra_args_support(
+      optax.chain(
+        add_decayed_weights(weight_decay, weight_decay_mask, "mfac"),
+        scale_by_mfac(num_grads=num_grads, damping=damping, momentum=momentum, mu_dtype=mu_dtype),
+        optax.scale_by_learning_rate(learning_rate),
+      )
+    ),
+    "mfac",
   )

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from optim._validation import check_learning_rate
+from optim._validation import check_learning_rate, concrete, guard
 
 # scale_by_inverse_loss is stateless; the public name stays for the one release that still
 # exports it.
@@ -21,8 +22,13 @@ def scale_by_inverse_loss() -> optax.GradientTransformationExtraArgs:
 
   where ``tiny`` is the smallest normal number of the loss dtype: a loss that underflowed
   to zero comes with a gradient that did too, so the guarded quotient is 0, never NaN.
-  The loss must be non-negative (a logistic or cross-entropy loss); a negative loss is
-  not checked inside ``jit`` and would flip the step.
+  The loss must be non-negative (a logistic or cross-entropy loss): a concrete negative
+  ``value`` is a ``ValueError``; a traced one is not checked inside ``jit`` and would flip
+  the step.
+
+  Non-finite gradients: propagate. A non-finite loss (``value`` NaN or inf) gives a NaN
+  update too, never the silent zero step that :math:`g / \infty` would be. There is no
+  state to poison; compose with ``optax.apply_if_finite`` to skip such steps.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes ``value=loss``.
@@ -52,15 +58,26 @@ def scale_by_inverse_loss() -> optax.GradientTransformationExtraArgs:
         "argument, e.g. `tx.update(grads, state, params, value=loss)` (with "
         "`loss, grads = jax.value_and_grad(f)(params)`)."
       )
+    if not isinstance(value, (jax.Array, np.ndarray, float, np.floating)):
+      raise TypeError(
+        f"scale_by_inverse_loss: `value` must be the floating-point scalar loss, got "
+        f"{type(value).__name__}"
+      )
     value = jnp.asarray(value)
     if value.ndim != 0:
       raise ValueError(f"`value` must be the scalar loss, got shape {value.shape}")
     if not jnp.issubdtype(value.dtype, jnp.floating):
-      raise ValueError(f"`value` must be a floating-point loss, got dtype {value.dtype}")
+      raise TypeError(f"`value` must be a floating-point loss, got dtype {value.dtype}")
+    v = concrete(value)
+    if v is not None and v < 0:
+      raise ValueError(
+        f"`value` is the loss and must be >= 0 (a negative one flips the step), got {v}"
+      )
     inv = 1.0 / jnp.maximum(value, jnp.finfo(value.dtype).tiny)
+    inv = jnp.where(jnp.isfinite(value), inv, jnp.nan)  # an infinite loss is no zero step
     return jax.tree.map(lambda g: (g * inv).astype(g.dtype), updates), state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return guard(optax.GradientTransformationExtraArgs(init_fn, update_fn), "scale_by_inverse_loss")
 
 
 def normalized_gd(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformationExtraArgs:
@@ -74,8 +91,12 @@ def normalized_gd(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransf
   steps than GD with any fixed step (Tyurin shows LR+GD with a large step behaves like the
   Perceptron; the normalization makes the effective step grow as the loss vanishes).
 
+  Non-finite gradients: propagate, and a non-finite loss gives a NaN update (see
+  :func:`scale_by_inverse_loss`); compose with ``optax.apply_if_finite`` to skip such steps.
+
   Args:
-    learning_rate: :math:`\gamma`, a float (finite, >= 0) or an optax schedule.
+    learning_rate: :math:`\gamma`, a float (finite, >= 0) or an optax schedule (a
+      schedule's values are not checked: one returning NaN gives NaN updates).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` requires ``value=loss``.

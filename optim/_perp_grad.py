@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optim._validation import check_scalar, require_params
+from optim._validation import check_scalar, guard, require_params
 
 # perp_grad is stateless; the public name stays for the one release that still exports it.
 PerpGradState = optax.EmptyState
@@ -32,7 +32,11 @@ def perp_grad(eps: float = 1e-30) -> optax.GradientTransformationExtraArgs:
   to :math:`w` (always so for scalar leaves), :math:`g_\perp` is made of rounding errors
   that the rescaling would blow up to norm :math:`\|g\|` (the reference code does); here a
   :math:`g_\perp` with :math:`\|g_\perp\| \le 32\,\varepsilon_{\mathrm{mach}}\|g\|` gives
-  a zero update instead. NaN gradients propagate.
+  a zero update instead. Zero-size leaves give empty updates.
+
+  Non-finite gradients: propagate: a NaN or inf anywhere in a leaf's gradient makes that
+  whole leaf's update NaN (its norm is non-finite). There is no state to poison; compose
+  with ``optax.apply_if_finite`` to skip such steps.
 
   Args:
     eps: guard added to :math:`\langle w, w\rangle` and :math:`\|g_\perp\|`, finite and
@@ -77,4 +81,4 @@ def perp_grad(eps: float = 1e-30) -> optax.GradientTransformationExtraArgs:
 
     return jax.tree.map(leaf, updates, params), state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return guard(optax.GradientTransformationExtraArgs(init_fn, update_fn), "perp_grad")

@@ -14,10 +14,14 @@ from optim import _tree
 from optim._tree import PROBES
 from optim._validation import (
   MISSING,
+  add_decayed_weights,
   as_key,
   check_choice,
+  check_dtype,
   check_learning_rate,
+  check_objective,
   check_scalar,
+  guard,
   renamed_kwargs,
   require_fn,
   require_params,
@@ -111,8 +115,16 @@ def scale_by_sophia(
 
   Negative or zero curvature (a Hutchinson estimate may be negative) makes
   :math:`\max(\gamma h, \epsilon) = \epsilon`, so that coordinate takes a clipped sign
-  step :math:`\pm\rho` instead of a huge or wrong-signed one. A non-finite entry of
-  :math:`\hat h_t` is skipped: the coordinate keeps its previous :math:`h`.
+  step :math:`\pm\rho` instead of a huge or wrong-signed one.
+
+  Non-finite gradients: the clip is Sophia's own guard, so the state recovers. A
+  coordinate whose gradient is ``±inf`` takes the clipped sign step :math:`\pm\rho` (the
+  limit of the clipped ratio), a NaN gradient gives a NaN update there (loud); in both
+  cases the stored :math:`m` keeps its previous (finite) value at that coordinate, so one
+  bad step never leaves an infinite moment that would clip every later step to
+  :math:`\pm\rho`. A non-finite entry of :math:`\hat h_t` is skipped the same way: the
+  coordinate keeps its previous :math:`h`. Compose with ``optax.apply_if_finite`` to skip
+  such steps altogether.
 
   The refresh is one top-level ``jax.lax.cond``, so only the steps that draw an estimate
   pay for the Hessian-vector product (or the sampled gradient). Under ``jax.vmap`` with a
@@ -183,7 +195,7 @@ def scale_by_sophia(
         "sampled loss (the GNB estimate is batch_size * g_hat * g_hat)"
       )
     check_scalar("batch_size", batch_size, lo=0.0, lo_open=True)
-  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+  mu_dtype = check_dtype("mu_dtype", mu_dtype)
   key = as_key(key)
   method = f"sophia(variant={variant!r})"
 
@@ -210,12 +222,14 @@ def scale_by_sophia(
 
   def update_fn(updates, state, params=None, **extra):
     require_params(params, method)
-    _tree.check_same_structure(params, updates, "params", "updates")
     # Validate the extra arguments eagerly (trace time), not only inside the cond branch.
     if variant == "hutchinson":
-      require_fn(extra, "obj_fn", method, "params -> scalar loss")
+      fn = require_fn(extra, "obj_fn", method, "params -> scalar loss")
+      check_objective(fn, (params,), "obj_fn", method, "params -> scalar loss")
     else:
-      require_fn(extra, "sampled_obj_fn", method, "(params, key) -> scalar loss")
+      fn = require_fn(extra, "sampled_obj_fn", method, "(params, key) -> scalar loss")
+      signature = "(params, key) -> scalar loss"
+      check_objective(fn, (params, state.key), "sampled_obj_fn", method, signature)
 
     key, subkey = jax.random.split(state.key)
     mu = otu.tree_cast_like(otu.tree_update_moment(updates, state.mu, b1, 1), state.mu)
@@ -237,14 +251,16 @@ def scale_by_sophia(
     )
     new_state = ScaleBySophiaState(
       count=optax.safe_increment(state.count),
-      mu=mu,
+      # The update above saw the non-finite m (a clipped +-rho step for an inf gradient, NaN
+      # for a NaN one); the state keeps the last finite m there, so it recovers next step.
+      mu=_finite_or(mu, state.mu),
       hess=hess,
       key=key,
       win_rate=n_unclipped / size,
     )
     return new_updates, new_state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return guard(optax.GradientTransformationExtraArgs(init_fn, update_fn), "scale_by_sophia")
 
 
 @renamed_kwargs(estimator="variant")
@@ -272,7 +288,9 @@ def sophia(
       - \eta_t \operatorname{clip}\!\Big(\frac{m_t}{\max(\gamma h_t, \epsilon)}, 1\Big),
 
   with :math:`m_t, h_t` from :func:`scale_by_sophia`. Weight decay is decoupled and
-  *not* clipped (it is added after the clip). ``variant="hutchinson"`` needs the extra
+  *not* clipped (it is added after the clip). Non-finite gradients: the state recovers
+  (see :func:`scale_by_sophia`: an inf gradient takes a clipped step, a NaN one gives a NaN
+  update, and neither is stored in the moments). ``variant="hutchinson"`` needs the extra
   argument ``obj_fn(params) -> loss``; ``variant="gnb"`` needs
   ``sampled_obj_fn(params, key) -> loss`` evaluated at labels drawn from the model::
 
@@ -283,7 +301,8 @@ def sophia(
 
   Args:
     learning_rate: :math:`\eta_t \ge 0`, a float or an optax schedule; required (the
-      old default 1e-4 is used, with a ``DeprecationWarning``, when it is omitted).
+      old default 1e-4 is used, with a ``DeprecationWarning``, when it is omitted). A
+      schedule's values are not checked: one returning NaN gives NaN updates.
     b1, b2, gamma, eps, update_interval, variant, batch_size, clip_threshold, probe,
       mu_dtype, key: see :func:`scale_by_sophia`. ``estimator=`` is the deprecated
       spelling of ``variant=``.
@@ -331,6 +350,6 @@ def sophia(
       mu_dtype=mu_dtype,
       key=key,
     ),
-    optax.add_decayed_weights(weight_decay, weight_decay_mask),
+    add_decayed_weights(weight_decay, weight_decay_mask, "sophia"),
     optax.scale_by_learning_rate(learning_rate),
   )

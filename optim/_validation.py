@@ -12,7 +12,11 @@ names the argument at fault:
   (``jax.random.key``), a raw ``uint32`` key (``jax.random.PRNGKey``) or an int seed.
 - :func:`renamed_kwargs` and :func:`warn_default` keep old keyword spellings and old
   defaults working for one release with a ``DeprecationWarning``.
+- :func:`check_flag` for ``bool`` options.
+- :func:`check_labels` / :func:`poison`: the one label policy (concrete labels out of
+  range raise; traced ones poison the outputs that depend on them with NaN).
 - :func:`require_fn` / :func:`require_params` for the extra arguments of ``update``.
+- :func:`guard` for the ``init``/``update`` arguments of every optimizer.
 """
 
 from __future__ import annotations
@@ -118,8 +122,8 @@ def check_scalar(
     and ``static`` is false. Traced values are not checked: the factory documents it.
 
   Raises:
-    TypeError: ``value`` is not a real scalar (``None``, a string, a complex or an array
-      with more than one element), or is traced while ``static`` is set.
+    TypeError: ``value`` is not a real scalar (``None``, a bool, a string, a complex or an
+      array with more than one element), or is traced while ``static`` is set.
     ValueError: NaN, an infinity where not allowed, a fractional value where an integer is
       needed, or a value outside the interval.
   """
@@ -130,6 +134,8 @@ def check_scalar(
         "cannot be traced (with optax.inject_hyperparams, list it in static_args)."
       )
     return None
+  if isinstance(value, (bool, np.bool_)) or getattr(value, "dtype", None) == np.bool_:
+    raise TypeError(f"{name} must be a real number, got a bool ({value!r})")
   if isinstance(value, (np.ndarray, jax.Array)):
     if jnp.size(value) != 1 or jnp.ndim(value) > 1:
       raise TypeError(f"{name} must be a scalar, got an array of shape {jnp.shape(value)}")
@@ -147,6 +153,9 @@ def check_scalar(
     raise ValueError(f"{name} must be an integer, got {value!r}")
   ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
   if not ok:
+    # An infinite end that is not admissible prints as open: "(0, inf)", not "(0, inf]".
+    lo_open = lo_open or (math.isinf(lo) and not allow_inf)
+    hi_open = hi_open or (math.isinf(hi) and not allow_inf)
     raise ValueError(f"{name} must lie in {_interval(lo, hi, lo_open, hi_open)}, got {value!r}")
   if integer and not math.isinf(v):
     return int(v)
@@ -165,6 +174,76 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
   if value not in choices:
     raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
   return value
+
+
+def check_flag(name: str, value) -> bool:
+  """A ``bool`` option (NumPy bools too); anything else is a ``TypeError`` naming it."""
+  if not isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{name} must be a bool, got {value!r} ({type(value).__name__})")
+  return bool(value)
+
+
+# ---------------------------------------------------------------------------------------
+# Class labels: the one label policy of both packages.
+
+
+def check_labels(name: str, labels, num_classes: int, *, allow_null: bool = False) -> jax.Array:
+  """Validates integer class labels; returns their validity mask (the one label policy).
+
+  Class labels are integers in ``[0, num_classes)``; with ``allow_null`` the null label
+  ``-1`` ("unconditional") is accepted too. Concrete labels are checked now: a float,
+  bool or complex array raises a ``TypeError`` and a label out of range a ``ValueError``,
+  both naming ``name``, the admissible range and (for the range) the first offending
+  value. Traced labels (under ``jit``) cannot raise: the caller uses the returned boolean
+  mask (shape of ``labels``; ``True`` where the label is valid, null included) to poison
+  with NaN every output that depends on an invalid label, never to fall back silently
+  to another class.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> check_labels("cond", jnp.array([0, 2, -1]), 3, allow_null=True).tolist()
+    [True, True, True]
+    >>> check_labels("cond", jnp.array([0, 3]), 3)
+    Traceback (most recent call last):
+    ...
+    ValueError: cond: class labels must lie in [0, 3) (num_classes=3); got 3 at index (1,)
+  """
+  if labels is None or isinstance(labels, str):
+    raise TypeError(f"{name} must be an integer array of class labels, got {labels!r}")
+  if not isinstance(labels, (jax.Array, np.ndarray, np.generic)):
+    try:  # a Python int or a (nested) list of them
+      labels = np.asarray(labels)
+    except (TypeError, ValueError) as err:
+      raise TypeError(
+        f"{name} must be an integer array of class labels, got {type(labels).__name__}"
+      ) from err
+  dtype = labels.dtype
+  if jnp.issubdtype(dtype, jnp.bool_) or not jnp.issubdtype(dtype, jnp.integer):
+    raise TypeError(f"{name} must hold integer class labels, got dtype {dtype}")
+  lo = -1 if allow_null else 0
+  if is_traced(labels):
+    labels = jnp.asarray(labels)
+    return (labels >= lo) & (labels < num_classes)
+  arr = np.asarray(labels)
+  bad = (arr < lo) | (arr >= num_classes)
+  if np.any(bad):
+    where = tuple(int(i) for i in np.argwhere(bad)[0])
+    allowed = f"[0, {num_classes})" + (" or the null label -1" if allow_null else "")
+    raise ValueError(
+      f"{name}: class labels must lie in {allowed} (num_classes={num_classes}); "
+      f"got {arr[where].item()} at index {where}"
+    )
+  return jnp.ones(arr.shape, bool)
+
+
+def poison(out: jax.Array, valid: jax.Array) -> jax.Array:
+  """``out`` with NaN in the rows (leading axis) where ``valid`` is false, value and gradient.
+
+  A product with ``where(valid, 1, nan)`` rather than a ``where`` on ``out``: the gradient
+  of a ``where`` is zero on the unselected side, which would hide an invalid label.
+  """
+  mask = valid.reshape(valid.shape + (1,) * (out.ndim - valid.ndim))
+  return out * jnp.where(mask, jnp.ones((), out.dtype), jnp.asarray(jnp.nan, out.dtype))
 
 
 def require_fn(extra: dict, name: str, method: str, signature: str) -> Callable:
@@ -284,14 +363,31 @@ def _describe(path) -> str:
   return jax.tree_util.keystr(path) or "(root)"
 
 
-def check_floating(tree: Any, what: str, method: str) -> None:
-  """Every leaf of ``tree`` is a floating-point array (integer params would truncate moments)."""
-  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-    dtype = jnp.result_type(leaf)
+def leaf_dtype(leaf: Any, name: str, where: str):
+  """The dtype of an array (or shape struct) leaf; a ``TypeError`` naming ``name`` otherwise."""
+  if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
+    if not isinstance(leaf, (int, float)) or isinstance(leaf, bool):
+      raise TypeError(f"{where}: {name} must hold arrays, got a {type(leaf).__name__}")
+  return jnp.result_type(leaf)
+
+
+def check_floating(tree: Any, what: str, where: str, *, allow_empty: bool = True) -> None:
+  """Every leaf of ``tree`` is a real floating-point array (or shape struct).
+
+  Optimizer state and curvature are defined on floating-point leaves only: integer
+  parameters would truncate moments, and have no tangent space for ``jvp``. With
+  ``allow_empty=False`` an empty tree is an error too (no curvature to estimate).
+  """
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  if not leaves and not allow_empty:
+    raise ValueError(f"{where}: {what} must hold at least one array, got {tree!r}")
+  for path, leaf in leaves:
+    at = what + jax.tree_util.keystr(path)
+    dtype = leaf_dtype(leaf, at, where)
     if not jnp.issubdtype(dtype, jnp.floating):
       raise TypeError(
-        f"{method}: {what}{_describe(path)} has dtype {dtype}; optimizer {what} must be "
-        "floating point (cast integer parameters, e.g. with jnp.asarray(p, jnp.float32))"
+        f"{where}: {at} has dtype {dtype}; it must be real floating point "
+        "(cast with jnp.asarray(x, jnp.float32))"
       )
 
 

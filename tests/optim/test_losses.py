@@ -72,12 +72,28 @@ def test_class_axis_argument_and_bf16_input():
 
 
 @pytest.mark.parametrize(
-  "logits, labels",
-  [(jnp.zeros((4, 3)), jnp.zeros(5, jnp.int32)), (jnp.zeros((4, 3)), jnp.zeros(4))],
+  "labels, exc, match",
+  [
+    (jnp.zeros(5, jnp.int32), ValueError, "labels shape"),
+    (jnp.zeros(4), TypeError, "labels must hold integer class labels"),
+    (jnp.array([0, 1, 2, -1]), ValueError, r"labels: .*\[0, 3\).*got -1 at index \(3,\)"),
+    ([0, 3, 1, 1], ValueError, r"labels: .*\[0, 3\).*got 3 at index \(1,\)"),
+  ],
 )
-def test_bad_labels_raise(logits, labels):
-  with pytest.raises(ValueError):
-    stablemax_cross_entropy(logits, labels)
+def test_bad_labels_raise_naming_labels_the_range_and_the_first_offender(labels, exc, match):
+  # -1 used to select the last class silently; 3 gave NaN without an error.
+  with pytest.raises(exc, match=match):
+    stablemax_cross_entropy(jnp.zeros((4, 3)), labels)
+
+
+def test_traced_invalid_labels_poison_the_loss_and_its_gradient_only_for_their_example():
+  logits = jnp.array([[0.0, 1.0, -1.0], [2.0, 0.0, 0.5], [0.0, 0.0, 0.0]])
+  labels = jnp.array([1, -1, 3])
+  loss = jax.jit(stablemax_cross_entropy)(logits, labels)
+  assert bool(jnp.isfinite(loss[0])) and bool(jnp.all(jnp.isnan(loss[1:])))
+  np.testing.assert_allclose(loss[0], stablemax_cross_entropy(logits[:1], labels[:1])[0])
+  g = jax.jit(jax.grad(lambda z, y: jnp.sum(stablemax_cross_entropy(z, y))))(logits, labels)
+  assert bool(jnp.all(jnp.isfinite(g[0]))) and bool(jnp.all(jnp.isnan(g[1:])))
 
 
 @pytest.mark.parametrize("axis", [2, -3, 1.5])
