@@ -9,7 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optim._validation import check_choice, check_learning_rate, check_scalar, renamed_kwargs
+from optim._validation import (
+  check_choice,
+  check_learning_rate,
+  check_scalar,
+  is_traced,
+  renamed_kwargs,
+)
 
 
 def linear_decay(
@@ -37,6 +43,13 @@ def linear_decay(
   Returns:
     An optax schedule (``count -> learning rate``), jit-able.
 
+  Raises:
+    TypeError: a non-numeric argument, or a traced ``total_steps``/``warmup_steps`` (they
+      shape the schedule, so they must be concrete).
+    ValueError: a non-finite ``peak_value``/``end_value``, a non-integer or out-of-range
+      step count, or ``warmup_steps >= total_steps``. Traced ``peak_value``/``end_value``
+      (under ``jit``) are not checked: a NaN there gives a NaN schedule (propagated).
+
   Example:
     >>> from optim.schedules import linear_decay
     >>> s = linear_decay(1.0, total_steps=10)
@@ -54,7 +67,8 @@ def linear_decay(
   warmup_steps = check_scalar("warmup_steps", warmup_steps, lo=0, integer=True, static=True)
   if total_steps <= warmup_steps:
     raise ValueError(
-      f"need 0 <= warmup_steps < total_steps, got warmup_steps={warmup_steps}, "
+      f"linear_decay: need 0 <= warmup_steps < total_steps (the decay needs at least one "
+      f"step), got warmup_steps={warmup_steps}, "
       f"total_steps={total_steps}"
     )
   decay = optax.linear_schedule(peak_value, end_value, total_steps - warmup_steps)
@@ -72,6 +86,36 @@ def _median_filter(x: np.ndarray, width: int) -> np.ndarray:
   padded = np.concatenate([np.full(half, x[0]), x, np.full(width - 1 - half, x[-1])])
   windows = np.lib.stride_tricks.sliding_window_view(padded, width)
   return np.median(windows, axis=1)
+
+
+def _norms_array(grad_norms) -> np.ndarray:
+  """``grad_norms`` as a float64 host vector, validated (see :func:`refined`)."""
+  if is_traced(grad_norms):
+    raise TypeError(
+      "refined: grad_norms must be host data (a list or a concrete array of a previous "
+      "run's norms), not a traced array: the schedule table is built in Python"
+    )
+  if isinstance(grad_norms, str) or grad_norms is None:
+    raise TypeError(f"refined: grad_norms must be a 1-D sequence of numbers, got {grad_norms!r}")
+  try:
+    raw = np.asarray(grad_norms)
+    if raw.dtype == np.bool_ or np.iscomplexobj(raw):
+      raise TypeError(f"dtype {raw.dtype}")
+    g = raw.astype(np.float64)
+  except (TypeError, ValueError) as err:
+    raise TypeError(f"refined: grad_norms must be a 1-D sequence of real numbers ({err})") from err
+  if g.ndim != 1 or g.size < 2:
+    raise ValueError(
+      f"refined: grad_norms must be a 1-D sequence of length >= 2, got shape {g.shape}"
+    )
+  bad = ~np.isfinite(g) | (g <= 0)
+  if np.any(bad):
+    i = int(np.argmax(bad))
+    raise ValueError(
+      f"refined: grad_norms must be positive and finite (a norm of 0 would get an infinite "
+      f"weight); got grad_norms[{i}] = {g[i]}"
+    )
+  return g
 
 
 def refined(
@@ -107,6 +151,11 @@ def refined(
   Returns:
     An optax schedule (``count -> learning rate``), jit-able (the table is a constant).
 
+  Raises:
+    TypeError: ``grad_norms`` is not real host data (a string, ``None``, a traced array).
+    ValueError: ``grad_norms`` not 1-D of length >= 2, or with an entry that is not
+      positive and finite (the message gives the first one); a bad hyperparameter.
+
   Example:
     >>> import numpy as np
     >>> from optim.schedules import refined
@@ -118,11 +167,7 @@ def refined(
     Defazio, Cutkosky, Mehta, Mishchenko, "When, Why and How Much? Adaptive Learning Rate
     Scheduling by Refinement", arXiv:2310.07831 (Algorithm 1 and its Adam variant).
   """
-  g = np.asarray(grad_norms, dtype=np.float64)
-  if g.ndim != 1 or g.size < 2:
-    raise ValueError(f"grad_norms must be a 1-D sequence of length >= 2, got shape {g.shape}")
-  if not np.all(np.isfinite(g)) or np.any(g <= 0):
-    raise ValueError("grad_norms must be positive and finite")
+  g = _norms_array(grad_norms)
   check_scalar("peak_value", peak_value)
   power = check_scalar("power", power, lo=0.0, lo_open=True, static=True)
   smoothing = check_scalar("smoothing", smoothing, lo=0.0, hi=1.0, static=True)

@@ -31,8 +31,8 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 
 from optim import _tree
-from optim._validation import check_scalar
-from optim.curvature._operators import LinearOperator, shape_dtype_tree
+from optim._validation import check_floating, check_scalar, is_traced
+from optim.curvature._operators import LinearOperator, cast_like, shape_dtype_tree
 
 PyTree = Any
 
@@ -42,12 +42,12 @@ __all__ = ["MFACInverse", "mfac_ihvp", "obs_saliency"]
 def _num_rows(grads: PyTree) -> int:
   leaves = jax.tree.leaves(grads)
   if not leaves:
-    raise ValueError("grads is an empty pytree")
+    raise ValueError("mfac_ihvp: grads is an empty pytree")
   ms = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in leaves}
   if len(ms) != 1 or None in ms:
     raise ValueError(
-      "every leaf of grads must carry the m gradients on a leading axis of the same "
-      f"length; got leading sizes {sorted(str(m) for m in ms)}"
+      "mfac_ihvp: every leaf of grads must carry the m gradients on a leading axis of the "
+      f"same length; got leading sizes {sorted(str(m) for m in ms)}"
     )
   return ms.pop()
 
@@ -101,7 +101,7 @@ class MFACInverse(NamedTuple):
   def __call__(self, x: PyTree) -> PyTree:
     """:math:`\\hat F^{-1} x = x/\\lambda - W^\\top (W x)`, in ``O(m d)``."""
     like = jax.tree.map(lambda w: jax.ShapeDtypeStruct(w.shape[1:], w.dtype), self.basis)
-    _tree.check_same_structure(like, x, "the M-FAC domain", "x")
+    x = cast_like(x, like, "x", "the M-FAC domain")
     dtype = _acc_dtype(self.basis)
     wx = stacked_matvec(self.basis, x, dtype)
     correction = stacked_rmatvec(self.basis, wx, dtype)
@@ -138,6 +138,17 @@ def mfac_ihvp(grads: PyTree, damping: float = 1e-5) -> MFACInverse:
   replaces ``G``). Accumulation is in float32 at least (float64 under x64 with float64
   gradients).
 
+  **Numerical hazards.** The factorisation fails when :math:`m\lambda` is below the
+  round-off of :math:`G G^\top` in the accumulation dtype (``m > d`` makes the Gram matrix
+  singular, so only the damping keeps :math:`K` positive definite). With concrete
+  arguments that, and non-finite gradients, raise a ``ValueError`` naming ``damping`` or
+  ``grads``; under ``jit`` they cannot raise and the returned inverse is NaN (poisoned,
+  loud), as it is for a traced ``damping <= 0``. Before that point the Woodbury form
+  :math:`x/\lambda - W^\top W x` loses accuracy by cancellation along the span of the
+  gradients: the relative error there is about
+  :math:`\epsilon_{\mathrm{mach}}\,(1 + \|G\|_2^2 / (m \lambda))`, so keep
+  :math:`\lambda` within a few decades of the Fisher's largest eigenvalue in float32.
+
   Args:
     grads: the gradients, a pytree whose leaves stack the ``m`` gradients on a leading
       axis (leaf shape ``(m, *param_shape)``), e.g. ``jax.vmap(jax.grad(loss),
@@ -149,8 +160,10 @@ def mfac_ihvp(grads: PyTree, damping: float = 1e-5) -> MFACInverse:
     the diagonal of :math:`\hat F^{-1}`, both pytrees shaped like one gradient.
 
   Raises:
-    ValueError: leaves without a common leading axis; a non-positive or non-finite
-      concrete damping (a traced damping is not checked).
+    ValueError: an empty ``grads``, leaves without a common leading axis or with ``m = 0``
+      rows; non-finite concrete gradients; a non-positive or non-finite concrete damping,
+      or one too small for the gradients' scale (the Cholesky factorisation fails).
+    TypeError: a non-floating leaf of ``grads``.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -167,13 +180,25 @@ def mfac_ihvp(grads: PyTree, damping: float = 1e-5) -> MFACInverse:
     Second-Order Information", NeurIPS 2021, arXiv:2107.03356 (Sec. 3.1, static
     algorithm).
   """
-
   check_scalar("damping", damping, lo=0, lo_open=True)
+  check_floating(grads, "grads", "mfac_ihvp", allow_empty=False)
   m = _num_rows(grads)
+  if m == 0:
+    raise ValueError("mfac_ihvp: grads holds no gradient (leading axis m = 0); need m >= 1")
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    if not is_traced(g) and not bool(jnp.all(jnp.isfinite(g))):
+      raise ValueError(f"mfac_ihvp: grads{jax.tree_util.keystr(path)} has non-finite entries")
   dtype = _acc_dtype(grads)
   damping = jnp.asarray(damping, dtype)
   gram = stacked_gram(grads, dtype)
   chol = jnp.linalg.cholesky(m * damping * jnp.eye(m, dtype=dtype) + gram)
+  if not is_traced(chol) and not bool(jnp.all(jnp.isfinite(chol))):
+    raise ValueError(
+      f"mfac_ihvp: damping={float(damping):g} is too small for these gradients: "
+      f"m * damping = {m * float(damping):g} is below the round-off of the Gram matrix "
+      f"(largest entry {float(jnp.max(jnp.abs(gram))):g}) in {dtype}, so it is not "
+      "numerically positive definite; increase damping (or use float64 gradients)"
+    )
 
   def solve(g):
     flat = g.reshape(m, -1).astype(dtype)
@@ -193,7 +218,8 @@ def obs_saliency(params: PyTree, inverse_diagonal: PyTree) -> PyTree:
   and the other weights are corrected optimally by
   :math:`\delta w = -\frac{w_q}{[\hat F^{-1}]_{qq}} \hat F^{-1} e_q`. A non-positive
   diagonal entry (impossible for an exact damped Fisher, possible after round-off) gives
-  saliency ``+inf``: that weight is never chosen for pruning.
+  saliency ``+inf``: that weight is never chosen for pruning. A NaN entry (of ``params``
+  or of the diagonal) gives NaN: it is propagated, not hidden as ``inf``.
 
   Args:
     params: the weights :math:`w`.
@@ -214,10 +240,13 @@ def obs_saliency(params: PyTree, inverse_diagonal: PyTree) -> PyTree:
     Surgeon", NeurIPS 1992; Frantar et al., arXiv:2107.03356, Sec. 4 (pruning with
     M-FAC).
   """
+  check_floating(params, "params", "obs_saliency", allow_empty=False)
   _tree.check_same_structure(params, inverse_diagonal, "params", "inverse_diagonal")
 
   def one(w, d):
+    d = jnp.asarray(d)
     ok = d > 0
-    return jnp.where(ok, jnp.square(w) / (2 * jnp.where(ok, d, 1)), jnp.inf).astype(w.dtype)
+    nonpositive = jnp.where(jnp.isnan(d), jnp.nan, jnp.inf)
+    return jnp.where(ok, jnp.square(w) / (2 * jnp.where(ok, d, 1)), nonpositive).astype(w.dtype)
 
   return jax.tree.map(one, params, inverse_diagonal)

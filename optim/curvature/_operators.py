@@ -19,7 +19,17 @@ import optax
 import optax.tree_utils as otu
 
 from optim._tree import check_same_structure, tree_vdot
-from optim._validation import as_key, check_choice, check_scalar, renamed_kwargs
+from optim._validation import (
+  as_key,
+  check_choice,
+  check_flag,
+  check_floating,
+  check_labels,
+  check_scalar,
+  leaf_dtype,
+  poison,
+  renamed_kwargs,
+)
 
 PyTree = Any
 
@@ -35,26 +45,47 @@ __all__ = [
 ]
 
 
-def _check_scalar_objective(f: Callable, params: PyTree, *args, name: str = "f") -> None:
+def check_callable(fn: Any, name: str, where: str, signature: str) -> None:
+  """Raises a ``TypeError`` naming ``name`` unless ``fn`` is callable."""
+  if not callable(fn):
+    raise TypeError(f"{where}: {name} must be callable ({signature}), got {type(fn).__name__}")
+
+
+def _check_scalar_objective(
+  f: Callable, params: PyTree, *args, name: str = "f", where: str = "hvp"
+) -> None:
   """Raises a ``TypeError`` at trace time unless ``f(params, *args)`` is a real scalar."""
+  check_callable(f, name, where, f"{name}(params, *args) -> scalar")
   out = jax.eval_shape(f, params, *args)
   if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != ():
     shape = getattr(out, "shape", jax.tree.structure(out))
     raise TypeError(
-      f"{name} must return a scalar (shape ()), got {shape}; reduce the loss (e.g. take its "
-      "mean over the batch) before asking for curvature"
+      f"{where}: {name} must return a scalar (shape ()), got {shape}; reduce the loss (e.g. "
+      "take its mean over the batch) before asking for curvature"
     )
   if not jnp.issubdtype(out.dtype, jnp.floating):
-    raise TypeError(f"{name} must return a real floating-point scalar, got dtype {out.dtype}")
+    raise TypeError(
+      f"{where}: {name} must return a real floating-point scalar, got dtype {out.dtype}"
+    )
 
 
-def _cast_like(v: PyTree, like: PyTree, what: str = "v", what_like: str = "params") -> PyTree:
+def cast_like(v: PyTree, like: PyTree, what: str = "v", what_like: str = "params") -> PyTree:
   """Checks that ``v`` matches ``like`` leaf for leaf and casts it to ``like``'s dtypes.
 
   Forward-mode differentiation needs tangents with the primal's dtype; casting here lets a
-  user pass, e.g., a float32 probe for bfloat16 parameters.
+  user pass, e.g., a float32 probe for bfloat16 parameters. Integer leaves are cast too;
+  bool, complex and non-array leaves are a ``TypeError`` (a cast would drop their meaning).
   """
   check_same_structure(like, v, what_like, what)
+  for path, x in jax.tree_util.tree_leaves_with_path(v):
+    dtype = leaf_dtype(x, what + jax.tree_util.keystr(path), what)
+    if jnp.issubdtype(dtype, jnp.bool_) or not jnp.issubdtype(dtype, jnp.number):
+      raise TypeError(f"{what}{jax.tree_util.keystr(path)} must be a real array, got {dtype}")
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+      raise TypeError(
+        f"{what}{jax.tree_util.keystr(path)} must be real, got dtype {dtype} (the operators "
+        "are real symmetric)"
+      )
   return jax.tree.map(lambda x, p: jnp.asarray(x).astype(jnp.result_type(p)), v, like)
 
 
@@ -68,6 +99,9 @@ def hvp(f: Callable[..., jax.Array], params: PyTree, v: PyTree, *args: Any) -> P
   computed as one ``jax.jvp`` of ``jax.grad(f)``: about the cost of two gradients, and
   no ``P x P`` matrix is formed (Pearlmutter, 1994).
 
+  Non-finite entries of ``params`` or ``v`` propagate (NaN in, NaN out), as in any JAX
+  derivative.
+
   Args:
     f: objective ``f(params, *args) -> scalar``.
     params: the point :math:`\\theta` (any pytree of float arrays).
@@ -79,8 +113,10 @@ def hvp(f: Callable[..., jax.Array], params: PyTree, v: PyTree, *args: Any) -> P
     ``H v`` with the structure and dtypes of ``params``.
 
   Raises:
-    ValueError: ``v`` and ``params`` differ in structure or leaf shapes.
-    TypeError: ``f`` does not return a real scalar.
+    ValueError: ``v`` and ``params`` differ in structure or leaf shapes, or ``params`` is
+      empty.
+    TypeError: ``f`` is not callable or does not return a real scalar; ``params`` has a
+      non-floating leaf; ``v`` has a bool, complex or non-array leaf.
 
   Example:
     >>> import jax.numpy as jnp
@@ -92,8 +128,9 @@ def hvp(f: Callable[..., jax.Array], params: PyTree, v: PyTree, *args: Any) -> P
   References:
     Pearlmutter, "Fast exact multiplication by the Hessian", Neural Computation 6(1), 1994.
   """
+  check_floating(params, "params", "hvp", allow_empty=False)
   _check_scalar_objective(f, params, *args)
-  v = _cast_like(v, params)
+  v = cast_like(v, params)
   grad_f = lambda p: jax.grad(f)(p, *args)
   return jax.jvp(grad_f, (params,), (v,))[1]
 
@@ -107,8 +144,11 @@ def directional_sharpness(
     s(d) = \\frac{d^\\top H d}{d^\\top d}, \\qquad H = \\nabla^2 f(\\theta).
 
   A zero direction has no defined quotient; this function returns ``0`` for it (the
-  numerator is exactly zero as well), never NaN. The result is accumulated in at least
-  float32.
+  numerator is exactly zero as well), never NaN. The quotient is scale invariant, so the
+  direction is first divided by its largest entry: a tiny (``1e-30``) or huge (``1e30``)
+  direction gives the same sharpness instead of ``0`` by underflow or NaN by overflow of
+  :math:`d^\\top d`. The result is accumulated in at least float32; a non-finite
+  direction gives NaN (propagated).
 
   Args:
     f: objective ``f(params, *args) -> scalar``.
@@ -122,7 +162,8 @@ def directional_sharpness(
 
   Raises:
     ValueError: ``direction`` and ``params`` differ in structure or leaf shapes.
-    TypeError: ``f`` does not return a real scalar.
+    TypeError: ``f`` is not callable or does not return a real scalar; ``params`` has a
+      non-floating leaf; ``direction`` has a bool, complex or non-array leaf.
 
   Example:
     >>> import jax.numpy as jnp
@@ -135,33 +176,77 @@ def directional_sharpness(
     Cohen et al., "Gradient Descent on Neural Networks Typically Occurs at the Edge of
     Stability", arXiv:2103.00065 (sharpness along the update direction).
   """
-  direction = _cast_like(direction, params, "direction")
+  check_floating(params, "params", "directional_sharpness", allow_empty=False)
+  direction = cast_like(direction, params, "direction")
+  wide = lambda x: x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  leaves = jax.tree.leaves(direction)
+  scale = jnp.max(jnp.stack([jnp.max(jnp.abs(wide(x)), initial=0.0) for x in leaves]))
+  safe = jnp.where(scale > 0, scale, 1)
+  direction = jax.tree.map(lambda x: (wide(x) / safe).astype(x.dtype), direction)
   hd = hvp(f, params, direction, *args)
   num = tree_vdot(direction, hd)
-  den = tree_vdot(direction, direction)
-  positive = den > 0
-  return jnp.where(positive, num / jnp.where(positive, den, 1), jnp.zeros_like(num))
+  den = tree_vdot(direction, direction)  # >= 1 after the scaling, unless d = 0 (or non-finite)
+  zero = scale == 0
+  return jnp.where(zero, jnp.zeros_like(num), num / jnp.where(zero, 1, den))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class LinearOperator:
   """A symmetric linear operator on pytrees, given by its matrix-vector product.
 
-  ``op(v)`` (or ``op.matvec(v)``) returns ``M v`` with the structure of ``like``. The
-  operator is a plain Python object (not a pytree): build it inside the function you
-  ``jax.jit``, from the traced parameters, and hand it to any estimator.
+  ``op(v)`` returns ``M v`` with the structure of ``like``. The operator is a plain Python
+  object (not a pytree): build it inside the function you ``jax.jit``, from the traced
+  parameters, and hand it to any estimator.
+
+  The arguments are checked when the operator is built (``matvec`` callable, ``like`` a
+  non-empty pytree of floating-point shapes; arrays are replaced by their
+  ``jax.ShapeDtypeStruct``) and every product at trace time: ``v`` must match ``like`` (it
+  is cast to its dtypes) and ``matvec(v)`` must return real arrays with the structure and
+  shapes of ``like``, so a wrong operator is an error naming ``matvec``, not a broadcast.
 
   Attributes:
     matvec: ``v -> M v`` on pytrees shaped like ``like``.
     like: a pytree of ``jax.ShapeDtypeStruct`` giving the structure, shapes and dtypes of
       the vectors the operator acts on (random probes are drawn with it).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from optim.curvature import LinearOperator
+    >>> op = LinearOperator(lambda v: 2.0 * v, jax.ShapeDtypeStruct((3,), jnp.float32))
+    >>> op(jnp.ones(3)), op.dim
+    (Array([2., 2., 2.], dtype=float32), 3)
+
+  References:
+    Golub & Van Loan, "Matrix Computations", 4th ed., Ch. 10 (matrix-free methods need
+    only the product).
   """
 
   matvec: Callable[[PyTree], PyTree]
   like: PyTree
 
+  def __post_init__(self):
+    check_callable(self.matvec, "matvec", "LinearOperator", "v -> M v on pytrees shaped like like")
+    check_floating(self.like, "like", "LinearOperator", allow_empty=False)
+    object.__setattr__(self, "like", shape_dtype_tree(self.like))
+
   def __call__(self, v: PyTree) -> PyTree:
-    return self.matvec(_cast_like(v, self.like, "v", "the operator's domain"))
+    out = self.matvec(cast_like(v, self.like, "v", "the operator's domain"))
+    if jax.tree.structure(out) != jax.tree.structure(self.like):
+      raise ValueError(
+        "LinearOperator: matvec(v) must return a pytree with the structure of like; got\n"
+        f"  matvec(v): {jax.tree.structure(out)}\n  like: {jax.tree.structure(self.like)}"
+      )
+    for (path, o), x in zip(jax.tree_util.tree_leaves_with_path(out), jax.tree.leaves(self.like)):
+      at = "matvec(v)" + jax.tree_util.keystr(path)
+      dtype = leaf_dtype(o, at, "LinearOperator")
+      if jnp.shape(o) != x.shape:
+        raise ValueError(
+          f"LinearOperator: {at} has shape {jnp.shape(o)} but like has {x.shape} there "
+          "(matvec must map the domain to itself)"
+        )
+      if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"LinearOperator: {at} has dtype {dtype}; it must be real floating")
+    return out
 
   @property
   def dim(self) -> int:
@@ -212,7 +297,7 @@ def _average_over_batches(
   """
   if not stacked:
     return product(batches, jnp.zeros((), jnp.int32))
-  num_batches = _num_stacked(batches)
+  num_batches = jax.tree.leaves(batches)[0].shape[0]  # validated by _first_batch
   acc_dtype = lambda x: jnp.promote_types(jnp.result_type(x), jnp.float32)
 
   def body(acc, xs):
@@ -225,28 +310,28 @@ def _average_over_batches(
   return jax.tree.map(lambda t, x: (t / num_batches).astype(jnp.result_type(x)), total, like)
 
 
-def _num_stacked(batches: PyTree) -> int:
+def _num_stacked(batches: PyTree, where: str) -> int:
   """The common leading (batch-of-batches) axis size of ``batches``; raises if there is none."""
   leaves = jax.tree.leaves(batches)
   if not leaves:
-    raise ValueError("stacked=True needs at least one array in the batch")
+    raise ValueError(f"{where}: stacked=True needs at least one array in the batch")
   sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in leaves}
   if len(sizes) != 1 or None in sizes:
     raise ValueError(
-      "stacked=True needs every batch leaf to have the same leading (batch-of-batches) "
-      f"axis; got leading sizes {sorted(map(str, sizes))}"
+      f"{where}: stacked=True needs every batch leaf to have the same leading "
+      f"(batch-of-batches) axis; got leading sizes {sorted(map(str, sizes))}"
     )
   (num_batches,) = sizes
   if num_batches == 0:
-    raise ValueError("stacked=True needs at least one batch along the leading axis")
+    raise ValueError(f"{where}: stacked=True needs at least one batch along the leading axis")
   return num_batches
 
 
-def _first_batch(batches: PyTree, stacked: bool) -> PyTree:
-  """The first of a stack of batches (validating the stack), or ``batches`` itself."""
-  if not stacked:
+def _first_batch(batches: PyTree, stacked: bool, where: str) -> PyTree:
+  """The first of a stack of batches (validating ``stacked`` and the stack), or ``batches``."""
+  if not check_flag(f"{where}: stacked", stacked):
     return batches
-  _num_stacked(batches)
+  _num_stacked(batches, where)
   return jax.tree.map(lambda x: x[0], batches)
 
 
@@ -272,8 +357,9 @@ def hessian_matvec(
     A :class:`LinearOperator` on pytrees shaped like ``params``.
 
   Raises:
-    TypeError: ``f`` does not return a real scalar (checked on one batch).
-    ValueError: ``stacked`` batches without a common leading axis.
+    TypeError: ``f`` is not callable or does not return a real scalar (checked on one
+      batch), a non-floating leaf of ``params``, or a non-bool ``stacked``.
+    ValueError: ``stacked`` batches without a common leading axis, or empty ``params``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -287,8 +373,9 @@ def hessian_matvec(
   References:
     Pearlmutter, "Fast exact multiplication by the Hessian", Neural Computation 6(1), 1994.
   """
-  one = _first_batch(args, stacked)
-  _check_scalar_objective(f, params, *one)
+  check_floating(params, "params", "hessian_matvec", allow_empty=False)
+  one = _first_batch(args, stacked, "hessian_matvec")
+  _check_scalar_objective(f, params, *one, where="hessian_matvec")
 
   def matvec(v):
     return _average_over_batches(lambda a, _: hvp(f, params, v, *a), args, params, stacked)
@@ -335,7 +422,10 @@ def ggn_matvec(
     A :class:`LinearOperator` on pytrees shaped like ``params``.
 
   Raises:
-    TypeError: ``batch`` is not a pair, or ``loss_fn`` does not return a real scalar.
+    TypeError: ``batch`` is not a pair, ``model_fn``/``loss_fn`` is not callable,
+      ``loss_fn`` does not return a real scalar, a non-floating leaf of ``params``, or a
+      non-bool ``stacked``.
+    ValueError: ``stacked`` batches without a common leading axis, or empty ``params``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -351,10 +441,12 @@ def ggn_matvec(
     descent", Neural Computation 14(7), 2002. Martens, "New insights and perspectives on
     the natural gradient method", arXiv:1412.1193 (Sec. 8).
   """
+  check_callable(model_fn, "model_fn", "ggn_matvec", "model_fn(params, inputs) -> outputs")
+  check_floating(params, "params", "ggn_matvec", allow_empty=False)
   inputs, targets = _split_batch(batch, "ggn_matvec")
-  one = _first_batch((inputs, targets), stacked)
+  one = _first_batch((inputs, targets), stacked, "ggn_matvec")
   out_shape = jax.eval_shape(model_fn, params, one[0])
-  _check_scalar_objective(loss_fn, out_shape, one[1], name="loss_fn")
+  _check_scalar_objective(loss_fn, out_shape, one[1], name="loss_fn", where="ggn_matvec")
 
   def product(b, v):
     x, y = b
@@ -376,17 +468,27 @@ def softmax_nll(logits: jax.Array, labels: jax.Array) -> jax.Array:
   .. math::
     \\ell(z, y) = -\\log \\mathrm{softmax}(z)_y = \\log \\sum_c e^{z_c} - z_y,
 
-  over the last axis, not reduced over the batch. A thin wrapper of
-  ``optax.losses.softmax_cross_entropy_with_integer_labels`` that also accepts
-  non-integer label arrays (cast to ``int32``); it is the default ``nll_fn`` of
-  :func:`fisher_matvec`.
+  over the last axis, not reduced over the batch: a wrapper of
+  ``optax.losses.softmax_cross_entropy_with_integer_labels`` that applies the label
+  policy; it is the default ``nll_fn`` of :func:`fisher_matvec`.
+
+  **Labels.** Integers in ``[0, C)``. Concrete labels are checked: a float or bool array
+  is a ``TypeError``, a label out of range (``-1`` included) a ``ValueError`` naming
+  ``labels``, the range and the first offending value. Traced labels (under ``jit``)
+  cannot raise: the loss of an example with an invalid label is NaN, and so is its
+  gradient (explicit poisoning), never another class's loss.
 
   Args:
     logits: ``(..., C)`` unnormalized log-probabilities.
-    labels: ``(...)`` class indices in ``[0, C)``.
+    labels: ``(...)`` integer class indices in ``[0, C)`` (shape of ``logits`` without the
+      last axis).
 
   Returns:
-    ``(...)`` the per-example losses.
+    ``(...)`` the per-example losses (NaN where a traced label is invalid).
+
+  Raises:
+    TypeError: ``labels`` is not an integer array.
+    ValueError: a concrete label outside ``[0, C)``, or ``labels`` of the wrong shape.
 
   Example:
     >>> import jax.numpy as jnp
@@ -397,8 +499,17 @@ def softmax_nll(logits: jax.Array, labels: jax.Array) -> jax.Array:
   References:
     Bishop, "Pattern Recognition and Machine Learning", 2006, Sec. 4.3.4.
   """
-  labels = jnp.asarray(labels).astype(jnp.int32)
-  return optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
+  logits = jnp.asarray(logits)
+  if logits.ndim == 0:
+    raise ValueError("softmax_nll: logits must have a class axis (the last), got a scalar")
+  valid = check_labels("labels", labels, logits.shape[-1])
+  labels = jnp.asarray(labels)
+  if labels.shape != logits.shape[:-1]:
+    raise ValueError(
+      f"softmax_nll: labels shape {labels.shape} must be logits.shape[:-1] = {logits.shape[:-1]}"
+    )
+  safe = jnp.where(valid, labels, 0).astype(jnp.int32)
+  return poison(optax.losses.softmax_cross_entropy_with_integer_labels(logits, safe), valid)
 
 
 def _positional_key_deprecated(fn: Callable) -> Callable:
@@ -482,6 +593,12 @@ def fisher_matvec(
   labels, the true Fisher of a softmax cross-entropy model equals its GGN
   (:func:`ggn_matvec` with the mean loss); the empirical Fisher does not (Kunstner et al.).
 
+  **Labels.** With the default ``nll_fn`` and ``variant="empirical"``, concrete
+  ``targets`` are checked when the operator is built (integers in ``[0, C)``; an error
+  names ``targets``, the range and the first offending value). Traced targets cannot be
+  checked: an invalid one makes its example's loss NaN (:func:`softmax_nll`), and with
+  it every product of the operator (explicit poisoning, never a silently dropped label).
+
   Args:
     model_fn: ``model_fn(params, inputs) -> outputs``.
     params: the point :math:`\\theta`.
@@ -503,9 +620,11 @@ def fisher_matvec(
     A :class:`LinearOperator` on pytrees shaped like ``params``.
 
   Raises:
-    ValueError: unknown ``variant``, missing ``key``, ``num_samples < 1``, or ``nll_fn``
-      not returning one value per example.
-    TypeError: ``sample_fn`` does not accept ``(outputs, *, key)``.
+    ValueError: unknown ``variant``, missing ``key``, ``num_samples < 1``, ``nll_fn``
+      not returning one value per example, an empty batch, or a concrete label out of
+      range.
+    TypeError: ``sample_fn`` does not accept ``(outputs, *, key)``; a function argument
+      that is not callable; non-integer labels; a non-floating leaf of ``params``.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -528,9 +647,18 @@ def fisher_matvec(
     raise ValueError("fisher_matvec(variant='true') needs a PRNG key= for the sampled labels")
   if key is not None:
     key = as_key(key)
+  check_callable(model_fn, "model_fn", "fisher_matvec", "model_fn(params, inputs) -> outputs")
+  check_callable(nll_fn, "nll_fn", "fisher_matvec", "nll_fn(outputs, targets) -> (N,)")
+  check_callable(sample_fn, "sample_fn", "fisher_matvec", "sample_fn(outputs, *, key)")
+  check_floating(params, "params", "fisher_matvec", allow_empty=False)
   inputs, targets = _split_batch(batch, "fisher_matvec")
-  one = _first_batch((inputs, targets), stacked)
+  one = _first_batch((inputs, targets), stacked, "fisher_matvec")
   out_shape = jax.eval_shape(model_fn, params, one[0])
+  if variant == "empirical" and nll_fn is softmax_nll:
+    # The whole (possibly stacked) label array, now: inside the products it is traced and
+    # an invalid label could only poison the result.
+    num_classes = out_shape.shape[-1] if getattr(out_shape, "ndim", 0) else 0
+    check_labels("fisher_matvec: targets (batch[1])", targets, num_classes)
   if variant == "true":
     try:
       one_t = jax.eval_shape(lambda z: sample_fn(z, key=key), out_shape)
@@ -544,9 +672,11 @@ def fisher_matvec(
   nll_shape = jax.eval_shape(nll_fn, out_shape, one_t)
   if not isinstance(nll_shape, jax.ShapeDtypeStruct) or len(nll_shape.shape) != 1:
     raise ValueError(
-      "nll_fn must return a 1-D vector of per-example negative log-likelihoods, got "
-      f"{getattr(nll_shape, 'shape', nll_shape)}"
+      "fisher_matvec: nll_fn must return a 1-D vector of per-example negative "
+      f"log-likelihoods, got {getattr(nll_shape, 'shape', nll_shape)}"
     )
+  if nll_shape.shape[0] == 0:
+    raise ValueError("fisher_matvec: batch has no examples (the Fisher is a mean over them)")
 
   def product(b, index, v):
     x, y = b

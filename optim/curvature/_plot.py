@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from optim._validation import check_scalar
 from optim.curvature._slq import SpectralDensity
 
 __all__ = ["plot_density"]
@@ -35,6 +36,13 @@ def plot_density(
   Returns:
     The ``Axes``.
 
+  Raises:
+    TypeError: ``density`` is not a :class:`SpectralDensity`, or ``ax`` is not an
+      ``Axes``.
+    ValueError: a ``floor`` that is not finite and positive (the axis is logarithmic), or
+      non-finite density values (a NaN from the operator would be left out of the plot
+      silently).
+
   Example:
     >>> import jax, jax.numpy as jnp
     >>> from optim.curvature import LinearOperator, plot_density, slq_density
@@ -50,11 +58,25 @@ def plot_density(
   """
   import matplotlib.pyplot as plt
 
+  if not isinstance(density, SpectralDensity):
+    raise TypeError(
+      f"plot_density: density must be a SpectralDensity (from slq_density), got "
+      f"{type(density).__name__}"
+    )
+  if ax is not None and not hasattr(ax, "semilogy"):
+    raise TypeError(f"plot_density: ax must be a matplotlib Axes, got {type(ax).__name__}")
   grid = np.asarray(density.grid, np.float64)
   values = np.asarray(density.density, np.float64)
+  if not (np.all(np.isfinite(values)) and np.all(np.isfinite(grid))):
+    raise ValueError(
+      "plot_density: density has non-finite values (grid or density); the operator "
+      "probably produced NaN/inf"
+    )
   if floor is None:
     peak = float(np.max(values)) if values.size else 1.0
     floor = 1e-8 * peak if peak > 0 else 1e-300
+  else:
+    check_scalar("floor", floor, lo=0.0, lo_open=True)
   if ax is None:
     _, ax = plt.subplots(figsize=(6, 4))
   ax.semilogy(grid, np.maximum(values, floor), label=label, **plot_kwargs)

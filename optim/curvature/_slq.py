@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from optim._tree import PROBES
-from optim._validation import as_key, check_choice, check_scalar, renamed_kwargs
+from optim._validation import as_key, check_choice, check_scalar, is_traced, renamed_kwargs
 from optim.curvature._eigen import _lanczos_flat
 from optim.curvature._operators import LinearOperator, check_operator
 
@@ -75,15 +75,17 @@ def slq_density(
     num_probes: number of probes :math:`n_v`, a static integer (>= 1).
     num_points: size of the default grid, a static integer (>= 2).
     width_fraction: :math:`\\sigma` as a fraction of the spectral range (> 0).
-    grid: optional explicit 1-D eigenvalue axis, used instead of the default one.
+    grid: optional explicit eigenvalue axis, used instead of the default one: a 1-D,
+      non-empty, finite and strictly increasing array (checked when concrete; a traced
+      grid is only checked for its shape, and a NaN point gives a NaN density there).
     probe: probe distribution, ``"gaussian"`` or ``"rademacher"`` (formerly ``kind``).
 
   Returns:
     A :class:`SpectralDensity` ``(grid, density, nodes, weights, sigma)``.
 
   Raises:
-    ValueError: a count below its minimum, ``width_fraction <= 0``, an unknown ``probe``
-      or a ``grid`` that is not 1-D.
+    ValueError: a count below its minimum, ``width_fraction <= 0``, an unknown ``probe``,
+      an operator of dimension 0, or a bad ``grid`` (see above).
     TypeError: ``op`` is not a :class:`LinearOperator`, or a count is traced.
 
   Example:
@@ -108,6 +110,10 @@ def slq_density(
   check_scalar("width_fraction", width_fraction, lo=0, lo_open=True)
   check_choice("probe", probe, PROBES)
   key = as_key(key)
+  if op.dim == 0:
+    raise ValueError("slq_density: op has dimension 0, so it has no spectrum to estimate")
+  if grid is not None:
+    grid = _check_grid(grid)
   m = min(num_iters, op.dim)
 
   def one_probe(k):
@@ -127,10 +133,30 @@ def slq_density(
   if grid is None:
     grid = jnp.linspace(lo - 5 * sigma, hi + 5 * sigma, num_points, dtype=dtype)
   else:
-    grid = jnp.asarray(grid, dtype)
-    if grid.ndim != 1:
-      raise ValueError(f"grid must be 1-D, got shape {grid.shape}")
+    grid = grid.astype(dtype)
   z = (grid[:, None] - nodes.reshape(-1)[None, :]) / sigma
   kernel = jnp.exp(-0.5 * z * z) / (jnp.sqrt(2 * jnp.pi) * sigma)
   density = kernel @ weights.reshape(-1) / num_probes
   return SpectralDensity(grid, density, nodes, weights, sigma)
+
+
+def _check_grid(grid) -> jax.Array:
+  try:
+    grid = jnp.asarray(grid)
+  except TypeError as err:
+    raise TypeError(f"slq_density: grid must be a 1-D array, got {type(grid).__name__}") from err
+  if not jnp.issubdtype(grid.dtype, jnp.integer) and not jnp.issubdtype(grid.dtype, jnp.floating):
+    raise TypeError(f"slq_density: grid must be a real array, got dtype {grid.dtype}")
+  if grid.ndim != 1 or grid.size == 0:
+    raise ValueError(f"slq_density: grid must be 1-D and non-empty, got shape {grid.shape}")
+  if not is_traced(grid):
+    if not bool(jnp.all(jnp.isfinite(grid))):
+      raise ValueError("slq_density: grid must be finite")
+    steps = jnp.diff(grid)
+    if bool(jnp.any(steps <= 0)):
+      i = int(jnp.argmax(steps <= 0))
+      raise ValueError(
+        f"slq_density: grid must be strictly increasing; grid[{i + 1}] = {float(grid[i + 1])} "
+        f"follows grid[{i}] = {float(grid[i])}"
+      )
+  return grid

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import pathlib
 import time
 from typing import Any
@@ -34,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optim._validation import check_flag
 from optim.curvature._eigen import top_eigenvalues
 from optim.curvature._hutchinson import hutchinson_trace
 from optim.curvature._operators import hessian_matvec, softmax_nll
@@ -184,6 +186,10 @@ def run_tour(out_dir: str | pathlib.Path, *, small: bool = False) -> dict[str, A
     training loss/accuracy and the Hessian trace with its standard error; ``config`` the
     settings.
 
+  Raises:
+    TypeError: ``out_dir`` is not a path, or ``small`` is not a bool.
+    NotADirectoryError: ``out_dir`` exists and is a file (checked before any work).
+
   Example:
     >>> import tempfile
     >>> from optim.curvature import run_tour
@@ -198,7 +204,13 @@ def run_tour(out_dir: str | pathlib.Path, *, small: bool = False) -> dict[str, A
   """
   from matplotlib.figure import Figure
 
+  # Checked before minutes of training: a bad destination fails now, naming the argument.
+  if not isinstance(out_dir, (str, os.PathLike)):
+    raise TypeError(f"run_tour: out_dir must be a path (str or os.PathLike), got {out_dir!r}")
+  check_flag("run_tour: small", small)
   out_dir = pathlib.Path(out_dir)
+  if out_dir.exists() and not out_dir.is_dir():
+    raise NotADirectoryError(f"run_tour: out_dir={str(out_dir)!r} exists and is not a directory")
   out_dir.mkdir(parents=True, exist_ok=True)
   if small:
     ks = (4,)

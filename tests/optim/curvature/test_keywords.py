@@ -121,8 +121,6 @@ def test_softmax_nll_equals_log_softmax_form_in_float64(x64):
   labels = jax.random.randint(jax.random.key(1), (32,), 0, 7)
   want = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1)[:, 0]
   np.testing.assert_allclose(curvature.softmax_nll(logits, labels), want, rtol=1e-13, atol=1e-13)
-  # Float label arrays keep working (cast to int32, as before).
-  np.testing.assert_array_equal(
-    curvature.softmax_nll(logits, labels.astype(jnp.float64)),
-    curvature.softmax_nll(logits, labels),
-  )
+  # Float label arrays are an error now (label policy), no longer cast to int32.
+  with pytest.raises(TypeError, match="labels must hold integer class labels"):
+    curvature.softmax_nll(logits, labels.astype(jnp.float64))
