@@ -18,22 +18,33 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff._validation import as_key, check_scalar
+from jaxdiff._validation import as_key, check_labels, check_scalar, poison
 
 Array = jax.Array
 
 
-def _labels(cond, batch: int) -> Array:
+def _labels(cond, batch: int, num_classes: int) -> tuple[Array, Array]:
+  """Per-sample labels ``(B,)`` (``None``: all ``-1``) and their validity mask (label policy)."""
   if cond is None:
-    return jnp.full((batch,), -1, jnp.int32)
+    return jnp.full((batch,), -1, jnp.int32), jnp.ones((batch,), bool)
+  valid = check_labels("cond", cond, num_classes, allow_null=True)
   cond = jnp.asarray(cond)
-  if not jnp.issubdtype(cond.dtype, jnp.integer):
-    raise TypeError(f"cond must hold integer class labels (-1 = unconditional), got {cond.dtype}")
   if cond.ndim == 0:
-    return jnp.full((batch,), cond, jnp.int32)
+    return jnp.full((batch,), cond, jnp.int32), jnp.broadcast_to(valid, (batch,))
   if cond.shape != (batch,):
     raise ValueError(f"cond must be a scalar or have shape ({batch},), got {cond.shape}")
-  return cond.astype(jnp.int32)
+  return cond.astype(jnp.int32), valid
+
+
+def _finite_array(name: str, value) -> np.ndarray:
+  """A finite float64 NumPy copy of a constructor argument, or an error naming it."""
+  try:
+    arr = np.asarray(value, dtype=np.float64)
+  except (TypeError, ValueError) as err:
+    raise TypeError(f"{name} must be a real array, got {type(value).__name__}") from err
+  if not np.all(np.isfinite(arr)):
+    raise ValueError(f"{name} must be finite, got {arr}")
+  return arr
 
 
 @jax.tree_util.register_pytree_node_class
@@ -49,12 +60,20 @@ class GaussianMixture:
   with :math:`\gamma_k \propto w_k \mathcal N(x_t; \alpha\mu_k, \alpha^2\Sigma_k + \sigma^2 I)`
   restricted to class ``y`` (label ``-1``: the full mixture).
 
+  Labels (``cond`` of every method) follow the package's one label policy: integers in
+  ``[0, num_classes)`` or the null label ``-1`` (unconditional: the whole mixture), a
+  scalar or one per sample. Concrete labels out of range raise a ``ValueError`` (float or
+  bool labels a ``TypeError``) naming ``cond``; traced labels (under ``jit``) cannot raise,
+  so the rows with an invalid label are NaN (poisoned), never another class's value.
+
   Args:
     means: ``(K, D)`` component means.
     covariances: a scalar or ``(K,)`` (isotropic variances), ``(K, D)`` (diagonal) or
       ``(K, D, D)`` (full, symmetric positive definite).
-    weights: ``(K,)`` positive mixture weights (normalised here); default uniform.
-    classes: ``(K,)`` integer class of each component; default ``arange(K)``.
+    weights: ``(K,)`` positive, finite mixture weights; they need not sum to 1 (they are
+      normalised here); default uniform.
+    classes: ``(K,)`` integer class of each component, using every label of
+      ``[0, C)``; default ``arange(K)``.
     dtype: float dtype of the parameters; default float64 under x64, else float32.
 
   Example:
@@ -74,12 +93,14 @@ class GaussianMixture:
   """
 
   def __init__(self, means, covariances=1.0, weights=None, classes=None, *, dtype=None):
-    dtype = dtype or jnp.result_type(float)
-    mu = np.asarray(means, dtype=np.float64)
-    if mu.ndim != 2:
-      raise ValueError(f"means must have shape (K, D), got {mu.shape}")
+    dtype = jnp.dtype(dtype or jnp.result_type(float))
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    mu = _finite_array("means", means)
+    if mu.ndim != 2 or 0 in mu.shape:
+      raise ValueError(f"means must have shape (K, D) with K, D >= 1, got {mu.shape}")
     k, d = mu.shape
-    cov = np.asarray(covariances, dtype=np.float64)
+    cov = _finite_array("covariances", covariances)
     if cov.ndim == 0:
       cov = np.full((k,), float(cov))
     if cov.shape == (k,):
@@ -88,7 +109,7 @@ class GaussianMixture:
       eigvals, eigvecs = cov, None
     elif cov.shape == (k, d, d):
       if not np.allclose(cov, np.swapaxes(cov, 1, 2), rtol=1e-10, atol=1e-12):
-        raise ValueError("full covariances must be symmetric")
+        raise ValueError("covariances: full covariances must be symmetric")
       eigvals, eigvecs = np.linalg.eigh(cov)
     else:
       raise ValueError(
@@ -97,12 +118,17 @@ class GaussianMixture:
       )
     if not np.all(eigvals > 0):
       raise ValueError("covariances must be positive definite (all eigenvalues > 0)")
-    w = np.full((k,), 1.0 / k) if weights is None else np.asarray(weights, np.float64)
+    w = np.full((k,), 1.0 / k) if weights is None else _finite_array("weights", weights)
     if w.shape != (k,) or not np.all(w > 0):
-      raise ValueError(f"weights must be ({k},) and positive, got {w.shape}")
+      raise ValueError(f"weights must be ({k},) and positive, got {w}")
     c = np.arange(k) if classes is None else np.asarray(classes)
-    if c.shape != (k,) or not np.issubdtype(c.dtype, np.integer) or c.min() < 0:
-      raise ValueError(f"classes must be ({k},) non-negative integers, got {c}")
+    if c.shape != (k,) or c.dtype == bool or not np.issubdtype(c.dtype, np.integer):
+      raise ValueError(f"classes must be ({k},) integers, got {c!r}")
+    if c.min() < 0 or set(c.tolist()) != set(range(int(c.max()) + 1)):
+      raise ValueError(
+        f"classes must be non-negative and use every label in [0, C) (a class without a "
+        f"component has no distribution), got {c.tolist()}"
+      )
     self.log_weights = jnp.asarray(np.log(w / w.sum()), dtype)
     self.means = jnp.asarray(mu, dtype)
     self.eigvals = jnp.asarray(eigvals, dtype)
@@ -163,12 +189,16 @@ class GaussianMixture:
 
   # -- public -------------------------------------------------------------------------
   def posterior_mean(self, x, alpha, sigma, cond=None) -> Array:
-    """Exact ``E[x_0 | x_t = x, y]`` for scales ``alpha``, ``sigma`` (scalars or ``(B,)``)."""
+    """Exact ``E[x_0 | x_t = x, y]`` for scales ``alpha``, ``sigma`` (scalars or ``(B,)``).
+
+    ``cond``: labels under the class's label policy (``-1``/``None``: unconditional).
+    """
     shape = jnp.shape(x)
     xf, alpha, sigma = self._scales(self._flat(x), alpha, sigma)
+    labels, valid = _labels(cond, xf.shape[0], self.num_classes)
     logn, means = self._component_terms(xf, alpha, sigma)
-    resp = jax.nn.softmax(self._log_prior(_labels(cond, xf.shape[0])) + logn, axis=1)
-    out = jnp.einsum("bk,bkd->bd", resp, means)
+    resp = jax.nn.softmax(self._log_prior(labels) + logn, axis=1)
+    out = poison(jnp.einsum("bk,bkd->bd", resp, means), valid)
     return out.reshape(shape).astype(jnp.result_type(jnp.asarray(x).dtype, self.means.dtype))
 
   def denoiser(self, schedule) -> GMMDenoiser:
@@ -178,8 +208,9 @@ class GaussianMixture:
   def marginal_log_prob(self, x, alpha, sigma, cond=None) -> Array:
     """``log p_t(x | y)`` of the noised marginal, ``(B,)``."""
     xf, alpha, sigma = self._scales(self._flat(x), alpha, sigma)
+    labels, valid = _labels(cond, xf.shape[0], self.num_classes)
     logn, _ = self._component_terms(xf, alpha, sigma)
-    return jax.nn.logsumexp(self._log_prior(_labels(cond, xf.shape[0])) + logn, axis=1)
+    return poison(jax.nn.logsumexp(self._log_prior(labels) + logn, axis=1), valid)
 
   def log_prob(self, x, cond=None) -> Array:
     """Exact data log-density ``log p(x | y)`` (``y = -1`` or ``None``: the mixture), ``(B,)``."""
@@ -204,6 +235,9 @@ class GaussianMixture:
   def sample(self, key, n: int, cond: Any = None) -> Array:
     """Exact samples ``(n, D)`` from ``p(x | y)`` (per-sample labels; -1 = mixture).
 
+    ``cond`` follows the label policy of the class: out-of-range concrete labels raise
+    naming ``cond``; under ``jit`` the samples of invalid labels are NaN.
+
     ``key`` comes first, as in ``jax.random`` samplers, and may be a typed key, a raw
     ``uint32`` key or an int seed.
 
@@ -213,25 +247,37 @@ class GaussianMixture:
       >>> GaussianMixture(jnp.array([[-2.0], [2.0]]), 0.1).sample(0, 5).shape
       (5, 1)
     """
+    if isinstance(n, bool):
+      raise TypeError(f"n must be an integer number of samples, got {n!r}")
     n = check_scalar("n", n, lo=1, integer=True, static=True)
-    labels = _labels(cond, n)
+    labels, valid = _labels(cond, n, self.num_classes)
     k_comp, k_noise = jax.random.split(as_key(key))
     comp = jax.random.categorical(k_comp, self._log_prior(labels), axis=1)
     z = jax.random.normal(k_noise, (n, self.dim), self.means.dtype)
     z = jnp.sqrt(self.eigvals[comp]) * z
     if self.eigvecs is not None:
       z = jnp.einsum("bde,be->bd", self.eigvecs[comp], z)
-    return self.means[comp] + z
+    return poison(self.means[comp] + z, valid)
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True, eq=False)
 class GMMDenoiser:
-  """``denoise(x, t, cond)`` of a :class:`GaussianMixture` under a schedule (a pytree)."""
+  """``denoise(x, t, cond)`` of a :class:`GaussianMixture` under a schedule (a pytree).
+
+  The output has ``x``'s shape and dtype (the denoiser protocol of :func:`jaxdiff.sample`;
+  the mixture computes in its own, possibly wider, dtype). It declares ``num_classes``, so
+  :func:`jaxdiff.sample` range-checks concrete labels before compiling.
+  """
 
   gmm: GaussianMixture
   schedule: Any
 
+  @property
+  def num_classes(self) -> int:
+    return self.gmm.num_classes
+
   def __call__(self, x, t, cond=None):
     t = jnp.asarray(t)
-    return self.gmm.posterior_mean(x, self.schedule.alpha(t), self.schedule.sigma(t), cond)
+    out = self.gmm.posterior_mean(x, self.schedule.alpha(t), self.schedule.sigma(t), cond)
+    return out.astype(jnp.asarray(x).dtype)

@@ -32,8 +32,26 @@ def _wide(x) -> Array:
   return jnp.asarray(x, dtype=jnp.result_type(float))
 
 
-def _check_features(name: str, a, b, *, min_rows: int = 1) -> tuple[Array, Array]:
-  a, b = _wide(a), _wide(b)
+def _wide_finite(fn: str, name: str, x) -> Array:
+  """``x`` in the widest float dtype; concrete NaN/inf is an error naming ``name``.
+
+  A non-finite feature would make every metric NaN (or a plausible wrong number after a
+  clamp); traced inputs cannot be checked and propagate NaN.
+  """
+  if x is None or isinstance(x, str):
+    raise TypeError(f"{fn}: {name} must be a real array, got {x!r}")
+  if jnp.iscomplexobj(x):
+    raise TypeError(f"{fn}: {name} must be real, got dtype {jnp.result_type(x)}")
+  x = _wide(x)
+  if not isinstance(x, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(x))):
+    raise ValueError(f"{fn}: {name} must be finite (it holds NaN or inf)")
+  return x
+
+
+def _check_features(
+  name: str, a, b, *, min_rows: int = 1, names=("features_a", "features_b")
+) -> tuple[Array, Array]:
+  a, b = _wide_finite(name, names[0], a), _wide_finite(name, names[1], b)
   if a.ndim != 2 or b.ndim != 2:
     raise ValueError(f"{name}: expected 2-D features (N, D) and (M, D), got {a.shape}, {b.shape}.")
   if a.shape[1] != b.shape[1]:
@@ -89,7 +107,9 @@ def gaussian_frechet_distance(mean_a, cov_a, mean_b, cov_b) -> Array:
     J. Multivariate Anal. 1982. Heusel et al., "GANs Trained by a Two Time-Scale Update
     Rule Converge to a Local Nash Equilibrium", arXiv:1706.08500 (Eq. 6, the FID).
   """
-  mean_a, mean_b, cov_a, cov_b = map(_wide, (mean_a, mean_b, cov_a, cov_b))
+  fn = "gaussian_frechet_distance"
+  mean_a, mean_b = _wide_finite(fn, "mean_a", mean_a), _wide_finite(fn, "mean_b", mean_b)
+  cov_a, cov_b = _wide_finite(fn, "cov_a", cov_a), _wide_finite(fn, "cov_b", cov_b)
   d = mean_a.shape[0] if mean_a.ndim == 1 else -1
   shapes = (mean_a.shape, mean_b.shape, cov_a.shape, cov_b.shape)
   if shapes != ((d,), (d,), (d, d), (d, d)):
@@ -204,7 +224,13 @@ def precision_recall(real_features, fake_features, *, k: int = 3) -> tuple[Array
     Models", arXiv:1904.06991 (Eq. 1-2).
   """
   k = check_scalar("k", k, lo=1, integer=True, static=True)
-  real, fake = _check_features("precision_recall", real_features, fake_features, min_rows=k + 1)
+  real, fake = _check_features(
+    "precision_recall",
+    real_features,
+    fake_features,
+    min_rows=k + 1,
+    names=("real_features", "fake_features"),
+  )
   precision = _coverage(_knn_radii_sq(real, k), real, fake)
   recall = _coverage(_knn_radii_sq(fake, k), fake, real)
   return precision, recall
@@ -259,7 +285,7 @@ def saturation(x, *, low: float = -1.0, high: float = 1.0, variant: str = "exces
   high = check_scalar("high", high, allow_inf=True, static=True)
   if not high > low:
     raise ValueError(f"saturation: need high > low, got low={low}, high={high}.")
-  x = _wide(x)
+  x = _wide_finite("saturation", "x", x)
   if x.ndim < 1 or x.shape[0] == 0 or x.size == 0:
     raise ValueError(f"saturation: expected a non-empty batch (B, ...), got shape {x.shape}.")
   flat = x.reshape(x.shape[0], -1)
@@ -338,11 +364,11 @@ def sliced_wasserstein(x, y, *, key, num_projections: int = 128, p: float = 2.0)
   )
   check_scalar("p", p, lo=1.0)  # traced p is not checked
   key = as_key(key)
-  x, y = _wide(x), _wide(y)
+  x, y = _wide_finite("sliced_wasserstein", "x", x), _wide_finite("sliced_wasserstein", "y", y)
   if x.ndim < 1 or y.ndim < 1 or x.shape[0] == 0 or y.shape[0] == 0:
     raise ValueError(f"sliced_wasserstein: expected batches (N, ...), got {x.shape}, {y.shape}.")
   x, y = x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)
-  _check_features("sliced_wasserstein", x, y)
+  _check_features("sliced_wasserstein", x, y, names=("x", "y"))
   theta = jax.random.normal(key, (num_projections, x.shape[1]), dtype=x.dtype)
   theta = theta / jnp.linalg.norm(theta, axis=1, keepdims=True)
   w_pow = _wasserstein_1d_pow((x @ theta.T).T, (y @ theta.T).T, p)

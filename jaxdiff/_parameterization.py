@@ -29,6 +29,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdiff._validation import check_choice, renamed_kwargs
 
@@ -123,7 +124,7 @@ def convert(value: Array, x: Array, alpha: Array, sigma: Array, *, src: str, dst
   check_choice("dst", dst, PREDICTIONS)
   value, x = jnp.asarray(value), jnp.asarray(x)
   if value.shape != x.shape:
-    raise ValueError(f"prediction shape {value.shape} does not match x shape {x.shape}")
+    raise ValueError(f"value: prediction shape {value.shape} does not match x shape {x.shape}")
   if src == dst:
     return value
   return _from_x0(_to_x0(value, x, alpha, sigma, src), x, alpha, sigma, dst)
@@ -157,8 +158,10 @@ class Wrapped:
 
   def __call__(self, x, t, cond=None, **kwargs):
     out = self.net(x, t, cond, **kwargs)
+    if not isinstance(out, (jax.Array, np.ndarray)):
+      raise TypeError(f"net(x, t, cond) must return one array, got {type(out).__name__}")
     if out.shape != x.shape:
-      raise ValueError(f"network output shape {out.shape} does not match x shape {x.shape}")
+      raise ValueError(f"net(x, t, cond) output shape {out.shape} does not match x shape {x.shape}")
     t = jnp.asarray(t)
     expand = (slice(None),) + (None,) * (x.ndim - 1) if t.ndim == 1 else ()
     alpha = self.schedule.alpha(t)[expand].astype(x.dtype)
@@ -172,6 +175,7 @@ Wrapped.__init__ = renamed_kwargs(kind="prediction")(Wrapped.__init__)
 
 def _wrapper(prediction):
   def wrap(net, schedule) -> Wrapped:
+    # Checked here, not in Wrapped.__post_init__: JAX rebuilds pytrees with placeholder leaves.
     if not callable(net):
       raise TypeError(f"net must be callable net(x, t, cond), got {type(net).__name__}")
     return Wrapped(net, schedule, prediction)

@@ -13,7 +13,7 @@ import numpy as np
 from jaxdiff._schedules import Grid, validate_grid
 from jaxdiff._solvers._base import Solver
 from jaxdiff._types import GuidanceRule, Prediction, StepContext
-from jaxdiff._validation import as_key
+from jaxdiff._validation import as_key, check_flag, check_labels
 
 Array = jax.Array
 
@@ -68,7 +68,7 @@ def _plain_call(denoise, x, cond, ctx: StepContext, gstate):
   return Prediction.of(denoise(x, t, cond)), gstate, jnp.ones((), jnp.int32)
 
 
-def _check_inputs(denoise, solver, x_T, ts, cond, guidance):
+def _check_inputs(denoise, solver, x_T, ts, cond, guidance, return_trajectory):
   if not callable(denoise):
     raise TypeError(f"denoise must be callable denoise(x, t, cond), got {type(denoise).__name__}")
   if not isinstance(solver, Solver):
@@ -77,13 +77,24 @@ def _check_inputs(denoise, solver, x_T, ts, cond, guidance):
     )
   if guidance is not None and not isinstance(guidance, GuidanceRule):
     raise TypeError(f"guidance must be a GuidanceRule or None, got {type(guidance).__name__}")
+  check_flag("return_trajectory", return_trajectory)
+  if not isinstance(ts, Grid):
+    raise TypeError(
+      "ts must be a jaxdiff Grid (build one with timesteps(schedule, n) or "
+      f"timesteps_from(schedule, t)), got {type(ts).__name__}"
+    )
   validate_grid(ts)
   if all(not isinstance(v, jax.core.Tracer) for v in ts):
     solver.check_grid(ts)
-  if not hasattr(x_T, "shape") or x_T.ndim < 1:
-    raise ValueError("x_T must be an array with a leading batch axis")
+  if not isinstance(x_T, (jax.Array, np.ndarray)) or x_T.ndim < 1:
+    raise TypeError(
+      f"x_T must be an array with a leading batch axis, got {type(x_T).__name__}"
+      + (f" of shape {x_T.shape}" if hasattr(x_T, "shape") else "")
+    )
   if not jnp.issubdtype(x_T.dtype, jnp.floating):
     raise TypeError(f"x_T must be floating point, got {x_T.dtype}")
+  if x_T.size == 0:
+    raise ValueError(f"x_T must hold at least one sample of non-zero size, got shape {x_T.shape}")
   batch = x_T.shape[0]
   for path, leaf in jax.tree_util.tree_leaves_with_path(cond):
     shape = jnp.shape(leaf)
@@ -91,6 +102,48 @@ def _check_inputs(denoise, solver, x_T, ts, cond, guidance):
       raise ValueError(
         f"cond{jax.tree_util.keystr(path)} must be batch-first with leading size {batch} "
         f"(like x_T), got shape {shape}"
+      )
+  num_classes = getattr(denoise, "num_classes", None)
+  if isinstance(num_classes, int) and isinstance(cond, (jax.Array, np.ndarray)):
+    check_labels("cond", cond, num_classes, allow_null=True)
+
+
+class _Checked:
+  """``denoise`` wrapped so that every call's output is checked against its ``x`` (trace time)."""
+
+  def __init__(self, denoise):
+    self._denoise = denoise
+
+  def __getattr__(self, name):
+    return getattr(self._denoise, name)
+
+  def __call__(self, x, t, cond=None, **kwargs):
+    out = self._denoise(x, t, cond, **kwargs)
+    if not isinstance(out, jax.Array):
+      raise TypeError(
+        f"denoise(x, t, cond) must return one array shaped like x {tuple(x.shape)}, got "
+        f"{type(out).__name__}"
+        + ("" if jax.tree_util.treedef_is_leaf(jax.tree.structure(out)) else " (a pytree)")
+      )
+    if out.shape != x.shape or out.dtype != x.dtype:
+      raise ValueError(
+        f"denoise(x, t, cond) must return x's shape and dtype {tuple(x.shape)} {x.dtype} "
+        f"(no broadcasting), got {tuple(out.shape)} {out.dtype}"
+      )
+    return out
+
+
+def _check_prediction(pred, x) -> None:
+  """The rule's prediction is shaped like the state (trace time; no broadcasting)."""
+  if not isinstance(pred, Prediction):
+    raise TypeError(
+      f"guidance.apply must return (Prediction, state, nfe), got {type(pred).__name__}"
+    )
+  for name, leaf in pred._asdict().items():
+    if getattr(leaf, "shape", None) != x.shape:
+      raise ValueError(
+        f"guidance: the rule's Prediction.{name} must have x_T's shape {tuple(x.shape)}, got "
+        f"{getattr(leaf, 'shape', type(leaf).__name__)}"
       )
 
 
@@ -123,19 +176,33 @@ def sample(
   (solver hyperparameters, denoiser/guidance callables, shapes): a new key, new ``x_T``
   or new array leaves of a pytree denoiser do not retrace.
 
+  Inputs are checked before anything is compiled or run: ``denoise``, ``solver`` and
+  ``guidance`` types, the grid, ``x_T`` (a floating array with a non-empty batch),
+  ``cond`` (batch-first; integer labels range-checked when ``denoise`` declares
+  ``num_classes``, see :mod:`jaxdiff._types`), ``key`` and ``return_trajectory`` (a bool).
+  The outputs of ``denoise`` (one array of the calling ``x``'s shape and dtype, never
+  broadcast) and of the guidance rule (a :class:`~jaxdiff.Prediction` shaped like
+  ``x_T``) are checked while the loop is traced, i.e. once per compilation and before it
+  runs; each error names the component at fault. Non-finite values in ``x_T`` propagate.
+
   Args:
-    denoise: ``denoise(x, t, cond) -> x0_hat`` with ``t`` of shape ``(B,)``.
+    denoise: ``denoise(x, t, cond) -> x0_hat`` with ``t`` of shape ``(B,)``, returning
+      ``x``'s shape and dtype; may declare ``num_classes`` (label range check).
     solver: a solver from :mod:`jaxdiff.solvers`.
     x_T: initial noise ``(B, ...)``, e.g. ``sigma(t_0) * normal`` for VE, ``normal`` for VP.
     ts: a :class:`~jaxdiff.schedules.Grid` (``timesteps`` or ``timesteps_from``).
     key: PRNG key: a typed key, a raw ``uint32`` key or an int seed (stochastic solvers
       and rules draw from per-step subkeys).
-    cond: batch-first conditioning pytree or ``None``.
+    cond: batch-first conditioning pytree or ``None``. Class labels: integers in
+      ``[0, num_classes)``, ``-1`` = unconditional.
     guidance: a :class:`~jaxdiff.GuidanceRule` or ``None``.
-    return_trajectory: also return all intermediate states.
+    return_trajectory: also return all intermediate states (a bool).
 
   Returns:
     A :class:`SampleResult` ``(x, nfe, trajectory)``.
+
+  Raises:
+    TypeError, ValueError: naming the argument at fault (see above).
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -155,7 +222,7 @@ def sample(
     Lu et al., "DPM-Solver++", arXiv:2211.01095 (the multistep loop, Alg. 2);
     Karras et al., arXiv:2206.00364 (Alg. 1/2, stage skipping at sigma = 0).
   """
-  _check_inputs(denoise, solver, x_T, ts, cond, guidance)
+  _check_inputs(denoise, solver, x_T, ts, cond, guidance, return_trajectory)
   key = as_key(key)
   parts = _box((denoise, solver, guidance))
   return _sample_jit(parts, x_T, ts, key, cond, bool(return_trajectory))
@@ -165,6 +232,9 @@ def sample(
 def _sample_jit(parts, x_T, ts, key, cond, return_trajectory):
   denoise, solver, guidance = _unbox(parts)
   apply = _plain_call if guidance is None else guidance.apply
+  # The output checks run while the loop is traced (once per compilation, before any
+  # execution): an extra jax.eval_shape pass would trace the network a second time.
+  denoise = _Checked(denoise)
   gstate = () if guidance is None else guidance.init(x_T, cond)
   n = ts.num_steps
   num_steps = jnp.asarray(n, jnp.int32)
@@ -180,6 +250,7 @@ def _sample_jit(parts, x_T, ts, key, cond, return_trajectory):
 
       def evaluate(x, sstate, gstate, ctx=ctx, k_solve=k_solve, j=j):
         pred, gstate, used = apply(denoise, x, cond, ctx, gstate)
+        _check_prediction(pred, x)
         x_new, sstate = solver.step(sstate, x, i, pred, k_solve, stage=j)
         return x_new, sstate, gstate, jnp.asarray(used, jnp.int32)
 

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff._validation import check_choice, check_scalar
+from jaxdiff._validation import check_choice, check_flag, check_scalar
 
 Array = jax.Array
 
@@ -49,6 +49,8 @@ class _Schedule:
 
   t_min: float
   t_max: float
+  # Where alpha, sigma and logsnr are defined: (lo, hi, hi_open). Grids are checked against it.
+  domain: tuple[float, float, bool] = (0.0, math.inf, False)
 
   def alpha(self, t: Array) -> Array:
     return jnp.sqrt(jax.nn.sigmoid(self.logsnr(t)))
@@ -132,6 +134,8 @@ class VPCosine(_Schedule):
   s: float = _static(default=0.008)
   t_min: float = _static(default=1e-3)
   t_max: float = _static(default=0.9946)
+  # alpha(1) = 0 is reached only up to rounding (cos(pi/2) < 0 in float32): t < 1.
+  domain = (0.0, 1.0, True)
 
   def _log_alpha(self, t):
     t = _float(t)
@@ -206,6 +210,7 @@ class Flow(_Schedule):
 
   t_min: float = _static(default=0.0)
   t_max: float = _static(default=1.0)
+  domain = (0.0, 1.0, False)
 
   def alpha(self, t):
     return 1.0 - _float(t)
@@ -228,6 +233,8 @@ class DiscreteVP(_Schedule):
 
   ``t`` is the (fractional) table index in ``[0, N - 1]``, the value a discrete-time
   network was trained with; at integer ``t`` the noise levels are exactly the table's.
+  Outside the table there is no noise level: grids there are rejected (naming ``t``),
+  and a traced ``t`` outside ``[0, N - 1]`` gives NaN, never a clamped end value.
 
   .. math::
     \lambda_k = \log\bar\alpha_k - \mathrm{log1p}(-\bar\alpha_k),\quad
@@ -243,11 +250,16 @@ class DiscreteVP(_Schedule):
   t_min: float = _static(default=0.0)
   t_max: float = _static(default=0.0)
 
+  @property
+  def domain(self) -> tuple[float, float, bool]:
+    return (0.0, self.t_max, False)
+
   def logsnr(self, t):
     t = _float(t)
     table = jnp.asarray(self.table_logsnr)
     idx = jnp.arange(table.shape[0], dtype=t.dtype)
-    return jnp.interp(t, idx, table.astype(t.dtype))
+    inside = (t >= 0) & (t <= table.shape[0] - 1)
+    return jnp.where(inside, jnp.interp(t, idx, table.astype(t.dtype)), jnp.nan)
 
   def t_from_logsnr(self, logsnr):
     table = jnp.asarray(self.table_logsnr)
@@ -276,7 +288,7 @@ def vp_linear(beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3
 
 
 def vp_cosine(s: float = 0.008, t_min: float = 1e-3, t_max: float = 0.9946) -> VPCosine:
-  """The cosine VP schedule (see :class:`VPCosine`).
+  """The cosine VP schedule (see :class:`VPCosine`); ``0 <= t_min < t_max < 1``.
 
   Example:
     >>> from jaxdiff import schedules
@@ -285,7 +297,8 @@ def vp_cosine(s: float = 0.008, t_min: float = 1e-3, t_max: float = 0.9946) -> V
     0.3
   """
   s = check_scalar("s", s, lo=0.0, lo_open=True, static=True)
-  t_max = check_scalar("t_max", t_max, lo=0.0, hi=1.0, lo_open=True, static=True)
+  # t = 1 is alpha = 0 only up to rounding (log of a negative cosine in float32).
+  t_max = check_scalar("t_max", t_max, lo=0.0, hi=1.0, lo_open=True, hi_open=True, static=True)
   t_min = check_scalar("t_min", t_min, lo=0.0, hi=t_max, hi_open=True, static=True)
   return VPCosine(float(s), float(t_min), float(t_max))
 
@@ -336,13 +349,24 @@ def from_alphas_cumprod(alphas_cumprod: Any) -> DiscreteVP:
     >>> round(float(s.alpha(10.0) ** 2), 6) == round(float(np.cumprod(1 - betas)[10]), 6)
     True
   """
-  a = np.asarray(alphas_cumprod, dtype=np.float64)
+  try:
+    a = np.asarray(alphas_cumprod, dtype=np.float64)
+  except (TypeError, ValueError) as err:
+    raise TypeError(
+      f"alphas_cumprod must be a 1-D real array, got {type(alphas_cumprod).__name__}"
+    ) from err
   if a.ndim != 1 or a.shape[0] < 2:
     raise ValueError(f"alphas_cumprod must be 1-D with >= 2 entries, got shape {a.shape}")
-  if not np.all(np.isfinite(a)) or np.any(a < 0) or np.any(a >= 1):
-    raise ValueError("alphas_cumprod entries must lie in [0, 1)")
+  bad = ~(np.isfinite(a) & (a >= 0) & (a < 1))
+  if bad.any():
+    i = int(np.argmax(bad))
+    raise ValueError(f"alphas_cumprod entries must lie in [0, 1); alphas_cumprod[{i}] = {a[i]}")
   if np.any(np.diff(a) >= 0):
-    raise ValueError("alphas_cumprod must be strictly decreasing (noise increases with t)")
+    i = int(np.argmax(np.diff(a) >= 0))
+    raise ValueError(
+      "alphas_cumprod must be strictly decreasing (noise increases with t); "
+      f"alphas_cumprod[{i}] = {a[i]} <= alphas_cumprod[{i + 1}] = {a[i + 1]}"
+    )
   with np.errstate(divide="ignore"):
     lam = np.log(a) - np.log1p(-a)
   lam = np.maximum(lam, -2.0 * LAM_MAX)
@@ -436,6 +460,39 @@ def validate_grid(grid: Grid) -> Grid:
   return grid
 
 
+def _check_schedule(schedule) -> None:
+  if not all(callable(getattr(schedule, m, None)) for m in ("alpha", "sigma", "logsnr")):
+    raise TypeError(
+      "schedule must be a noise schedule with alpha(t), sigma(t) and logsnr(t) (e.g. "
+      f"schedules.vp_cosine()), got {type(schedule).__name__}"
+    )
+
+
+def _check_times(schedule, name: str, t) -> None:
+  """Concrete times must be finite and inside the schedule's ``domain`` (if it declares one)."""
+  if isinstance(t, jax.core.Tracer):
+    return
+  t = np.asarray(t, dtype=np.float64).reshape(-1)
+  bad = ~np.isfinite(t)
+  if bad.any():
+    i = int(np.argmax(bad))
+    raise ValueError(f"{name} is not finite at index {i} (got {t[i]})")
+  domain = getattr(schedule, "domain", None)
+  if domain is None:
+    return
+  lo, hi, hi_open = domain
+  bad = (t < lo) | ((t >= hi) if hi_open else (t > hi))
+  if bad.any():
+    i = int(np.argmax(bad))
+    where = (
+      " (the alphas_cumprod table covers [0, N - 1])" if isinstance(schedule, DiscreteVP) else ""
+    )
+    raise ValueError(
+      f"{name} = {t[i]:g} (index {i}) is outside the time domain "
+      f"[{lo:g}, {hi:g}{')' if hi_open else ']'} of {type(schedule).__name__}{where}"
+    )
+
+
 def _derivs(schedule, t):
   one = jnp.ones_like(t)
   a, da = jax.jvp(schedule.alpha, (t,), (one,))
@@ -456,15 +513,29 @@ def timesteps_from(schedule, t: Any, *, denoise_to_zero: bool = False) -> Grid:
   Returns:
     The grid with alpha, sigma, half-logSNR and time derivatives filled in.
 
+  Raises:
+    ValueError: naming ``t``, when a concrete time is not finite or lies outside the
+      schedule's ``domain`` (for a table schedule: outside the table, where the network
+      was never trained). Traced times are checked for shapes only.
+
   Example:
     >>> from jaxdiff import schedules
     >>> g = schedules.timesteps_from(schedules.flow(), [1.0, 0.6, 0.2, 0.0])
     >>> g.num_steps
     3
   """
+  _check_schedule(schedule)
+  denoise_to_zero = check_flag("denoise_to_zero", denoise_to_zero)
+  try:
+    t = t if isinstance(t, jax.core.Tracer) else jnp.asarray(t)
+  except TypeError as err:
+    raise TypeError(f"t must be a 1-D real array of times, got {type(t).__name__}") from err
+  if t.dtype == bool or not jnp.issubdtype(t.dtype, jnp.number) or jnp.iscomplexobj(t):
+    raise TypeError(f"t must be a 1-D real array of times, got dtype {t.dtype}")
   t = _float(t)
-  if t.ndim != 1:
-    raise ValueError(f"t must be 1-D, got shape {t.shape}")
+  if t.ndim != 1 or t.shape[0] < (1 if denoise_to_zero else 2):
+    raise ValueError(f"t must be 1-D with at least 2 points (1 step), got shape {t.shape}")
+  _check_times(schedule, "t", t)
   n = t.shape[0]
   if n == 0 or isinstance(t, jax.core.Tracer):
     grid = _fill_grid(schedule, t, bool(denoise_to_zero))
@@ -572,11 +643,19 @@ def timesteps(
     Lu et al., "DPM-Solver", arXiv:2206.00927 (logSNR-uniform);
     Karras et al., "Elucidating the Design Space...", arXiv:2206.00364 (eq. 5).
   """
+  _check_schedule(schedule)
+  if isinstance(n, bool):
+    raise TypeError(f"n must be an integer number of steps, got {n!r}")
   n = check_scalar("n", n, lo=1, integer=True, static=True)
   check_choice("spacing", spacing, SPACINGS)
   rho = check_scalar("rho", rho, lo=0.0, lo_open=True, static=True)
+  denoise_to_zero = check_flag("denoise_to_zero", denoise_to_zero)
+  if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(f"dtype must be a floating dtype, got {dtype}")
   t_s = check_scalar("t_start", schedule.t_max if t_start is None else t_start, static=True)
   t_e = check_scalar("t_end", schedule.t_min if t_end is None else t_end, static=True)
+  _check_times(schedule, "t_start", t_s)
+  _check_times(schedule, "t_end", t_e)
   if not t_s > t_e:
     raise ValueError(f"t_start must exceed t_end (noise decreases), got {t_s} <= {t_e}")
   m = n - 1 if denoise_to_zero else n

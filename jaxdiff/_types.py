@@ -6,8 +6,20 @@ The loop body of :func:`jaxdiff.sample` only wires these together::
 
 A *denoiser* is any callable ``denoise(x, t, cond) -> x0_hat`` (data prediction),
 batch first: ``x`` has shape ``(B, ...)``, ``t`` has shape ``(B,)`` in the schedule's own
-time units, ``cond`` is a batch-first pytree (or ``None``). A denoiser that supports
-Perturbed-Attention Guidance additionally accepts the keyword ``perturb`` (bool ``(B,)``).
+time units, ``cond`` is a batch-first pytree (or ``None``). It returns one array of
+``x``'s shape and dtype: :func:`jaxdiff.sample` checks this when it traces the loop
+(before anything runs) and raises an error naming ``denoise`` for a pytree, a scalar, a
+broadcastable shape or another dtype. A denoiser that supports Perturbed-Attention
+Guidance additionally accepts the keyword ``perturb`` (bool ``(B,)``).
+
+A class-conditional denoiser may declare an ``int`` attribute ``num_classes`` (the
+Gaussian mixture's does). :func:`jaxdiff.sample` then applies the label policy to a
+concrete integer ``cond`` before compiling: labels must lie in ``[0, num_classes)`` or be
+the null label ``-1`` (unconditional), else a ``ValueError`` naming ``cond``. Labels that
+are traced (``sample`` inside the user's ``jit``) cannot be checked; a denoiser that
+declares ``num_classes`` must then poison (NaN) the rows with invalid labels, as
+:class:`jaxdiff.testing.GMMDenoiser` does, via
+``jaxdiff._validation.check_labels``'s validity mask.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Both packages share one API and one message style (see ``optim._validation``): scalar
 hyperparameters through :func:`check_scalar`, options through :func:`check_choice`, keys
 through :func:`as_key` (typed key, raw key or int seed), renamed keywords through
-:func:`renamed_kwargs`.
+:func:`renamed_kwargs`, class labels through :func:`check_labels` / :func:`poison`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ from optim._validation import (
   MISSING,
   as_key,
   check_choice,
+  check_flag,
+  check_labels,
   check_scalar,
   concrete,
   is_traced,
+  poison,
   renamed_kwargs,
   warn_default,
 )
@@ -25,10 +28,13 @@ __all__ = [
   "MISSING",
   "as_key",
   "check_choice",
+  "check_flag",
   "check_scalar",
   "concrete",
   "is_traced",
+  "poison",
   "renamed_kwargs",
+  "check_labels",
   "static_equal",
   "warn_default",
 ]

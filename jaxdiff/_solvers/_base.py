@@ -41,11 +41,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxdiff._parameterization import eps_from_x0
 from jaxdiff._schedules import Grid
 from jaxdiff._types import Prediction
+from jaxdiff._validation import check_flag
 
 Array = jax.Array
 
@@ -119,13 +119,6 @@ def multistep_order(order: int, i, n: int, sigma_next, lower_order_final: bool):
   if lower_order_final and n < _LOWER_ORDER_FINAL_BELOW:
     o = jnp.minimum(o, n - i)
   return jnp.where(sigma_next == 0, 1, o).astype(jnp.int32)
-
-
-def check_flag(name: str, value: Any) -> bool:
-  """A ``bool`` option (numpy bools too); anything else is a ``TypeError`` naming it."""
-  if not isinstance(value, (bool, np.bool_)):
-    raise TypeError(f"{name} must be a bool, got {value!r} ({type(value).__name__})")
-  return bool(value)
 
 
 def set_field(obj, name: str, value) -> None:

@@ -122,3 +122,34 @@ def test_invalid_mixtures_and_inputs_raise():
     g.posterior_mean(jnp.ones((2, 2)), 1.0, 0.5, jnp.array([0, 1, 2]))
   with pytest.raises(TypeError, match="integer"):
     g.posterior_mean(jnp.ones((2, 2)), 1.0, 0.5, jnp.array([0.0, 1.0]))
+
+
+def test_out_of_range_labels_raise_when_concrete_and_poison_only_their_rows_under_jit():
+  gmm = GaussianMixture(MEANS, 0.3, WEIGHTS, CLASSES)  # 3 classes
+  x = jnp.zeros((3, 2))
+  labels = jnp.array([0, -1, 3])
+  with pytest.raises(ValueError, match=r"cond.*\[0, 3\).*got 3 at index \(2,\)"):
+    gmm.log_prob(x, labels)
+  with pytest.raises(ValueError, match="cond"):
+    gmm.sample(0, 3, labels)
+  logp = jax.jit(gmm.log_prob)(x, labels)
+  np.testing.assert_allclose(logp[:2], gmm.log_prob(x, jnp.array([0, -1, -1]))[:2], rtol=1e-6)
+  assert jnp.isnan(logp[2])
+  draws = jax.jit(lambda c: gmm.sample(0, 3, c))(labels)
+  assert jnp.isfinite(draws[:2]).all() and jnp.isnan(draws[2]).all()
+  den = jax.jit(gmm.denoiser(schedules.flow()))(x, jnp.full((3,), 0.5), labels)
+  assert jnp.isfinite(den[:2]).all() and jnp.isnan(den[2]).all()
+
+
+def test_constructor_rejects_classes_without_components_and_non_finite_weights():
+  with pytest.raises(ValueError, match="classes"):
+    GaussianMixture(MEANS, 0.3, WEIGHTS, [0, 1, 1, 3])
+  with pytest.raises(ValueError, match="weights"):
+    GaussianMixture(MEANS, 0.3, [1.0, 1.0, 1.0, np.inf])
+
+
+def test_denoiser_returns_the_dtype_of_x_and_declares_num_classes():
+  gmm = GaussianMixture(MEANS, 0.3, WEIGHTS, CLASSES)
+  den = gmm.denoiser(schedules.flow())
+  out = den(jnp.zeros((2, 2), jnp.bfloat16), jnp.full((2,), 0.5), jnp.array([0, 2]))
+  assert out.dtype == jnp.bfloat16 and den.num_classes == 3

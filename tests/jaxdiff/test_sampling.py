@@ -203,3 +203,32 @@ def test_bad_inputs_raise_clear_errors(gmm):
     jaxdiff.sample(den, solvers.ddim(), x, ts, key=None)
   with pytest.raises(TypeError, match="GuidanceRule"):
     jaxdiff.sample(den, solvers.ddim(), x, ts, key=jax.random.key(0), guidance=lambda: None)
+
+
+def test_denoiser_outputs_are_checked_at_trace_time_without_an_extra_trace(gmm):
+  ts = schedules.timesteps(SCHED, 4)
+  x = jnp.ones((4, 2))
+  with pytest.raises(ValueError, match=r"denoise.*\(4, 2\).*got \(1, 2\)"):
+    jaxdiff.sample(lambda x, t, c: x[:1], solvers.ddim(), x, ts, key=0)
+  with pytest.raises(TypeError, match="denoise.*pytree"):
+    jaxdiff.sample(lambda x, t, c: (x, x), solvers.ddim(), x, ts, key=0)
+  traces = []
+
+  def counting(x, t, c):
+    traces.append(1)
+    return 0.5 * x
+
+  jaxdiff.sample(counting, solvers.ddim(), x, ts, key=0)
+  assert len(traces) == 1
+
+
+def test_concrete_labels_are_range_checked_when_the_denoiser_declares_num_classes(gmm):
+  ts = schedules.timesteps(SCHED, 4)
+  den = gmm.denoiser(SCHED)
+  x = jnp.ones((4, 2))
+  with pytest.raises(ValueError, match=r"cond.*\[0, 2\).*got 2"):
+    jaxdiff.sample(den, solvers.ddim(), x, ts, key=0, cond=jnp.array([0, 1, -1, 2]))
+  out = jax.jit(lambda c: jaxdiff.sample(den, solvers.ddim(), x, ts, key=0, cond=c).x)(
+    jnp.array([0, 1, -1, 2])
+  )
+  assert jnp.isfinite(out[:3]).all() and jnp.isnan(out[3]).all()

@@ -170,3 +170,20 @@ def test_invalid_user_grids_raise_clear_errors(t, match):
 def test_invalid_schedule_and_grid_arguments_raise(build, error, match):
   with pytest.raises(error, match=match):
     build()
+
+
+def test_a_table_schedule_rejects_grids_outside_its_table_and_poisons_traced_times():
+  table = schedules.from_alphas_cumprod(np.linspace(0.99, 0.1, 10))
+  with pytest.raises(ValueError, match=r"t = 50 .*outside.*\[0, 9\]"):
+    schedules.timesteps_from(table, [50, 5, 0])
+  with pytest.raises(ValueError, match="t_start = 20"):
+    schedules.timesteps(table, 4, t_start=20.0)
+  assert jnp.isnan(jax.jit(table.logsnr)(jnp.float32(9.5)))
+  assert jnp.isfinite(jax.jit(table.logsnr)(jnp.float32(9.0)))
+
+
+def test_cosine_schedule_excludes_t_equal_one_where_alpha_is_zero_only_up_to_rounding():
+  with pytest.raises(ValueError, match=r"t_max must lie in \(0, 1\)"):
+    schedules.vp_cosine(t_max=1.0)
+  with pytest.raises(ValueError, match="t_start = 1 .*outside"):
+    schedules.timesteps(schedules.vp_cosine(), 4, t_start=1.0)
