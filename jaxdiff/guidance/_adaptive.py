@@ -10,8 +10,10 @@ import numpy as np
 from jax import lax
 
 from jaxdiff._types import GuidanceRule, Prediction
-from jaxdiff._validation import check_scalar, is_traced
+from jaxdiff._validation import is_traced
 from jaxdiff.guidance._common import (
+  Hyper,
+  as_array,
   batch_t,
   bcast,
   cfg_combine,
@@ -68,6 +70,10 @@ def adaptive(scale, threshold, *, null_cond=-1) -> GuidanceRule:
       never switches (plain CFG).
     null_cond: unconditional label or ``cond -> null`` callable.
 
+  Traced hyperparameters are not checked; one that is NaN or out of range poisons the output
+  (NaN), see :mod:`jaxdiff.guidance._common`. A traced NaN
+  ``threshold`` would otherwise never switch, silently giving plain CFG.
+
   Returns:
     A :class:`~jaxdiff.GuidanceRule` with state :class:`AdaptiveState`.
 
@@ -89,9 +95,10 @@ def adaptive(scale, threshold, *, null_cond=-1) -> GuidanceRule:
     Castillo, Kumar, Bilen, et al., "Adaptive Guidance: Training-free Acceleration of
     Conditional Diffusion Models", arXiv:2312.12487 (Sec. 4).
   """
-  check_scalar("adaptive: scale", scale)
-  check_scalar("adaptive: threshold", threshold)
-  null = null_fn(null_cond)
+  h = Hyper("adaptive")
+  h("scale", scale)
+  h("threshold", threshold)
+  null = null_fn(null_cond, "adaptive")
 
   def init(x_T, cond):
     del cond
@@ -111,7 +118,7 @@ def adaptive(scale, threshold, *, null_cond=-1) -> GuidanceRule:
       return x0, done | (gamma > threshold), nfe(2)
 
     x0, done, n = lax.cond(jnp.all(state.done), conditional_only, guided, state.done)
-    return Prediction.of(x0), AdaptiveState(done), n
+    return Prediction.of(h.poison(x0)), AdaptiveState(done), n
 
   return GuidanceRule(init, apply)
 
@@ -146,6 +153,10 @@ def linear_ag(scale, coefficients, estimate, *, null_cond=-1) -> GuidanceRule:
     estimate: bool array ``(num_steps,)``; step 0 must not be estimated (no history).
     null_cond: unconditional label or ``cond -> null`` callable.
 
+  Sampling with another number of steps raises (concrete) or poisons the output with NaN
+  (traced step count). Traced hyperparameters are not checked; one that is NaN or out of
+  range poisons the output (NaN), see :mod:`jaxdiff.guidance._common`.
+
   Returns:
     A :class:`~jaxdiff.GuidanceRule` with state :class:`LinearAGState`.
 
@@ -161,23 +172,34 @@ def linear_ag(scale, coefficients, estimate, *, null_cond=-1) -> GuidanceRule:
     Castillo, Kumar, Bilen, et al., "Adaptive Guidance: Training-free Acceleration of
     Conditional Diffusion Models", arXiv:2312.12487 (LinearAG, Sec. 5).
   """
-  check_scalar("linear_ag: scale", scale)
-  coefficients = jnp.asarray(coefficients)
-  estimate = jnp.asarray(estimate)
-  if coefficients.ndim != 2 or coefficients.shape[1] != 3:
+  h = Hyper("linear_ag")
+  h("scale", scale)
+  coefficients = as_array(coefficients, "linear_ag: coefficients")
+  estimate = as_array(estimate, "linear_ag: estimate")
+  if not any(jnp.issubdtype(coefficients.dtype, k) for k in (jnp.floating, jnp.integer)):
+    raise TypeError(f"linear_ag: coefficients must be real numbers, got {coefficients.dtype}.")
+  if coefficients.ndim != 2 or coefficients.shape[1] != 3 or coefficients.shape[0] < 1:
     raise ValueError(
-      f"linear_ag: coefficients must have shape (num_steps, 3), got {coefficients.shape}."
+      "linear_ag: coefficients must have shape (num_steps, 3) with num_steps >= 1, got "
+      f"{coefficients.shape}."
     )
-  if not is_traced(coefficients) and not np.isfinite(np.asarray(coefficients)).all():
-    raise ValueError("linear_ag: coefficients must be finite (no NaN or inf).")
   if estimate.shape != coefficients.shape[:1] or estimate.dtype != jnp.bool_:
     raise ValueError(
-      f"linear_ag: estimate must be a bool array of shape {coefficients.shape[:1]}, "
-      f"got {estimate.dtype}{estimate.shape}."
+      f"linear_ag: estimate must be a bool array of shape {coefficients.shape[:1]} (one flag "
+      f"per step of coefficients), got {estimate.dtype}{estimate.shape}."
     )
-  if bool(estimate[0]):
-    raise ValueError("linear_ag: step 0 cannot be estimated (there is no previous step).")
-  null = null_fn(null_cond)
+  if is_traced(coefficients):
+    h.require(lambda: jnp.all(jnp.isfinite(coefficients)))
+  elif not np.isfinite(np.asarray(coefficients)).all():
+    raise ValueError("linear_ag: coefficients must be finite (no NaN or inf).")
+  if is_traced(estimate):
+    h.require(lambda: ~estimate[0])
+  elif bool(np.asarray(estimate)[0]):
+    raise ValueError(
+      "linear_ag: estimate[0] must be False: step 0 cannot be estimated (no previous step)."
+    )
+  null = null_fn(null_cond, "linear_ag")
+  num_steps = estimate.shape[0]
 
   def init(x_T, cond):
     del cond
@@ -186,12 +208,11 @@ def linear_ag(scale, coefficients, estimate, *, null_cond=-1) -> GuidanceRule:
 
   def apply(denoise, x, cond, ctx, state):
     t = batch_t(ctx, x)
-    if estimate.shape[0] != 0 and not is_traced(ctx.num_steps):
-      if int(ctx.num_steps) != estimate.shape[0]:
-        raise ValueError(
-          f"linear_ag: built for {estimate.shape[0]} steps, sampling uses {int(ctx.num_steps)}."
-        )
-    i = jnp.clip(ctx.step, 0, estimate.shape[0] - 1)
+    if not is_traced(ctx.num_steps) and int(ctx.num_steps) != num_steps:
+      raise ValueError(
+        f"linear_ag: built for {num_steps} steps, sampling uses {int(ctx.num_steps)}."
+      )
+    i = jnp.clip(ctx.step, 0, num_steps - 1)
 
     def estimated(_):
       x_c = denoise(x, t, cond)
@@ -207,7 +228,10 @@ def linear_ag(scale, coefficients, estimate, *, null_cond=-1) -> GuidanceRule:
 
     x_c, x_u, n = lax.cond(estimate[i], estimated, evaluated, None)
     new = LinearAGState(x_c.astype(state.prev_cond.dtype), x_u.astype(state.prev_uncond.dtype))
-    return Prediction.of(cfg_combine(x_c, x_u, scale)), new, n
+    x0 = cfg_combine(x_c, x_u, scale)
+    # A traced step count cannot raise: a trajectory of another length is poisoned.
+    x0 = jnp.where(ctx.num_steps == num_steps, h.poison(x0), jnp.asarray(jnp.nan, x0.dtype))
+    return Prediction.of(x0), new, n
 
   return GuidanceRule(init, apply)
 

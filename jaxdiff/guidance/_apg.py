@@ -9,8 +9,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiff._types import GuidanceRule, Prediction
-from jaxdiff._validation import check_scalar, static_equal
+from jaxdiff._validation import static_equal
 from jaxdiff.guidance._common import (
+  Hyper,
   batch_t,
   bcast,
   compute_dtype,
@@ -57,6 +58,9 @@ def apg(scale, *, eta=0.0, norm_threshold=math.inf, momentum=0.0, null_cond=-1) 
       -0.5. The running average lives in the rule state, reset at every sampling call.
     null_cond: unconditional label or ``cond -> null`` callable.
 
+  Traced hyperparameters are not checked; one that is NaN or out of range poisons the output
+  (NaN), see :mod:`jaxdiff.guidance._common`.
+
   Returns:
     A :class:`~jaxdiff.GuidanceRule` with state :class:`APGState` (``nfe = 2``).
 
@@ -76,11 +80,12 @@ def apg(scale, *, eta=0.0, norm_threshold=math.inf, momentum=0.0, null_cond=-1) 
     Sadat, Hilliges & Weber, "Eliminating Oversaturation and Artifacts of High Guidance
     Scales in Diffusion Models", arXiv:2410.02416 (Sec. 4, Algorithm 1).
   """
-  check_scalar("apg: scale", scale)
-  check_scalar("apg: eta", eta)
-  check_scalar("apg: norm_threshold", norm_threshold, lo=0.0, lo_open=True, allow_inf=True)
-  check_scalar("apg: momentum", momentum, lo=-1.0, hi=0.0, lo_open=True)
-  null = null_fn(null_cond)
+  h = Hyper("apg")
+  h("scale", scale)
+  h("eta", eta)
+  h("norm_threshold", norm_threshold, lo=0.0, lo_open=True, allow_inf=True)
+  h("momentum", momentum, lo=-1.0, hi=0.0, lo_open=True)
+  null = null_fn(null_cond, "apg")
   clip = not static_equal(norm_threshold, math.inf)
 
   def init(x_T, cond):
@@ -103,6 +108,6 @@ def apg(scale, *, eta=0.0, norm_threshold=math.inf, momentum=0.0, null_cond=-1) 
     parallel = bcast(sum_ps(diff * unit), diff) * unit
     update = (diff - parallel) + jnp.asarray(eta, dt) * parallel
     x0 = xc + (jnp.asarray(scale, dt) - 1) * update
-    return Prediction.of(x0.astype(x_c.dtype)), APGState(running), nfe(2)
+    return Prediction.of(h.poison(x0.astype(x_c.dtype))), APGState(running), nfe(2)
 
   return GuidanceRule(init, apply)

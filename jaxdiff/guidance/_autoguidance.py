@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from jaxdiff._types import Denoiser, GuidanceRule, Prediction
-from jaxdiff._validation import check_scalar
-from jaxdiff.guidance._common import batch_t, cfg_combine, nfe, stateless_init
+from jaxdiff.guidance._common import Hyper, batch_t, cfg_combine, nfe, stateless_init, weak_output
 
 
 def autoguidance(weak_denoise: Denoiser, scale) -> GuidanceRule:
@@ -24,6 +23,9 @@ def autoguidance(weak_denoise: Denoiser, scale) -> GuidanceRule:
     weak_denoise: the guiding model ``denoise(x, t, cond) -> x0_hat``.
     scale: ``w``, finite (the paper's best ImageNet-512 settings use 2.0 - 2.5).
 
+  Traced hyperparameters are not checked; one that is NaN or out of range poisons the output
+  (NaN), see :mod:`jaxdiff.guidance._common`.
+
   Returns:
     A stateless :class:`~jaxdiff.GuidanceRule` (``nfe = 2``).
 
@@ -41,13 +43,16 @@ def autoguidance(weak_denoise: Denoiser, scale) -> GuidanceRule:
     a Bad Version of Itself", arXiv:2406.02507 (Eq. 1).
   """
   if not callable(weak_denoise):
-    raise TypeError("autoguidance: weak_denoise must be a denoiser callable.")
-  check_scalar("autoguidance: scale", scale)
+    raise TypeError(
+      f"autoguidance: weak_denoise must be a denoiser callable, got {type(weak_denoise).__name__}."
+    )
+  h = Hyper("autoguidance")
+  h("scale", scale)
 
   def apply(denoise, x, cond, ctx, state):
     t = batch_t(ctx, x)
     x_1 = denoise(x, t, cond)
-    x_0 = weak_denoise(x, t, cond).astype(x_1.dtype)
-    return Prediction.of(cfg_combine(x_1, x_0, scale)), state, nfe(2)
+    x_0 = weak_output(weak_denoise, x, t, cond, x_1, "autoguidance")
+    return Prediction.of(h.poison(cfg_combine(x_1, x_0, scale))), state, nfe(2)
 
   return GuidanceRule(stateless_init, apply)

@@ -6,8 +6,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiff._types import GuidanceRule, Prediction
-from jaxdiff._validation import check_scalar, static_equal
+from jaxdiff._validation import static_equal
 from jaxdiff.guidance._common import (
+  Hyper,
   batch_t,
   cfg_combine,
   evaluate,
@@ -48,6 +49,9 @@ def cfg(scale, *, rescale=0.0, null_cond=-1) -> GuidanceRule:
     null_cond: unconditional label (default ``-1`` broadcast over the batch), or a
       callable ``cond -> null_cond`` for structured conditions.
 
+  Traced hyperparameters are not checked; one that is NaN or out of range poisons the output
+  (NaN), see :mod:`jaxdiff.guidance._common`.
+
   Returns:
     A stateless :class:`~jaxdiff.GuidanceRule` (``nfe = 2``).
 
@@ -66,9 +70,10 @@ def cfg(scale, *, rescale=0.0, null_cond=-1) -> GuidanceRule:
     Lin, Liu, Li & Yang, "Common Diffusion Noise Schedules and Sample Steps are Flawed",
     arXiv:2305.08891 (Sec. 3.4, Eqs. 15-16).
   """
-  check_scalar("cfg: scale", scale)
-  check_scalar("cfg: rescale", rescale, lo=0.0, hi=1.0)
-  null = null_fn(null_cond)
+  h = Hyper("cfg")
+  h("scale", scale)
+  h("rescale", rescale, lo=0.0, hi=1.0)
+  null = null_fn(null_cond, "cfg")
   use_rescale = not static_equal(rescale, 0.0)
 
   def apply(denoise, x, cond, ctx, state):
@@ -76,7 +81,7 @@ def cfg(scale, *, rescale=0.0, null_cond=-1) -> GuidanceRule:
     x0 = cfg_combine(x_c, x_u, scale)
     if use_rescale:
       x0 = _rescale(x0, x_c, rescale)
-    return Prediction.of(x0), state, nfe(2)
+    return Prediction.of(h.poison(x0)), state, nfe(2)
 
   return GuidanceRule(stateless_init, apply)
 

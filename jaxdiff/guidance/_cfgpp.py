@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 from jaxdiff._types import GuidanceRule, Prediction
-from jaxdiff._validation import check_scalar
-from jaxdiff.guidance._common import batch_t, cfg_combine, evaluate, nfe, null_fn, stateless_init
+from jaxdiff.guidance._common import (
+  Hyper,
+  batch_t,
+  cfg_combine,
+  evaluate,
+  nfe,
+  null_fn,
+  stateless_init,
+)
 
 
 def cfgpp(scale, *, null_cond=-1) -> GuidanceRule:
@@ -29,6 +36,9 @@ def cfgpp(scale, *, null_cond=-1) -> GuidanceRule:
       ``ValueError`` (when concrete).
     null_cond: unconditional label or ``cond -> null`` callable.
 
+  Traced hyperparameters are not checked; one that is NaN or out of range poisons the output
+  (NaN), see :mod:`jaxdiff.guidance._common`.
+
   Returns:
     A stateless :class:`~jaxdiff.GuidanceRule` (``nfe = 2``).
 
@@ -45,11 +55,12 @@ def cfgpp(scale, *, null_cond=-1) -> GuidanceRule:
     Chung, Kim, Park, Nam & Ye, "CFG++: Manifold-constrained Classifier Free Guidance for
     Diffusion Models", arXiv:2406.08070 (Eq. 11, Algorithms 1-3).
   """
-  check_scalar("cfgpp: scale", scale, lo=0.0, hi=1.0)
-  null = null_fn(null_cond)
+  h = Hyper("cfgpp")
+  h("scale", scale, lo=0.0, hi=1.0)
+  null = null_fn(null_cond, "cfgpp")
 
   def apply(denoise, x, cond, ctx, state):
     x_c, x_u = evaluate(denoise, x, batch_t(ctx, x), [cond, null(cond)])
-    return Prediction(cfg_combine(x_c, x_u, scale), x_u), state, nfe(2)
+    return Prediction(h.poison(cfg_combine(x_c, x_u, scale)), x_u), state, nfe(2)
 
   return GuidanceRule(stateless_init, apply)

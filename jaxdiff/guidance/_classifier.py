@@ -6,18 +6,23 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxdiff._types import GuidanceRule, Prediction
 from jaxdiff._validation import check_choice, check_scalar, renamed_kwargs
 from jaxdiff.guidance._common import (
+  Hyper,
   batch_t,
+  bcast,
+  check_classifier,
   check_num_classes,
   compute_dtype,
   labels,
   logits,
   nfe,
   null_fn,
+  poison_rows,
   stateless_init,
 )
 
@@ -114,6 +119,14 @@ def classifier(
       a class-conditional model, as in EluCD's DDPM/EDM experiments).
     null_cond: null label for the unconditional network evaluation.
 
+  Labels (``cond``): integers in ``[0, num_classes)`` or the null label ``-1``. A null
+  label gets no classifier term (that sample is unconditional). Concrete labels out of
+  range raise ``ValueError`` naming ``cond``; traced ones (under ``jit``, e.g. inside
+  :func:`jaxdiff.sample`) cannot raise, so the samples that carry them are poisoned
+  with NaN, never guided toward another class.
+  Traced hyperparameters are not checked; one that is NaN or out of range poisons the output
+  (NaN), see :mod:`jaxdiff.guidance._common`.
+
   Returns:
     A stateless :class:`~jaxdiff.GuidanceRule` (``nfe = 1``).
 
@@ -134,18 +147,22 @@ def classifier(
     (Sec. 4, Algorithm 1).
   """
   check_choice("classifier: variant", variant, VARIANTS)
+  check_classifier(classifier_fn, "classifier")
   num_classes = check_num_classes("classifier: num_classes", num_classes)
-  check_scalar("classifier: scale", scale, lo=0.0)
-  check_scalar("classifier: joint_temperature", joint_temperature, lo=0.0, lo_open=True)
+  if not isinstance(guide_conditional, (bool, np.bool_)):
+    raise TypeError(f"classifier: guide_conditional must be a bool, got {guide_conditional!r}")
+  h = Hyper("classifier")
+  h("scale", scale, lo=0.0)
+  h("joint_temperature", joint_temperature, lo=0.0, lo_open=True)
   if marginal_temperature is None:
     marginal_temperature = joint_temperature
-  check_scalar("classifier: marginal_temperature", marginal_temperature, lo=0.0)
-  check_scalar("classifier: schedule_amplitude", schedule_amplitude, lo=0.0)
-  null = null_fn(null_cond)
+  h("marginal_temperature", marginal_temperature, lo=0.0)
+  h("schedule_amplitude", schedule_amplitude, lo=0.0)
+  null = null_fn(null_cond, "classifier")
   noisy = variant == "noisy"
 
   def apply(denoise, x, cond, ctx, state):
-    y = labels(cond, "classifier")
+    y, active, valid = labels(cond, num_classes, "classifier")
     b = x.shape[0]
     t = batch_t(ctx, x)
     x0 = denoise(x, t, cond if guide_conditional else null(cond))
@@ -154,16 +171,18 @@ def classifier(
       f = logits(classifier_fn, (z, t) if noisy else (z,), b, num_classes, "classifier")
       f = f.astype(compute_dtype(z))
       sel = jnp.take_along_axis(f, y[:, None], axis=1)[:, 0]
-      return jnp.sum(joint_temperature * sel - jax.nn.logsumexp(marginal_temperature * f, axis=1))
+      term = joint_temperature * sel - jax.nn.logsumexp(marginal_temperature * f, axis=1)
+      return jnp.sum(jnp.where(active, term, 0))  # null labels: no classifier term
 
     z = x if noisy else lax.stop_gradient(x0)
-    g = jax.grad(log_p)(z).astype(x0.dtype)
+    g = jnp.where(bcast(active, x0), jax.grad(log_p)(z).astype(x0.dtype), 0)
     alpha = jnp.asarray(ctx.alpha, x0.dtype)
     sigma = jnp.asarray(ctx.sigma, x0.dtype)
     coef = jnp.where(alpha > 0, sigma**2 / jnp.where(alpha > 0, alpha, 1), 0)
     n = jnp.asarray(ctx.num_steps, x0.dtype)
     u = (n - 1 - jnp.asarray(ctx.step, x0.dtype)) / n
     coef = coef * (1 + jnp.asarray(schedule_amplitude, x0.dtype) * jnp.sin(jnp.pi * u))
-    return Prediction.of(x0 + jnp.asarray(scale, x0.dtype) * coef * g), state, nfe(1)
+    out = poison_rows(h.poison(x0 + jnp.asarray(scale, x0.dtype) * coef * g), valid)
+    return Prediction.of(out), state, nfe(1)
 
   return GuidanceRule(stateless_init, apply)

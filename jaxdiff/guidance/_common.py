@@ -7,6 +7,20 @@ Conventions of all rules (see :mod:`jaxdiff.guidance`):
   gets ``null_cond`` (an array broadcast over the batch, or a callable ``cond -> null``).
 * The evaluations a step needs are concatenated along the batch axis into one network
   call wherever the inputs allow it; ``nfe`` counts evaluations *per sample*.
+
+Bad input (one policy for every rule):
+
+* Hyperparameters are checked at construction when concrete (:class:`Hyper`): finite
+  unless ``inf`` is documented, in range, real scalars (``None``, strings, bools and
+  arrays raise naming the argument). Traced ones (a ``jit``-compiled sweep) cannot raise:
+  a traced scalar outside its range, or NaN, *poisons* the rule's output with NaN
+  instead of giving a plausible wrong sample (:meth:`Hyper.poison`).
+* ``null_cond`` is a number/array (broadcast over the batch, castable to the condition's
+  dtype without truncation) or a callable whose result has the structure, shapes and
+  dtypes of ``cond``; anything else raises naming ``null_cond``.
+* Class labels of classifier-based rules follow :func:`jaxdiff._validation.check_labels`
+  with the null label ``-1`` allowed: concrete labels out of range raise; traced ones
+  poison the rows that carry them (NaN); a null label gets no classifier term.
 """
 
 from __future__ import annotations
@@ -16,28 +30,151 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdiff._parameterization import eps_from_x0
 from jaxdiff._types import Denoiser, StepContext
-from jaxdiff._validation import check_scalar
+from jaxdiff._validation import check_labels, check_scalar
 
 Array = jax.Array
 PyTree = Any
 
 
-def null_fn(null_cond) -> Callable[[PyTree], PyTree]:
-  """Builds ``cond -> null cond`` from the ``null_cond`` argument of a rule."""
+def null_fn(null_cond, rule: str) -> Callable[[PyTree], PyTree]:
+  """Builds ``cond -> null cond`` from the ``null_cond`` argument of ``rule``.
+
+  A callable's result must match ``cond`` (structure, leaf shapes and dtypes); a value
+  is broadcast to every leaf and must cast to the leaf's dtype without truncation (a
+  float null label for integer labels raises). Both are checked at trace time.
+  """
   if callable(null_cond):
-    return null_cond
+
+    def call(cond):
+      out = null_cond(cond)
+      _check_like_cond(out, cond, rule)
+      return out
+
+    return call
+  if null_cond is None or isinstance(null_cond, (str, bytes)):
+    raise TypeError(
+      f"{rule}: null_cond must be a label/array or a callable cond -> null, got {null_cond!r}"
+    )
+  try:
+    value = jnp.asarray(null_cond)
+  except (TypeError, ValueError) as e:
+    raise TypeError(
+      f"{rule}: null_cond must be a label/array or a callable, got {null_cond!r}"
+    ) from e
+  if not (jnp.issubdtype(value.dtype, jnp.number) or value.dtype == jnp.bool_):
+    raise TypeError(f"{rule}: null_cond must be numeric, got dtype {value.dtype}")
 
   def make(cond):
     if cond is None:
       raise ValueError(
-        "this guidance rule needs a conditional batch: pass `cond` to jaxdiff.sample."
+        f"{rule}: this guidance rule needs a conditional batch: pass `cond` to jaxdiff.sample."
       )
-    return jax.tree.map(lambda c: jnp.broadcast_to(jnp.asarray(null_cond, c.dtype), c.shape), cond)
+    return jax.tree.map(lambda c: _broadcast_null(value, c, rule), cond)
 
   return make
+
+
+def _broadcast_null(value: Array, c, rule: str) -> Array:
+  dtype = jnp.result_type(c)
+  if not jnp.can_cast(value.dtype, dtype, casting="same_kind"):
+    raise TypeError(
+      f"{rule}: null_cond of dtype {value.dtype} cannot stand for a condition of dtype "
+      f"{dtype} without truncation (pass a null of the condition's kind, e.g. -1 for labels)"
+    )
+  try:
+    return jnp.broadcast_to(value.astype(dtype), jnp.shape(c))
+  except ValueError as e:
+    raise ValueError(
+      f"{rule}: null_cond of shape {value.shape} does not broadcast to the condition's "
+      f"shape {jnp.shape(c)}"
+    ) from e
+
+
+def _check_like_cond(out, cond, rule: str) -> None:
+  if jax.tree.structure(out) != jax.tree.structure(cond):
+    raise ValueError(
+      f"{rule}: null_cond(cond) must have the structure of cond, got "
+      f"{jax.tree.structure(out)} for {jax.tree.structure(cond)}"
+    )
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(out), jax.tree.leaves(cond)):
+    if jnp.shape(a) != jnp.shape(b) or jnp.result_type(a) != jnp.result_type(b):
+      raise ValueError(
+        f"{rule}: null_cond(cond){jax.tree_util.keystr(path)} is "
+        f"{jnp.result_type(a)}{jnp.shape(a)}, cond has {jnp.result_type(b)}{jnp.shape(b)}"
+      )
+
+
+class Hyper:
+  """Checks one rule's scalar hyperparameters (the bad-input policy of the module doc).
+
+  ``h("scale", v, lo=0.0)`` validates a concrete ``v`` with
+  :func:`~jaxdiff._validation.check_scalar` (naming ``"rule: scale"``) and rejects bools;
+  a traced scalar is recorded instead, and :meth:`poison` turns the rule's output into
+  NaN when any recorded value is NaN or outside its range.
+  """
+
+  def __init__(self, rule: str):
+    self.rule = rule
+    self._flags: list[Callable[[], Array]] = []
+
+  def __call__(self, name: str, value, **bounds):
+    label = f"{self.rule}: {name}"
+    if isinstance(value, jax.core.Tracer):
+      if jnp.ndim(value) != 0:
+        raise TypeError(f"{label} must be a scalar, got a traced array of shape {value.shape}")
+      self.require(lambda: _in_range(value, **bounds))
+    check_scalar(label, value, **bounds)
+    return value
+
+  def require(self, flag: Callable[[], Array]) -> None:
+    """Adds a traced validity condition (evaluated inside ``apply``) to :meth:`poison`."""
+    self._flags.append(flag)
+
+  def poison(self, x: Array) -> Array:
+    """``x``, or NaN everywhere if a traced hyperparameter is invalid (nothing if none)."""
+    if not self._flags:
+      return x
+    ok = jnp.all(jnp.stack([f() for f in self._flags]))
+    return jnp.where(ok, x, jnp.asarray(jnp.nan, x.dtype))
+
+
+def as_array(value, name: str) -> Array:
+  """``jnp.asarray(value)``, or a ``TypeError`` naming ``name`` for a non-numeric value."""
+  if value is None or isinstance(value, (str, bytes)):
+    raise TypeError(f"{name} must be an array, got {value!r}")
+  try:
+    return jnp.asarray(value)
+  except (TypeError, ValueError) as e:
+    raise TypeError(f"{name} must be an array, got {type(value).__name__}: {e}") from e
+
+
+def weak_output(weak_denoise, x: Array, t: Array, cond, like: Array, rule: str) -> Array:
+  """``weak_denoise(x, t, cond)`` in ``like``'s dtype; a different shape raises at trace time."""
+  out = weak_denoise(x, t, cond)
+  if jnp.shape(out) != like.shape:
+    raise ValueError(
+      f"{rule}: weak_denoise returned shape {jnp.shape(out)}, the denoiser {like.shape} "
+      "(it must predict x0 for the same batch)"
+    )
+  return jnp.asarray(out).astype(like.dtype)
+
+
+def _in_range(v, *, lo=-np.inf, hi=np.inf, lo_open=False, hi_open=False, allow_inf=False):
+  ok = ~jnp.isnan(v) if allow_inf else jnp.isfinite(v)
+  ok &= (v > lo) if lo_open else (v >= lo)
+  return ok & ((v < hi) if hi_open else (v <= hi))
+
+
+def check_classifier(classifier_fn, rule: str) -> None:
+  if not callable(classifier_fn):
+    raise TypeError(
+      f"{rule}: classifier_fn must be callable (returning logits (B, num_classes)), got "
+      f"{type(classifier_fn).__name__}"
+    )
 
 
 def check_num_classes(name: str, num_classes) -> int:
@@ -92,16 +229,30 @@ def eps(x: Array, x0: Array, ctx: StepContext) -> Array:
   return eps_from_x0(x, x0, jnp.asarray(ctx.alpha, x0.dtype), jnp.asarray(ctx.sigma, x0.dtype))
 
 
-def labels(cond, name: str) -> Array:
-  """The integer ``(B,)`` class labels a classifier-based rule guides toward."""
-  if cond is None or not isinstance(cond, jax.Array | int) and not hasattr(cond, "dtype"):
+def labels(cond, num_classes: int, name: str) -> tuple[Array, Array, Array]:
+  """The ``(B,)`` class labels a classifier-based rule guides toward, and their masks.
+
+  Returns ``(y, active, valid)``: ``y`` with every null or invalid label replaced by 0 (a
+  safe index), ``active`` where a classifier term applies (a valid non-null label) and
+  ``valid`` where the label is valid (null included). Concrete labels outside
+  ``[0, num_classes)`` other than the null ``-1`` raise (see ``check_labels``); traced ones
+  come back with ``valid = False`` and the caller poisons those rows.
+  """
+  if cond is None or not hasattr(cond, "dtype") and not isinstance(cond, int):
     raise TypeError(f"{name}: cond must be an integer label array of shape (B,), got {cond!r}.")
   out = jnp.asarray(cond)
   if not jnp.issubdtype(out.dtype, jnp.integer) or out.ndim != 1:
     raise TypeError(
       f"{name}: cond must be an integer label array of shape (B,), got {out.dtype}{out.shape}."
     )
-  return out
+  valid = check_labels(f"{name}: cond", cond, num_classes, allow_null=True)
+  active = valid & (out >= 0)
+  return jnp.where(active, out, 0), active, valid
+
+
+def poison_rows(x: Array, valid: Array) -> Array:
+  """NaN in the rows (samples) of ``x`` whose ``valid`` flag is false."""
+  return jnp.where(bcast(valid, x), x, jnp.asarray(jnp.nan, x.dtype))
 
 
 def logits(classifier_fn, inputs, b: int, num_classes: int, name: str) -> Array:

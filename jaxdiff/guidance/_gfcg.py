@@ -9,10 +9,12 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxdiff._types import Denoiser, GuidanceRule, Prediction
-from jaxdiff._validation import check_scalar, renamed_kwargs, static_equal
+from jaxdiff._validation import renamed_kwargs, static_equal
 from jaxdiff.guidance._common import (
+  Hyper,
   batch_t,
   bcast,
+  check_classifier,
   check_num_classes,
   compute_dtype,
   evaluate,
@@ -20,7 +22,9 @@ from jaxdiff.guidance._common import (
   logits,
   nfe,
   null_fn,
+  poison_rows,
   stateless_init,
+  weak_output,
 )
 
 Array = jax.Array
@@ -65,6 +69,15 @@ def gfcg(
     weak_denoise: optional weaker denoiser: the ``w`` term becomes autoguidance.
     null_cond: null label for the CFG term.
 
+  Labels (``cond``): integers in ``[0, num_classes)`` or the null label ``-1``. A null
+  label gets no classifier term: no reference class, scale 0 (that sample keeps its
+  ``x_c``, the unconditional prediction, plus the CFG/autoguidance term). Concrete labels
+  out of range raise ``ValueError`` naming ``cond``; traced ones (under ``jit``, e.g. inside
+  :func:`jaxdiff.sample`) cannot raise, so the samples that carry them are poisoned
+  with NaN, never guided toward another class.
+  Traced hyperparameters are not checked; one that is NaN or out of range poisons the output
+  (NaN), see :mod:`jaxdiff.guidance._common`.
+
   Returns:
     A stateless :class:`~jaxdiff.GuidanceRule`.
 
@@ -83,16 +96,20 @@ def gfcg(
     Shenoy, Pan, Balakrishnan, Cheng, Jeon, Yang & Kim, "Gradient-Free Classifier Guidance
     for Diffusion Model Sampling", arXiv:2411.15393.
   """
+  check_classifier(classifier_fn, "gfcg")
   num_classes = check_num_classes("gfcg: num_classes", num_classes)
-  check_scalar("gfcg: scale", scale, lo=0.0)
-  check_scalar("gfcg: cfg_scale", cfg_scale)
+  h = Hyper("gfcg")
+  h("scale", scale, lo=0.0)
+  h("cfg_scale", cfg_scale)
   if weak_denoise is not None and not callable(weak_denoise):
-    raise TypeError("gfcg: weak_denoise must be a denoiser callable or None.")
-  null = null_fn(null_cond)
+    raise TypeError(
+      f"gfcg: weak_denoise must be a denoiser callable or None, got {type(weak_denoise).__name__}."
+    )
+  null = null_fn(null_cond, "gfcg")
   use_w = not static_equal(cfg_scale, 1.0)
 
   def apply(denoise, x, cond, ctx, state):
-    y = labels(cond, "gfcg")
+    y, active, valid = labels(cond, num_classes, "gfcg")
     b = x.shape[0]
     t = batch_t(ctx, x)
     with_null = use_w and weak_denoise is None
@@ -102,16 +119,18 @@ def gfcg(
     p = jax.nn.softmax(f.astype(compute_dtype(f)), axis=-1)
     p_y = jnp.take_along_axis(p, y[:, None], axis=1)[:, 0]
     others = jnp.where(jax.nn.one_hot(y, num_classes, dtype=jnp.bool_), -jnp.inf, p)
-    c_ref = jnp.argmax(others, axis=-1).astype(y.dtype)
+    # A null (or invalid) target has no reference class: it is evaluated on the null label
+    # and gets scale 0, so it never borrows another class's direction.
+    c_ref = jnp.where(active, jnp.argmax(others, axis=-1).astype(y.dtype), -1)
     p_r = jnp.max(others, axis=-1)
     s_t = jnp.asarray(scale, p.dtype) * p_r / jnp.maximum(p_y + p_r, jnp.finfo(p.dtype).tiny)
     x_r = denoise(x, t, c_ref)
-    x0 = x_c + bcast(s_t.astype(x_c.dtype), x_c) * (x_c - x_r)
+    x0 = x_c + jnp.where(bcast(active, x_c), bcast(s_t.astype(x_c.dtype), x_c) * (x_c - x_r), 0)
     n = 2
     if use_w:
-      x_g = outs[1] if with_null else weak_denoise(x, t, cond).astype(x_c.dtype)
+      x_g = outs[1] if with_null else weak_output(weak_denoise, x, t, cond, x_c, "gfcg")
       x0 = x0 + (jnp.asarray(cfg_scale, x_c.dtype) - 1) * (x_c - x_g)
       n = 3
-    return Prediction.of(x0), state, nfe(n)
+    return Prediction.of(poison_rows(h.poison(x0), valid)), state, nfe(n)
 
   return GuidanceRule(stateless_init, apply)

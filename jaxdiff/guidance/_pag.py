@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiff._types import GuidanceRule, Prediction
-from jaxdiff._validation import check_scalar, renamed_kwargs, static_equal
-from jaxdiff.guidance._common import batch_t, evaluate, nfe, null_fn, stateless_init
+from jaxdiff._validation import renamed_kwargs, static_equal
+from jaxdiff.guidance._common import Hyper, batch_t, evaluate, nfe, null_fn, stateless_init
 
 _NO_FLAG = (
   "pag: the denoiser does not accept the keyword argument `perturb` (bool (B,)). "
@@ -90,6 +90,9 @@ def pag(scale, *, cfg_scale=1.0, null_cond=-1) -> GuidanceRule:
     cfg_scale: ``w`` in the :func:`cfg` convention, finite; 1 disables the CFG term.
     null_cond: unconditional label or ``cond -> null`` callable (used when CFG is on).
 
+  Traced hyperparameters are not checked; one that is NaN or out of range poisons the output
+  (NaN), see :mod:`jaxdiff.guidance._common`.
+
   Returns:
     A stateless :class:`~jaxdiff.GuidanceRule`.
 
@@ -107,9 +110,10 @@ def pag(scale, *, cfg_scale=1.0, null_cond=-1) -> GuidanceRule:
     Ahn, Cho, Min, Jang, Kim, Kim, Park, Jin & Kim, "Self-Rectifying Diffusion Sampling
     with Perturbed-Attention Guidance", arXiv:2403.17377 (Eqs. 10-12).
   """
-  check_scalar("pag: scale", scale, lo=0.0)
-  check_scalar("pag: cfg_scale", cfg_scale)
-  null = null_fn(null_cond)
+  h = Hyper("pag")
+  h("scale", scale, lo=0.0)
+  h("cfg_scale", cfg_scale)
+  null = null_fn(null_cond, "pag")
   use_cfg = not static_equal(cfg_scale, 1.0)
 
   def apply(denoise, x, cond, ctx, state):
@@ -124,6 +128,6 @@ def pag(scale, *, cfg_scale=1.0, null_cond=-1) -> GuidanceRule:
     x0 = x_c + jnp.asarray(scale, x_c.dtype) * (x_c - x_p)
     if use_cfg:
       x0 = x0 + (jnp.asarray(cfg_scale, x_c.dtype) - 1) * (x_c - outs[2])
-    return Prediction.of(x0), state, nfe(n)
+    return Prediction.of(h.poison(x0)), state, nfe(n)
 
   return GuidanceRule(stateless_init, apply)

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxdiff._types import GuidanceRule, Prediction
-from jaxdiff._validation import check_choice, check_scalar, static_equal
-from jaxdiff.guidance._common import batch_t, cfg_combine, evaluate, nfe, null_fn
+from jaxdiff._validation import check_choice, is_traced, static_equal
+from jaxdiff.guidance._common import Hyper, as_array, batch_t, cfg_combine, evaluate, nfe, null_fn
 
 Array = jax.Array
 
@@ -55,6 +55,12 @@ def rcfg(scale, *, variant="self", reference=None, delta=1.0, null_cond=-1) -> G
     delta: virtual-noise magnitude ``delta >= 0``, finite.
     null_cond: negative label (``"onetime"``).
 
+  ``reference`` with ``variant="onetime"`` raises (it would be ignored); a non-finite or
+  non-floating reference raises. With ``delta != 1`` a step at ``alpha_t = 0`` divides by
+  zero and gives NaN (loud, never a plausible sample). Traced hyperparameters are not
+  checked; one that is NaN or out of range poisons the output (NaN), see
+  :mod:`jaxdiff.guidance._common`.
+
   Returns:
     A :class:`~jaxdiff.GuidanceRule` with state :class:`RCFGState`.
 
@@ -78,17 +84,30 @@ def rcfg(scale, *, variant="self", reference=None, delta=1.0, null_cond=-1) -> G
       "rcfg: the self-negative variant needs `reference`, the input image latent x_0 "
       "(an array (B, ...) or a callable cond -> array)."
     )
-  check_scalar("rcfg: scale", scale)
-  check_scalar("rcfg: delta", delta, lo=0.0)
-  null = null_fn(null_cond)
+  if variant == "onetime" and reference is not None:
+    raise ValueError(
+      "rcfg: reference is used only by variant='self' (the onetime variant computes its "
+      "own reference at step 0); drop it or pass variant='self'."
+    )
+  if reference is not None and not callable(reference):
+    reference = as_array(reference, "rcfg: reference")
+    if not jnp.issubdtype(reference.dtype, jnp.floating):
+      raise TypeError(f"rcfg: reference must be a floating latent, got dtype {reference.dtype}.")
+    if not is_traced(reference) and not bool(jnp.all(jnp.isfinite(reference))):
+      raise ValueError("rcfg: reference must be finite (no NaN or inf).")
+  h = Hyper("rcfg")
+  h("scale", scale)
+  h("delta", delta, lo=0.0)
+  null = null_fn(null_cond, "rcfg")
   unit_delta = static_equal(delta, 1.0)
 
   def init(x_T, cond):
     if variant == "self":
-      ref = reference(cond) if callable(reference) else reference
-      ref = jnp.asarray(ref)
+      ref = as_array(reference(cond) if callable(reference) else reference, "rcfg: reference")
       if ref.shape != x_T.shape:
         raise ValueError(f"rcfg: reference has shape {ref.shape}, samples have {x_T.shape}.")
+      if not jnp.issubdtype(ref.dtype, jnp.floating):
+        raise TypeError(f"rcfg: reference must be a floating latent, got dtype {ref.dtype}.")
       return RCFGState(ref.astype(x_T.dtype))
     return RCFGState(jnp.zeros(x_T.shape, x_T.dtype))
 
@@ -100,7 +119,7 @@ def rcfg(scale, *, variant="self", reference=None, delta=1.0, null_cond=-1) -> G
       alpha = jnp.asarray(ctx.alpha, x_c.dtype)
       d = jnp.asarray(delta, x_c.dtype)
       x_n = d * ref + (1 - d) * x / alpha
-    return cfg_combine(x_c, x_n, scale)
+    return h.poison(cfg_combine(x_c, x_n, scale))
 
   def apply(denoise, x, cond, ctx, state):
     t = batch_t(ctx, x)

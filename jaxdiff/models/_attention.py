@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxdiff.models._checks import check_size
+
 Array = jax.Array
 
 __all__ = ["SelfAttention"]
@@ -39,8 +41,8 @@ class SelfAttention(nnx.Module):
   as data (which is how :func:`jaxdiff.guidance.pag` checks a denoiser honours it).
 
   Args:
-    dim: model width (last axis of ``x``); must be divisible by ``num_heads``.
-    num_heads: number of attention heads.
+    dim: model width (last axis of ``x``), an int ``>= 1`` divisible by ``num_heads``.
+    num_heads: number of attention heads, an int ``>= 1``.
     rngs: ``nnx.Rngs`` for the parameter initialisers.
     dtype: computation dtype (``None``: inferred from inputs and params).
     param_dtype: parameter dtype.
@@ -68,7 +70,9 @@ class SelfAttention(nnx.Module):
     dtype=None,
     param_dtype=jnp.float32,
   ):
-    if dim <= 0 or num_heads <= 0 or dim % num_heads:
+    dim = check_size("SelfAttention: dim", dim)
+    num_heads = check_size("SelfAttention: num_heads", num_heads)
+    if dim % num_heads:
       raise ValueError(
         f"SelfAttention: dim ({dim}) must be a positive multiple of num_heads ({num_heads})."
       )

@@ -11,7 +11,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxdiff._validation import check_labels
 from jaxdiff.models._attention import SelfAttention
+from jaxdiff.models._checks import check_size
 
 Array = jax.Array
 
@@ -80,12 +82,17 @@ class DigitDenoiser(nnx.Module):
     num_classes: number of classes ``K`` (labels ``0..K-1``; ``-1`` is the null label).
     image_size: side length of the square input.
     patch: patch side (must divide ``image_size``).
-    dim: token width.
+    dim: token width (even, a multiple of ``num_heads``).
     depth: number of transformer blocks.
     num_heads: attention heads per block.
     mlp_ratio: hidden width of the MLP as a multiple of ``dim``.
     pag_layers: indices of the blocks whose attention ``perturb`` replaces (default: all).
     rngs: ``nnx.Rngs`` for initialisation.
+
+  Sizes are concrete ints ``>= 1`` (a bad one raises naming it). Labels follow the one
+  label policy: integers in ``[0, K)`` or ``-1``; concrete labels outside raise
+  (float/bool labels: ``TypeError``), traced ones (under ``jit``) give NaN outputs for
+  the samples that carry them, never another class's prediction.
 
   Example:
     >>> import jax.numpy as jnp
@@ -116,15 +123,32 @@ class DigitDenoiser(nnx.Module):
     pag_layers: Sequence[int] | None = None,
     rngs: nnx.Rngs,
   ):
+    size = lambda name, v: check_size(f"DigitDenoiser: {name}", v)
+    num_classes, image_size, patch = (
+      size("num_classes", num_classes),
+      size("image_size", image_size),
+      size("patch", patch),
+    )
+    dim, depth = size("dim", dim), size("depth", depth)
+    num_heads, mlp_ratio = size("num_heads", num_heads), size("mlp_ratio", mlp_ratio)
     if image_size % patch:
       raise ValueError(f"DigitDenoiser: patch ({patch}) must divide image_size ({image_size}).")
-    if num_classes < 1 or depth < 1:
-      raise ValueError(f"DigitDenoiser: need num_classes, depth >= 1, got {num_classes}, {depth}.")
+    if dim % 2 or dim % num_heads:
+      raise ValueError(
+        f"DigitDenoiser: dim ({dim}) must be even (sin/cos time features) and a multiple of "
+        f"num_heads ({num_heads})."
+      )
     self.num_classes = num_classes
     self.image_size = image_size
     self.patch = patch
     self.dim = dim
-    self.pag_layers = tuple(range(depth)) if pag_layers is None else tuple(pag_layers)
+    if pag_layers is None:
+      pag_layers = range(depth)
+    elif isinstance(pag_layers, (str, bytes)) or not hasattr(pag_layers, "__iter__"):
+      raise TypeError(
+        f"DigitDenoiser: pag_layers must be a sequence of block indices, got {pag_layers!r}."
+      )
+    self.pag_layers = tuple(check_size("DigitDenoiser: pag_layers", i, lo=0) for i in pag_layers)
     if any(not 0 <= i < depth for i in self.pag_layers):
       raise ValueError(f"DigitDenoiser: pag_layers {self.pag_layers} outside range({depth}).")
     num_tokens = (image_size // patch) ** 2
@@ -149,19 +173,22 @@ class DigitDenoiser(nnx.Module):
       raise ValueError(f"DigitDenoiser: expected x of shape (B, {s}, {s}), got {x.shape}.")
     b, n = x.shape[0], s // p
     t = jnp.broadcast_to(jnp.asarray(t), (b,))
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      raise TypeError(f"DigitDenoiser: x must be floating point, got {x.dtype}.")
+    valid = check_labels("DigitDenoiser: cond", cond, self.num_classes, allow_null=True)
     cond = jnp.broadcast_to(jnp.asarray(cond), (b,))
-    if not jnp.issubdtype(cond.dtype, jnp.integer):
-      raise ValueError(f"DigitDenoiser: labels must be integers, got {cond.dtype}.")
+    valid = jnp.broadcast_to(valid, (b,))
     tokens = x.reshape(b, n, p, n, p).transpose(0, 1, 3, 2, 4).reshape(b, n * n, p * p)
     h = self.embed(tokens) + self.pos[...]
     temb = self.time_out(nnx.silu(self.time_in(_timestep_embedding(t, self.dim))))
-    label = jnp.where(cond < 0, self.num_classes, cond)
+    label = jnp.where((cond < 0) | ~valid, self.num_classes, cond)
     c = nnx.silu(temb + self.label(label))
     for i, block in enumerate(self.blocks):
       h = block(h, c, perturb if i in self.pag_layers else None)
     shift, scale = jnp.split(self.ada_out(c), 2, axis=-1)
     out = self.head(_modulate(self.norm_out(h), shift, scale))
     out = out.reshape(b, n, n, p, p).transpose(0, 1, 3, 2, 4).reshape(b, s, s)
+    out = jnp.where(valid[:, None, None], out, jnp.nan)  # invalid traced labels: poisoned
     return out.astype(x.dtype)
 
 
@@ -185,6 +212,8 @@ class DigitClassifier(nnx.Module):
     feature_dim: width of the feature layer.
     rngs: ``nnx.Rngs`` for initialisation.
 
+  All sizes are concrete ints ``>= 1`` (``num_classes >= 2``); a bad one raises naming it.
+
   Example:
     >>> import jax.numpy as jnp
     >>> from flax import nnx
@@ -207,6 +236,10 @@ class DigitClassifier(nnx.Module):
     feature_dim: int = 32,
     rngs: nnx.Rngs,
   ):
+    num_classes = check_size("DigitClassifier: num_classes", num_classes, lo=2)
+    in_features = check_size("DigitClassifier: in_features", in_features)
+    hidden = check_size("DigitClassifier: hidden", hidden)
+    feature_dim = check_size("DigitClassifier: feature_dim", feature_dim)
     self.in_features = in_features
     self.fc1 = nnx.Linear(in_features, hidden, rngs=rngs)
     self.fc2 = nnx.Linear(hidden, feature_dim, rngs=rngs)
@@ -214,6 +247,10 @@ class DigitClassifier(nnx.Module):
 
   def features(self, x: Array) -> Array:
     """Penultimate activations ``(B, feature_dim)`` of images ``(B, ...)``."""
+    if jnp.ndim(x) < 1:
+      raise ValueError(
+        f"DigitClassifier: x must be batch-first (B, ...), got shape {jnp.shape(x)}."
+      )
     flat = x.reshape(x.shape[0], -1)
     if flat.shape[1] != self.in_features:
       raise ValueError(

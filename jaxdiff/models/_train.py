@@ -22,7 +22,8 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from jaxdiff._validation import as_key, renamed_kwargs
+from jaxdiff._validation import as_key, check_scalar, renamed_kwargs
+from jaxdiff.models._checks import check_size
 from optim._tree import data_to_keys, keys_to_data
 
 Array = jax.Array
@@ -56,7 +57,8 @@ def load_digits(*, test_fraction: float = 0.2, key: Any = 0) -> Digits:
   demo's Frechet distance and precision/recall compare samples against.
 
   Args:
-    test_fraction: fraction of the images held out, in ``(0, 1)``.
+    test_fraction: fraction of the images held out, in ``(0, 1)``, leaving at least one
+      image per class on each side.
     key: the split's randomness: an int seed (sklearn's ``random_state``, as before) or a
       JAX PRNG key (typed or raw; it draws the ``random_state``). ``seed=`` is its
       deprecated spelling.
@@ -77,12 +79,23 @@ def load_digits(*, test_fraction: float = 0.2, key: Any = 0) -> Digits:
   from sklearn.datasets import load_digits as _sk_load_digits
   from sklearn.model_selection import train_test_split
 
-  if not 0.0 < test_fraction < 1.0:
-    raise ValueError(f"load_digits: test_fraction must be in (0, 1), got {test_fraction}.")
+  check_scalar(
+    "load_digits: test_fraction", test_fraction, lo=0.0, hi=1.0, lo_open=True, hi_open=True
+  )
   bunch = _sk_load_digits()
+  n, k = len(bunch.target), len(np.unique(bunch.target))
+  if not k <= round(test_fraction * n) <= n - k:  # stratified: every class on both sides
+    raise ValueError(
+      f"load_digits: test_fraction={test_fraction} leaves fewer than {k} (one per class) "
+      f"of the {n} images on one side of the split; use a value in [{k / n:.4f}, {1 - k / n:.4f}]."
+    )
   x = (bunch.images.astype(np.float32) / 8.0 - 1.0).astype(np.float32)
   y = bunch.target.astype(np.int32)
-  if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+  if isinstance(key, (bool, np.bool_)):
+    raise TypeError("load_digits: key must be an int seed or a JAX PRNG key, got a bool")
+  if isinstance(key, (int, np.integer)):
+    if not 0 <= key < 2**32:
+      raise ValueError(f"load_digits: an int key (seed) must lie in [0, 2**32), got {key}.")
     state = int(key)
   else:
     state = int(jax.random.randint(as_key(key), (), 0, np.iinfo(np.int32).max))
@@ -116,8 +129,12 @@ def batch_indices(key: Array, step: Array, num_examples: int, batch_size: int) -
     >>> sorted(list(map(int, a)) + list(map(int, b)))  # one epoch covers every example
     [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
   """
-  if not 0 < batch_size <= num_examples:
-    raise ValueError(f"batch_indices: need 0 < batch_size <= N, got {batch_size}, {num_examples}.")
+  num_examples = check_size("batch_indices: num_examples", num_examples)
+  batch_size = check_size("batch_indices: batch_size", batch_size)
+  if batch_size > num_examples:
+    raise ValueError(
+      f"batch_indices: batch_size ({batch_size}) must be <= num_examples ({num_examples})."
+    )
   pos = jnp.asarray(step, jnp.int32) * batch_size + jnp.arange(batch_size, dtype=jnp.int32)
   epoch, within = pos // num_examples, pos % num_examples
   first = epoch[0]  # a batch spans at most two epochs since B <= N
@@ -153,6 +170,13 @@ def v_prediction_loss(schedule, *, label_dropout: float = 0.1, null_label: int =
     >>> float(loss(zero_net, jnp.zeros((4, 8, 8)), jnp.arange(4), jax.random.key(0))) > 0
     True
   """
+  check_scalar("v_prediction_loss: label_dropout", label_dropout, lo=0.0, hi=1.0)
+  check_scalar("v_prediction_loss: null_label", null_label, integer=True)
+  if not all(hasattr(schedule, a) for a in ("alpha", "sigma", "t_min", "t_max")):
+    raise TypeError(
+      "v_prediction_loss: schedule must be a jaxdiff schedule (alpha, sigma, t_min, t_max), "
+      f"got {type(schedule).__name__}"
+    )
   t_min, t_max = float(schedule.t_min), float(schedule.t_max)
 
   def loss(model, x0, y, key):
@@ -183,6 +207,8 @@ def classifier_loss(*, noise: float = 0.1):
     >>> round(float(classifier_loss()(uniform, x, y, jax.random.key(0))), 4)  # log(10)
     2.3026
   """
+
+  check_scalar("classifier_loss: noise", noise, lo=0.0)
 
   def loss(model, x, y, key):
     x = x + noise * jax.random.normal(key, x.shape, x.dtype)
@@ -220,6 +246,54 @@ def _chunk_runner(graphdef, loss_fn, optimizer, batch_size: int, compiler_option
     return params, opt_state, losses
 
   return run
+
+
+def _check_train_objects(model, loss_fn, optimizer, progress, compiler_options) -> None:
+  if not isinstance(model, nnx.Module):
+    raise TypeError(f"train: model must be a flax.nnx.Module, got {type(model).__name__}.")
+  if not callable(loss_fn):
+    raise TypeError(f"train: loss_fn must be callable loss_fn(model, x, y, key), got {loss_fn!r}.")
+  if not (
+    callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
+  ):
+    raise TypeError(
+      f"train: optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}."
+    )
+  if not isinstance(progress, (bool, str)):
+    raise TypeError(f"train: progress must be a bool or a description string, got {progress!r}.")
+  if compiler_options is not None and not isinstance(compiler_options, dict):
+    raise TypeError(f"train: compiler_options must be a dict or None, got {compiler_options!r}.")
+
+
+def _check_data(data, batch_size: int) -> tuple[Array, Array]:
+  if not isinstance(data, (tuple, list)) or len(data) != 2:
+    raise TypeError(f"train: data must be a pair (x, y) of arrays, got {type(data).__name__}.")
+  try:
+    x_all, y_all = jnp.asarray(data[0]), jnp.asarray(data[1])
+  except (TypeError, ValueError) as e:
+    raise TypeError(f"train: data must be a pair (x, y) of numeric arrays: {e}") from e
+  if x_all.ndim < 1 or y_all.ndim < 1 or x_all.shape[0] != y_all.shape[0]:
+    raise ValueError(
+      f"train: data (x, y) must share one leading size N, got shapes {x_all.shape}, {y_all.shape}."
+    )
+  if batch_size > x_all.shape[0]:
+    raise ValueError(
+      f"train: batch_size ({batch_size}) must be <= the number of examples ({x_all.shape[0]})."
+    )
+  if not jnp.issubdtype(x_all.dtype, jnp.floating):
+    raise TypeError(f"train: data x must be floating point, got {x_all.dtype}.")
+  return x_all, y_all
+
+
+def _check_checkpoint_dir(checkpoint_dir) -> pathlib.Path | None:
+  if checkpoint_dir is None:
+    return None
+  if not isinstance(checkpoint_dir, (str, pathlib.PurePath)) or str(checkpoint_dir) == "":
+    raise TypeError(f"train: checkpoint_dir must be a path or None, got {checkpoint_dir!r}.")
+  path = pathlib.Path(checkpoint_dir).absolute()
+  if path.exists() and not path.is_dir():
+    raise ValueError(f"train: checkpoint_dir {str(path)!r} exists and is not a directory.")
+  return path
 
 
 class TrainResult(NamedTuple):
@@ -286,6 +360,10 @@ def train(
       ``{"xla_backend_optimization_level": 1}`` trades little speed for faster compilation
       on CPU). They do not change the numerics' determinism: resume with the same options.
 
+  Every argument is checked before any work, naming the one at fault: counts are ints
+  ``>= 1``, ``batch_size`` at most the number of examples, ``checkpoint_dir`` a directory
+  path (a checkpoint there that does not fit the model/optimizer raises ``ValueError``).
+
   Returns:
     A :class:`TrainResult`.
 
@@ -301,20 +379,21 @@ def train(
     >>> out.steps_done, out.losses.shape
     (3, (3,))
   """
-  if steps < 1 or chunk < 1:
-    raise ValueError(f"train: steps and chunk must be >= 1, got {steps}, {chunk}.")
-  every = steps if checkpoint_every is None else checkpoint_every
+  steps, chunk = check_size("train: steps", steps), check_size("train: chunk", chunk)
+  batch_size = check_size("train: batch_size", batch_size)
+  every = (
+    steps if checkpoint_every is None else check_size("train: checkpoint_every", checkpoint_every)
+  )
   if every % chunk and every != steps:
     raise ValueError(f"train: checkpoint_every ({every}) must be a multiple of chunk ({chunk}).")
-  x_all, y_all = jnp.asarray(data[0]), jnp.asarray(data[1])
-  if x_all.shape[0] != y_all.shape[0] or not 0 < batch_size <= x_all.shape[0]:
-    raise ValueError(
-      f"train: need x and y with one leading size N >= batch_size, got {x_all.shape}, "
-      f"{y_all.shape}, batch_size={batch_size}."
-    )
+  if stop_after is not None:
+    stop_after = check_size("train: stop_after", stop_after, lo=0)
+  _check_train_objects(model, loss_fn, optimizer, progress, compiler_options)
+  x_all, y_all = _check_data(data, batch_size)
+  checkpoint_dir = _check_checkpoint_dir(checkpoint_dir)
+  key = as_key(key)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   opt_state = optimizer.init(params)
-  key = as_key(key)
   data_key, loss_key = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
   options = None if compiler_options is None else tuple(sorted(compiler_options.items()))
   run = _chunk_runner(graphdef, loss_fn, optimizer, batch_size, options)
@@ -326,7 +405,7 @@ def train(
   start, losses = 0, np.zeros((0,), np.float32)
   if checkpoint_dir is not None:
     options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
-    manager = ocp.CheckpointManager(pathlib.Path(checkpoint_dir).absolute(), options=options)
+    manager = ocp.CheckpointManager(checkpoint_dir, options=options)
     latest = manager.latest_step()
     if latest is not None:
       like = {
@@ -334,7 +413,14 @@ def train(
         "opt_state": keys_to_data(opt_state),
         "losses": np.zeros((latest,), np.float32),
       }
-      restored = manager.restore(latest, args=ocp.args.StandardRestore(like))
+      try:
+        restored = manager.restore(latest, args=ocp.args.StandardRestore(like))
+      except (ValueError, TypeError, KeyError) as e:
+        manager.close()
+        raise ValueError(
+          f"train: checkpoint_dir {str(checkpoint_dir)!r} holds a checkpoint (step {latest}) "
+          "that does not match this model/optimizer; use a fresh directory."
+        ) from e
       params = data_to_keys(restored["params"], params)
       opt_state = data_to_keys(restored["opt_state"], opt_state)
       start, losses = latest, np.asarray(restored["losses"], np.float32)

@@ -145,18 +145,63 @@ def test_pag_rule_accepts_the_denoiser_and_rejects_one_without_perturbed_layers(
 @pytest.mark.parametrize(
   "args, match",
   [
-    ((jnp.zeros((2, 8, 9)), jnp.zeros(2), jnp.zeros(2, int)), "shape"),
-    ((jnp.zeros((2, 8, 8)), jnp.zeros(2), jnp.zeros(2)), "integers"),
+    ((jnp.zeros((2, 8, 9)), jnp.zeros(2), jnp.zeros(2, int)), (ValueError, "shape")),
+    ((jnp.zeros((2, 8, 8)), jnp.zeros(2), jnp.zeros(2)), (TypeError, "integer class labels")),
+    ((jnp.zeros((2, 8, 8), int), jnp.zeros(2), jnp.zeros(2, int)), (TypeError, "floating")),
   ],
 )
 def test_denoiser_bad_input_raises(net, args, match):
-  with pytest.raises(ValueError, match=match):
+  with pytest.raises(match[0], match=match[1]):
     _apply(net, *args)
 
 
-def test_denoiser_bad_config_raises():
-  with pytest.raises(ValueError, match="patch"):
-    DigitDenoiser(patch=3, rngs=nnx.Rngs(0))
+def test_concrete_out_of_range_label_raises_naming_cond(net, inputs):
+  x, t, _ = inputs
+  with pytest.raises(ValueError, match=r"DigitDenoiser: cond: class labels must lie in \[0, 10\)"):
+    net(x, t, jnp.array([0, 10, -1, 2]))
+  with pytest.raises(ValueError, match="got -2"):
+    net(x, t, jnp.array([0, 1, -2, 2]))
+
+
+def test_traced_invalid_label_poisons_only_its_sample(net, inputs):
+  x, t, y = inputs
+  bad = jnp.array([0, 10, -1, -2])  # 10 would be the null embedding's row; -2 is no label
+  out, ref = _apply(net, x, t, bad), _apply(net, x, t, jnp.array([0, 3, -1, 3]))
+  assert np.isnan(np.asarray(out[1])).all() and np.isnan(np.asarray(out[3])).all()
+  np.testing.assert_array_equal(out[0], ref[0])
+  np.testing.assert_array_equal(out[2], ref[2])
+
+
+@pytest.mark.parametrize(
+  "kwargs, exc, match",
+  [
+    (dict(patch=3), ValueError, "patch"),
+    (dict(dim=0), ValueError, r"DigitDenoiser: dim must lie in \[1, inf\)"),
+    (dict(dim=30, num_heads=4), ValueError, "multiple of num_heads"),
+    (dict(dim=9, num_heads=3), ValueError, "must be even"),
+    (dict(depth=2.5), ValueError, "DigitDenoiser: depth must be an integer"),
+    (dict(num_heads=True), TypeError, "DigitDenoiser: num_heads must be a real number, got a bool"),
+    (dict(num_classes="10"), TypeError, "DigitDenoiser: num_classes must be a real number"),
+    (dict(depth=2, pag_layers=[2]), ValueError, r"outside range\(2\)"),
+    (dict(pag_layers=1), TypeError, "pag_layers must be a sequence"),
+  ],
+)
+def test_denoiser_bad_config_raises(kwargs, exc, match):
+  with pytest.raises(exc, match=match):
+    DigitDenoiser(**kwargs, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize(
+  "kwargs, exc, match",
+  [
+    (dict(num_classes=1), ValueError, r"DigitClassifier: num_classes must lie in \[2, inf\)"),
+    (dict(hidden=0), ValueError, "DigitClassifier: hidden"),
+    (dict(feature_dim=None), TypeError, "DigitClassifier: feature_dim"),
+  ],
+)
+def test_classifier_bad_config_raises(kwargs, exc, match):
+  with pytest.raises(exc, match=match):
+    DigitClassifier(**kwargs, rngs=nnx.Rngs(0))
 
 
 def test_classifier_shapes_and_bad_input():
@@ -282,3 +327,81 @@ def test_train_rejects_checkpoint_interval_off_the_chunk_grid(tiny_data):
       checkpoint_every=6,
       progress=False,
     )
+
+
+_CLF = DigitClassifier(rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize(
+  "kwargs, exc, match",
+  [
+    (dict(steps=0), ValueError, r"train: steps must lie in \[1, inf\)"),
+    (dict(steps=2.5), ValueError, "train: steps must be an integer"),
+    (dict(batch_size=65), ValueError, r"train: batch_size \(65\) must be <= the number"),
+    (dict(batch_size=0), ValueError, "train: batch_size"),
+    (dict(chunk=None), TypeError, "train: chunk"),
+    (dict(key="seed"), TypeError, "key must be an int seed or a JAX PRNG key"),
+    (dict(key=jnp.zeros(2)), TypeError, "key must be"),
+    (dict(checkpoint_dir=3), TypeError, "train: checkpoint_dir must be a path"),
+    (dict(model=lambda x: x), TypeError, "train: model must be a flax.nnx.Module"),
+    (dict(loss_fn="ce"), TypeError, "train: loss_fn must be callable"),
+    (dict(optimizer=0.1), TypeError, "train: optimizer must be an optax"),
+    (dict(data=jnp.zeros((64, 8, 8))), TypeError, r"train: data must be a pair \(x, y\)"),
+    (dict(data=(jnp.zeros((64, 8, 8)), jnp.zeros(63, int))), ValueError, "train: data"),
+  ],
+)
+def test_train_bad_arguments_raise_naming_them(tiny_data, kwargs, exc, match):
+  args = dict(model=_CLF, loss_fn=classifier_loss(), optimizer=optax.sgd(0.1), data=tiny_data)
+  args.update(kwargs)
+  kw = {k: args.pop(k) for k in list(args) if k not in ("model", "loss_fn", "optimizer", "data")}
+  kw = {"steps": 2, "batch_size": 8, "progress": False, **kw}
+  with pytest.raises(exc, match=match):
+    train(args["model"], args["loss_fn"], args["optimizer"], args["data"], **kw)
+
+
+def test_train_checkpoint_dir_that_is_a_file_or_holds_another_model_raises(tiny_data, tmp_path):
+  file = tmp_path / "f"
+  file.write_text("x")
+  with pytest.raises(ValueError, match="checkpoint_dir .* is not a directory"):
+    _tiny_run(tiny_data, file)
+  _tiny_run(tiny_data, tmp_path / "c", stop_after=2)
+  with pytest.raises(ValueError, match="does not match this model/optimizer"):
+    train(
+      _CLF, classifier_loss(), _OPT, tiny_data, steps=4, batch_size=8, chunk=2,
+      checkpoint_dir=tmp_path / "c", progress=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+  "kwargs, exc, match",
+  [
+    (dict(test_fraction=0.0), ValueError, r"load_digits: test_fraction must lie in \(0, 1\)"),
+    (dict(test_fraction=float("nan")), ValueError, "test_fraction must be a number, got NaN"),
+    (dict(test_fraction="0.2"), TypeError, "test_fraction"),
+    (dict(test_fraction=0.001), ValueError, "one per class"),
+    (dict(key=True), TypeError, "key .*bool"),
+    (dict(key=-1), ValueError, r"key \(seed\) must lie in"),
+  ],
+)
+def test_load_digits_bad_arguments_raise_naming_them(kwargs, exc, match):
+  with pytest.raises(exc, match=match):
+    load_digits(**kwargs)
+
+
+@pytest.mark.parametrize(
+  "build, exc, match",
+  [
+    (
+      lambda: v_prediction_loss(schedules.vp_cosine(), label_dropout=1.5),
+      ValueError,
+      "label_dropout",
+    ),
+    (lambda: v_prediction_loss(schedules.vp_cosine(), null_label=0.5), ValueError, "null_label"),
+    (lambda: v_prediction_loss("cosine"), TypeError, "v_prediction_loss: schedule"),
+    (lambda: classifier_loss(noise=-0.1), ValueError, "classifier_loss: noise"),
+    (lambda: batch_indices(jax.random.key(0), 0, 10, 2.5), ValueError, "batch_size"),
+  ],
+)
+def test_loss_factories_and_batch_indices_reject_bad_arguments(build, exc, match):
+  with pytest.raises(exc, match=match):
+    build()

@@ -81,13 +81,13 @@ def test_elucd_direction_matches_numpy_temperatures(x64):
 def test_classifier_bad_configuration_raises_clear_errors():
   with pytest.raises(ValueError, match="classifier: variant must be one of 'denoised', 'noisy'"):
     guidance.classifier(class_logits, 3, 1.0, variant="x_t")
-  with pytest.raises(ValueError, match=r"classifier: num_classes must lie in \[2, inf\]"):
+  with pytest.raises(ValueError, match=r"classifier: num_classes must lie in \[2, inf\)"):
     guidance.classifier(class_logits, 1, 1.0)
   with pytest.raises(ValueError, match="classifier: num_classes must be an integer"):
     guidance.classifier(class_logits, 2.5, 1.0)
   with pytest.raises(ValueError, match="classifier: joint_temperature must lie in"):
     guidance.classifier(class_logits, 3, 1.0, joint_temperature=0.0)
-  with pytest.raises(ValueError, match=r"classifier: scale must lie in \[0, inf\]"):
+  with pytest.raises(ValueError, match=r"classifier: scale must lie in \[0, inf\)"):
     guidance.classifier(class_logits, 3, -1.0)
 
 
@@ -104,5 +104,5 @@ def test_classifier_input_keyword_is_the_deprecated_spelling_of_variant(x64):
 def test_smooth_relu_tends_to_relu_and_rejects_a_bad_sharpness():
   x = jnp.linspace(-2.0, 2.0, 9)
   np.testing.assert_allclose(guidance.smooth_relu(x, beta=200.0), jnp.maximum(x, 0), atol=5e-3)
-  with pytest.raises(ValueError, match=r"smooth_relu: beta must lie in \(0, inf\]"):
+  with pytest.raises(ValueError, match=r"smooth_relu: beta must lie in \(0, inf\)"):
     guidance.smooth_relu(x, beta=0.0)

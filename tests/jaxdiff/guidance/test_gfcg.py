@@ -52,7 +52,7 @@ def test_gfcg_ref_scale_is_the_deprecated_spelling_of_scale(x64):
 
 def test_gfcg_bad_input_raises_clear_errors():
   bad = lambda z: jnp.zeros((z.shape[0], 5))
-  with pytest.raises(ValueError, match=r"gfcg: scale must lie in \[0, inf\]"):
+  with pytest.raises(ValueError, match=r"gfcg: scale must lie in \[0, inf\)"):
     guidance.gfcg(bad, 3, -1.0)
   with pytest.raises(TypeError, match="gfcg: weak_denoise must be a denoiser callable"):
     guidance.gfcg(bad, 3, 1.0, weak_denoise=1.0)

@@ -88,5 +88,5 @@ def test_pag_scale_has_the_vocabulary_name_and_the_old_spelling_warns():
   with pytest.warns(DeprecationWarning, match="pag_scale"):
     rule = guidance.pag(pag_scale=2.0)
   np.testing.assert_array_equal(rule.apply(den, x, cond, ctx(), ())[0].x0, want)
-  with pytest.raises(ValueError, match=r"pag: scale must lie in \[0, inf\]"):
+  with pytest.raises(ValueError, match=r"pag: scale must lie in \[0, inf\)"):
     guidance.pag(-1.0)

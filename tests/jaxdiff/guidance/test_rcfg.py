@@ -52,7 +52,7 @@ def test_rcfg_bad_input_raises_clear_errors():
     guidance.rcfg(2.0)
   with pytest.raises(ValueError, match="rcfg: variant must be one of 'self', 'onetime'"):
     guidance.rcfg(2.0, variant="twice")
-  with pytest.raises(ValueError, match=r"rcfg: delta must lie in \[0, inf\]"):
+  with pytest.raises(ValueError, match=r"rcfg: delta must lie in \[0, inf\)"):
     guidance.rcfg(2.0, variant="onetime", delta=-0.5)
   rule = guidance.rcfg(2.0, reference=jnp.zeros((3, 2)))
   with pytest.raises(ValueError, match="reference has shape"):
