@@ -6,15 +6,21 @@ Examples::
   python -m jaxdiff sample --guidance apg --scale 5 --solver dpmpp_2m --steps 10 \\
       --class 3 --out grid.png
 
-Bad arguments print one line ``jaxdiff: error: ...`` to stderr and exit with status 2.
+Bad arguments (and bad ``JAXDIFF_DEMO_SMALL`` / ``JAXDIFF_CACHE_DIR`` values) print one
+line ``jaxdiff: error: ...`` to stderr and exit with status 2, before any model is loaded or
+trained: the option values, the scale against the rule's own factory, and that ``--out``
+and the cache directory can be written (by creating and removing them). A failure while
+working (a full disk, a non-finite sample) is one line too, with status 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import pathlib
 import sys
+import tempfile
 from collections.abc import Sequence
 
 __all__ = ["build_parser", "main"]
@@ -31,40 +37,59 @@ class _OneLineParser(argparse.ArgumentParser):
     self.exit(2, f"jaxdiff: error: {message}\n")
 
 
-def _positive_int(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-  return value
+# Upper bounds: a typo ("--steps 10000000000") is an error, not a MemoryError after
+# training. 1000 steps is DDPM's full chain; 100 samples per class is a 7200-pixel-wide grid.
+_MAX_STEPS = 1000
+_MAX_NUM = 100
+# Seeds beyond 32 bits alias smaller ones (jax.random.key keeps the low 32 bits without x64).
+_MAX_SEED = 2**32 - 1
 
 
-def _digit_class(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a digit class 0-9, got {text!r}") from None
-  if not 0 <= value <= 9:
-    raise argparse.ArgumentTypeError(f"expected a digit class 0-9, got {value}")
-  return value
+def _int_option(lo: int, hi: int, expected: str):
+  """An argparse ``type``: an integer in ``[lo, hi]``, else ``expected ..., got ...``."""
+
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not lo <= value <= hi:
+      raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+    return value
+
+  return parse
+
+
+_steps = _int_option(1, _MAX_STEPS, f"a positive integer at most {_MAX_STEPS}")
+_num = _int_option(1, _MAX_NUM, f"a positive integer at most {_MAX_NUM}")
+_digit_class = _int_option(0, 9, "a digit class 0-9")
+_seed = _int_option(0, _MAX_SEED, f"an integer seed in [0, {_MAX_SEED}]")
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _finite_float(text: str) -> float:
+  """A number that stays finite in float32 (the sampler's dtype): 1e39 would become inf."""
   try:
     value = float(text)
   except ValueError:
     raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-  if value != value or value in (float("inf"), float("-inf")):
-    raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+  if not math.isfinite(value) or abs(value) > _FLOAT32_MAX:
+    raise argparse.ArgumentTypeError(f"expected a finite number (float32 range), got {text!r}")
   return value
 
 
+def _path(text: str) -> pathlib.Path:
+  if not text:
+    raise argparse.ArgumentTypeError("expected a path, got ''")
+  if "\x00" in text:
+    raise argparse.ArgumentTypeError(f"expected a path, got {text!r} (NUL character)")
+  return pathlib.Path(text)
+
+
 def _png_path(text: str) -> pathlib.Path:
-  path = pathlib.Path(text)
+  path = _path(text)
   if path.suffix.lower() != ".png":
-    raise argparse.ArgumentTypeError(f"--out must name a .png file, got {text!r}")
+    raise argparse.ArgumentTypeError(f"expected a .png file name, got {text!r}")
   return path
 
 
@@ -88,19 +113,43 @@ def _join_number_values(argv: Sequence[str]) -> list[str]:
 
 
 def _unwritable(path: pathlib.Path, *, directory: bool) -> str | None:
-  """Why ``path`` (an output directory or file) cannot be written, or None if it can."""
+  """Why ``path`` (an output directory or file) cannot be written, or None if it can.
+
+  Probes by doing it: creates the missing directories and the file (or a temporary file in
+  an existing directory), then removes what it created. Permission bits alone would not
+  do (root ignores them; a read-only mount or a too-long name does not show in them).
+  """
+  try:
+    return _probe(path.absolute(), directory)
+  except (OSError, ValueError) as e:
+    return getattr(e, "strerror", None) or str(e)
+
+
+def _probe(path: pathlib.Path, directory: bool) -> str | None:
   if not directory and path.is_dir():
     return "it is a directory"
-  if path.exists() and not os.access(path, os.W_OK):
-    return "permission denied"
-  parent = path if directory else path.parent
-  parent = parent.absolute()
-  while not parent.exists():  # the nearest existing ancestor is where mkdir would start
-    parent = parent.parent
-  if not parent.is_dir():
-    return f"{parent} is not a directory"
-  if not os.access(parent, os.W_OK | os.X_OK):
-    return f"{parent} is not writable"
+  missing = []  # the directories mkdir(parents=True) would create, innermost first
+  folder = path if directory else path.parent
+  while not folder.exists():
+    missing.append(folder)
+    folder = folder.parent
+  if not folder.is_dir():
+    return f"{folder} is not a directory"
+  created = []
+  try:
+    for d in reversed(missing):
+      d.mkdir()
+      created.append(d)
+    if directory:
+      tempfile.TemporaryFile(dir=path).close()
+    elif path.exists():
+      open(path, "ab").close()  # appends nothing: the file is left as it is
+    else:
+      os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+      path.unlink()
+  finally:
+    for d in reversed(created):
+      d.rmdir()
   return None
 
 
@@ -138,11 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
   )
   demo.add_argument(
     "--out",
-    type=pathlib.Path,
+    type=_path,
     default=pathlib.Path("out"),
     help="output directory for the report and figures (default: out)",
   )
-  demo.add_argument("--cache-dir", type=pathlib.Path, default=None, help=cache_help)
+  demo.add_argument("--cache-dir", type=_path, default=None, help=cache_help)
   demo.add_argument("--small", action="store_true", help=small_help)
   demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
@@ -166,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     default=None,
     help="guidance scale in the rule's own convention (CFG's w: 1 = none; PAG's s: "
     "0 = none; CFG++'s lambda in [0, 1]; see the rule's docstring); default: the demo's "
-    "scale for the rule (cfg: 3)",
+    "scale for the rule (cfg: 3); not with --guidance none",
   )
   smp.add_argument(
     "--solver",
@@ -175,7 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     help="sampler (default: dpmpp_2m)",
   )
   smp.add_argument(
-    "--steps", type=_positive_int, default=10, help="number of solver steps (default: 10)"
+    "--steps",
+    type=_steps,
+    default=10,
+    help=f"number of solver steps, 1-{_MAX_STEPS} (default: 10)",
   )
   smp.add_argument(
     "--class",
@@ -184,54 +236,83 @@ def build_parser() -> argparse.ArgumentParser:
     default=None,
     help="digit class 0-9 to sample (default: one row per class)",
   )
-  smp.add_argument("--num", type=_positive_int, default=16, help="samples per class (default: 16)")
-  smp.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+  smp.add_argument(
+    "--num", type=_num, default=16, help=f"samples per class, 1-{_MAX_NUM} (default: 16)"
+  )
+  smp.add_argument("--seed", type=_seed, default=0, help=f"random seed, 0-{_MAX_SEED} (default: 0)")
   smp.add_argument(
     "--out",
     type=_png_path,
     default=pathlib.Path("grid.png"),
     help="output PNG path (default: grid.png)",
   )
-  smp.add_argument("--cache-dir", type=pathlib.Path, default=None, help=cache_help)
+  smp.add_argument("--cache-dir", type=_path, default=None, help=cache_help)
   smp.add_argument("--small", action="store_true", help=small_help)
   smp.add_argument("--no-progress", action="store_true", help="hide the progress bars")
   return parser
 
 
-def _use_compilation_cache(cache_dir) -> None:
+def _use_compilation_cache(cache: pathlib.Path) -> None:
   """Persists XLA executables next to the checkpoints: a second run skips compilation."""
   import jax
 
-  from jaxdiff.demo import default_cache_dir
-
-  root = default_cache_dir() if cache_dir is None else cache_dir
-  jax.config.update("jax_compilation_cache_dir", str(pathlib.Path(root).absolute() / "xla"))
+  jax.config.update("jax_compilation_cache_dir", str(cache.absolute() / "xla"))
 
 
-def _config(args):
-  from jaxdiff.demo import DemoConfig
-
-  return DemoConfig.small() if args.small else DemoConfig.from_env()
+class _UsageError(Exception):
+  """A bad argument, combination or environment variable found after parsing (exit 2)."""
 
 
-def _cmd_demo(args) -> int:
+def _check(args) -> tuple[object, pathlib.Path]:
+  """Every check that needs more than one option: returns ``(config, cache directory)``.
+
+  Raises :class:`_UsageError` naming the option (or environment variable) at fault.
+  """
+  from jaxdiff.demo import NO_GUIDANCE, DemoConfig, check_rule, default_cache_dir
+
+  try:
+    config = DemoConfig.small() if args.small else DemoConfig.from_env()
+  except ValueError as e:  # JAXDIFF_DEMO_SMALL
+    raise _UsageError(str(e)) from None
+  if args.command == "sample":
+    if args.guidance == NO_GUIDANCE and args.scale is not None:
+      raise _UsageError(f"argument --scale: --guidance {NO_GUIDANCE} takes no scale")
+    if args.scale is None:
+      args.scale = config.scale_of(args.guidance)
+    elif args.guidance != NO_GUIDANCE:
+      try:
+        check_rule(args.guidance, args.scale, **config.rule_kwargs.get(args.guidance, {}))
+      except (TypeError, ValueError) as e:
+        raise _UsageError(
+          f"argument --scale: {args.scale:g} does not suit --guidance {args.guidance}: {e}"
+        ) from None
+  reason = _unwritable(args.out, directory=args.command == "demo")
+  if reason is not None:
+    raise _UsageError(f"argument --out: cannot write {args.out}: {reason}")
+  if args.cache_dir is not None:
+    cache, option = args.cache_dir, "argument --cache-dir"
+  else:
+    cache, option = default_cache_dir(), "JAXDIFF_CACHE_DIR (the default cache directory)"
+  reason = _unwritable(cache, directory=True)
+  if reason is not None:
+    raise _UsageError(f"{option}: cannot write {cache}: {reason}")
+  return config, cache
+
+
+def _cmd_demo(args, config, cache) -> int:
   from jaxdiff.demo import run_demo
 
-  run_demo(_config(args), out_dir=args.out, cache_dir=args.cache_dir, progress=not args.no_progress)
+  run_demo(config, out_dir=args.out, cache_dir=cache, progress=not args.no_progress)
   return 0
 
 
-def _cmd_sample(args) -> int:
+def _cmd_sample(args, config, cache) -> int:
   import numpy as np
 
-  from jaxdiff.demo import default_cache_dir, prepare_models, sample_digits
+  from jaxdiff.demo import prepare_models, sample_digits
   from jaxdiff.demo._figures import save_grid
   from jaxdiff.models import load_digits
 
-  config = _config(args)
-  scale = config.scale_of(args.guidance) if args.scale is None else args.scale
-  _check_rule(args.guidance, scale, config)
-  cache = default_cache_dir() if args.cache_dir is None else args.cache_dir
   models = prepare_models(
     config, load_digits(key=config.seed), cache, progress=not args.no_progress
   )
@@ -240,54 +321,64 @@ def _cmd_sample(args) -> int:
   x, nfe = sample_digits(
     models,
     guidance=args.guidance,
-    scale=scale,
+    scale=args.scale,
     solver=args.solver,
     steps=args.steps,
     labels=labels,
     key=args.seed,
     config=config,
   )
+  bad = int(np.sum(~np.isfinite(x).reshape(len(x), -1).all(axis=1)))
+  if bad:  # never a grid of NaN pixels saved as if it were samples
+    raise _RuntimeFailure(
+      f"{bad} of {len(x)} samples are not finite (NaN/inf); nothing written to {args.out}; "
+      "try a smaller --scale"
+    )
   save_grid(args.out, np.clip(x, -1.0, 1.0), len(classes), args.num)
   print(f"wrote {args.out} ({len(labels)} samples, {nfe} network evaluations per sample)")
   return 0
 
 
-def _check_rule(name: str, scale: float, config) -> None:
-  """Builds the rule once with stand-in networks, so its factory rejects a bad ``--scale``
-  (or hyperparameter) before any model is trained or loaded."""
-  from jaxdiff.demo import make_rule
-
-  stand_in = lambda x, *args, **kwargs: x  # noqa: E731
-  try:
-    make_rule(
-      name, scale, weak_denoise=stand_in, classifier_fn=stand_in, **config.rule_kwargs.get(name, {})
-    )
-  except (TypeError, ValueError) as e:
-    raise _UsageError(f"--scale {scale:g} does not suit --guidance {name}: {e}") from None
+class _RuntimeFailure(Exception):
+  """A failure after the checks, reported as one line (exit 1)."""
 
 
-class _UsageError(Exception):
-  """A bad argument combination found after parsing (reported like a parse error)."""
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0] if text else type(e).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Entry point; returns the process exit status."""
+  """Entry point; returns the process exit status (never raises ``SystemExit``).
+
+  0: done (or ``--help``); 2: a bad invocation, found before any work, one line
+  ``jaxdiff: error: ...`` on stderr; 1: a failure while working (disk full, a non-finite
+  sample, ...), one line too, unless ``JAXDIFF_TRACEBACK=1`` asks for the traceback;
+  130: interrupted.
+  """
   parser = build_parser()
-  argv = sys.argv[1:] if argv is None else argv
-  args = parser.parse_args(_join_number_values(argv))
-  reason = _unwritable(args.out, directory=args.command == "demo")
-  if reason is not None:
-    parser.error(f"argument --out: cannot write {args.out}: {reason}")
-  if args.small:
-    os.environ["JAXDIFF_DEMO_SMALL"] = "1"
+  argv = sys.argv[1:] if argv is None else list(argv)
   try:
-    _use_compilation_cache(args.cache_dir)
-    if args.command == "demo":
-      return _cmd_demo(args)
-    return _cmd_sample(args)
+    args = parser.parse_args(_join_number_values(argv))
+  except SystemExit as e:  # argparse: --help (0) or a one-line error (2)
+    return e.code if isinstance(e.code, int) else 2
+  try:
+    config, cache = _check(args)
   except _UsageError as e:
     print(f"jaxdiff: error: {e}", file=sys.stderr)
     return 2
+  try:
+    _use_compilation_cache(cache)
+    if args.command == "demo":
+      return _cmd_demo(args, config, cache)
+    return _cmd_sample(args, config, cache)
   except KeyboardInterrupt:
     print("jaxdiff: interrupted (checkpoints kept; rerun to resume)", file=sys.stderr)
     return 130
+  except Exception as e:  # noqa: BLE001 - the CLI's promise: one line, not a traceback
+    if os.environ.get("JAXDIFF_TRACEBACK") == "1":
+      raise
+    kind = "" if isinstance(e, (OSError, _RuntimeFailure)) else f"{type(e).__name__}: "
+    hint = "" if isinstance(e, _RuntimeFailure) else " (JAXDIFF_TRACEBACK=1 shows the traceback)"
+    print(f"jaxdiff: error: {kind}{_first_line(e)}{hint}", file=sys.stderr)
+    return 1

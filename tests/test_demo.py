@@ -86,9 +86,8 @@ def test_second_run_reuses_the_checkpoints(demo_run):
   }
 
 
-def test_cli_samples_a_grid_from_the_cached_model(demo_run, tmp_path, monkeypatch, capsys):
+def test_cli_samples_a_grid_from_the_cached_model(demo_run, tmp_path, capsys):
   cache = demo_run[2]
-  monkeypatch.setenv("JAXDIFF_DEMO_SMALL", "1")  # restored after the test (main() sets it)
   previous = jax.config.jax_compilation_cache_dir
   target = tmp_path / "grid.png"
   try:
@@ -149,3 +148,19 @@ def test_a_rule_added_to_the_registry_is_sampled_without_other_edits(demo_run, m
     models, guidance="cfg", scale=4.5, solver="dpmpp_2m", steps=steps, labels=labels, config=config
   )
   np.testing.assert_allclose(x, x_cfg, rtol=1e-5, atol=1e-5)
+
+
+def test_apg_study_runs_without_apg_settings_in_rule_kwargs(demo_run):
+  # A config that leaves APG at its factory defaults: the study's overrides (eta, r, beta)
+  # are traced too, and APG with eta = 1, r = inf, beta = 0 is CFG (Sadat et al., Sec. 4).
+  models = demo.prepare_models(CONFIG, load_digits(key=CONFIG.seed), demo_run[2], progress=False)
+  labels = np.arange(10)
+  sampler = demo._sampling.Sampler(models, labels, {}, CONFIG.compiler_options)
+  key = jax.random.key(3)
+  apg = sampler("apg", "dpmpp_2m", 2, key, scale=4.0, eta=1.0, norm_threshold=math.inf)
+  cfg = sampler("cfg", "dpmpp_2m", 2, key, scale=4.0)
+  np.testing.assert_allclose(apg["x"], cfg["x"], rtol=1e-4, atol=1e-4)
+  with pytest.raises(TypeError, match="static"):
+    demo._sampling.Sampler(models, labels, {"rcfg": {"variant": "onetime"}})(
+      "rcfg", "dpmpp_2m", 2, key, variant=1.0
+    )

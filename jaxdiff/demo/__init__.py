@@ -23,21 +23,24 @@ the ones this run measured.
 from jaxdiff.demo._config import (
   NO_GUIDANCE,
   DemoConfig,
+  check_rule,
   default_cache_dir,
   demo_rules,
   evals_per_step,
+  make_rule,
   rule_label,
   solver_label,
   steps_for_budget,
 )
 from jaxdiff.demo._run import run_demo
-from jaxdiff.demo._sampling import make_rule, sample_digits
+from jaxdiff.demo._sampling import sample_digits
 from jaxdiff.demo._training import Models, prepare_models
 
 __all__ = [
   "NO_GUIDANCE",
   "DemoConfig",
   "Models",
+  "check_rule",
   "default_cache_dir",
   "demo_rules",
   "evals_per_step",

@@ -12,18 +12,25 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import numbers
 import os
 import pathlib
+from collections.abc import Mapping
 from typing import Any
 
 from jaxdiff import guidance, solvers
+from jaxdiff._validation import check_scalar
 
 __all__ = [
   "NO_GUIDANCE",
+  "NUM_CLASSES",
   "DemoConfig",
+  "check_rule",
   "default_cache_dir",
   "demo_rules",
   "evals_per_step",
+  "make_rule",
   "rule_label",
   "solver_label",
   "steps_for_budget",
@@ -32,6 +39,8 @@ __all__ = [
 # The demo's and CLI's name for sampling the conditional model without guidance.
 NO_GUIDANCE = "none"
 _NO_GUIDANCE_LABEL = "conditional (no guidance)"
+# The digits' classes.
+NUM_CLASSES = 10
 # What the demo can hand a rule's builder: every resource the registry knows of.
 _PROVIDED = frozenset(guidance.RESOURCES)
 
@@ -39,11 +48,14 @@ _PROVIDED = frozenset(guidance.RESOURCES)
 def default_cache_dir() -> pathlib.Path:
   """``$JAXDIFF_CACHE_DIR`` or ``.cache/jaxdiff-demo`` under the working directory.
 
+  An empty ``JAXDIFF_CACHE_DIR`` counts as unset (it would otherwise mean the working
+  directory itself).
+
   Example:
     >>> default_cache_dir().name in ("jaxdiff-demo",) or "JAXDIFF_CACHE_DIR" in os.environ
     True
   """
-  return pathlib.Path(os.environ.get("JAXDIFF_CACHE_DIR", ".cache/jaxdiff-demo"))
+  return pathlib.Path(os.environ.get("JAXDIFF_CACHE_DIR") or ".cache/jaxdiff-demo")
 
 
 def demo_rules() -> tuple[str, ...]:
@@ -104,6 +116,51 @@ def steps_for_budget(name: str, nfe_budget: int) -> int:
   return max(1, nfe_budget // evals_per_step(name))
 
 
+def make_rule(name: str, scale, *, weak_denoise=None, classifier_fn=None, **hyperparameters):
+  """Guidance rule ``name`` at ``scale`` from :data:`jaxdiff.guidance.REGISTRY`.
+
+  ``"none"`` gives ``None`` (plain conditional sampling). ``scale`` follows the rule's own
+  convention (see its factory); the resources are the demo's weak denoiser and classifier
+  (guiding the *unconditional* model, the classic use of classifier guidance).
+
+  Example:
+    >>> make_rule("none", 0.0) is None
+    True
+    >>> make_rule("apg", 5.0, momentum=-0.5) is not None
+    True
+  """
+  if name == NO_GUIDANCE:
+    return None
+  return guidance.make(
+    name,
+    scale,
+    weak_denoise=weak_denoise,
+    classifier_fn=classifier_fn,
+    num_classes=NUM_CLASSES,
+    **hyperparameters,
+  )
+
+
+def _stand_in(x, *args, **kwargs):
+  return x
+
+
+def check_rule(name: str, scale, **hyperparameters) -> None:
+  """Builds rule ``name`` once with stand-in networks, so that its factory rejects a bad
+  ``scale`` or hyperparameter (and an unknown keyword) before any model is trained.
+
+  Raises the factory's ``TypeError``/``ValueError`` unchanged.
+
+  Example:
+    >>> check_rule("cfg", 3.0)
+    >>> check_rule("cfgpp", 3.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: cfgpp: scale must lie in [0, 1], got 3.0
+  """
+  make_rule(name, scale, weak_denoise=_stand_in, classifier_fn=_stand_in, **hyperparameters)
+
+
 def _demo_scales() -> dict[str, float]:
   # Each rule's own convention: CFG's w for cfg/apg/adaptive/autoguidance (1 = none),
   # PAG's s (0 = none), CFG++'s lambda in [0, 1], the classifier-guidance s.
@@ -134,6 +191,76 @@ def _demo_rule_kwargs() -> dict[str, dict[str, Any]]:
 def _demo_sweep_rules() -> dict[str, float]:
   # rule -> offset from the CFG-convention w to the rule's scale (PAG: s = w - 1).
   return {"cfg": 0.0, "apg": 0.0, "adaptive": 0.0, "pag": -1.0, "autoguidance": 0.0}
+
+
+# The positive integer fields of DemoConfig (sizes, step and sample counts).
+_SIZES = (
+  "batch_size",
+  "dim",
+  "depth",
+  "num_heads",
+  "denoiser_steps",
+  "weak_dim",
+  "weak_depth",
+  "weak_steps",
+  "classifier_steps",
+  "samples_per_class",
+  "nfe_budget",
+  "hessian_examples",
+  "slq_iters",
+  "slq_probes",
+  "top_k",
+  "chunk",
+  "checkpoint_every",
+)
+
+
+def _check_int(name: str, value, *, lo: int, hi: float = math.inf) -> None:
+  # Strict: a float 64.0 would hash differently in the cache key than 64.
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise TypeError(f"DemoConfig: {name} must be an int, got {value!r} ({type(value).__name__})")
+  check_scalar(f"DemoConfig: {name}", value, lo=lo, hi=hi)
+
+
+def _check_real(name: str, value, **bounds) -> None:
+  if isinstance(value, bool):
+    raise TypeError(f"DemoConfig: {name} must be a number, got a bool ({value!r})")
+  check_scalar(f"DemoConfig: {name}", value, **bounds)
+
+
+def _check_sequence(name: str, values) -> None:
+  if isinstance(values, (str, bytes)) or not isinstance(values, (tuple, list)):
+    raise TypeError(f"DemoConfig: {name} must be a tuple, got {values!r}")
+
+
+def _check_numbers(name: str, values) -> None:
+  """A non-empty tuple of finite real numbers."""
+  _check_sequence(name, values)
+  if not values:
+    raise ValueError(f"DemoConfig: {name} must not be empty")
+  for i, v in enumerate(values):
+    _check_real(f"{name}[{i}]", v)
+
+
+def _check_names(name: str, values, known: tuple[str, ...], *, empty_ok: bool = False) -> None:
+  """A tuple of distinct names from ``known`` (non-empty unless ``empty_ok``)."""
+  _check_sequence(name, values)
+  if not values and not empty_ok:
+    raise ValueError(f"DemoConfig: {name} must not be empty")
+  unknown = [v for v in values if v not in known]
+  if unknown:
+    raise ValueError(f"DemoConfig: {name}: unknown {unknown}; known: {', '.join(sorted(known))}")
+  repeated = sorted({v for v in values if values.count(v) > 1})
+  if repeated:
+    raise ValueError(f"DemoConfig: {name}: {repeated} listed more than once")
+
+
+def _check_built(field: str, rule: str, scale, kwargs) -> None:
+  """:func:`check_rule`, with the error re-raised naming the config field at fault."""
+  try:
+    check_rule(rule, scale, **kwargs)
+  except (TypeError, ValueError) as e:
+    raise type(e)(f"DemoConfig: {field}: {e}") from e
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,13 +329,65 @@ class DemoConfig:
   xla_opt_level: int = 1
 
   def __post_init__(self):
-    known = set(demo_rules())
-    unknown = [r for r in self.rules if r not in known]
-    if unknown:
-      raise ValueError(f"rules: unknown {unknown}; known: {', '.join(sorted(known))}")
-    unknown = [s for s in self.solvers if s not in solvers.REGISTRY]
-    if unknown:
-      raise ValueError(f"solvers: unknown {unknown}; known: {', '.join(sorted(solvers.REGISTRY))}")
+    for name in _SIZES:
+      _check_int(name, getattr(self, name), lo=1)
+    _check_int("seed", self.seed, lo=0, hi=2**31 - 1)
+    _check_int("xla_opt_level", self.xla_opt_level, lo=0, hi=3)
+    for name in ("learning_rate", "classifier_lr"):
+      _check_real(name, getattr(self, name), lo=0.0, lo_open=True)
+    if not isinstance(self.tour, bool):
+      raise TypeError(f"DemoConfig: tour must be a bool, got {self.tour!r}")
+    for dim in ("dim", "weak_dim"):
+      if getattr(self, dim) % 2 or getattr(self, dim) % self.num_heads:
+        raise ValueError(
+          f"DemoConfig: {dim} ({getattr(self, dim)}) must be even and a multiple of num_heads "
+          f"({self.num_heads})"
+        )
+    _check_names("rules", self.rules, demo_rules())
+    _check_names("solvers", self.solvers, tuple(solvers.REGISTRY))
+    _check_names("sweep_solver", (self.sweep_solver,), tuple(solvers.REGISTRY))
+    need = max(self.rules, key=evals_per_step)
+    if self.nfe_budget < evals_per_step(need):
+      raise ValueError(
+        f"DemoConfig: nfe_budget ({self.nfe_budget}) is smaller than the "
+        f"{evals_per_step(need)} network evaluations per step of rule {need!r}"
+      )
+    self._check_rule_settings()
+
+  def _check_rule_settings(self) -> None:
+    """Every scale and hyperparameter the demo will sample with, built once by its rule's
+    factory (:func:`check_rule`), so a bad one fails here, naming the field."""
+    registered = tuple(guidance.REGISTRY)
+    for field in ("scales", "rule_kwargs", "sweep_rules"):
+      mapping = getattr(self, field)
+      if not isinstance(mapping, Mapping):
+        raise TypeError(f"DemoConfig: {field} must be a dict keyed by rule name, got {mapping!r}")
+      _check_names(field, tuple(mapping), registered, empty_ok=True)
+    for rule, kw in self.rule_kwargs.items():
+      if not isinstance(kw, Mapping):
+        raise TypeError(f"DemoConfig: rule_kwargs[{rule!r}] must be a dict, got {kw!r}")
+      _check_built(f"rule_kwargs[{rule!r}]", rule, None, kw)
+    for rule, scale in self.scales.items():
+      _check_real(f"scales[{rule!r}]", scale)
+      _check_built(f"scales[{rule!r}]", rule, scale, self.rule_kwargs.get(rule, {}))
+    runs = lambda rule: rule in self.rules  # noqa: E731 - settings of rules not run are unused
+    _check_numbers("sweep_scales", self.sweep_scales)
+    for rule, offset in self.sweep_rules.items():
+      _check_real(f"sweep_rules[{rule!r}]", offset)
+      for i, w in enumerate(self.sweep_scales if runs(rule) else ()):
+        field = f"sweep_scales[{i}] (w = {w:g}, {rule} scale w + {offset:g})"
+        _check_built(field, rule, w + offset, self.rule_kwargs.get(rule, {}))
+    studies = {
+      "cfgpp_lambdas": ("cfgpp", lambda v: {"scale": v}),
+      "adaptive_thresholds": ("adaptive", lambda v: {"threshold": v}),
+      "classifier_scales": ("classifier", lambda v: {"scale": v}),
+    }
+    for field, (rule, setting) in studies.items():
+      values = getattr(self, field)
+      _check_numbers(field, values)
+      for i, v in enumerate(values if runs(rule) else ()):
+        kw = {"scale": self.scale_of(rule), **self.rule_kwargs.get(rule, {}), **setting(v)}
+        _check_built(f"{field}[{i}]", rule, kw.pop("scale"), kw)
 
   @classmethod
   def full(cls) -> DemoConfig:
@@ -246,8 +425,17 @@ class DemoConfig:
 
   @classmethod
   def from_env(cls) -> DemoConfig:
-    """:meth:`small` when ``JAXDIFF_DEMO_SMALL=1``, else :meth:`full`."""
-    return cls.small() if os.environ.get("JAXDIFF_DEMO_SMALL", "") == "1" else cls.full()
+    """:meth:`small` when ``JAXDIFF_DEMO_SMALL=1``, :meth:`full` when it is ``0`` or unset.
+
+    Any other value is a ``ValueError`` naming the variable (``"true"`` silently meaning the
+    hour-long full run would be a surprise).
+    """
+    value = os.environ.get("JAXDIFF_DEMO_SMALL", "")
+    if value not in ("", "0", "1"):
+      raise ValueError(
+        f"JAXDIFF_DEMO_SMALL must be 1 (small demo) or 0/unset (full), got {value!r}"
+      )
+    return cls.small() if value == "1" else cls.full()
 
   @property
   def compiler_options(self) -> dict[str, Any]:

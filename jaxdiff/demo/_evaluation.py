@@ -3,6 +3,7 @@ the one-dimensional studies, the classifier's Hessian spectrum and the Sagun et 
 
 from __future__ import annotations
 
+import inspect
 import pathlib
 from collections.abc import Callable
 
@@ -12,7 +13,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxdiff import metrics
+from jaxdiff import guidance, metrics
 from jaxdiff.demo._config import DemoConfig, rule_label, steps_for_budget
 from jaxdiff.demo._sampling import Sampler
 from jaxdiff.demo._training import Models
@@ -152,8 +153,7 @@ def scale_studies(
       res = study("CFG++ lambda", f"lambda = {lam:g}", "cfgpp", scale=lam)
     high_samples[f"CFG++ (lambda={max(config.cfgpp_lambdas):g})"] = res["x"]
   if "apg" in config.rules:
-    r = config.rule_kwargs["apg"]["norm_threshold"]
-    beta = config.rule_kwargs["apg"]["momentum"]
+    r, beta = (_setting(config, "apg", guidance.apg, k) for k in ("norm_threshold", "momentum"))
     apg_variants = [
       ("eta=1, r=inf, beta=0 (= CFG)", dict(eta=1.0, norm_threshold=float("inf"), momentum=0.0)),
       ("eta=0 (projection only)", dict(eta=0.0, norm_threshold=float("inf"), momentum=0.0)),
@@ -170,6 +170,12 @@ def scale_studies(
     for sc in config.classifier_scales:
       study("classifier guidance scale", f"s = {sc:g}", "classifier", scale=sc)
   return studies, high_samples
+
+
+def _setting(config: DemoConfig, rule: str, factory, name: str):
+  """``config.rule_kwargs[rule][name]``, else the factory's default for ``name``."""
+  default = inspect.signature(factory).parameters[name].default
+  return config.rule_kwargs.get(rule, {}).get(name, default)
 
 
 def hessian_spectrum(config: DemoConfig, models: Models, data: Digits) -> tuple[dict, object]:

@@ -11,51 +11,32 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxdiff import from_v, guidance, sample, schedules, solvers
-from jaxdiff._validation import as_key, check_choice
-from jaxdiff.demo._config import NO_GUIDANCE, DemoConfig, demo_rules
+from jaxdiff import from_v, sample, schedules, solvers
+from jaxdiff._validation import as_key, check_choice, check_scalar
+from jaxdiff.demo._config import (
+  NO_GUIDANCE,
+  NUM_CLASSES,
+  DemoConfig,
+  check_rule,
+  demo_rules,
+  make_rule,
+)
 from jaxdiff.demo._training import Models
 
-__all__ = ["Sampler", "make_rule", "sample_digits"]
-
-NUM_CLASSES = 10
+__all__ = ["Sampler", "sample_digits"]
 
 
 def _is_number(v) -> bool:
   return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def make_rule(name: str, scale, *, weak_denoise=None, classifier_fn=None, **hyperparameters):
-  """Guidance rule ``name`` at ``scale`` from :data:`jaxdiff.guidance.REGISTRY`.
-
-  ``"none"`` gives ``None`` (plain conditional sampling). ``scale`` follows the rule's own
-  convention (see its factory); the resources are the demo's weak denoiser and classifier
-  (guiding the *unconditional* model, the classic use of classifier guidance).
-
-  Example:
-    >>> make_rule("none", 0.0) is None
-    True
-    >>> make_rule("apg", 5.0, momentum=-0.5) is not None
-    True
-  """
-  if name == NO_GUIDANCE:
-    return None
-  return guidance.make(
-    name,
-    scale,
-    weak_denoise=weak_denoise,
-    classifier_fn=classifier_fn,
-    num_classes=NUM_CLASSES,
-    **hyperparameters,
-  )
-
-
 class Sampler:
-  """Compiled samplers, one per (rule, solver, steps).
+  """Compiled samplers, one per (rule, solver, steps, names of the traced hyperparameters).
 
-  The scale and every numeric hyperparameter of ``rule_kwargs[rule]`` are traced, so sweeps
-  over scales, APG's components or AG's threshold reuse one executable; other
-  hyperparameters (strings, ...) are static. Results are memoised per setting and key.
+  The scale and every numeric hyperparameter of ``rule_kwargs[rule]`` (and any numeric
+  override a call passes) are traced, so sweeps over scales, APG's components or AG's
+  threshold reuse one executable; other hyperparameters (strings, ...) are static. Results
+  are memoised per setting and key.
   """
 
   def __init__(
@@ -69,7 +50,7 @@ class Sampler:
     self.compiler_options = compiler_options
     self.labels = jnp.asarray(labels, jnp.int32)
     self.rule_kwargs = rule_kwargs
-    self.cache: dict[tuple[str, str, int], Any] = {}
+    self.cache: dict[tuple, Any] = {}
     self.results: dict[tuple, dict] = {}
     gd, params = nnx.split(models.denoiser)
     gw, wparams = nnx.split(models.weak)
@@ -84,14 +65,14 @@ class Sampler:
     static = {k: v for k, v in kw.items() if not _is_number(v)}
     return traced, static
 
-  def _build(self, rule: str, solver_name: str, steps: int):
+  def _build(self, rule: str, solver_name: str, steps: int, hyper: dict):
     gd, gw, gc = self.graphs
     schedule = self.models.schedule
     solver = solvers.make(solver_name)
     ts = schedules.timesteps(schedule, steps, spacing="logsnr")
     labels = self.labels
     n = labels.shape[0]
-    defaults, static = self._split(rule)
+    static = self._split(rule)[1]
 
     def run(params, hyper, key):
       p, wp, cp = params
@@ -107,19 +88,21 @@ class Sampler:
       out = sample(denoise, solver, x_T, ts, key=k_sample, cond=labels, guidance=rule_obj)
       return out.x, out.nfe
 
-    hyper = {k: jnp.float32(v) for k, v in defaults.items()}
+    hyper = {k: jnp.float32(v) for k, v in hyper.items()}
     lowered = jax.jit(run).lower(self.params, hyper, jax.random.key(0))
     return lowered.compile(self.compiler_options)
 
   def __call__(self, rule: str, solver_name: str, steps: int, key, **hyper) -> dict:
     """Samples ``labels`` with ``rule`` and the solver: ``{"x", "nfe", "compile_s", "wall_s"}``.
 
-    ``hyper`` overrides the scale or the rule's numeric hyperparameters.
+    ``hyper`` overrides the scale or the rule's numeric hyperparameters (traced, also
+    those ``rule_kwargs`` does not list); a static one (a string in ``rule_kwargs``) cannot
+    be overridden here.
     """
-    defaults, _ = self._split(rule)
-    unknown = set(hyper) - set(defaults)
-    if unknown:
-      raise TypeError(f"unknown hyperparameters of {rule!r}: {sorted(unknown)}")
+    defaults, static = self._split(rule)
+    fixed = sorted(set(hyper) & set(static))
+    if fixed:
+      raise TypeError(f"hyperparameters {fixed} of {rule!r} are static in rule_kwargs")
     hyper = {**defaults, **{k: float(v) for k, v in hyper.items()}}
     memo = (rule, solver_name, steps, tuple(sorted(hyper.items())))
     memo += (tuple(np.asarray(jax.random.key_data(key)).ravel()),)
@@ -128,10 +111,10 @@ class Sampler:
     return self.results[memo]
 
   def _run(self, rule: str, solver_name: str, steps: int, key, hyper: dict) -> dict:
-    k = (rule, solver_name, steps)
+    k = (rule, solver_name, steps, tuple(sorted(hyper)))
     t0 = time.perf_counter()
     if k not in self.cache:
-      self.cache[k] = self._build(rule, solver_name, steps)
+      self.cache[k] = self._build(rule, solver_name, steps, hyper)
     t1 = time.perf_counter()
     traced = {name: jnp.float32(v) for name, v in hyper.items()}
     x, nfe = self.cache[k](self.params, traced, key)
@@ -154,13 +137,41 @@ def sample_digits(
   """Samples digits of the given ``labels`` with one rule and solver: ``(x, nfe)``.
 
   ``x`` is unclipped, shape ``(len(labels), 8, 8)``, data range ``[-1, 1]``; ``scale``
-  follows the rule's convention (see :func:`make_rule`); the rule's other hyperparameters
-  and the compiler options are ``config``'s (default :class:`DemoConfig`). ``key`` (typed
-  key, raw key or int seed) draws the initial noise and the solver's noise.
+  follows the rule's convention (see :func:`make_rule`; ``"none"`` takes ``0``); the rule's
+  other hyperparameters and the compiler options are ``config``'s (default
+  :class:`DemoConfig`). ``key`` (typed key, raw key or int seed) draws the initial noise and
+  the solver's noise. ``labels`` are digit classes, integers in ``[0, 10)``.
+
+  Everything is checked before compiling: the names, ``steps`` (an int ``>= 1``), ``scale``
+  (by the rule's own factory) and ``labels`` (a non-empty 1-D integer array in range); a bad
+  one is a ``TypeError``/``ValueError`` naming it.
   """
   check_choice("guidance", guidance, demo_rules())
   check_choice("solver", solver, tuple(solvers.REGISTRY))
+  if isinstance(steps, bool):
+    raise TypeError("steps must be an int, got a bool")
+  steps = check_scalar("steps", steps, lo=1, integer=True, static=True)
   config = DemoConfig() if config is None else config
-  sampler = Sampler(models, np.asarray(labels), config.rule_kwargs, config.compiler_options)
+  if guidance == NO_GUIDANCE:
+    if scale not in (0, None):
+      raise ValueError(f"scale: guidance {NO_GUIDANCE!r} takes no scale (pass 0), got {scale!r}")
+    scale = 0.0
+  else:
+    check_rule(guidance, scale, **config.rule_kwargs.get(guidance, {}))
+  labels = _check_labels(labels)
+  sampler = Sampler(models, labels, config.rule_kwargs, config.compiler_options)
   out = sampler(guidance, solver, steps, as_key(key), scale=scale)
   return out["x"], out["nfe"]
+
+
+def _check_labels(labels) -> np.ndarray:
+  """Digit classes: a non-empty 1-D integer array with values in ``[0, NUM_CLASSES)``."""
+  labels = np.asarray(labels)
+  if labels.dtype == bool or not np.issubdtype(labels.dtype, np.integer):
+    raise TypeError(f"labels must be integer digit classes, got dtype {labels.dtype}")
+  if labels.ndim != 1 or labels.size == 0:
+    raise ValueError(f"labels must be a non-empty 1-D array, got shape {labels.shape}")
+  bad = labels[(labels < 0) | (labels >= NUM_CLASSES)]
+  if bad.size:
+    raise ValueError(f"labels must lie in [0, {NUM_CLASSES}), got {bad[0]}")
+  return labels.astype(np.int32)
