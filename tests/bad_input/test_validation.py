@@ -54,7 +54,7 @@ CASES = [
   Case("V.check_scalar('n', 2.7, integer=True)", raises(ValueError, "n must be an integer")),
   Case("V.check_scalar('n', 3.0, integer=True)", returns(lambda v: v == 3 and isinstance(v, int))),
   Case(
-    "V.check_scalar('n', 0, lo=1, integer=True)", raises(ValueError, r"n must lie in \[1, inf\]")
+    "V.check_scalar('n', 0, lo=1, integer=True)", raises(ValueError, r"n must lie in \[1, inf\)")
   ),
   Case(
     "jax.jit(lambda v: V.check_scalar('n', v, static=True))(1)",
