@@ -71,8 +71,11 @@ REGISTRY = MappingProxyType(
       1,
       requires=("classifier_fn", "num_classes"),
     ),
+    # StreamDiffusion's examples run its "initialize" (onetime) RCFG at guidance_scale 1.2:
+    # the fixed negative is the step-0 prediction, so larger scales push every later step
+    # away from it and saturate (digits demo at 3.0: saturation 14-43 vs CFG's 0.02).
     "rcfg": RuleSpec(
-      "RCFG", lambda s, variant="onetime", **kw: rcfg(s, variant=variant, **kw), 3.0, 2
+      "RCFG", lambda s, variant="onetime", **kw: rcfg(s, variant=variant, **kw), 1.2, 2
     ),
   }
 )
