@@ -5,7 +5,7 @@ donated) is timed next to ``optax.adam`` and next to the byte roofline: the meas
 bandwidth of this machine (a donated ``x + 1`` over the same 10M floats) times the bytes a
 step must move at least (every array read once, every updated array written once).
 
-Goal (issue 3): every elementwise optimizer within 1.3x of its bytes-proportional share of
+Goal: every elementwise optimizer within 1.3x of its bytes-proportional share of
 ``optax.adam``'s time, i.e. ``t / (t_adam * bytes / bytes_adam) <= 1.3``. Optimizers are
 timed in interleaved rounds (each round times every optimizer once, ``bench/_timing.py``)
 and each ratio is the median over rounds of the per-round ratio, which keeps a shared
@@ -171,20 +171,10 @@ def main():
   kw = dict(n_leaves=4, shape=(500, 500), rounds=3, reps=3) if args.quick else {}
   out = measure(**kw)
   _print(out)
-  results = {"optim": out}
   path = output_path("optim.json", args.quick)
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(out, indent=2))
   print(f"wrote {path}")
-  second = pathlib.Path(__file__).parent / "bench_optim_second_order.py"
-  if second.exists():
-    spec = importlib.util.spec_from_file_location("bench_optim_second_order", second)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    if "quick" in mod.run.__code__.co_varnames:
-      mod.run(results, quick=args.quick)
-    else:
-      mod.run(results)
 
 
 if __name__ == "__main__":

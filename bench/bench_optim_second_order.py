@@ -7,13 +7,13 @@ rounds (every round times each optimizer once, ``bench/_timing.py``) and each ra
 median over rounds of the per-round ratio, which keeps slow drifts of a shared machine out
 of the ratios.
 
-Goals (issue 4): Sophia (k = 10) <= 1.15x AdamW; AdaHessian (one HVP per step) <= 2.5x;
+Goals: Sophia (k = 10) <= 1.15x AdamW; AdaHessian (one HVP per step) <= 2.5x;
 M-FAC at m = 32 reported.
 
     .venv/bin/python bench/bench_optim_second_order.py [--quick]
 
-``run(results)`` is called from ``bench/bench_optim.py``; both write
-``bench/results/optim_second_order.json`` (``--quick``: the temporary directory instead).
+It writes ``bench/results/optim_second_order.json`` (``--quick``: the temporary directory
+instead); ``make bench`` runs it after ``bench/bench_optim.py``.
 """
 
 from __future__ import annotations

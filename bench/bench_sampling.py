@@ -91,7 +91,8 @@ def _reference(gmm, sched, x_T, t0, t1):
 
 def _solvers():
   """Every deterministic registered solver with its defaults, plus variants worth a row."""
-  table = {n: solvers.make(n) for n, spec in solvers.REGISTRY.items() if not spec.stochastic}
+  built = {n: solvers.make(n) for n in solvers.REGISTRY}
+  table = {n: s for n, s in built.items() if not s.stochastic}
   table["dpmpp_3m_diffusers"] = solvers.make("dpmpp_3m", diffusers_compat=True)
   table["unipc3"] = solvers.make("unipc", order=3)
   return table

@@ -1,4 +1,4 @@
-"""Small-scale reproductions of the first-order optimizer papers (issue 3).
+"""Small-scale reproductions of the first-order optimizer papers.
 
 Prints a table and writes bench/results/repro_first_order.json. Four studies:
 

@@ -247,8 +247,6 @@ class GaussianMixture:
       >>> GaussianMixture(jnp.array([[-2.0], [2.0]]), 0.1).sample(0, 5).shape
       (5, 1)
     """
-    if isinstance(n, bool):
-      raise TypeError(f"n must be an integer number of samples, got {n!r}")
     n = check_scalar("n", n, lo=1, integer=True, static=True)
     labels, valid = _labels(cond, n, self.num_classes)
     k_comp, k_noise = jax.random.split(as_key(key))

@@ -103,9 +103,13 @@ def _check_inputs(denoise, solver, x_T, ts, cond, guidance, return_trajectory):
         f"cond{jax.tree_util.keystr(path)} must be batch-first with leading size {batch} "
         f"(like x_T), got shape {shape}"
       )
-  num_classes = getattr(denoise, "num_classes", None)
-  if isinstance(num_classes, int) and isinstance(cond, (jax.Array, np.ndarray)):
-    check_labels("cond", cond, num_classes, allow_null=True)
+  # The denoiser and the guidance rule may each declare num_classes (jaxdiff._types).
+  for num_classes in (
+    getattr(denoise, "num_classes", None),
+    getattr(guidance, "num_classes", None),
+  ):
+    if isinstance(num_classes, int) and isinstance(cond, (jax.Array, np.ndarray)):
+      check_labels("cond", cond, num_classes, allow_null=True)
 
 
 class _Checked:
@@ -113,6 +117,7 @@ class _Checked:
 
   def __init__(self, denoise):
     self._denoise = denoise
+    self.__wrapped__ = denoise  # inspect.signature sees the real denoiser (PAG's check)
 
   def __getattr__(self, name):
     return getattr(self._denoise, name)

@@ -644,8 +644,6 @@ def timesteps(
     Karras et al., "Elucidating the Design Space...", arXiv:2206.00364 (eq. 5).
   """
   _check_schedule(schedule)
-  if isinstance(n, bool):
-    raise TypeError(f"n must be an integer number of steps, got {n!r}")
   n = check_scalar("n", n, lo=1, integer=True, static=True)
   check_choice("spacing", spacing, SPACINGS)
   rho = check_scalar("rho", rho, lo=0.0, lo_open=True, static=True)

@@ -83,10 +83,20 @@ class GuidanceRule(NamedTuple):
   evaluations (batched into one call where it can), combines them and returns the
   prediction, the new state and ``nfe``, an int32 scalar counting network evaluations
   made *per sample* at this point (CFG: 2, Adaptive Guidance after its switch: 1).
+
+  ``num_classes`` (optional): a rule that indexes class labels (classifier guidance)
+  declares how many there are, so :func:`jaxdiff.sample` range-checks concrete ``cond``
+  before compiling, as it does for a denoiser that declares ``num_classes``.
+
+  A rule is a pair of closures, so it is static to ``jit``: build it once and reuse it
+  (a freshly built rule, even with equal hyperparameters, compiles ``sample`` again). To
+  sweep a hyperparameter with one compilation, build the rule inside a ``jit``-ed
+  function that takes the hyperparameter as an argument.
   """
 
   init: Callable[[Array, PyTree], PyTree]
   apply: Callable[[Denoiser, Array, PyTree, StepContext, PyTree], tuple[Prediction, PyTree, Array]]
+  num_classes: int | None = None
 
 
 class Schedule(Protocol):

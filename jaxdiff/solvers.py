@@ -29,19 +29,18 @@ class SolverSpec:
 
   label: str
   factory: Callable[..., Solver]
-  stochastic: bool = False
 
 
 # One line per solver.
 REGISTRY = MappingProxyType(
   {
     "ddim": SolverSpec("DDIM", ddim),
-    "ddpm": SolverSpec("DDPM", ddpm, stochastic=True),
+    "ddpm": SolverSpec("DDPM", ddpm),
     "euler": SolverSpec("Euler", euler),
     "heun": SolverSpec("Heun", heun),
     "dpmpp_2m": SolverSpec("DPM-Solver++(2M)", dpmpp_2m),
     "dpmpp_3m": SolverSpec("DPM-Solver++(3M)", dpmpp_3m),
-    "dpmpp_2m_sde": SolverSpec("DPM-Solver++(2M) SDE", dpmpp_2m_sde, stochastic=True),
+    "dpmpp_2m_sde": SolverSpec("DPM-Solver++(2M) SDE", dpmpp_2m_sde),
     "unipc": SolverSpec("UniPC (bh2)", unipc),
   }
 )

@@ -6,6 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -34,7 +35,6 @@
 
 # %%
 import os
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +44,7 @@ import optax
 from flax import nnx
 
 import jaxdiff
+import jaxdiff.demo
 import optim
 from jaxdiff import guidance, metrics, schedules, solvers
 from jaxdiff.models import DigitDenoiser, load_digits, train, v_prediction_loss
@@ -90,7 +91,7 @@ plt.show()
 # %%
 data = load_digits()
 steps = 20 if SMALL else 1500
-cache = pathlib.Path(os.environ.get("JAXDIFF_CACHE_DIR", ".cache/jaxdiff-demo"))
+cache = jaxdiff.demo.default_cache_dir()  # $JAXDIFF_CACHE_DIR or .cache/jaxdiff-demo
 net = DigitDenoiser(dim=16 if SMALL else 64, depth=1 if SMALL else 2, rngs=nnx.Rngs(0))
 result = train(
   net,
@@ -112,11 +113,13 @@ per_class = 2 if SMALL else 8
 y = jnp.repeat(jnp.arange(10), per_class)
 x_T = jax.random.normal(jax.random.key(2), (y.shape[0], 8, 8))
 budget = 4 if SMALL else 20
+# Each rule gets budget / (its network evaluations per step) steps, read from the registry.
+per_step = lambda name: guidance.REGISTRY[name].evals()
 cases = {
   "conditional": (None, budget),
-  "CFG w=5": (guidance.cfg(5.0), budget // 2),
-  "APG w=5": (guidance.apg(5.0, norm_threshold=2.0, momentum=-0.5), budget // 2),
-  "PAG s=2": (guidance.pag(2.0), budget // 2),
+  "CFG w=5": (guidance.cfg(5.0), budget // per_step("cfg")),
+  "APG w=5": (guidance.apg(5.0, norm_threshold=2.0, momentum=-0.5), budget // per_step("apg")),
+  "PAG s=2": (guidance.pag(2.0), budget // per_step("pag")),
 }
 fig, axes = plt.subplots(1, len(cases), figsize=(4 * len(cases), 4))
 for ax, (name, (rule, steps_)) in zip(axes, cases.items()):

@@ -12,6 +12,7 @@ import optax.tree_utils as otu
 
 from optim._validation import (
   check_dtype,
+  check_flag,
   check_learning_rate,
   check_mask,
   check_scalar,
@@ -29,8 +30,7 @@ def _check_projection_args(eps, delta, wd_ratio, weight_decay, nesterov, channel
   check_scalar("wd_ratio", wd_ratio, lo=0.0)
   check_scalar("weight_decay", weight_decay, lo=0.0)
   # Both pick code paths, so neither may be traced; inject_hyperparams keeps bools static.
-  if not isinstance(nesterov, bool):
-    raise TypeError(f"nesterov must be a bool, got {nesterov!r} ({type(nesterov).__name__})")
+  check_flag("nesterov", nesterov)
   if channel_axis is not None:
     check_scalar("channel_axis", channel_axis, integer=True, static=True)
 

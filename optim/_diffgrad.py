@@ -13,7 +13,6 @@ from optim._validation import (
   add_decayed_weights,
   check_dtype,
   check_learning_rate,
-  check_like,
   check_scalar,
   guard,
 )
@@ -105,8 +104,6 @@ def scale_by_diffgrad(
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
-    # guard compares updates with params; without params, compare them with the state.
-    check_like(updates, state.mu, "updates", "state.mu", "scale_by_diffgrad")
     count = optax.safe_increment(state.count)
 
     # One function per leaf: the accumulators are read and written once, upcast to f32 or

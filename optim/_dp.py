@@ -15,8 +15,8 @@ from optim._validation import (
   as_key,
   check_dtype,
   check_learning_rate,
-  check_like,
   check_scalar,
+  concrete,
   guard,
   renamed_kwargs,
 )
@@ -109,6 +109,8 @@ def _noise(key, like, noise_multiplier, clip, b):
   like32 = jax.tree.map(
     lambda x: jax.ShapeDtypeStruct(x.shape, jnp.promote_types(x.dtype, jnp.float32)), like
   )
+  if concrete(noise_multiplier) == 0.0:  # a noise-free run does not pay for the draw
+    return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), like32)
   return jax.tree.map(lambda z: (std * z).astype(z.dtype), tree_probe(key, like32, "gaussian"))
 
 
@@ -337,9 +339,6 @@ def scale_by_dice_sgd(
     del extra_args
     del params
     b = _batch_size(updates, "dice_sgd")
-    # guard compares updates with params; without params, compare them with the state.
-    per_example = jax.tree.map(lambda g: jax.ShapeDtypeStruct(jnp.shape(g)[1:], g.dtype), updates)
-    check_like(per_example, state.error, "updates (per example)", "state.error", "dice_sgd")
     full_mean = jax.tree.map(lambda g: jnp.mean(_f32(g), axis=0), updates)
     error = jax.tree.map(_f32, state.error)
     v = otu.tree_add(_clipped_mean(updates, clip1), _clip_tree(error, clip2))

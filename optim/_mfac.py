@@ -16,7 +16,6 @@ from optim._validation import (
   add_decayed_weights,
   check_dtype,
   check_learning_rate,
-  check_like,
   check_scalar,
   guard,
   renamed_kwargs,
@@ -136,8 +135,6 @@ def scale_by_mfac(
 
   def update_fn(updates, state, params=None):
     del params
-    # guard compares updates with params; without params, compare them with the state.
-    check_like(updates, state.momentum, "updates", "state.momentum", "scale_by_mfac")
     acc = state.gram.dtype
     slot = state.count % m
     flat_g = [g.reshape(-1) for g in jax.tree.leaves(updates)]
@@ -239,12 +236,10 @@ def mfac(
   check_scalar("weight_decay", weight_decay, lo=0.0)
   # The decay comes first and would cast integer gradients to float: guard the whole chain.
   return guard(
-    optax.with_extra_args_support(
-      optax.chain(
-        add_decayed_weights(weight_decay, weight_decay_mask, "mfac"),
-        scale_by_mfac(num_grads=num_grads, damping=damping, momentum=momentum, mu_dtype=mu_dtype),
-        optax.scale_by_learning_rate(learning_rate),
-      )
+    optax.chain(
+      add_decayed_weights(weight_decay, weight_decay_mask, "mfac"),
+      scale_by_mfac(num_grads=num_grads, damping=damping, momentum=momentum, mu_dtype=mu_dtype),
+      optax.scale_by_learning_rate(learning_rate),
     ),
     "mfac",
   )

@@ -457,7 +457,8 @@ def guard(tx: Any, method: str, *, per_example: bool = False) -> Any:
 
   ``init(params)``: params are floating point. ``update(updates, state, params)``: updates
   are floating point and shaped like params (with a leading per-example axis when
-  ``per_example``), and ``state`` has the structure and shapes ``init`` gives. All checks
+  ``per_example``), and ``state`` has the structure and shapes ``init`` gives for params
+  (for the updates when ``update`` gets no params). All checks
   read only shapes and dtypes, so they cost nothing after tracing. Extra arguments are
   forwarded unchanged.
   """
@@ -468,15 +469,16 @@ def guard(tx: Any, method: str, *, per_example: bool = False) -> Any:
 
   def update_fn(updates, state, params=None, **extra):
     check_floating(updates, "updates", method)
+    like, what = updates, "updates"
+    if per_example:
+      like = jax.tree.map(lambda u: jax.ShapeDtypeStruct(jnp.shape(u)[1:], u.dtype), updates)
+      what = "updates (per example)"
     if params is not None:
       check_floating(params, "params", method)
-      like = updates
-      if per_example:
-        like = jax.tree.map(lambda u: jax.ShapeDtypeStruct(jnp.shape(u)[1:], u.dtype), updates)
-      check_like(
-        like, params, "updates" + (" (per example)" if per_example else ""), "params", method
-      )
-      expected = jax.eval_shape(tx.init, params)
+      check_like(like, params, what, "params", method)
+    # Without params the updates stand in for them: the state must fit init either way.
+    expected = jax.eval_shape(tx.init, like if params is None else params)
+    if jax.tree.leaves(expected) or jax.tree.leaves(state):  # any empty state will do
       check_like(state, expected, "state", "init(params)", method)
     if isinstance(tx, optax.GradientTransformationExtraArgs):
       return tx.update(updates, state, params, **extra)

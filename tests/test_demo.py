@@ -55,7 +55,7 @@ def test_every_rule_and_solver_was_sampled_with_the_evaluations_it_reports(demo_
     (rule, s) for rule in CONFIG.rules for s in CONFIG.solvers
   }
   for r in grid:
-    per_step = 1 if r["rule"] == "none" else guidance.REGISTRY[r["rule"]].evals_per_step
+    per_step = 1 if r["rule"] == "none" else guidance.REGISTRY[r["rule"]].evals()
     assert r["steps"] == max(1, CONFIG.nfe_budget // per_step)
     if r["rule"] == "adaptive":  # 2 per step until the switch, then 1
       assert r["steps"] + 1 <= r["nfe"] <= 2 * r["steps"]

@@ -41,8 +41,6 @@ NO_GUIDANCE = "none"
 _NO_GUIDANCE_LABEL = "conditional (no guidance)"
 # The digits' classes.
 NUM_CLASSES = 10
-# What the demo can hand a rule's builder: every resource the registry knows of.
-_PROVIDED = frozenset(guidance.RESOURCES)
 
 
 def default_cache_dir() -> pathlib.Path:
@@ -59,7 +57,7 @@ def default_cache_dir() -> pathlib.Path:
 
 
 def demo_rules() -> tuple[str, ...]:
-  """``"none"`` and every registered rule whose resources the demo provides, in order.
+  """``"none"`` and every registered rule, in order (the demo provides every resource).
 
   Read at call time, so a rule added to :data:`jaxdiff.guidance.REGISTRY` is included.
 
@@ -67,8 +65,7 @@ def demo_rules() -> tuple[str, ...]:
     >>> demo_rules()[:3]
     ('none', 'cfg', 'apg')
   """
-  runnable = (n for n, spec in guidance.REGISTRY.items() if set(spec.requires) <= _PROVIDED)
-  return (NO_GUIDANCE, *runnable)
+  return (NO_GUIDANCE, *guidance.REGISTRY)
 
 
 def rule_label(name: str) -> str:
@@ -91,20 +88,24 @@ def solver_label(name: str) -> str:
   return solvers.REGISTRY[name].label
 
 
-def evals_per_step(name: str) -> int:
-  """Network evaluations per step of rule ``name`` (``"none"``: 1), what a budget divides.
+def evals_per_step(name: str, **options: Any) -> int:
+  """Network evaluations per step of rule ``name`` built with ``options`` (``"none"``: 1).
 
   Example:
     >>> evals_per_step("cfg"), evals_per_step("none")
     (2, 1)
   """
-  return 1 if name == NO_GUIDANCE else guidance.REGISTRY[name].evals_per_step
+  return 1 if name == NO_GUIDANCE else guidance.REGISTRY[name].evals(**options)
 
 
-def steps_for_budget(name: str, nfe_budget: int) -> int:
+def steps_for_budget(name: str, nfe_budget: int, *, stages: int = 1, **options: Any) -> int:
   r"""Solver steps that spend ``nfe_budget`` evaluations per sample with rule ``name``.
 
-  .. math:: N = \max(1, \lfloor \text{budget} / \text{evals per step} \rfloor)
+  .. math:: N = \max(1, \lfloor \text{budget} /
+    (\text{evals per step} \times \text{solver stages}) \rfloor)
+
+  ``stages`` is the solver's network evaluations per step (Heun: 2); ``options`` are the
+  rule's (PAG with a CFG term makes 3 evaluations per stage).
 
   A rule that may save evaluations (Adaptive Guidance) gets the steps of its maximum: its
   saving is what the demo measures.
@@ -113,7 +114,7 @@ def steps_for_budget(name: str, nfe_budget: int) -> int:
     >>> steps_for_budget("cfg", 20), steps_for_budget("none", 20), steps_for_budget("cfg", 1)
     (10, 20, 1)
   """
-  return max(1, nfe_budget // evals_per_step(name))
+  return max(1, nfe_budget // (evals_per_step(name, **options) * stages))
 
 
 def make_rule(name: str, scale, *, weak_denoise=None, classifier_fn=None, **hyperparameters):
@@ -162,17 +163,9 @@ def check_rule(name: str, scale, **hyperparameters) -> None:
 
 
 def _demo_scales() -> dict[str, float]:
-  # Each rule's own convention: CFG's w for cfg/apg/adaptive/autoguidance (1 = none),
-  # PAG's s (0 = none), CFG++'s lambda in [0, 1], the classifier-guidance s.
-  return {
-    "cfg": 3.0,
-    "apg": 3.0,
-    "adaptive": 3.0,
-    "cfgpp": 0.6,
-    "pag": 2.0,
-    "autoguidance": 2.0,
-    "classifier": 0.3,
-  }
+  # Only where the demo departs from the registry's default scale (each rule's own
+  # convention: PAG's s, 0 = none; the classifier-guidance s on 8x8 digits).
+  return {"pag": 2.0, "classifier": 0.3}
 
 
 def _demo_rule_kwargs() -> dict[str, dict[str, Any]]:
@@ -181,10 +174,6 @@ def _demo_rule_kwargs() -> dict[str, dict[str, Any]]:
     # r is a per-sample L2 radius of the update in data space: for 64 pixels in [-1, 1]
     # (norm about 6) we use 2.
     "apg": {"eta": 0.0, "norm_threshold": 2.0, "momentum": -0.5},
-    # gamma_bar, Castillo et al. 2023 (0.99 - 0.999).
-    "adaptive": {"threshold": 0.99},
-    # The demo has no input image: the negative is evaluated once (Eqs. 9-10).
-    "rcfg": {"variant": "onetime"},
   }
 
 
@@ -223,8 +212,6 @@ def _check_int(name: str, value, *, lo: int, hi: float = math.inf) -> None:
 
 
 def _check_real(name: str, value, **bounds) -> None:
-  if isinstance(value, bool):
-    raise TypeError(f"DemoConfig: {name} must be a number, got a bool ({value!r})")
   check_scalar(f"DemoConfig: {name}", value, **bounds)
 
 
@@ -346,13 +333,18 @@ class DemoConfig:
     _check_names("rules", self.rules, demo_rules())
     _check_names("solvers", self.solvers, tuple(solvers.REGISTRY))
     _check_names("sweep_solver", (self.sweep_solver,), tuple(solvers.REGISTRY))
-    need = max(self.rules, key=evals_per_step)
-    if self.nfe_budget < evals_per_step(need):
-      raise ValueError(
-        f"DemoConfig: nfe_budget ({self.nfe_budget}) is smaller than the "
-        f"{evals_per_step(need)} network evaluations per step of rule {need!r}"
-      )
     self._check_rule_settings()
+    evals = {
+      (r, s): evals_per_step(r, **self.rule_kwargs.get(r, {})) * solvers.make(s).stages
+      for r in self.rules
+      for s in self.solvers
+    }
+    (rule, solver), need = max(evals.items(), key=lambda item: item[1])
+    if self.nfe_budget < need:
+      raise ValueError(
+        f"DemoConfig: nfe_budget ({self.nfe_budget}) is smaller than the {need} network "
+        f"evaluations per step of rule {rule!r} with solver {solver!r}"
+      )
 
   def _check_rule_settings(self) -> None:
     """Every scale and hyperparameter the demo will sample with, built once by its rule's
@@ -428,7 +420,7 @@ class DemoConfig:
     """:meth:`small` when ``JAXDIFF_DEMO_SMALL=1``, :meth:`full` when it is ``0`` or unset.
 
     Any other value is a ``ValueError`` naming the variable (``"true"`` silently meaning the
-    hour-long full run would be a surprise).
+    full run (minutes, and a training cache of its own) would be a surprise).
     """
     value = os.environ.get("JAXDIFF_DEMO_SMALL", "")
     if value not in ("", "0", "1"):
@@ -446,6 +438,15 @@ class DemoConfig:
     if rule == NO_GUIDANCE:
       return 0.0
     return float(self.scales.get(rule, guidance.REGISTRY[rule].default_scale))
+
+  def steps_for(self, rule: str, solver: str) -> int:
+    """Solver steps of ``rule`` with ``solver`` within the NFE budget (its stages count)."""
+    return steps_for_budget(
+      rule,
+      self.nfe_budget,
+      stages=solvers.make(solver).stages,
+      **self.rule_kwargs.get(rule, {}),
+    )
 
   def key_of(self, *fields: str) -> str:
     """A short hash of the named fields (the cache key of a trained model)."""

@@ -14,7 +14,7 @@ import optax
 from flax import nnx
 
 from jaxdiff import guidance, metrics
-from jaxdiff.demo._config import DemoConfig, rule_label, steps_for_budget
+from jaxdiff.demo._config import DemoConfig, rule_label
 from jaxdiff.demo._sampling import Sampler
 from jaxdiff.demo._training import Models
 from jaxdiff.models import DigitClassifier, Digits
@@ -79,7 +79,7 @@ def sample_grid(
   samples: dict[tuple[str, str], np.ndarray] = {}
   for solver_name in config.solvers:
     for rule in config.rules:
-      steps = steps_for_budget(rule, config.nfe_budget)
+      steps = config.steps_for(rule, solver_name)
       res = sampler(rule, solver_name, steps, key, scale=config.scale_of(rule))
       row = {
         "rule": rule,
@@ -116,7 +116,7 @@ def scale_sweep(
   for rule, offset in config.sweep_rules.items():
     if rule not in config.rules:
       continue
-    steps = steps_for_budget(rule, config.nfe_budget)
+    steps = config.steps_for(rule, solver)
     for w in config.sweep_scales:
       scale = w + offset
       res = sampler(rule, solver, steps, key, scale=scale)
@@ -142,7 +142,7 @@ def scale_studies(
   w_max = max(config.sweep_scales)
 
   def study(name, setting, rule, **hyper):
-    res = sampler(rule, solver, steps_for_budget(rule, config.nfe_budget), key, **hyper)
+    res = sampler(rule, solver, config.steps_for(rule, solver), key, **hyper)
     studies.append(
       {"study": name, "setting": setting, "nfe": res["nfe"], **evaluator(res["x"], labels)}
     )

@@ -161,7 +161,7 @@ def report(config: DemoConfig, models: Models, results: dict, sweep_solver: str)
     f"classifier, precision/recall (Kynkaanniemi et al.), saturation = mean excess of the "
     f"*unclipped* sample beyond [-1, 1] (`metrics.saturation`), NFE per sample as "
     f"reported by `jaxdiff.sample`, sampling wall time (compiled, excluding compilation).\n"
-    f"- Checkpoints: `{default_cache_dir()}` (override: `--cache-dir` or "
+    f"- Checkpoints: `{results.get('cache_dir', default_cache_dir())}` (override: `--cache-dir` or "
     f"`JAXDIFF_CACHE_DIR`); resumed from steps {results['resumed_from']}.\n"
   )
   L.append("## Claims, measured\n")

@@ -149,6 +149,7 @@ def run_demo(
     "stages_s": stages.wall,
     "stages_cpu_s": stages.cpu,
     "resumed_from": models.resumed,
+    "cache_dir": str(cache),
     "tour": tour_note,
   }
   (out / "metrics.json").write_text(json.dumps(results, indent=2))

@@ -50,13 +50,13 @@ from jaxdiff.guidance._registry import make as _make
 # One line per rule. ``build(scale, **resources, **hyperparameters)``.
 REGISTRY = MappingProxyType(
   {
-    "cfg": RuleSpec("CFG", cfg, 3.0, 2, sweep=(1.0, 2.0, 3.0, 5.0, 8.0)),
-    "apg": RuleSpec("APG", apg, 3.0, 2, sweep=(1.0, 2.0, 3.0, 5.0, 8.0)),
-    "cfgpp": RuleSpec("CFG++", cfgpp, 0.6, 2, sweep=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0)),
+    "cfg": RuleSpec("CFG", cfg, 3.0, 2),
+    "apg": RuleSpec("APG", apg, 3.0, 2),
+    "cfgpp": RuleSpec("CFG++", cfgpp, 0.6, 2),
     "adaptive": RuleSpec(
       "Adaptive Guidance", lambda s, threshold=0.99, **kw: adaptive(s, threshold, **kw), 3.0, 2
     ),
-    "pag": RuleSpec("PAG", pag, 3.0, 2),
+    "pag": RuleSpec("PAG", pag, 3.0, lambda cfg_scale=1.0, **_: 2 if cfg_scale == 1.0 else 3),
     "autoguidance": RuleSpec(
       "Autoguidance",
       lambda s, weak_denoise, **kw: autoguidance(weak_denoise, s, **kw),
@@ -75,7 +75,10 @@ REGISTRY = MappingProxyType(
     # the fixed negative is the step-0 prediction, so larger scales push every later step
     # away from it and saturate (digits demo at 3.0: saturation 14-43 vs CFG's 0.02).
     "rcfg": RuleSpec(
-      "RCFG", lambda s, variant="onetime", **kw: rcfg(s, variant=variant, **kw), 1.2, 2
+      "RCFG",
+      lambda s, variant="onetime", **kw: rcfg(s, variant=variant, **kw),
+      1.2,
+      lambda variant="onetime", **_: 1 if variant == "self" else 2,
     ),
   }
 )

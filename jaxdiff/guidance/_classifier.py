@@ -6,11 +6,10 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from jaxdiff._types import GuidanceRule, Prediction
-from jaxdiff._validation import check_choice, check_scalar, renamed_kwargs
+from jaxdiff._validation import check_choice, check_flag, check_scalar, poison, renamed_kwargs
 from jaxdiff.guidance._common import (
   Hyper,
   batch_t,
@@ -22,7 +21,6 @@ from jaxdiff.guidance._common import (
   logits,
   nfe,
   null_fn,
-  poison_rows,
   stateless_init,
 )
 
@@ -149,8 +147,7 @@ def classifier(
   check_choice("classifier: variant", variant, VARIANTS)
   check_classifier(classifier_fn, "classifier")
   num_classes = check_num_classes("classifier: num_classes", num_classes)
-  if not isinstance(guide_conditional, (bool, np.bool_)):
-    raise TypeError(f"classifier: guide_conditional must be a bool, got {guide_conditional!r}")
+  guide_conditional = check_flag("classifier: guide_conditional", guide_conditional)
   h = Hyper("classifier")
   h("scale", scale, lo=0.0)
   h("joint_temperature", joint_temperature, lo=0.0, lo_open=True)
@@ -182,7 +179,7 @@ def classifier(
     n = jnp.asarray(ctx.num_steps, x0.dtype)
     u = (n - 1 - jnp.asarray(ctx.step, x0.dtype)) / n
     coef = coef * (1 + jnp.asarray(schedule_amplitude, x0.dtype) * jnp.sin(jnp.pi * u))
-    out = poison_rows(h.poison(x0 + jnp.asarray(scale, x0.dtype) * coef * g), valid)
+    out = poison(h.poison(x0 + jnp.asarray(scale, x0.dtype) * coef * g), valid)
     return Prediction.of(out), state, nfe(1)
 
-  return GuidanceRule(stateless_init, apply)
+  return GuidanceRule(stateless_init, apply, num_classes)

@@ -250,11 +250,6 @@ def labels(cond, num_classes: int, name: str) -> tuple[Array, Array, Array]:
   return jnp.where(active, out, 0), active, valid
 
 
-def poison_rows(x: Array, valid: Array) -> Array:
-  """NaN in the rows (samples) of ``x`` whose ``valid`` flag is false."""
-  return jnp.where(bcast(valid, x), x, jnp.asarray(jnp.nan, x.dtype))
-
-
 def logits(classifier_fn, inputs, b: int, num_classes: int, name: str) -> Array:
   """``classifier_fn(*inputs)``, checked to be ``(B, num_classes)`` at trace time."""
   out = classifier_fn(*inputs)

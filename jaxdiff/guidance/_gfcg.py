@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxdiff._types import Denoiser, GuidanceRule, Prediction
-from jaxdiff._validation import renamed_kwargs, static_equal
+from jaxdiff._validation import poison, renamed_kwargs, static_equal
 from jaxdiff.guidance._common import (
   Hyper,
   batch_t,
@@ -22,7 +22,6 @@ from jaxdiff.guidance._common import (
   logits,
   nfe,
   null_fn,
-  poison_rows,
   stateless_init,
   weak_output,
 )
@@ -131,6 +130,6 @@ def gfcg(
       x_g = outs[1] if with_null else weak_output(weak_denoise, x, t, cond, x_c, "gfcg")
       x0 = x0 + (jnp.asarray(cfg_scale, x_c.dtype) - 1) * (x_c - x_g)
       n = 3
-    return Prediction.of(poison_rows(h.poison(x0), valid)), state, nfe(n)
+    return Prediction.of(poison(h.poison(x0), valid)), state, nfe(n)
 
-  return GuidanceRule(stateless_init, apply)
+  return GuidanceRule(stateless_init, apply, num_classes)

@@ -28,17 +28,22 @@ class RuleSpec:
     default_scale: a sensible strength (the paper's recommendation where it gives one).
     evals_per_step: the most network evaluations the rule makes per sample and step
       (what an NFE budget is divided by; a rule that may save evaluations, such as
-      Adaptive Guidance, still declares its maximum).
+      Adaptive Guidance, still declares its maximum). An int, or ``options -> int`` when
+      the count depends on the builder's options (PAG with a CFG term makes 3); read it
+      through :meth:`evals`.
     requires: the entries of :data:`RESOURCES` that ``build`` needs.
-    sweep: scales a study sweeps over (for metric-vs-scale plots).
   """
 
   label: str
   build: Callable[..., GuidanceRule]
   default_scale: float
-  evals_per_step: int
+  evals_per_step: int | Callable[..., int]
   requires: tuple[str, ...] = ()
-  sweep: tuple[float, ...] = ()
+
+  def evals(self, **options: Any) -> int:
+    """Network evaluations per sample and step when built with ``options``."""
+    n = self.evals_per_step
+    return n(**options) if callable(n) else n
 
   def __post_init__(self):
     unknown = set(self.requires) - set(RESOURCES)

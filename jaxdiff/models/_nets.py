@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxdiff._validation import check_labels
+from jaxdiff._validation import check_labels, poison
 from jaxdiff.models._attention import SelfAttention
 from jaxdiff.models._checks import check_size
 
@@ -188,7 +188,7 @@ class DigitDenoiser(nnx.Module):
     shift, scale = jnp.split(self.ada_out(c), 2, axis=-1)
     out = self.head(_modulate(self.norm_out(h), shift, scale))
     out = out.reshape(b, n, n, p, p).transpose(0, 1, 3, 2, 4).reshape(b, s, s)
-    out = jnp.where(valid[:, None, None], out, jnp.nan)  # invalid traced labels: poisoned
+    out = poison(out, valid)  # invalid traced labels: NaN in value and gradient
     return out.astype(x.dtype)
 
 

@@ -136,7 +136,7 @@ CASES = [
   ),
   Case(
     "O.scale_by_diffgrad().update(B1, O.scale_by_diffgrad().init(P))",
-    raises(ValueError, r"scale_by_diffgrad: updates\['b'\] has shape \(1,\) but state.mu"),
+    raises(ValueError, r"scale_by_diffgrad: state\.mu\['b'\] has shape \(\d,\) but init"),
   ),
   Case("step(O.diffgrad(0.1), BF, GB)", returns(_bf16, "updates follow the gradients' dtype")),
   Case("step(O.diffgrad(0.1), P, NANG)", returns(_nan_at_b0, PROPAGATE, nan_ok=True)),
@@ -356,9 +356,7 @@ CASES = [
   Case("O.dice_sgd(0.1, 1.0, 1.0, 0.0, key=jnp.ones((2, 2)))", raises(TypeError, "key must")),
   Case(
     "O.scale_by_dice_sgd(1.0, 1.0, 0.0).update(PE, O.scale_by_dice_sgd(1.0, 1.0, 0.0).init(OTHER))",
-    raises(
-      ValueError, r"dice_sgd: updates \(per example\)\['b'\] has shape \(3,\) but state.error"
-    ),
+    raises(ValueError, r"dice_sgd: state\.error\['b'\] has shape \(\d,\) but init"),
   ),
   Case(
     "jstep(O.dice_sgd(0.1, 1.0, 1.0, 0.0), P, G)",
@@ -489,7 +487,7 @@ CASES = [
   ),
   Case(
     "O.scale_by_mfac(num_grads=4).update(B1, O.scale_by_mfac(num_grads=4).init(P))",
-    raises(ValueError, r"scale_by_mfac: updates\['b'\] has shape \(1,\) but state.momentum"),
+    raises(ValueError, r"scale_by_mfac: state\.\w+\['b'\] has shape .* but init"),
   ),
   Case("step(O.mfac(0.1, num_grads=4), INT, GI)", raises(TypeError, r"mfac: params\['b'\]")),
   Case(

@@ -1,4 +1,4 @@
-"""Curvature-based optimizers (issue 4) in the shared generic table."""
+"""Curvature-based optimizers in the shared generic table."""
 
 import jax
 import jax.numpy as jnp

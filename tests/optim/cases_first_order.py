@@ -1,4 +1,4 @@
-"""First-order optimizers (issue 3) in the shared generic table (tests/optim/test_generic.py)."""
+"""First-order optimizers in the shared generic table (tests/optim/test_generic.py)."""
 
 import jax
 import jax.numpy as jnp

@@ -7,12 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiff import guidance
+import jaxdiff
+from jaxdiff import guidance, solvers
 from tests.jaxdiff.guidance.testbed import (
+  NUM_STEPS,
   class_logits,
   clean_logits,
   ctx,
   gmm_denoise,
+  grid,
   run,
   step,
 )
@@ -38,8 +41,16 @@ def test_null_label_gets_no_classifier_term_so_its_sample_is_unconditional(x64, 
 def test_traced_invalid_labels_poison_only_their_samples(x64, name, batch):
   x_T, cond = batch
   bad = cond.at[1].set(3).at[4].set(-2)  # out of range and below the null label
-  x_bad, _ = run(CLASSIFIER_RULES[name](), (x_T, bad))  # sample() traces cond
-  x_ok, _ = run(CLASSIFIER_RULES[name](), (x_T, cond))
+  rule = CLASSIFIER_RULES[name]()
+  # Concrete labels are range-checked by sample before compiling (the rule declares
+  # num_classes); under an outer jit they are traced and only their rows are poisoned.
+  with pytest.raises(ValueError, match=r"cond: class labels must lie in \[0, 3\)"):
+    run(rule, (x_T, bad))
+  ts = grid(NUM_STEPS)  # a concrete grid: only the labels are traced
+  traced = jax.jit(
+    lambda c: jaxdiff.sample(gmm_denoise, solvers.ddim(), x_T, ts, key=0, cond=c, guidance=rule).x
+  )
+  x_bad, x_ok = traced(bad), traced(cond)
   poisoned = np.isnan(np.asarray(x_bad)).any(axis=1)
   assert poisoned.tolist() == [i in (1, 4) for i in range(len(cond))]
   np.testing.assert_array_equal(np.delete(x_bad, [1, 4], 0), np.delete(x_ok, [1, 4], 0))

@@ -42,9 +42,25 @@ def test_every_registered_rule_builds_by_name_and_samples(name):
     denoise, solvers.ddim(), x_T, ts, key=jax.random.key(1), cond=cond, guidance=rule
   )
   assert out.x.shape == x_T.shape and np.isfinite(np.asarray(out.x)).all()
-  assert STEPS <= int(out.nfe) <= spec.evals_per_step * STEPS
-  for scale in spec.sweep:  # every swept scale is admissible
-    guidance.make(name, scale, **resources)
+  assert STEPS <= int(out.nfe) <= spec.evals() * STEPS
+
+
+def test_declared_evaluations_follow_the_options():
+  # PAG with a CFG term makes a third evaluation; the registry must say so (the demo and
+  # the CLI divide their NFE budget by it).
+  def denoise(x, t, cond, *, perturb=None):
+    flag = jnp.zeros(x.shape[0]) if perturb is None else perturb.astype(x.dtype)
+    return 0.5 * x * (1.0 + flag[:, None])
+
+  ts = schedules.timesteps(schedules.vp_cosine(), STEPS, spacing="logsnr")
+  x_T = jnp.ones((2, 2))
+  for options in ({}, {"cfg_scale": 2.0}):
+    rule = guidance.make("pag", **options)
+    out = jaxdiff.sample(
+      denoise, solvers.ddim(), x_T, ts, key=0, cond=jnp.zeros(2, int), guidance=rule
+    )
+    assert int(out.nfe) == guidance.REGISTRY["pag"].evals(**options) * STEPS
+  assert guidance.REGISTRY["rcfg"].evals(variant="self") == 1
 
 
 def test_make_names_what_is_missing_or_unknown():
