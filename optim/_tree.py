@@ -15,22 +15,6 @@ import jax.numpy as jnp
 PyTree = Any
 
 
-def check_same_structure(a: PyTree, b: PyTree, what_a: str = "a", what_b: str = "b") -> None:
-  """Raises ``ValueError`` unless ``a`` and ``b`` have the same tree structure and shapes."""
-  ta, tb = jax.tree.structure(a), jax.tree.structure(b)
-  if ta != tb:
-    raise ValueError(
-      f"{what_a} and {what_b} must have the same pytree structure; got\n"
-      f"  {what_a}: {ta}\n  {what_b}: {tb}"
-    )
-  for i, (x, y) in enumerate(zip(jax.tree.leaves(a), jax.tree.leaves(b))):
-    if jnp.shape(x) != jnp.shape(y):
-      raise ValueError(
-        f"leaf {i} of {what_a} has shape {jnp.shape(x)} but the same leaf of "
-        f"{what_b} has shape {jnp.shape(y)}"
-      )
-
-
 def is_key(x) -> bool:
   """True for a typed PRNG key array (``jax.random.key``)."""
   return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)

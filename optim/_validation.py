@@ -274,11 +274,16 @@ def check_objective(fn: Callable, args: tuple, name: str, method: str, signature
     raise TypeError(
       f"{method}: {name} must be a function {signature}; calling it failed: {err}"
     ) from err
-  shape, dtype = getattr(out, "shape", None), getattr(out, "dtype", None)
-  if shape != () or dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+  shape, dtype = getattr(out, "shape", jax.tree.structure(out)), getattr(out, "dtype", None)
+  if shape != ():
     raise TypeError(
       f"{method}: {name} must return a real floating-point scalar loss ({signature}), got "
-      f"{'shape ' + str(shape) if shape != () else 'dtype ' + str(dtype)}"
+      f"shape {shape}; reduce the loss (e.g. take its mean over the batch) first"
+    )
+  if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(
+      f"{method}: {name} must return a real floating-point scalar loss ({signature}), got "
+      f"dtype {dtype}"
     )
 
 
@@ -360,7 +365,7 @@ def warn_default(value: Any, name: str, default: Any, where: str) -> Any:
 
 
 def _describe(path) -> str:
-  return jax.tree_util.keystr(path) or "(root)"
+  return jax.tree_util.keystr(path)  # "" for a bare array: "v has shape ..."
 
 
 def leaf_dtype(leaf: Any, name: str, where: str):
@@ -391,18 +396,22 @@ def check_floating(tree: Any, what: str, where: str, *, allow_empty: bool = True
       )
 
 
-def check_like(tree: Any, like: Any, what: str, what_like: str, method: str) -> None:
-  """``tree`` has the pytree structure and leaf shapes of ``like`` (no silent broadcasting)."""
+def check_like(tree: Any, like: Any, what: str, what_like: str, method: str = "") -> None:
+  """``tree`` has the pytree structure and leaf shapes of ``like`` (no silent broadcasting).
+
+  Messages name the leaf by its path and start with ``method`` when given.
+  """
+  at = f"{method}: " if method else ""
   t, l = jax.tree.structure(tree), jax.tree.structure(like)
   if t != l:
     raise ValueError(
-      f"{method}: {what} and {what_like} must have the same pytree structure; got\n"
+      f"{at}{what} and {what_like} must have the same pytree structure; got\n"
       f"  {what}: {t}\n  {what_like}: {l}"
     )
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(tree), jax.tree.leaves(like)):
     if jnp.shape(a) != jnp.shape(b):
       raise ValueError(
-        f"{method}: {what}{_describe(path)} has shape {jnp.shape(a)} but {what_like} has "
+        f"{at}{what}{_describe(path)} has shape {jnp.shape(a)} but {what_like} has "
         f"{jnp.shape(b)} there"
       )
 

@@ -30,8 +30,7 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 
-from optim import _tree
-from optim._validation import check_floating, check_scalar, is_traced
+from optim._validation import check_floating, check_like, check_scalar, is_traced
 from optim.curvature._operators import LinearOperator, cast_like, shape_dtype_tree
 
 PyTree = Any
@@ -241,7 +240,7 @@ def obs_saliency(params: PyTree, inverse_diagonal: PyTree) -> PyTree:
     M-FAC).
   """
   check_floating(params, "params", "obs_saliency", allow_empty=False)
-  _tree.check_same_structure(params, inverse_diagonal, "params", "inverse_diagonal")
+  check_like(inverse_diagonal, params, "inverse_diagonal", "params", "obs_saliency")
 
   def one(w, d):
     d = jnp.asarray(d)

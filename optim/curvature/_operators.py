@@ -18,13 +18,15 @@ import jax.numpy as jnp
 import optax
 import optax.tree_utils as otu
 
-from optim._tree import check_same_structure, tree_vdot
+from optim._tree import tree_vdot
 from optim._validation import (
   as_key,
   check_choice,
   check_flag,
   check_floating,
   check_labels,
+  check_like,
+  check_objective,
   check_scalar,
   leaf_dtype,
   poison,
@@ -55,18 +57,9 @@ def _check_scalar_objective(
   f: Callable, params: PyTree, *args, name: str = "f", where: str = "hvp"
 ) -> None:
   """Raises a ``TypeError`` at trace time unless ``f(params, *args)`` is a real scalar."""
-  check_callable(f, name, where, f"{name}(params, *args) -> scalar")
-  out = jax.eval_shape(f, params, *args)
-  if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != ():
-    shape = getattr(out, "shape", jax.tree.structure(out))
-    raise TypeError(
-      f"{where}: {name} must return a scalar (shape ()), got {shape}; reduce the loss (e.g. "
-      "take its mean over the batch) before asking for curvature"
-    )
-  if not jnp.issubdtype(out.dtype, jnp.floating):
-    raise TypeError(
-      f"{where}: {name} must return a real floating-point scalar, got dtype {out.dtype}"
-    )
+  signature = f"{name}(params, *args) -> scalar"
+  check_callable(f, name, where, signature)
+  check_objective(f, (params, *args), name, where, signature)
 
 
 def cast_like(v: PyTree, like: PyTree, what: str = "v", what_like: str = "params") -> PyTree:
@@ -76,7 +69,7 @@ def cast_like(v: PyTree, like: PyTree, what: str = "v", what_like: str = "params
   user pass, e.g., a float32 probe for bfloat16 parameters. Integer leaves are cast too;
   bool, complex and non-array leaves are a ``TypeError`` (a cast would drop their meaning).
   """
-  check_same_structure(like, v, what_like, what)
+  check_like(v, like, what, what_like)
   for path, x in jax.tree_util.tree_leaves_with_path(v):
     dtype = leaf_dtype(x, what + jax.tree_util.keystr(path), what)
     if jnp.issubdtype(dtype, jnp.bool_) or not jnp.issubdtype(dtype, jnp.number):
