@@ -10,8 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff._correctors import Corrector
 from jaxdiff._schedules import Grid, validate_grid
 from jaxdiff._solvers._base import Solver
+from jaxdiff._timeshift import TimeShift
 from jaxdiff._types import GuidanceRule, Prediction, StepContext
 from jaxdiff._validation import as_key, check_flag, check_labels
 
@@ -66,6 +68,22 @@ def _unbox(tree):
 def _plain_call(denoise, x, cond, ctx: StepContext, gstate):
   t = jnp.broadcast_to(ctx.t, (x.shape[0],))
   return Prediction.of(denoise(x, t, cond)), gstate, jnp.ones((), jnp.int32)
+
+
+def _check_seams(corrector, time_shift, ts) -> None:
+  if corrector is not None and not isinstance(corrector, Corrector):
+    raise TypeError(
+      "corrector must be a jaxdiff corrector (e.g. correctors.langevin()) or None, got "
+      f"{type(corrector).__name__}"
+    )
+  if time_shift is not None:
+    if not isinstance(time_shift, TimeShift):
+      raise TypeError(
+        "time_shift must be a jaxdiff.time_shift(...) rule or None, got "
+        f"{type(time_shift).__name__}"
+      )
+    if all(not isinstance(v, jax.core.Tracer) for v in ts):
+      time_shift.check_grid(ts)
 
 
 def _check_inputs(denoise, solver, x_T, ts, cond, guidance, return_trajectory):
@@ -162,6 +180,8 @@ def sample(
   cond: Any = None,
   guidance: GuidanceRule | None = None,
   return_trajectory: bool = False,
+  corrector: Corrector | None = None,
+  time_shift: TimeShift | None = None,
 ) -> SampleResult:
   r"""Runs a whole sampling trajectory in one jitted ``lax.scan``.
 
@@ -174,6 +194,16 @@ def sample(
     (\hat x_0, \hat x_0^{\text{renoise}}), s_g, n \leftarrow
       \text{guidance}(D, x_i, c, \text{ctx}_i, s_g),\qquad
     x_{i+1}, s \leftarrow \text{solver.step}(s, x_i, i, \text{pred}) .
+
+  Two optional seams wrap this (``None``: the base sampler, bit for bit, as the seam is
+  not traced). ``time_shift`` (:func:`jaxdiff.time_shift`) chooses the time of the
+  first stage's evaluation from the state ``x_i`` and hands the solver the noise
+  direction seen from there (Time-Shift sampling). ``corrector``
+  (:mod:`jaxdiff.correctors`) runs after the solver step at grid point ``i + 1`` when
+  :math:`\sigma_{i+1} > 0`, with its own evaluations through the same guidance rule:
+
+  .. math::
+    x_{i+1}, s_c, s_g, n_c \leftarrow \text{corrector}(D_g, x_{i+1}, \text{ctx}_{i+1}, s_c, s_g) .
 
   Stages after the first run under a top-level ``lax.cond`` so that a skipped stage
   (Heun's last step) costs no evaluation; ``nfe`` sums what the rule reports, so it is
@@ -202,6 +232,9 @@ def sample(
       ``[0, num_classes)``, ``-1`` = unconditional.
     guidance: a :class:`~jaxdiff.GuidanceRule` or ``None``.
     return_trajectory: also return all intermediate states (a bool).
+    corrector: a corrector from :mod:`jaxdiff.correctors` or ``None``; its evaluations
+      are counted in ``nfe`` (none at a ``sigma = 0`` point).
+    time_shift: a :func:`jaxdiff.time_shift` rule or ``None``.
 
   Returns:
     A :class:`SampleResult` ``(x, nfe, trajectory)``.
@@ -225,17 +258,21 @@ def sample(
 
   References:
     Lu et al., "DPM-Solver++", arXiv:2211.01095 (the multistep loop, Alg. 2);
-    Karras et al., arXiv:2206.00364 (Alg. 1/2, stage skipping at sigma = 0).
+    Karras et al., arXiv:2206.00364 (Alg. 1/2, stage skipping at sigma = 0);
+    Song et al., arXiv:2011.13456 (predictor-corrector sampling).
   """
   _check_inputs(denoise, solver, x_T, ts, cond, guidance, return_trajectory)
+  _check_seams(corrector, time_shift, ts)
   key = as_key(key)
-  parts = _box((denoise, solver, guidance))
+  if time_shift is not None and not time_shift.active:
+    time_shift = None  # window = 0: exactly the base sampler
+  parts = _box((denoise, solver, guidance, corrector, time_shift))
   return _sample_jit(parts, x_T, ts, key, cond, bool(return_trajectory))
 
 
 @functools.partial(jax.jit, static_argnums=5)
 def _sample_jit(parts, x_T, ts, key, cond, return_trajectory):
-  denoise, solver, guidance = _unbox(parts)
+  denoise, solver, guidance, corrector, time_shift = _unbox(parts)
   apply = _plain_call if guidance is None else guidance.apply
   # The output checks run while the loop is traced (once per compilation, before any
   # execution): an extra jax.eval_shape pass would trace the network a second time.
@@ -244,9 +281,10 @@ def _sample_jit(parts, x_T, ts, key, cond, return_trajectory):
   n = ts.num_steps
   num_steps = jnp.asarray(n, jnp.int32)
   sstate = solver.init(x_T, ts)
+  cstate = () if corrector is None else corrector.init(x_T)
 
   def body(carry, i):
-    x, sstate, gstate, nfe = carry
+    x, sstate, gstate, cstate, nfe = carry
     step_key = jax.random.fold_in(key, i)
     for j in range(solver.stages):
       k_eval, k_solve = jax.random.split(jax.random.fold_in(step_key, j))
@@ -254,8 +292,14 @@ def _sample_jit(parts, x_T, ts, key, cond, return_trajectory):
       ctx = StepContext(ts.t[idx], ts.alpha[idx], ts.sigma[idx], i, num_steps, k_eval)
 
       def evaluate(x, sstate, gstate, ctx=ctx, k_solve=k_solve, j=j):
-        pred, gstate, used = apply(denoise, x, cond, ctx, gstate)
-        _check_prediction(pred, x)
+        if j == 0 and time_shift is not None:
+          ctx_s, moved = time_shift.shifted_context(x, ctx, ts)
+          pred, gstate, used = apply(denoise, x, cond, ctx_s, gstate)
+          _check_prediction(pred, x)
+          x = time_shift.equivalent_state(x, pred, ctx, ctx_s, moved)
+        else:
+          pred, gstate, used = apply(denoise, x, cond, ctx, gstate)
+          _check_prediction(pred, x)
         x_new, sstate = solver.step(sstate, x, i, pred, k_solve, stage=j)
         return x_new, sstate, gstate, jnp.asarray(used, jnp.int32)
 
@@ -267,10 +311,45 @@ def _sample_jit(parts, x_T, ts, key, cond, return_trajectory):
           solver.stage_active(sstate, i, j), evaluate, skip, x, sstate, gstate
         )
       nfe = nfe + used
-    return (x, sstate, gstate, nfe), (x if return_trajectory else None)
+    if corrector is not None:
+      x, cstate, gstate, used = _correct(
+        corrector,
+        apply,
+        denoise,
+        cond,
+        ts,
+        i,
+        num_steps,
+        jax.random.fold_in(step_key, solver.stages),
+        x,
+        cstate,
+        gstate,
+      )
+      nfe = nfe + used
+    return (x, sstate, gstate, cstate, nfe), (x if return_trajectory else None)
 
-  carry = (x_T, sstate, gstate, jnp.zeros((), jnp.int32))
-  (x, _, _, nfe), traj = jax.lax.scan(body, carry, jnp.arange(n, dtype=jnp.int32))
+  carry = (x_T, sstate, gstate, cstate, jnp.zeros((), jnp.int32))
+  (x, _, _, _, nfe), traj = jax.lax.scan(body, carry, jnp.arange(n, dtype=jnp.int32))
   if return_trajectory:
     traj = jnp.concatenate([x_T[None], traj], axis=0)
   return SampleResult(x, nfe, traj)
+
+
+def _correct(corrector, apply, denoise, cond, ts, i, num_steps, key, x, cstate, gstate):
+  """The corrector at grid point ``i + 1``, skipped (no evaluation) where ``sigma = 0``."""
+  k_eval, k_corr = jax.random.split(key)
+  ctx = StepContext(ts.t[i + 1], ts.alpha[i + 1], ts.sigma[i + 1], i, num_steps, k_eval)
+
+  def predict(x, gstate):
+    pred, gstate, used = apply(denoise, x, cond, ctx, gstate)
+    _check_prediction(pred, x)
+    return pred, gstate, used
+
+  def run(x, cstate, gstate):
+    x_new, cstate, gstate, used = corrector.correct(predict, x, ctx, cstate, gstate, key=k_corr)
+    return x_new.astype(x.dtype), cstate, gstate, jnp.asarray(used, jnp.int32)
+
+  def skip(x, cstate, gstate):
+    return x, cstate, gstate, jnp.zeros((), jnp.int32)
+
+  return jax.lax.cond(ts.sigma[i + 1] > 0, run, skip, x, cstate, gstate)

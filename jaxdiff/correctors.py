@@ -1,0 +1,9 @@
+"""jaxdiff.correctors: Langevin-type correctors that :func:`jaxdiff.sample` runs after each step.
+
+Pass one as ``jaxdiff.sample(..., corrector=...)``; its network evaluations are counted
+in ``nfe``. It composes with every solver, guidance rule and schedule.
+"""
+
+from jaxdiff._correctors import LML, Corrector, Langevin, LMLState, langevin, lml
+
+__all__ = ["Corrector", "LML", "LMLState", "Langevin", "langevin", "lml"]
