@@ -194,10 +194,10 @@ def check_labels(name: str, labels, num_classes: int, *, allow_null: bool = Fals
   ``-1`` ("unconditional") is accepted too. Concrete labels are checked now: a float,
   bool or complex array raises a ``TypeError`` and a label out of range a ``ValueError``,
   both naming ``name``, the admissible range and (for the range) the first offending
-  value. Traced labels (under ``jit``) cannot raise: the caller uses the returned boolean
-  mask (shape of ``labels``; ``True`` where the label is valid, null included) to poison
-  with NaN every output that depends on an invalid label, never to fall back silently
-  to another class.
+  value. Traced labels (under ``jit``) and labels sharded over several processes cannot
+  raise: the caller uses the returned boolean mask (shape of ``labels``; ``True`` where
+  the label is valid, null included) to poison with NaN every output that depends on an
+  invalid label, never to fall back silently to another class.
 
   Example:
     >>> import jax.numpy as jnp
@@ -221,7 +221,10 @@ def check_labels(name: str, labels, num_classes: int, *, allow_null: bool = Fals
   if jnp.issubdtype(dtype, jnp.bool_) or not jnp.issubdtype(dtype, jnp.integer):
     raise TypeError(f"{name} must hold integer class labels, got dtype {dtype}")
   lo = -1 if allow_null else 0
-  if is_traced(labels):
+  # An array spread over several processes cannot be read on one host: like a traced one,
+  # it is checked inside the computation (multi-host sampling, ``jax.distributed``).
+  local = not isinstance(labels, jax.Array) or labels.is_fully_addressable
+  if is_traced(labels) or not local:
     labels = jnp.asarray(labels)
     return (labels >= lo) & (labels < num_classes)
   arr = np.asarray(labels)

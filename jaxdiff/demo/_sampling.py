@@ -1,7 +1,9 @@
-"""Sampling the demo's digits: one compiled sampler per (rule, solver, steps)."""
+"""Sampling the demo's digits: one compiled sampler per (rule, solver, steps), data-parallel
+over the local devices (:func:`batch_sharding`)."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -10,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxdiff import from_v, sample, schedules, solvers
 from jaxdiff._validation import as_key, check_choice, check_scalar
@@ -23,7 +26,7 @@ from jaxdiff.demo._config import (
 )
 from jaxdiff.demo._training import Models
 
-__all__ = ["Sampler", "sample_digits"]
+__all__ = ["Sampler", "batch_sharding", "sample_digits"]
 
 
 def _is_number(v) -> bool:
@@ -36,7 +39,8 @@ class Sampler:
   The scale and every numeric hyperparameter of ``rule_kwargs[rule]`` (and any numeric
   override a call passes) are traced, so sweeps over scales, APG's components or AG's
   threshold reuse one executable; other hyperparameters (strings, ...) are static. Results
-  are memoised per setting and key.
+  are memoised per setting and key. The batch runs data-parallel over ``devices``
+  (default: every local accelerator; see :func:`batch_sharding`).
   """
 
   def __init__(
@@ -45,6 +49,7 @@ class Sampler:
     labels: np.ndarray,
     rule_kwargs: Mapping[str, Mapping[str, Any]],
     compiler_options=None,
+    devices=None,
   ):
     self.models = models
     self.compiler_options = compiler_options
@@ -57,6 +62,10 @@ class Sampler:
     gc, cparams = nnx.split(models.classifier)
     self.graphs = (gd, gw, gc)
     self.params = (params, wparams, cparams)
+    self.shardings = batch_sharding(self.labels.shape[0], devices)
+    if self.shardings is not None:  # data-parallel: labels split, weights replicated
+      self.labels = jax.device_put(self.labels, self.shardings[0])
+      self.params = jax.device_put(self.params, self.shardings[1])
 
   def _split(self, rule: str) -> tuple[dict, dict]:
     """The rule's (traced defaults, static kwargs): numbers are traced, the scale too."""
@@ -70,9 +79,9 @@ class Sampler:
     schedule = self.models.schedule
     solver = solvers.make(solver_name)
     ts = schedules.timesteps(schedule, steps, spacing="logsnr")
-    labels = self.labels
-    n = labels.shape[0]
+    n = self.labels.shape[0]
     static = self._split(rule)[1]
+    labels, shardings = self.labels, self.shardings
 
     def run(params, hyper, key):
       p, wp, cp = params
@@ -85,6 +94,8 @@ class Sampler:
       )
       k_noise, k_sample = jax.random.split(key)
       x_T = jax.random.normal(k_noise, (n, 8, 8))
+      if shardings is not None:  # drawn sharded: the same numbers (partitionable threefry)
+        x_T = jax.lax.with_sharding_constraint(x_T, shardings[0])
       out = sample(denoise, solver, x_T, ts, key=k_sample, cond=labels, guidance=rule_obj)
       return out.x, out.nfe
 
@@ -121,6 +132,29 @@ class Sampler:
     x = np.asarray(jax.block_until_ready(x))
     t2 = time.perf_counter()
     return {"x": x, "nfe": int(nfe), "compile_s": t1 - t0, "wall_s": t2 - t1}
+
+
+def batch_sharding(n: int, devices=None) -> tuple[NamedSharding, NamedSharding] | None:
+  """Data parallelism for a batch of ``n``: ``(batch, replicated)`` shardings on a 1-D mesh
+  of the first ``gcd(n, len(devices))`` devices; ``batch`` splits the batch evenly along
+  its first axis, the networks' weights are ``replicated``. Every sample is independent of
+  the others, so the loop runs without any collective. ``None`` where that is one device:
+  the plain single-device program, unchanged.
+
+  ``devices`` defaults to every local accelerator (``jax.local_devices()`` on GPU/TPU). On
+  CPU the default is one device: it already runs on every core, and the virtual devices of
+  ``--xla_force_host_platform_device_count`` only split the same cores (measured on the
+  small demo with 8 of them: 15% longer compiles and slower sampling). Pass
+  ``jax.local_devices()`` to shard over them anyway.
+  """
+  if devices is None:
+    devices = jax.local_devices()
+    devices = devices[:1] if devices[0].platform == "cpu" else devices
+  d = math.gcd(n, len(devices))
+  if d == 1:
+    return None
+  mesh = Mesh(np.asarray(devices[:d]), ("batch",))
+  return NamedSharding(mesh, PartitionSpec("batch")), NamedSharding(mesh, PartitionSpec())
 
 
 def sample_digits(
