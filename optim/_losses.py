@@ -1,4 +1,4 @@
-"""StableMax cross-entropy (Prieto et al.): a softmax replacement that does not overflow."""
+"""Losses: StableMax cross-entropy (Prieto et al.); PPO and GPPO clipped policy losses."""
 
 from __future__ import annotations
 
@@ -93,3 +93,174 @@ def stablemax_cross_entropy(logits: jax.Array, labels: jax.Array, *, axis: int =
   index = jnp.where(valid, labels, 0).astype(jnp.int32)[..., None]
   log_sy = jnp.take_along_axis(log_s, index, axis=-1)[..., 0]
   return poison(log_total - log_sy, valid)
+
+
+def _policy_inputs(log_probs, old_log_probs, advantages, mask, epsilon_low, epsilon_high, who):
+  """Validates the shared inputs of the clipped policy losses; returns arrays and weights."""
+  check_scalar(f"{who}: epsilon_low", epsilon_low, lo=0.0, hi=1.0, hi_open=True)
+  check_scalar(f"{who}: epsilon_high", epsilon_high, lo=0.0)
+  log_probs, old_log_probs = jnp.asarray(log_probs), jnp.asarray(old_log_probs)
+  advantages = jnp.asarray(advantages)
+  for name, x in (
+    ("log_probs", log_probs),
+    ("old_log_probs", old_log_probs),
+    ("advantages", advantages),
+  ):
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      raise TypeError(f"{who}: {name} must be a floating-point array, got dtype {x.dtype}")
+  if old_log_probs.shape != log_probs.shape:
+    raise ValueError(
+      f"{who}: old_log_probs shape {old_log_probs.shape} differs from log_probs shape "
+      f"{log_probs.shape} (one log-probability per sampled token)"
+    )
+  try:
+    advantages = jnp.broadcast_to(advantages, log_probs.shape)
+  except ValueError as err:
+    raise ValueError(
+      f"{who}: advantages of shape {advantages.shape} do not broadcast to log_probs shape "
+      f"{log_probs.shape} (per sequence: shape (batch, 1); per token: the same shape)"
+    ) from err
+  if mask is None:
+    weights = jnp.ones(log_probs.shape, log_probs.dtype)
+  else:
+    mask = jnp.asarray(mask)
+    if mask.shape != log_probs.shape:
+      raise ValueError(f"{who}: mask shape {mask.shape} differs from log_probs {log_probs.shape}")
+    weights = mask.astype(log_probs.dtype)
+  if log_probs.size == 0:
+    raise ValueError(f"{who}: log_probs is empty (no tokens): the mean loss is undefined")
+  return log_probs - jax.lax.stop_gradient(old_log_probs), advantages, weights
+
+
+def _token_mean(per_token, weights):
+  """Token-level mean over the valid tokens (DAPO's and Klear-Reasoner's averaging).
+
+  A batch without valid tokens gives 0 (and zero gradient), not 0/0.
+  """
+  return jnp.sum(per_token * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def ppo_clip_loss(
+  log_probs: jax.Array,
+  old_log_probs: jax.Array,
+  advantages: jax.Array,
+  *,
+  epsilon_low: float = 0.2,
+  epsilon_high: float = 0.2,
+  mask: jax.Array | None = None,
+) -> jax.Array:
+  r"""PPO's clipped surrogate loss, averaged over tokens (the baseline of :func:`gppo_loss`).
+
+  With the importance ratio :math:`\delta_t = \pi_\theta(a_t)/\pi_{\text{old}}(a_t)`,
+
+  .. math::
+    \mathcal{L}(\theta) = -\frac{1}{\sum_t m_t}\sum_t m_t
+      \min\big(\delta_t A_t,\ \operatorname{clip}(\delta_t, 1-\epsilon_l, 1+\epsilon_h) A_t\big).
+
+  Where the clipped branch is the minimum (:math:`A_t > 0,\ \delta_t > 1+\epsilon_h` or
+  :math:`A_t < 0,\ \delta_t < 1-\epsilon_l`) the token's gradient is exactly zero: that is
+  what GPPO changes. ``epsilon_high > epsilon_low`` is DAPO's "clip-higher".
+
+  Args:
+    log_probs: :math:`\log\pi_\theta(a_t)` of the sampled tokens, any shape (differentiated).
+    old_log_probs: :math:`\log\pi_{\text{old}}(a_t)`, same shape (treated as constant).
+    advantages: :math:`A_t`, broadcastable to ``log_probs`` (e.g. ``(batch, 1)`` for one
+      advantage per sequence, as in GRPO).
+    epsilon_low: :math:`\epsilon_l \in [0, 1)`.
+    epsilon_high: :math:`\epsilon_h \ge 0`.
+    mask: optional 0/1 token mask of ``log_probs``' shape (padding = 0).
+
+  Returns:
+    The scalar loss (to minimize). No valid token gives 0.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optim.losses import ppo_clip_loss
+    >>> lp, old = jnp.log(jnp.array([0.6, 0.1])), jnp.log(jnp.array([0.4, 0.2]))
+    >>> round(float(ppo_clip_loss(lp, old, jnp.array([1.0, -1.0]))), 4)  # -(1.2 - 0.8) / 2
+    -0.2
+
+  References:
+    Schulman, Wolski, Dhariwal, Radford, Klimov, "Proximal Policy Optimization Algorithms",
+    arXiv:1707.06347 (Eq. 7); Yu et al., "DAPO", arXiv:2503.14476 (clip-higher,
+    token-level mean).
+  """
+  log_ratio, adv, w = _policy_inputs(
+    log_probs, old_log_probs, advantages, mask, epsilon_low, epsilon_high, "ppo_clip_loss"
+  )
+  ratio = jnp.exp(log_ratio)
+  clipped = jnp.clip(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high)
+  return -_token_mean(jnp.minimum(ratio * adv, clipped * adv), w)
+
+
+def gppo_loss(
+  log_probs: jax.Array,
+  old_log_probs: jax.Array,
+  advantages: jax.Array,
+  *,
+  epsilon_low: float = 0.2,
+  epsilon_high: float = 0.28,
+  mask: jax.Array | None = None,
+) -> jax.Array:
+  r"""GPPO: PPO clipping that keeps a bounded gradient on the clipped tokens (Klear-Reasoner).
+
+  With :math:`\delta_t = \pi_\theta(a_t)/\pi_{\text{old}}(a_t)` and :math:`\operatorname{sg}`
+  the stop-gradient, the paper's objective (Su et al., Section 3.2) is
+
+  .. math::
+    \mathcal{L}(\theta) = -\frac{1}{\sum_t m_t}\sum_t m_t
+      \min\Big(\delta_t A_t,\ \operatorname{clip}\Big(\delta_t,
+        \frac{1-\epsilon_l}{\operatorname{sg}(\delta_t)}\delta_t,
+        \frac{1+\epsilon_h}{\operatorname{sg}(\delta_t)}\delta_t\Big) A_t\Big).
+
+  Its value equals :func:`ppo_clip_loss` exactly (the bounds evaluate to
+  :math:`1 \mp \epsilon`); only the backward pass differs. A token in the clipped branch
+  contributes :math:`-(1+\epsilon_h) A_t \nabla\log\pi_\theta(a_t)` (if :math:`A_t > 0,\
+  \delta_t > 1+\epsilon_h`) or :math:`-(1-\epsilon_l) A_t \nabla\log\pi_\theta(a_t)` (if
+  :math:`A_t < 0,\ \delta_t < 1-\epsilon_l`) instead of PPO's zero: the gradient is
+  kept, with its magnitude capped at the clip boundary (it no longer grows with
+  :math:`\delta_t`). Other tokens get PPO's :math:`-\delta_t A_t \nabla\log\pi_\theta`.
+
+  Defaults :math:`\epsilon_l = 0.2,\ \epsilon_h = 0.28` are DAPO's clip-higher values; the
+  stored copy of the Klear-Reasoner paper did not state its own, so this is an assumption.
+
+  Args:
+    log_probs: :math:`\log\pi_\theta(a_t)` of the sampled tokens, any shape (differentiated).
+    old_log_probs: :math:`\log\pi_{\text{old}}(a_t)`, same shape (treated as constant).
+    advantages: :math:`A_t`, broadcastable to ``log_probs``.
+    epsilon_low: :math:`\epsilon_l \in [0, 1)`.
+    epsilon_high: :math:`\epsilon_h \ge 0`.
+    mask: optional 0/1 token mask of ``log_probs``' shape.
+
+  Returns:
+    The scalar loss (to minimize); its value is :func:`ppo_clip_loss`'s. No valid token
+    gives 0.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from optim.losses import gppo_loss, ppo_clip_loss
+    >>> old = jnp.log(jnp.array([0.4]))
+    >>> lp = jnp.log(jnp.array([0.6]))
+    >>> f = lambda loss: jax.grad(lambda x: loss(x, old, jnp.array([1.0])))(lp)
+    >>> float(f(ppo_clip_loss)[0]), round(float(f(gppo_loss)[0]), 4)  # ratio 1.5: clipped
+    (-0.0, -1.28)
+
+  References:
+    Su, Pan, Bai, Liu, Dong, Huang, Hu, Zhang, Gai, Zhou, "Klear-Reasoner: Advancing
+    Reasoning Capability via Gradient-Preserving Clipping Policy Optimization",
+    arXiv:2508.07629 (2025), Section 3.2.
+  """
+  log_ratio, adv, w = _policy_inputs(
+    log_probs, old_log_probs, advantages, mask, epsilon_low, epsilon_high, "gppo_loss"
+  )
+  ratio = jnp.exp(log_ratio)
+  sg = jax.lax.stop_gradient(ratio)
+  # delta / sg(delta) written as exp(l - sg(l)): value exactly 1, derivative d log pi, and no
+  # 0/0 when the ratio underflows. `where`, not jnp.clip, so unclipped tokens keep delta.
+  unit = jnp.exp(log_ratio - jax.lax.stop_gradient(log_ratio))
+  bound = jnp.where(
+    sg > 1.0 + epsilon_high,
+    (1.0 + epsilon_high) * unit,
+    jnp.where(sg < 1.0 - epsilon_low, (1.0 - epsilon_low) * unit, ratio),
+  )
+  return -_token_mean(jnp.minimum(ratio * adv, bound * adv), w)

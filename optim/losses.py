@@ -1,5 +1,5 @@
 """optim.losses (public namespace; implementation in private modules)."""
 
-from optim._losses import stablemax_cross_entropy
+from optim._losses import gppo_loss, ppo_clip_loss, stablemax_cross_entropy
 
-__all__: list[str] = ["stablemax_cross_entropy"]
+__all__: list[str] = ["gppo_loss", "ppo_clip_loss", "stablemax_cross_entropy"]

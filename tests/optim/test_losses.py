@@ -101,3 +101,97 @@ def test_class_axis_outside_the_logits_is_an_error_not_a_wrap_around(axis):
   # axis=2 of 2-D logits used to wrap to axis 0 silently.
   with pytest.raises(ValueError, match="axis"):
     stablemax_cross_entropy(jnp.zeros((4, 3)), jnp.zeros(4, jnp.int32), axis=axis)
+
+
+# ----------------------------------------------------------------------------- PPO / GPPO
+
+
+def _bandit_batch(seed=0, k=5, n=64):
+  """A softmax bandit: old and current logits, sampled arms, advantages of both signs."""
+  rng = np.random.default_rng(seed)
+  old = rng.normal(size=k)
+  theta = old + rng.normal(size=k) * 0.8  # far enough that many ratios leave [0.8, 1.28]
+  arms = rng.integers(0, k, size=n)
+  adv = rng.normal(size=n)
+  return theta, old, arms, adv
+
+
+def _policy_grad_reference(theta, old, arms, adv, eps_l, eps_h, gppo):
+  """Closed-form gradient wrt the logits: -(1/n) sum_j c_j (e_{a_j} - pi), float64."""
+  pi = np.exp(theta - theta.max())
+  pi /= pi.sum()
+  pi_old = np.exp(old - old.max())
+  pi_old /= pi_old.sum()
+  ratio = pi[arms] / pi_old[arms]
+  high = (adv > 0) & (ratio > 1 + eps_h)
+  low = (adv < 0) & (ratio < 1 - eps_l)
+  c = np.where(high, (1 + eps_h) * adv if gppo else 0.0, adv * ratio)
+  c = np.where(low, (1 - eps_l) * adv if gppo else 0.0, c)
+  score = np.eye(len(theta))[arms] - pi  # grad log pi(a) wrt the logits
+  value = -np.mean(np.minimum(ratio * adv, np.clip(ratio, 1 - eps_l, 1 + eps_h) * adv))
+  return value, -(c[:, None] * score).mean(axis=0), int(high.sum() + low.sum())
+
+
+def _policy_loss(loss, arms, old, adv):
+  def f(theta):
+    lp = jax.nn.log_softmax(theta)[arms]
+    return loss(lp, jax.nn.log_softmax(old)[arms], adv, epsilon_low=0.2, epsilon_high=0.28)
+
+  return f
+
+
+@pytest.mark.parametrize("name", ["gppo", "ppo"])
+def test_policy_losses_match_closed_form_bandit_gradient_over_20_steps(x64, name):
+  from optim.losses import gppo_loss, ppo_clip_loss
+
+  loss = gppo_loss if name == "gppo" else ppo_clip_loss
+  theta, old, arms, adv = _bandit_batch()
+  f = jax.jit(jax.value_and_grad(_policy_loss(loss, jnp.asarray(arms), old, jnp.asarray(adv))))
+  ref_theta, got_theta, clipped_seen = theta.copy(), jnp.asarray(theta), 0
+  for _ in range(20):  # 20 steps of gradient descent on the logits, in lockstep
+    v_ref, g_ref, n_clipped = _policy_grad_reference(
+      ref_theta, old, arms, adv, 0.2, 0.28, name == "gppo"
+    )
+    v, g = f(got_theta)
+    np.testing.assert_allclose(float(v), v_ref, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(g), g_ref, rtol=1e-6, atol=1e-12)
+    clipped_seen += n_clipped
+    ref_theta, got_theta = ref_theta - 0.5 * g_ref, got_theta - 0.5 * g
+  assert clipped_seen > 20, "the test must exercise the clipped branches"
+
+
+def test_gppo_value_equals_ppo_and_gradients_differ_only_on_clipped_tokens(x64):
+  from optim.losses import gppo_loss, ppo_clip_loss
+
+  theta, old, arms, adv = _bandit_batch(1)
+  args = (jnp.asarray(arms), old, jnp.asarray(adv))
+  vg = jax.value_and_grad(_policy_loss(gppo_loss, *args))(jnp.asarray(theta))
+  vp = jax.value_and_grad(_policy_loss(ppo_clip_loss, *args))(jnp.asarray(theta))
+  np.testing.assert_allclose(float(vg[0]), float(vp[0]), rtol=1e-14)
+  assert not np.allclose(vg[1], vp[1])
+
+
+def test_policy_loss_mask_gives_token_level_mean_and_empty_mask_is_zero():
+  from optim.losses import gppo_loss
+
+  lp = jnp.log(jnp.array([[0.5, 0.2, 0.9], [0.3, 0.3, 0.3]]))
+  old = jnp.log(jnp.array([[0.4, 0.4, 0.4], [0.3, 0.2, 0.3]]))
+  adv = jnp.array([[1.0], [-2.0]])  # one advantage per sequence
+  mask = jnp.array([[1, 1, 0], [1, 0, 0]])
+  got = gppo_loss(lp, old, adv, mask=mask)
+  tokens = [(0, 0), (0, 1), (1, 0)]
+  want = np.mean([float(gppo_loss(lp[i, j], old[i, j], adv[i, 0])) for i, j in tokens])
+  np.testing.assert_allclose(float(got), want, rtol=1e-6)
+  zero = jax.grad(lambda x: gppo_loss(x, old, adv, mask=jnp.zeros_like(mask)))(lp)
+  assert float(gppo_loss(lp, old, adv, mask=jnp.zeros_like(mask))) == 0.0
+  assert bool(jnp.all(zero == 0.0))
+
+
+def test_gppo_gradient_is_finite_when_the_ratio_underflows():
+  from optim.losses import gppo_loss
+
+  g = jax.grad(lambda lp: gppo_loss(lp, jnp.zeros(2), jnp.array([-1.0, 1.0])))(
+    jnp.array([-200.0, 0.0])
+  )
+  assert bool(jnp.all(jnp.isfinite(g))), g
+  np.testing.assert_allclose(float(g[0]), 0.8 / 2, rtol=1e-6)  # (1 - eps_l) * |A| / n
