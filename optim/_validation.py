@@ -223,8 +223,8 @@ def check_labels(name: str, labels, num_classes: int, *, allow_null: bool = Fals
   lo = -1 if allow_null else 0
   # An array spread over several processes cannot be read on one host: like a traced one,
   # it is checked inside the computation (multi-host sampling, ``jax.distributed``).
-  local = not isinstance(labels, jax.Array) or labels.is_fully_addressable
-  if is_traced(labels) or not local:
+  traced = is_traced(labels)
+  if traced or (isinstance(labels, jax.Array) and not labels.is_fully_addressable):
     labels = jnp.asarray(labels)
     return (labels >= lo) & (labels < num_classes)
   arr = np.asarray(labels)
