@@ -192,6 +192,7 @@ _SIZES = (
   "weak_dim",
   "weak_depth",
   "weak_steps",
+  "flow_steps",
   "classifier_steps",
   "samples_per_class",
   "nfe_budget",
@@ -286,6 +287,10 @@ class DemoConfig:
   weak_dim: int = 32
   weak_depth: int = 2
   weak_steps: int = 500
+  # the rectified-flow model (demo/_training.py: prepare_flow_model): the main denoiser's
+  # architecture on the flow schedule, velocity prediction, EMA of the weights
+  flow_steps: int = 1500
+  ema_decay: float = 0.999
   # classifier
   classifier_steps: int = 1500
   classifier_lr: float = 3e-3
@@ -320,6 +325,7 @@ class DemoConfig:
       _check_int(name, getattr(self, name), lo=1)
     _check_int("seed", self.seed, lo=0, hi=2**31 - 1)
     _check_int("xla_opt_level", self.xla_opt_level, lo=0, hi=3)
+    _check_real("ema_decay", self.ema_decay, lo=0.0, hi=1.0, hi_open=True)
     for name in ("learning_rate", "classifier_lr"):
       _check_real(name, getattr(self, name), lo=0.0, lo_open=True)
     if not isinstance(self.tour, bool):
@@ -397,6 +403,7 @@ class DemoConfig:
       weak_dim=16,
       weak_depth=1,
       weak_steps=20,
+      flow_steps=20,
       classifier_steps=20,
       samples_per_class=2,
       nfe_budget=4,

@@ -11,6 +11,7 @@ bit-for-bit identical on the same device (tested on CPU).
 from __future__ import annotations
 
 import functools
+import inspect
 import pathlib
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -22,6 +23,7 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from jaxdiff._training import denoising_loss
 from jaxdiff._validation import as_key, check_scalar, renamed_kwargs
 from jaxdiff.models._checks import check_size
 from optim._tree import data_to_keys, keys_to_data
@@ -158,6 +160,9 @@ def v_prediction_loss(schedule, *, label_dropout: float = 0.1, null_label: int =
   ``x0 = alpha_t x_t - sigma_t v`` (Salimans & Ho 2022, "Progressive Distillation",
   arXiv:2202.00512, Sec. 4; :func:`jaxdiff.parameterization.from_v`).
 
+  It is :func:`jaxdiff.training.denoising_loss` with ``prediction="v"`` (uniform ``t``,
+  the native weighting, squared error).
+
   Returns:
     ``loss(model, x0, y, key) -> scalar``.
 
@@ -177,20 +182,9 @@ def v_prediction_loss(schedule, *, label_dropout: float = 0.1, null_label: int =
       "v_prediction_loss: schedule must be a jaxdiff schedule (alpha, sigma, t_min, t_max), "
       f"got {type(schedule).__name__}"
     )
-  t_min, t_max = float(schedule.t_min), float(schedule.t_max)
-
-  def loss(model, x0, y, key):
-    kt, ke, kd = jax.random.split(key, 3)
-    b = x0.shape[0]
-    t = jax.random.uniform(kt, (b,), minval=t_min, maxval=t_max)
-    eps = jax.random.normal(ke, x0.shape, x0.dtype)
-    a = schedule.alpha(t)[:, None, None]
-    s = schedule.sigma(t)[:, None, None]
-    y = jnp.where(jax.random.bernoulli(kd, label_dropout, (b,)), null_label, y)
-    v = model(a * x0 + s * eps, t, y)
-    return jnp.mean((v - (a * eps - s * x0)) ** 2)
-
-  return loss
+  return denoising_loss(
+    schedule, prediction="v", label_dropout=label_dropout, null_label=null_label
+  )
 
 
 def classifier_loss(*, noise: float = 0.1):
@@ -218,7 +212,9 @@ def classifier_loss(*, noise: float = 0.1):
 
 
 @functools.lru_cache(maxsize=16)
-def _chunk_runner(graphdef, loss_fn, optimizer, batch_size: int, compiler_options=None):
+def _chunk_runner(
+  graphdef, loss_fn, optimizer, batch_size: int, compiler_options=None, takes_step=False
+):
   """The jitted ``lax.scan`` over a chunk of steps, shared by every :func:`train` call with
   the same architecture, loss, optimizer and batch size (so resuming does not recompile).
   Data and keys are arguments, not constants baked into the executable."""
@@ -235,7 +231,10 @@ def _chunk_runner(graphdef, loss_fn, optimizer, batch_size: int, compiler_option
       step_key = jax.random.fold_in(loss_key, step)
 
       def objective(p):
-        return loss_fn(nnx.merge(graphdef, p, rest), x_all[idx], y_all[idx], step_key)
+        model = nnx.merge(graphdef, p, rest)
+        if takes_step:  # step-dependent losses (a curriculum's timestep sampler)
+          return loss_fn(model, x_all[idx], y_all[idx], step_key, step=step)
+        return loss_fn(model, x_all[idx], y_all[idx], step_key)
 
       loss, grads = jax.value_and_grad(objective)(params)
       updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -263,6 +262,13 @@ def _check_train_objects(model, loss_fn, optimizer, progress, compiler_options) 
     raise TypeError(f"train: progress must be a bool or a description string, got {progress!r}.")
   if compiler_options is not None and not isinstance(compiler_options, dict):
     raise TypeError(f"train: compiler_options must be a dict or None, got {compiler_options!r}.")
+
+
+def _takes_step(loss_fn) -> bool:
+  try:
+    return "step" in inspect.signature(loss_fn).parameters
+  except (TypeError, ValueError):  # builtins without a signature
+    return False
 
 
 def _check_data(data, batch_size: int) -> tuple[Array, Array]:
@@ -304,12 +310,15 @@ class TrainResult(NamedTuple):
     losses: per-step training losses, float32 ``(steps_done,)``.
     steps_done: number of steps trained (``< steps`` only when stopped early).
     resumed_from: the checkpoint step training resumed from (0 for a fresh run).
+    opt_state: the final optimizer state (e.g. the weight average of
+      :func:`jaxdiff.training.weight_ema`, read with :func:`jaxdiff.training.ema_params`).
   """
 
   model: nnx.Module
   losses: np.ndarray
   steps_done: int
   resumed_from: int
+  opt_state: Any = None
 
 
 @renamed_kwargs(seed="key")
@@ -342,7 +351,8 @@ def train(
 
   Args:
     model: an initialised nnx module (only its ``nnx.Param`` state is trained).
-    loss_fn: ``loss_fn(model, x, y, key) -> scalar``.
+    loss_fn: ``loss_fn(model, x, y, key) -> scalar``; a loss that takes a keyword
+      ``step`` (a :func:`jaxdiff.training.curriculum` sampler's) is called with the step.
     optimizer: an optax transformation (``update`` receives ``params``).
     data: ``(x, y)`` arrays with a shared leading axis.
     steps: total number of training steps.
@@ -396,7 +406,7 @@ def train(
   opt_state = optimizer.init(params)
   data_key, loss_key = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
   options = None if compiler_options is None else tuple(sorted(compiler_options.items()))
-  run = _chunk_runner(graphdef, loss_fn, optimizer, batch_size, options)
+  run = _chunk_runner(graphdef, loss_fn, optimizer, batch_size, options, _takes_step(loss_fn))
 
   def run_chunk(params, opt_state, start, length):
     return run(params, opt_state, rest, x_all, y_all, data_key, loss_key, start, length)
@@ -471,7 +481,7 @@ def train(
       bar.close()
     if manager is not None:
       manager.close()
-  step, params, _, losses = done
+  step, params, opt_state, losses = done
   if losses.size and not np.isfinite(losses[-1]):
     raise FloatingPointError(f"train: the loss became non-finite by step {step}.")
-  return TrainResult(nnx.merge(graphdef, params, rest), losses, step, resumed_from)
+  return TrainResult(nnx.merge(graphdef, params, rest), losses, step, resumed_from, opt_state)
