@@ -76,7 +76,10 @@ def _project_leaf(p, g, u, delta, wd_ratio, eps, channel_axis, where):
   chan_axes = tuple(i for i in range(p.ndim) if i != ax)
   # One pass of four per-channel reductions; the layer-wise sums are their totals.
   csum = lambda x: jnp.sum(x, axis=chan_axes, keepdims=True)
-  pg, pp, gg, pu = csum(p * g), csum(p * p), csum(g * g), csum(p * u)
+  pg, pp, gg, pu = csum(p * g), csum(p * p), csum(jnp.abs(g) * jnp.abs(g)), csum(p * u)
+  # XLA rewrites sum(csum(x)) into a second full-size reduction of x, and on CPU those run
+  # unfused: the barrier makes the layer totals sum the per-channel sums (values unchanged).
+  pg, pp, gg, pu = jax.lax.optimization_barrier((pg, pp, gg, pu))
   pn_c, gn_c = jnp.sqrt(pp), jnp.sqrt(gg)
   pn_l, gn_l = jnp.sqrt(jnp.sum(pp)), jnp.sqrt(jnp.sum(gg))
   # torch.nn.functional.cosine_similarity clamps each norm at eps.

@@ -3,39 +3,93 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from optim._validation import check_scalar, guard
+from optim._validation import check_choice, check_scalar, guard
 
 
-def _kth_largest_magnitude(leaves, k: int) -> jax.Array:
-  """Exact k-th largest ``|x|`` over all leaves, by bisection on the float bit patterns.
+def _magnitude_bits(leaves):
+  """``|x|`` of every leaf as integers that order like the magnitudes (and their type).
 
-  Non-negative IEEE floats order like their bit patterns read as signed integers, so a
-  binary search over the integers (one counting pass over the data per bit) finds the exact
-  order statistic with O(bits) streaming passes and no sort or copy of the data;
-  ``lax.top_k`` over millions of coordinates is orders of magnitude slower on CPU.
+  Non-negative IEEE floats order like their bit patterns read as signed integers (NaN
+  above ``inf``), so order statistics of the magnitudes are order statistics of these.
   """
   ct = jnp.promote_types(jnp.result_type(*leaves), jnp.float32)
   it = jnp.int64 if ct == jnp.float64 else jnp.int32
-  bits = [jax.lax.bitcast_convert_type(jnp.abs(x.astype(ct)), it) for x in leaves]
-  hi0 = jnp.max(jnp.stack([jnp.max(b) for b in bits]))
+  return ct, it, [jax.lax.bitcast_convert_type(jnp.abs(x.astype(ct)), it).ravel() for x in leaves]
 
-  def count_at_least(t):
-    return sum(jnp.sum(b >= t, dtype=jnp.int64 if it == jnp.int64 else jnp.int32) for b in bits)
 
-  def body(_, lohi):
+def _count_at_least(bits, t):
+  return sum(jnp.sum(b >= t, dtype=t.dtype) for b in bits)
+
+
+def _bisect(bits, k, lo, hi):
+  """Largest integer ``t`` in ``[lo, hi]`` with ``count(bits >= t) >= k``, given that ``lo``
+  qualifies: one counting pass over the data per halving of ``[lo, hi]``."""
+
+  def body(lohi):
     lo, hi = lohi  # invariant: count(>= lo) >= k, count(>= hi + 1) < k
     mid = lo + (hi - lo + 1) // 2
-    ok = count_at_least(mid) >= k
+    ok = _count_at_least(bits, mid) >= k
     return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
 
-  n_bits = 64 if it == jnp.int64 else 32
-  lo, _ = jax.lax.fori_loop(0, n_bits, body, (jnp.zeros((), it), hi0))
-  return jax.lax.bitcast_convert_type(lo, ct)
+  return jax.lax.while_loop(lambda lohi: lohi[0] < lohi[1], body, (lo, hi))[0]
+
+
+# Every _STRIDE-th coordinate is sampled to bracket the order statistic (or, for
+# variant="sample", to estimate it).
+_STRIDE = 64
+# Below this many coordinates the sample is too small to help: plain bisection.
+_MIN_SIZE = 64 * _STRIDE
+
+
+def _sample(bits, k):
+  """The strided sample of ``bits`` sorted in decreasing order, and the 0-based sample rank
+  where the ``k``-th largest of the data is expected."""
+  sample = jnp.sort(jnp.concatenate([b[::_STRIDE] for b in bits]))[::-1]
+  total = sum(b.size for b in bits)
+  return sample, min(sample.size - 1, max(0, math.ceil(k * sample.size / total) - 1))
+
+
+def _kth_largest_magnitude(leaves, k: int) -> jax.Array:
+  """Exact ``k``-th largest ``|x|`` over all leaves, found on the float bit patterns.
+
+  Bisection over the integers finds the exact order statistic with one counting pass over
+  the data per bit and no sort or copy of the data (``lax.top_k`` over millions of
+  coordinates is orders of magnitude slower on CPU). To need fewer than 32 passes, a
+  strided sample (every 64th coordinate) is sorted and two of its order statistics, four
+  standard deviations of the sample rank either side of the expected rank, bracket the
+  answer; one pass checks the bracket (two counts) and the bisection runs inside it
+  (about 19 instead of 32 passes for a 1% fraction of 10M Gaussian coordinates). An
+  unlucky sample (the check fails) falls back to the full range. Either way the result is
+  the same integer, hence the same threshold, bit for bit.
+  """
+  ct, it, bits = _magnitude_bits(leaves)
+  top = jnp.max(jnp.stack([jnp.max(b) for b in bits]))
+  zero = jnp.zeros((), it)
+  if sum(b.size for b in bits) < _MIN_SIZE:
+    return jax.lax.bitcast_convert_type(_bisect(bits, k, zero, top), ct)
+  sample, r = _sample(bits, k)
+  margin = math.ceil(4 * math.sqrt(r + 1)) + 8
+  hi = sample[r - margin] if r - margin >= 0 else top
+  lo = sample[min(r + margin, sample.size - 1)]
+  ok = (_count_at_least(bits, hi + 1) < k) & (_count_at_least(bits, lo) >= k)
+  lo, hi = jnp.where(ok, lo, zero), jnp.where(ok, hi, top)
+  return jax.lax.bitcast_convert_type(_bisect(bits, k, lo, hi), ct)
+
+
+def _sample_quantile_magnitude(leaves, k: int) -> jax.Array:
+  """The strided sample's estimate of the ``k``-th largest ``|x|`` (variant="sample"); the
+  exact value below ``_MIN_SIZE`` coordinates."""
+  if sum(x.size for x in leaves) < _MIN_SIZE:
+    return _kth_largest_magnitude(leaves, k)
+  ct, _, bits = _magnitude_bits(leaves)
+  sample, r = _sample(bits, k)
+  return jax.lax.bitcast_convert_type(sample[r], ct)
 
 
 # coordinate_clip is stateless; the public name stays for the one release that still exports
@@ -44,7 +98,10 @@ CoordinateClipState = optax.EmptyState
 
 
 def coordinate_clip(
-  threshold: float | None = None, *, fraction: float | None = None
+  threshold: float | None = None,
+  *,
+  fraction: float | None = None,
+  variant: Literal["exact", "sample"] = "exact",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Clips every coordinate of the update to :math:`[-\tau, \tau]` (coordinate-wise clipping).
 
@@ -66,9 +123,19 @@ def coordinate_clip(
   have a sizeable gradient (late in a deterministic run), progress stalls; use a fixed
   ``threshold`` (or a schedule on the base learning rate) where that matters.
 
-  The adaptive threshold is the exact order statistic, found by bisection on the float bit
-  patterns (32 counting passes over the update for float32, no sort). Zero-size leaves are
-  ignored (an update with no coordinates at all is returned as it is).
+  The adaptive threshold (``variant="exact"``) is the exact order statistic, found by
+  bisection on the float bit patterns inside a bracket read from a strided sample (about 20
+  counting passes over the update for float32 instead of 32, no sort of the data).
+  ``variant="sample"`` takes the threshold from the sorted sample of every 64th coordinate
+  alone (no pass over the data beyond the sample and the clip itself): as fast as a fixed
+  threshold, but the count actually clipped is only close to :math:`\lceil q d\rceil`.
+  Measured on 10M coordinates (Gaussian and sine-shaped updates, three seeds each), it was
+  off by 0.2-6% of the requested count at :math:`q = 0.01` and 0.1, and by up to 8% at
+  :math:`q = 0.001`: the relative error grows like :math:`1/\sqrt{q d / 64}`, so it is a
+  poor choice when :math:`q d` is small. The sample is strided, not random: magnitudes
+  that repeat with a period dividing 64 along the flattened leaves bias it. Models with
+  fewer than 4096 coordinates always get the exact rule. Zero-size leaves are ignored
+  (an update with no coordinates at all is returned as it is).
 
   Non-finite gradients: NaN coordinates propagate (they stay NaN; the adaptive rule counts
   them among the largest). A ``±inf`` coordinate is clipped to :math:`\pm\tau` like any
@@ -82,6 +149,9 @@ def coordinate_clip(
       Static, because it sets the rank :math:`\lceil q d\rceil` of the order statistic:
       under ``optax.inject_hyperparams`` pass ``static_args=("fraction",)`` (a traced
       ``fraction`` raises a ``TypeError`` that says so).
+    variant: how the adaptive threshold is found: ``"exact"`` (default; the exact order
+      statistic) or ``"sample"`` (a quantile of the strided sample; approximate, see
+      above). Only used with ``fraction``.
 
   Returns:
     A stateless ``optax.GradientTransformationExtraArgs``.
@@ -107,6 +177,8 @@ def coordinate_clip(
     check_scalar("threshold", threshold, lo=0.0, lo_open=True, allow_inf=True)
   else:
     fraction = check_scalar("fraction", fraction, lo=0.0, hi=1.0, lo_open=True, static=True)
+  variant = check_choice("variant", variant, ("exact", "sample"))
+  kth = _kth_largest_magnitude if variant == "exact" else _sample_quantile_magnitude
 
   def init_fn(params):
     del params
@@ -121,7 +193,7 @@ def coordinate_clip(
       return updates, state
     else:
       size = sum(x.size for x in leaves)
-      tau = _kth_largest_magnitude(leaves, max(1, math.ceil(fraction * size)))
+      tau = kth(leaves, max(1, math.ceil(fraction * size)))
     clip = lambda x: jnp.clip(x, -tau, tau).astype(x.dtype)
     return jax.tree.map(clip, updates), state
 

@@ -84,13 +84,32 @@ def _clip_factor(norm, clip):
   return jnp.minimum(1.0, clip / norm)
 
 
+def _weighted_mean(g, weights):
+  """``mean_i weights[i] * g[i]`` over the leading axis, as B - 1 fused multiply-adds.
+
+  ``jnp.mean(g * w[:, None, ...], axis=0)`` materializes the broadcast product and reduces
+  it through XLA:CPU's unfusable reduction path; the running sum is one elementwise pass.
+  Large batches contract with a matrix-vector product instead (an unrolled sum of hundreds
+  of terms would bloat the program).
+  """
+  b = g.shape[0]
+  if b > _UNROLL_BATCH:
+    return jnp.tensordot(weights.astype(g.dtype), g, axes=1) / b
+  acc = g[0] * weights[0]
+  for i in range(1, b):
+    acc = acc + g[i] * weights[i]
+  return acc / b
+
+
+# Largest batch whose mean is unrolled into multiply-adds (see _weighted_mean).
+_UNROLL_BATCH = 32
+
+
 def _clipped_mean(grads, clip):
   """``mean_i clip(g_i, C)`` over the leading batch axis, in float32 or wider."""
   g32 = jax.tree.map(_f32, grads)
   factor = _clip_factor(jax.vmap(otu.tree_norm)(g32), clip)
-  return jax.tree.map(
-    lambda g: jnp.mean(g * factor.reshape((-1,) + (1,) * (g.ndim - 1)), axis=0), g32
-  )
+  return jax.tree.map(lambda g: _weighted_mean(g, factor.astype(g.dtype)), g32)
 
 
 def _clip_tree(tree, clip):
@@ -339,7 +358,7 @@ def scale_by_dice_sgd(
     del extra_args
     del params
     b = _batch_size(updates, "dice_sgd")
-    full_mean = jax.tree.map(lambda g: jnp.mean(_f32(g), axis=0), updates)
+    full_mean = jax.tree.map(lambda g: _weighted_mean(_f32(g), jnp.ones(b, _f32(g).dtype)), updates)
     error = jax.tree.map(_f32, state.error)
     v = otu.tree_add(_clipped_mean(updates, clip1), _clip_tree(error, clip2))
     key, sub = jax.random.split(state.key)

@@ -11,6 +11,10 @@ from optim._validation import check_scalar, guard, require_params
 # perp_grad is stateless; the public name stays for the one release that still exports it.
 PerpGradState = optax.EmptyState
 
+# Below this fraction of ||g||^2, ||g_perp||^2 is recomputed exactly: the identity's rounding
+# error is about eps_mach * ||g||^2, i.e. at most 16 eps_mach relative to ||g_perp||^2 above it.
+_PARALLEL = 1.0 / 16
+
 
 def perp_grad(eps: float = 1e-30) -> optax.GradientTransformationExtraArgs:
   r"""Projects each leaf's gradient orthogonally to the leaf and restores its norm (⊥Grad).
@@ -32,7 +36,10 @@ def perp_grad(eps: float = 1e-30) -> optax.GradientTransformationExtraArgs:
   to :math:`w` (always so for scalar leaves), :math:`g_\perp` is made of rounding errors
   that the rescaling would blow up to norm :math:`\|g\|` (the reference code does); here a
   :math:`g_\perp` with :math:`\|g_\perp\| \le 32\,\varepsilon_{\mathrm{mach}}\|g\|` gives
-  a zero update instead. Zero-size leaves give empty updates.
+  a zero update instead. Zero-size leaves give empty updates. Cost: one pass computing
+  :math:`\langle w,w\rangle, \langle w,g\rangle, \|g\|^2` together and
+  :math:`\|g_\perp\|^2` from them; only where :math:`\|g_\perp\|^2 < \|g\|^2/16` (the
+  identity would lose digits) a second, exact pass.
 
   Non-finite gradients: propagate: a NaN or inf anywhere in a leaf's gradient makes that
   whole leaf's update NaN (its norm is non-finite). There is no state to poison; compose
@@ -71,13 +78,24 @@ def perp_grad(eps: float = 1e-30) -> optax.GradientTransformationExtraArgs:
 
     def leaf(g, w):
       ct = jnp.promote_types(g.dtype, jnp.float32)
-      gc, wc = g.astype(ct).ravel(), w.astype(ct).ravel()
-      g_perp = gc - (jnp.vdot(wc, gc) / (jnp.vdot(wc, wc) + eps)) * wc
-      g_norm, perp_norm = jnp.linalg.norm(gc), jnp.linalg.norm(g_perp)
+      gc, wc = g.astype(ct), w.astype(ct)
+      # One pass of three sums (XLA fuses them), then ||g_perp||^2 from the identity
+      # ||g - c w||^2 = gg - 2 c wg + c^2 ww: no second pass over the leaf to form g_perp.
+      ww, wg, gg = jnp.vdot(wc, wc), jnp.vdot(wc, gc), jnp.vdot(gc, gc)
+      c = wg / (ww + eps)
+      perp_sq = gg - 2 * c * wg + c * c * ww
+      # The identity cancels catastrophically when g is nearly parallel to w (it loses
+      # log2(gg / perp_sq) bits); there, and only there, take the exact second pass.
+      perp_sq = jax.lax.cond(
+        perp_sq > _PARALLEL * gg,
+        lambda: perp_sq,
+        lambda: jnp.vdot(gc - c * wc, gc - c * wc),
+      )
+      g_norm, perp_norm = jnp.sqrt(gg), jnp.sqrt(jnp.maximum(perp_sq, 0.0))
       scale = g_norm / (perp_norm + eps)
       # A g_perp at rounding level is no direction at all: return 0 rather than noise.
       scale = jnp.where(perp_norm > 32 * jnp.finfo(ct).eps * g_norm, scale, 0.0)
-      return (g_perp * scale).reshape(g.shape).astype(g.dtype)
+      return ((gc - c * wc) * scale).astype(g.dtype)
 
     return jax.tree.map(leaf, updates, params), state
 

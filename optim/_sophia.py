@@ -28,6 +28,7 @@ from optim._validation import (
   warn_default,
 )
 from optim.curvature import hvp
+from optim.curvature._operators import cast_like
 
 PyTree = Any
 
@@ -66,6 +67,14 @@ class ScaleBySophiaState(NamedTuple):
   hess: optax.Updates
   key: jax.Array
   win_rate: jax.Array
+
+  def probe(self, params: PyTree, probe: str = "rademacher") -> PyTree:
+    """The Hutchinson probe :math:`u` the next ``update`` from this state uses (it is used
+    only on refresh steps, ``count % update_interval == 0``); ``probe`` must be the
+    transformation's ``probe=``. See :func:`scale_by_sophia` for the one-pass step."""
+    return _tree.tree_probe(
+      jax.random.split(self.key)[1], params, check_choice("probe", probe, PROBES)
+    )
 
 
 _VARIANTS = ("hutchinson", "gnb")
@@ -126,6 +135,23 @@ def scale_by_sophia(
   coordinate keeps its previous :math:`h`. Compose with ``optax.apply_if_finite`` to skip
   such steps altogether.
 
+  One pass on refresh steps (Sophia-H): with ``obj_fn`` a refresh step pays a gradient
+  (the caller's) plus a Hessian-vector product. Instead, the training loop may compile a
+  second step for the refresh steps (``i % update_interval == 0``, counting from 0 like
+  ``state.count``) that takes the loss, gradient and :math:`\nabla^2 L\, u` from one
+  forward-over-reverse pass (:func:`optim.curvature.value_grad_and_hvp`) and passes the
+  product as ``hvp=``; the numbers are those of the ``obj_fn`` call::
+
+    @jax.jit
+    def refresh_step(params, state):  # state[0]: this transformation's state in a chain
+      u = state[0].probe(params)  # state[0].probe(params, probe) for probe="gaussian"
+      loss, grads, hu = optim.curvature.value_grad_and_hvp(loss_fn, params, u)
+      updates, state = opt.update(grads, state, params, hvp=hu)
+      return optax.apply_updates(params, updates), state
+
+  and the plain step (gradient, ``obj_fn=``) for the others. Branching with ``lax.cond``
+  inside one step works too, but its other branch has to return a (zero) product.
+
   The refresh is one top-level ``jax.lax.cond``, so only the steps that draw an estimate
   pay for the Hessian-vector product (or the sampled gradient). Under ``jax.vmap`` with a
   batched step count (e.g. vmapping over a batch of optimizer states), the predicate is
@@ -156,7 +182,8 @@ def scale_by_sophia(
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update(updates, state, params, *,
-    obj_fn=None, sampled_obj_fn=None, **extra)``.
+    obj_fn=None, sampled_obj_fn=None, hvp=None, **extra)`` (Sophia-H needs ``obj_fn`` or
+    ``hvp``, the product with ``state.probe(params, probe)``; Sophia-G ``sampled_obj_fn``).
 
   Raises:
     ValueError: bad hyperparameters at construction (checked when concrete); at
@@ -210,9 +237,12 @@ def scale_by_sophia(
 
   def estimate(params, key, extra):
     if variant == "hutchinson":
-      obj_fn = require_fn(extra, "obj_fn", method, "params -> scalar loss")
       u = _tree.tree_probe(key, params, probe)
-      hu = hvp(obj_fn, params, u)
+      hu = extra.get("hvp")
+      if hu is None:
+        hu = hvp(require_fn(extra, "obj_fn", method, "params -> scalar loss"), params, u)
+      else:
+        hu = cast_like(hu, params, "hvp")
       return jax.tree.map(lambda a, b: a * b, u, hu)
     sampled = require_fn(
       extra, "sampled_obj_fn", method, "(params, key) -> scalar loss at sampled labels"
@@ -223,7 +253,12 @@ def scale_by_sophia(
   def update_fn(updates, state, params=None, **extra):
     require_params(params, method)
     # Validate the extra arguments eagerly (trace time), not only inside the cond branch.
-    if variant == "hutchinson":
+    given = extra.get("hvp")
+    if given is not None:
+      if variant != "hutchinson":
+        raise ValueError(f"{method}: hvp= is the Sophia-H product; Sophia-G takes sampled_obj_fn")
+      given = cast_like(given, params, "hvp")
+    elif variant == "hutchinson":
       fn = require_fn(extra, "obj_fn", method, "params -> scalar loss")
       check_objective(fn, (params,), "obj_fn", method, "params -> scalar loss")
     else:

@@ -44,6 +44,7 @@ __all__ = [
   "hvp",
   "sample_categorical",
   "softmax_nll",
+  "value_grad_and_hvp",
 ]
 
 
@@ -126,6 +127,52 @@ def hvp(f: Callable[..., jax.Array], params: PyTree, v: PyTree, *args: Any) -> P
   v = cast_like(v, params)
   grad_f = lambda p: jax.grad(f)(p, *args)
   return jax.jvp(grad_f, (params,), (v,))[1]
+
+
+def value_grad_and_hvp(
+  f: Callable[..., jax.Array], params: PyTree, v: PyTree, *args: Any
+) -> tuple[jax.Array, PyTree, PyTree]:
+  r"""``(f(params), grad f(params), H v)`` from one ``jax.jvp`` of ``jax.value_and_grad(f)``.
+
+  .. math::
+    \big(f(\theta),\ \nabla f(\theta)\big) \text{ and }
+    H v = \frac{\partial}{\partial \epsilon} \nabla f(\theta + \epsilon v)
+    \Big|_{\epsilon = 0}.
+
+  The primal outputs of the forward-over-reverse pass that :func:`hvp` runs are the loss
+  and the gradient: a training step that needs all three (AdaHessian, a Sophia-H refresh
+  step) pays one pass instead of a gradient plus an HVP. The values equal
+  ``jax.value_and_grad(f)(params, *args)`` and ``hvp(f, params, v, *args)``.
+
+  Args:
+    f: objective ``f(params, *args) -> scalar``.
+    params: the point :math:`\theta` (any pytree of float arrays).
+    v: the direction, shaped like ``params`` (cast to its dtypes).
+    *args: extra positional arguments of ``f`` (e.g. a batch); not differentiated.
+
+  Returns:
+    ``(value, grad, hv)``; ``grad`` and ``hv`` have the structure and dtypes of ``params``.
+
+  Raises:
+    ValueError, TypeError: as :func:`hvp`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optim.curvature import value_grad_and_hvp
+    >>> f = lambda p: jnp.sum(p ** 3)
+    >>> value, grad, hv = value_grad_and_hvp(f, jnp.array([1.0, 2.0]), jnp.ones(2))
+    >>> float(value), grad.tolist(), hv.tolist()
+    (9.0, [3.0, 12.0], [6.0, 12.0])
+
+  References:
+    Pearlmutter, "Fast exact multiplication by the Hessian", Neural Computation 6(1), 1994.
+  """
+  check_floating(params, "params", "value_grad_and_hvp", allow_empty=False)
+  _check_scalar_objective(f, params, *args, where="value_grad_and_hvp")
+  v = cast_like(v, params)
+  value_and_grad_f = lambda p: jax.value_and_grad(f)(p, *args)
+  (value, grad), (_, hv) = jax.jvp(value_and_grad_f, (params,), (v,))
+  return value, grad, hv
 
 
 def directional_sharpness(
