@@ -4,8 +4,11 @@ Operators (:class:`LinearOperator` from :func:`hessian_matvec`, :func:`ggn_matve
 :func:`fisher_matvec`) are matrix-free; the estimators (:func:`hutchinson_trace`,
 :func:`hutchinson_diag`, :func:`top_eigenvalues`, :func:`lanczos`, :func:`slq_density`)
 take any of them. :func:`run_tour` reproduces Sagun et al.'s Hessian-spectrum experiment.
+:func:`hessian_alignment` builds Hemati et al.'s Hessian/gradient alignment regularizers
+(HGP, Hutchinson) for domain generalization on the same products.
 """
 
+from optim.curvature._alignment import AlignmentPenalty, hessian_alignment
 from optim.curvature._eigen import (
   EigenResult,
   LanczosResult,
@@ -29,6 +32,7 @@ from optim.curvature._operators import (
   hvp,
   sample_categorical,
   softmax_nll,
+  value_grad_and_hvp,
 )
 from optim.curvature._plot import plot_density
 from optim.curvature._slq import SpectralDensity, slq_density
@@ -44,6 +48,7 @@ __all__: list[str] = [
   "hvp",
   "sample_categorical",
   "softmax_nll",
+  "value_grad_and_hvp",
   # Estimators and their results.
   "DiagEstimate",
   "EigenResult",
@@ -60,6 +65,9 @@ __all__: list[str] = [
   "MFACInverse",
   "mfac_ihvp",
   "obs_saliency",
+  # Hessian alignment across domains (domain generalization).
+  "AlignmentPenalty",
+  "hessian_alignment",
   # Plotting and the Sagun et al. reproduction.
   "plot_density",
   "run_tour",
