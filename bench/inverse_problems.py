@@ -39,10 +39,12 @@ from _timing import output_path
 
 import jaxdiff
 from jaxdiff import guidance, inverse, metrics, schedules, solvers
+from jaxdiff.demo._figures import save_columns
+from jaxdiff.demo._inverse import NOISE_STD as NOISE_DIGITS
+from jaxdiff.demo._inverse import held_out, least_squares, problems, score
 from jaxdiff.testing import GaussianMixture
 
 NOISE_GMM = 0.1
-NOISE_DIGITS = 0.05
 
 
 def _sample(denoise, sched, solver, x_T, steps, rule, spacing="logsnr", cond=None):
@@ -204,27 +206,20 @@ def part_digits(quick):
   clf = models.classifier
   n = 40 if quick else 100
   steps = 20 if quick else 50
-  idx = np.random.default_rng(0).permutation(len(data.test_x))[:n]
-  x_true = jnp.asarray(data.test_x[idx])
-  labels = np.asarray(data.test_y[idx])
+  x_true, labels = held_out(data, n)
   null = -jnp.ones((n,), jnp.int32)
   x_T = jax.random.normal(jax.random.key(2), (n, 8, 8))
-  problems = {
-    "inpaint (box 4x4)": inverse.box_mask((8, 8), 2, 2, 4, 4),
-    "super-resolution 2x": inverse.avg_pool((8, 8), 2),
-  }
   ddpm, euler = solvers.ddpm(), solvers.ddim()
   out, grids = {}, {}
-  for pname, op in problems.items():
+  for pname, op in problems().items():
     y = inverse.measure(op, x_true, NOISE_DIGITS, key=3)
-    m = int(np.prod(op.out_shape))
     loss = inverse.measurement_loss(op, y)
     # Rules are built once: a freshly built rule compiles jaxdiff.sample again.
     r_dps, r_stsl = guidance.dps(op, y, 10.0), guidance.stsl(op, y, 10.0)
     r_chef = guidance.flowchef(loss, 1.0)
     ts_red = schedules.timesteps(vp, steps, spacing="logsnr")
     methods = {
-      "A^T y (no prior)": lambda: (op.T(y) * (4.0 if "super" in pname else 1.0), 0),
+      "A^T y (no prior)": lambda: (least_squares(op, y), 0),  # A^+ = 4 A^T for pooling
       "prior sample (no measurement)": lambda: _sample(
         den_vp, vp, ddpm, x_T, steps, None, cond=null
       ),
@@ -248,13 +243,11 @@ def part_digits(quick):
       t0 = time.perf_counter()
       x, nfe = jax.block_until_ready(thunk())
       wall = time.perf_counter() - t0
-      x = jnp.clip(jnp.asarray(x), -1, 1)
-      p = float(jnp.mean(inverse.psnr(x, x_true)))
-      r = float(jnp.mean(jnp.linalg.norm((op(x) - y).reshape(n, -1), axis=1)) / np.sqrt(m))
-      acc = float(np.mean(np.asarray(clf(x)).argmax(-1) == labels))
-      res[name] = {"psnr": p, "residual": r, "accuracy": acc, "nfe": nfe, "wall_s": wall}
+      sc = score(x, x_true, op, y, clf, labels)
+      res[name] = {**sc, "nfe": nfe, "wall_s": wall}
+      p, r, acc = sc["psnr"], sc["residual"], sc["accuracy"]
       print(f"  {name:30s} {p:6.2f} {r:6.3f} {acc:5.2f} {nfe:4d} {wall:7.2f}")
-      grids[pname][name] = np.asarray(x)
+      grids[pname][name] = np.clip(np.asarray(x), -1, 1)
     out[pname] = res
   ctx = {"den_vp": den_vp, "vp": vp, "data": data, "n": n}
   return (
@@ -386,26 +379,6 @@ def part_minority(quick, ctx):
   return out, samples
 
 
-def save_grid(path, grids, rows=6):
-  from matplotlib.figure import Figure
-
-  names = list(next(iter(grids.values())))
-  fig = Figure(figsize=(1.3 * len(names), 1.35 * rows * len(grids) + 0.6))
-  axes = fig.subplots(len(grids), len(names), squeeze=False)
-  for r, (pname, panels) in enumerate(grids.items()):
-    for c, name in enumerate(names):
-      imgs = np.clip(panels[name][:rows], -1, 1)
-      canvas = np.full((rows * 9 + 1, 9 + 0), -1.0)
-      for i, img in enumerate(imgs):
-        canvas[1 + 9 * i : 9 + 9 * i, :8] = img
-      ax = axes[r, c]
-      ax.imshow(canvas, cmap="gray_r", vmin=-1, vmax=1)
-      ax.axis("off")
-      ax.set_title(name if r == 0 else "", fontsize=6)
-    axes[r, 0].text(-3, rows * 4.5, pname, rotation=90, va="center", ha="right", fontsize=7)
-  fig.savefig(path, dpi=130, bbox_inches="tight")
-
-
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--quick", action="store_true", help="small sizes: proves the script runs")
@@ -430,13 +403,13 @@ def main():
     t = time.perf_counter()
     results["digits"], grids, ctx = part_digits(args.quick)
     results["digits"]["wall_s"] = time.perf_counter() - t
-    save_grid(path.with_name("inverse_problems_digits.png"), grids)
+    save_columns(path.with_name("inverse_problems_digits.png"), grids)
     save()
   if args.part in ("digits", "minority", "all"):
     t = time.perf_counter()
     results["minority"], samples = part_minority(args.quick, ctx)
     results["minority"]["wall_s"] = time.perf_counter() - t
-    save_grid(
+    save_columns(
       path.with_name("minority_guidance_digits.png"), {"sorted by minority score": samples}, rows=10
     )
     save()

@@ -108,8 +108,8 @@ def red_diff(
   check_choice("red_diff: variant", variant, WEIGHTINGS)
   check_scalar("red_diff: lam", lam, lo=0.0)
   if optimizer is None:
-    check_scalar("red_diff: learning_rate", learning_rate, lo=0.0, lo_open=True)
-    optimizer = optax.adam(learning_rate, b1=0.9, b2=0.99)
+    lr = check_scalar("red_diff: learning_rate", learning_rate, lo=0.0, lo_open=True)
+    optimizer = _default_optimizer(lr) if lr is not None else _adam(learning_rate)
   elif not isinstance(optimizer, optax.GradientTransformation):
     raise TypeError(f"red_diff: optimizer must be an optax transformation, got {optimizer!r}")
   ts = validate_grid(ts)
@@ -122,6 +122,15 @@ def red_diff(
     )
   parts = _box((denoise, operator, optimizer, variant))
   return _red_diff_jit(parts, y, mu0, ts, as_key(key), jnp.asarray(lam), cond)
+
+
+def _adam(learning_rate) -> optax.GradientTransformation:
+  return optax.adam(learning_rate, b1=0.9, b2=0.99)
+
+
+# The compiled loop is keyed on the optimizer object: one default per learning rate, so a
+# second call with the same settings reuses the compiled program instead of recompiling.
+_default_optimizer = functools.lru_cache(maxsize=64)(_adam)
 
 
 @functools.partial(jax.jit)

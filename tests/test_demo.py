@@ -2,6 +2,7 @@
 figures and metrics consistent with what was sampled; checkpoints are reused; the CLI
 samples from the cached model."""
 
+import dataclasses
 import json
 import math
 import types
@@ -164,3 +165,32 @@ def test_apg_study_runs_without_apg_settings_in_rule_kwargs(demo_run):
     demo._sampling.Sampler(models, labels, {"rcfg": {"variant": "onetime"}})(
       "rcfg", "dpmpp_2m", 2, key, variant=1.0
     )
+
+
+def test_inverse_problems_stage_restores_the_held_out_digits_it_reports(demo_run):
+  results, out = demo_run[0], demo_run[1]
+  inv = results["inverse"]
+  assert inv["setting"]["digits"] == CONFIG.inverse_digits
+  # the tiny run's cache holds no trained flow model, and the demo does not train one
+  assert inv["setting"]["flowchef"].startswith("skipped")
+  problems = {"inpaint (box 4x4)", "super-resolution 2x"}
+  methods = {"least squares A^+ y (no prior)", "DPS", "RED-diff"}
+  assert {(r["problem"], r["method"]) for r in inv["rows"]} == {
+    (p, m) for p in problems for m in methods
+  }
+  for r in inv["rows"]:
+    assert r["nfe"] == (0 if r["method"].startswith("least") else CONFIG.nfe_budget), r
+    assert all(math.isfinite(r[k]) for k in ("psnr", "residual", "accuracy", "wall_s")), r
+  # the least-squares baseline meets the measurement up to its noise (std 0.05)
+  assert all(r["residual"] < 0.05 for r in inv["rows"] if r["nfe"] == 0)
+  report = (out / "report.md").read_text()
+  assert "## Inverse problems" in report and "(inverse_problems.png)" in report
+  assert sum(ln.startswith("| super-resolution 2x |") for ln in report.splitlines()) == 3
+  assert matplotlib.image.imread(out / "inverse_problems.png").shape[0] > 50
+
+
+def test_inverse_digits_zero_is_allowed_and_negative_is_rejected():
+  assert demo.DemoConfig.small().inverse_digits > 0
+  assert dataclasses.replace(CONFIG, inverse_digits=0).inverse_digits == 0
+  with pytest.raises(ValueError, match="inverse_digits"):
+    dataclasses.replace(CONFIG, inverse_digits=-1)

@@ -296,6 +296,8 @@ class DemoConfig:
   classifier_lr: float = 3e-3
   # sampling and evaluation
   samples_per_class: int = 30
+  # held-out digits restored by the inverse-problems stage (demo/_inverse.py); 0: skip it
+  inverse_digits: int = 16
   nfe_budget: int = 20
   solvers: tuple[str, ...] = ("ddim", "dpmpp_2m", "unipc")
   rules: tuple[str, ...] = dataclasses.field(default_factory=demo_rules)
@@ -324,6 +326,7 @@ class DemoConfig:
     for name in _SIZES:
       _check_int(name, getattr(self, name), lo=1)
     _check_int("seed", self.seed, lo=0, hi=2**31 - 1)
+    _check_int("inverse_digits", self.inverse_digits, lo=0, hi=360)
     _check_int("xla_opt_level", self.xla_opt_level, lo=0, hi=3)
     _check_real("ema_decay", self.ema_decay, lo=0.0, hi=1.0, hi_open=True)
     for name in ("learning_rate", "classifier_lr"):
@@ -406,6 +409,7 @@ class DemoConfig:
       flow_steps=20,
       classifier_steps=20,
       samples_per_class=2,
+      inverse_digits=2,
       nfe_budget=4,
       solvers=("dpmpp_2m",),
       sweep_scales=(3.0, 5.0),

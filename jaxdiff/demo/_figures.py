@@ -11,7 +11,15 @@ from matplotlib.figure import Figure
 
 from optim import curvature
 
-__all__ = ["plot_hessian", "plot_sweep", "plot_training", "save_grid", "save_panels", "tile"]
+__all__ = [
+  "plot_hessian",
+  "plot_sweep",
+  "plot_training",
+  "save_columns",
+  "save_grid",
+  "save_panels",
+  "tile",
+]
 
 _DPI = 110
 
@@ -118,3 +126,22 @@ def plot_hessian(path, density, eigenvalues: np.ndarray, num_params: int, slq_it
   ax.set_title(f"Hessian spectrum of the digit classifier ({num_params} params)", fontsize=10)
   ax.legend(fontsize=8)
   _save(fig, path)
+
+
+def save_columns(path, grids: dict[str, dict[str, np.ndarray]], rows: int = 6) -> None:
+  """One block per entry of ``grids`` (a problem), one titled column of ``rows`` images
+  ``(8, 8)`` per method (the first block's column names, in order)."""
+  names = list(next(iter(grids.values())))
+  fig = Figure(figsize=(1.3 * len(names), 1.35 * rows * len(grids) + 0.6))
+  axes = fig.subplots(len(grids), len(names), squeeze=False)
+  for r, (pname, panels) in enumerate(grids.items()):
+    for c, name in enumerate(names):
+      canvas = np.full((rows * 9 + 1, 9), -1.0)
+      for i, img in enumerate(np.clip(panels[name][:rows], -1, 1)):
+        canvas[1 + 9 * i : 9 + 9 * i, :8] = img
+      ax = axes[r, c]
+      ax.imshow(canvas, cmap="gray_r", vmin=-1, vmax=1)
+      ax.axis("off")
+      ax.set_title(name if r == 0 else "", fontsize=6)
+    axes[r, 0].text(-3, rows * 4.5, pname, rotation=90, va="center", ha="right", fontsize=7)
+  fig.savefig(path, dpi=130, bbox_inches="tight")

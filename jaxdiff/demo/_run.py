@@ -16,6 +16,7 @@ import numpy as np
 from jaxdiff.demo import _evaluation as ev
 from jaxdiff.demo import _figures as fig
 from jaxdiff.demo._config import DemoConfig, default_cache_dir, rule_label, solver_label
+from jaxdiff.demo._inverse import inverse_problems
 from jaxdiff.demo._report import fmt, report
 from jaxdiff.demo._sampling import Sampler
 from jaxdiff.demo._training import prepare_models
@@ -130,6 +131,14 @@ def run_demo(
   )
   stages.end("classifier Hessian spectrum (optim.curvature)")
 
+  inverse = None
+  if config.inverse_digits:
+    stages.start()
+    inverse, inverse_grids = inverse_problems(config, models, data, cache)
+    rows = min(8, config.inverse_digits)
+    fig.save_columns(out / "inverse_problems.png", inverse_grids, rows=rows)
+    stages.end("inverse problems (DPS, RED-diff, FlowChef)")
+
   tour_note = "skipped in this configuration"
   if config.tour:
     stages.start()
@@ -151,6 +160,7 @@ def run_demo(
     "resumed_from": models.resumed,
     "cache_dir": str(cache),
     "tour": tour_note,
+    "inverse": inverse,
   }
   (out / "metrics.json").write_text(json.dumps(results, indent=2))
   (out / "report.md").write_text(report(config, models, results, sweep_solver))

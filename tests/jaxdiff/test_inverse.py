@@ -226,6 +226,19 @@ def test_flowchef_skips_the_last_step(x64):
   np.testing.assert_array_equal(pred.x0, jnp.ones((2, 2)))
 
 
+def test_red_diff_default_optimizer_compiles_once(prior):
+  from jaxdiff import _red_diff
+
+  sched = schedules.vp_cosine()
+  ts = schedules.timesteps(sched, 2)
+  den, op = prior.denoiser(sched), inverse.matrix(jnp.asarray(A))
+  y = jnp.asarray(np.random.default_rng(0).normal(size=(2, 2)))
+  inverse.red_diff(den, op, y, ts, key=0)
+  before = _red_diff._red_diff_jit._cache_size()
+  inverse.red_diff(den, op, y + 1.0, ts, key=1)  # new data and key, same settings
+  assert _red_diff._red_diff_jit._cache_size() == before
+
+
 @pytest.mark.slow
 def test_red_diff_one_step_matches_the_paper_update(prior):
   sched = schedules.vp_cosine()
