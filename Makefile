@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # CPU-only by default on machines without an accelerator; JAX picks a GPU/TPU when present.
 export PYTHONHASHSEED := 0
 
-.PHONY: demo test test-all lint bench notebooks clean
+.PHONY: demo test test-all test-peers lint bench bench-peers notebooks clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,13 @@ demo: $(STAMP)
 # (doctests), on both cores.
 DOCTESTS := --doctest-modules optim jaxdiff --ignore=jaxdiff/__main__.py
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow" -q --durations=15 tests $(DOCTESTS)
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow" -q --durations=15 tests $(DOCTESTS) \
+	  --ignore=tests/peers
+
+# Parity against the PyTorch peers (the `peers` extra; .ci/run installs it after `make test`).
+# Each test skips, naming what is missing, where a peer is not installed.
+test-peers: $(STAMP)
+	$(BIN)/python -m pytest -p no:xdist -q -rs --durations=5 tests/peers
 
 # Everything, reproductions included (tens of minutes on 2 cores).
 test-all: $(STAMP)
@@ -37,6 +43,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_optim.py
 	$(BIN)/python bench/bench_optim_second_order.py
 	$(BIN)/python bench/bench_sampling.py
+
+# Side by side with torch-optimizer, pytorch_optimizer, PyHessian and diffusers (needs the
+# `peers` extra: $(BIN)/pip install -e '.[peers]').
+bench-peers: $(STAMP)
+	$(BIN)/python bench/bench_peers.py
 
 # The notebooks are jupytext pairs: after editing either side, bring the other in line
 # (outputs stay empty; tests/test_notebooks.py checks the pairs agree).

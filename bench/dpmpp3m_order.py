@@ -139,7 +139,11 @@ def main():
   ap.add_argument("--quick", action="store_true", help="three coarse grids: proves it runs")
   quick = ap.parse_args().quick
   steps = STEPS[:3] if quick else STEPS
-  res = {"steps": list(steps), "jaxdiff": jaxdiff_orders(steps), "diffusers": diffusers_orders(steps)}
+  res = {
+    "steps": list(steps),
+    "jaxdiff": jaxdiff_orders(steps),
+    "diffusers": diffusers_orders(steps),
+  }
   out = output_path("dpmpp3m_order.json", quick)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(res, indent=2))

@@ -1,9 +1,21 @@
 """jaxdiff: diffusion schedules, solvers and guidance rules as pure, jit-able JAX functions."""
 
-from jaxdiff import guidance, metrics, parameterization, schedules, solvers, testing
+from jaxdiff import (
+  correctors,
+  guidance,
+  inverse,
+  metrics,
+  parameterization,
+  schedules,
+  search,
+  solvers,
+  testing,
+  training,
+)
 from jaxdiff._parameterization import from_eps, from_flow, from_v, from_x0
 from jaxdiff._sampling import SampleResult, sample
 from jaxdiff._schedules import Grid, timesteps, timesteps_from
+from jaxdiff._timeshift import TimeShift, time_shift
 from jaxdiff._types import GuidanceRule, Prediction, StepContext
 
 __all__ = [
@@ -15,14 +27,20 @@ __all__ = [
   "from_v",
   "from_x0",
   "sample",
+  "TimeShift",
+  "time_shift",
   "timesteps",
   "timesteps_from",
   "Prediction",
   "StepContext",
+  "correctors",
   "guidance",
+  "inverse",
   "metrics",
   "parameterization",
   "schedules",
+  "search",
   "solvers",
   "testing",
+  "training",
 ]

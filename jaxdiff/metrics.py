@@ -8,10 +8,12 @@ from jaxdiff._metrics import (
   saturation,
   sliced_wasserstein,
 )
+from jaxdiff._smoothness import istd
 
 __all__ = [
   "frechet_distance",
   "gaussian_frechet_distance",
+  "istd",
   "precision_recall",
   "saturation",
   "sliced_wasserstein",

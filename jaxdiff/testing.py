@@ -1,6 +1,22 @@
 """jaxdiff.testing: ground truth for solvers and guidance (exact mixture, ODE reference)."""
 
+from jaxdiff._analytic import (
+  EmpiricalDenoiser,
+  WienerDenoiser,
+  empirical_denoiser,
+  locality,
+  wiener_denoiser,
+)
 from jaxdiff._gmm import GaussianMixture, GMMDenoiser
 from jaxdiff._reference import probability_flow_reference
 
-__all__ = ["GMMDenoiser", "GaussianMixture", "probability_flow_reference"]
+__all__ = [
+  "EmpiricalDenoiser",
+  "GMMDenoiser",
+  "GaussianMixture",
+  "WienerDenoiser",
+  "empirical_denoiser",
+  "locality",
+  "probability_flow_reference",
+  "wiener_denoiser",
+]

@@ -1,6 +1,13 @@
 """optim: optimizers as optax transformations and the curvature toolkit under them."""
 
-from optim import curvature, losses, schedules
+from optim import curvature, data_scores, losses, ot, quant, schedules
+from optim._adadagrad import (
+  AdaptiveBatchResult,
+  BatchTest,
+  adaptive_batch_train,
+  augmented_inner_product_test,
+  norm_test,
+)
 from optim._adahessian import (
   ScaleByAdaHessianState,
   adahessian,
@@ -15,7 +22,9 @@ from optim._adamp import (
   scale_by_sgdp,
   sgdp,
 )
+from optim._compander import compand_weights, expand_weights, nnx_companded
 from optim._coordinate_clip import CoordinateClipState, coordinate_clip
+from optim._diff2 import DIFF2State, diff2, scale_by_diff2
 from optim._diffgrad import ScaleByDiffGradState, diffgrad, scale_by_diffgrad
 from optim._dp import (
   DiceSGDState,
@@ -25,14 +34,25 @@ from optim._dp import (
   scale_by_dice_sgd,
   scale_by_dp_sgd,
 )
+from optim._hesso import HessoState, hesso, hesso_structure, prune_groups, scale_by_hesso
 from optim._mfac import ScaleByMFACState, mfac, scale_by_mfac
+from optim._newton import (
+  RegNewtonResult,
+  ScaleByRegNewtonState,
+  reg_newton,
+  reg_newton_minimize,
+  scale_by_reg_newton,
+)
 from optim._normalized_gd import ScaleByLossState, normalized_gd, scale_by_inverse_loss
 from optim._perp_grad import PerpGradState, perp_grad
 from optim._sophia import ScaleBySophiaState, scale_by_sophia, sophia
+from optim._tract import scale_by_tract
 
 __all__ = [
   "curvature",
+  "data_scores",
   "losses",
+  "quant",
   "schedules",
   "CoordinateClipState",
   "DPSGDState",
@@ -66,4 +86,27 @@ __all__ = [
   "scale_by_mfac",
   "scale_by_sophia",
   "sophia",
+  "AdaptiveBatchResult",
+  "BatchTest",
+  "DIFF2State",
+  "adaptive_batch_train",
+  "augmented_inner_product_test",
+  "compand_weights",
+  "diff2",
+  "expand_weights",
+  "nnx_companded",
+  "norm_test",
+  "scale_by_diff2",
+  "scale_by_tract",
+  "ot",
+  "HessoState",
+  "hesso",
+  "hesso_structure",
+  "prune_groups",
+  "scale_by_hesso",
+  "RegNewtonResult",
+  "ScaleByRegNewtonState",
+  "reg_newton",
+  "reg_newton_minimize",
+  "scale_by_reg_newton",
 ]

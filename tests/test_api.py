@@ -26,15 +26,22 @@ DESIGN = ROOT / "docs" / "design.md"
 MODULES = (
   "optim",
   "optim.curvature",
+  "optim.data_scores",
   "optim.losses",
+  "optim.ot",
+  "optim.quant",
   "optim.schedules",
   "jaxdiff",
+  "jaxdiff.correctors",
   "jaxdiff.guidance",
+  "jaxdiff.inverse",
   "jaxdiff.solvers",
   "jaxdiff.schedules",
+  "jaxdiff.search",
   "jaxdiff.metrics",
   "jaxdiff.parameterization",
   "jaxdiff.testing",
+  "jaxdiff.training",
   "jaxdiff.models",
 )
 
@@ -51,10 +58,16 @@ ALIASES = (
   "dp_sgd",
   "dice_sgd",
   "normalized_gd",
+  "hesso",
+  "reg_newton",
+  "diff2",
 )
 # Optimizers with a first-order accumulator (momentum, error feedback, gradient window),
 # aliases and bare preconditioners alike.
-_WITHOUT_ACCUMULATOR = ("dp_sgd", "normalized_gd")
+_WITHOUT_ACCUMULATOR = ("dp_sgd", "normalized_gd", "reg_newton")
+# hesso's accumulators live in its base optimizer (the alias passes mu_dtype to it);
+# scale_by_hesso, a projection, has none.
+_WITHOUT_ACCUMULATOR += ("hesso",)
 WITH_ACCUMULATOR = tuple(
   prefix + name
   for name in ALIASES
@@ -93,6 +106,15 @@ NO_EXAMPLE_OK = {
   "jaxdiff.schedules.VPLinear": "built by schedules.vp_linear (example there)",
   "jaxdiff.parameterization.Wrapped": "built by from_eps/from_v/from_flow/from_x0 (examples there)",
   "jaxdiff.testing.GMMDenoiser": "built by GaussianMixture.denoiser (example there)",
+  "jaxdiff.inverse.Operator": "built by random_mask/box_mask/avg_pool/gaussian_blur/matrix "
+  "(examples there)",
+  "jaxdiff.testing.EmpiricalDenoiser": "built by testing.empirical_denoiser (example there)",
+  "jaxdiff.testing.WienerDenoiser": "built by testing.wiener_denoiser (example there)",
+  "jaxdiff.training.DenoisingLoss": "built by training.denoising_loss (example there)",
+  "jaxdiff.training.Uniform": "built by training.uniform (example there)",
+  "jaxdiff.training.LogitNormal": "built by training.logit_normal (example there)",
+  "jaxdiff.training.UShaped": "built by training.u_shaped (example there)",
+  "jaxdiff.training.Curriculum": "built by training.curriculum (example there)",
   "optim.curvature.LinearOperator": "built by hessian_matvec/ggn_matvec/fisher_matvec "
   "(examples there)",
 }

@@ -41,11 +41,15 @@ from jaxdiff.guidance._autoguidance import autoguidance
 from jaxdiff.guidance._cfg import cfg
 from jaxdiff.guidance._cfgpp import cfgpp
 from jaxdiff.guidance._classifier import classifier, smooth_relu
+from jaxdiff.guidance._dps import dps
+from jaxdiff.guidance._flowchef import flowchef
 from jaxdiff.guidance._gfcg import gfcg
+from jaxdiff.guidance._minority import minority, minority_levels, minority_score
 from jaxdiff.guidance._pag import pag
 from jaxdiff.guidance._rcfg import RCFGState, rcfg
 from jaxdiff.guidance._registry import RESOURCES, RuleSpec
 from jaxdiff.guidance._registry import make as _make
+from jaxdiff.guidance._stsl import stsl
 
 # One line per rule. ``build(scale, **resources, **hyperparameters)``.
 REGISTRY = MappingProxyType(
@@ -131,10 +135,16 @@ __all__ = [
   "cfg",
   "cfgpp",
   "classifier",
+  "dps",
+  "flowchef",
   "fit_linear_ag",
   "gfcg",
   "linear_ag",
+  "minority",
+  "minority_levels",
+  "minority_score",
   "pag",
   "rcfg",
   "smooth_relu",
+  "stsl",
 ]

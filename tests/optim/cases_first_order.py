@@ -13,6 +13,18 @@ def _matrices_only(params):
   return jax.tree.map(lambda x: jnp.ndim(x) >= 2, params)
 
 
+def _parabola_per_example_grads(params):
+  """DIFF2's ``grad_fn``: the generic parabola's per-example gradients (imported lazily:
+  the problem lives in the test module that imports this table)."""
+  from tests.optim.test_generic import PARABOLA
+
+  return PARABOLA.grads(params, True)
+
+
+# First-layer inputs for TrAct on the parabola's (8, 2) leaf: 16 rows of fan-in 8.
+_TRACT_INPUTS = jnp.linspace(-1.0, 1.0, 128).reshape(16, 8) ** 3
+
+
 FIRST_ORDER_CASES: list[OptCase] = [
   OptCase(
     name="diffgrad",
@@ -129,5 +141,33 @@ FIRST_ORDER_CASES: list[OptCase] = [
     lr=0.2,
     per_example=True,
     note="float32 error accumulator; bf16 gradients must still give bf16 updates",
+  ),
+  OptCase(
+    name="diff2",
+    make=lambda learning_rate: optim.diff2(
+      learning_rate, 2.0, 1.0, noise_multiplier=0.002, restart_every=5, num_clients=2, key=0
+    ),
+    lr=0.2,
+    per_example=True,
+    extra_args=lambda obj_fn, params, grads: {"grad_fn": _parabola_per_example_grads},
+    note="grad_fn: the parabola's per-example gradients at DIFF2's stored previous params",
+  ),
+  OptCase(
+    name="tract_sgd",
+    make=lambda learning_rate: optax.chain(optim.scale_by_tract(0.1), optax.sgd(learning_rate)),
+    lr=0.2,
+    extra_args=lambda obj_fn, params, grads: {"first_layer_inputs": _TRACT_INPUTS},
+    note="fixed inputs: TrAct is then a fixed SPD preconditioner on the 2-D leaf 'b'",
+  ),
+  OptCase(
+    name="hesso_sgd_groups_b_rows",
+    make=lambda learning_rate: optim.hesso(
+      learning_rate, [{"b": 0}], target_group_sparsity=0.0, momentum=0.5
+    ),
+    lr=0.2,
+    note=(
+      "the rows of 'b' declared as groups, no pruning target (pruning moves the optimum): "
+      "checks the contract (dtypes, inject_hyperparams, state, no retrace) of the projection"
+    ),
   ),
 ]
