@@ -84,10 +84,10 @@ def test_lml_preconditioner_matches_the_dense_damped_inverse_and_its_square_root
   np.testing.assert_allclose(nd / np.linalg.norm(nd), p_drift / np.linalg.norm(p_drift), rtol=1e-12)
 
 
-@pytest.mark.parametrize(
-  "corr",
-  [correctors.langevin(0.1), pytest.param(correctors.lml(2000.0, snr=0.1), marks=pytest.mark.slow)],
-)
+# Statistical (a few seconds each); the float64 predictor-corrector transcription above is
+# the fast check of the same code path.
+@pytest.mark.slow
+@pytest.mark.parametrize("corr", [correctors.langevin(0.1), correctors.lml(2000.0, snr=0.1)])
 def test_corrector_moves_a_wrong_start_to_the_exact_marginal(corr):
   # At a fixed noise level, repeated corrector moves from a point mass approach p_t: the
   # mean and per-coordinate variance of 1000 chains match the exact marginal's. Song et
