@@ -1,4 +1,4 @@
-"""Issue 18, items 5, 7, 8: HESSO, gradient-regularized Newton, Sinkhorn-Newton-Sparse.
+"""HESSO, gradient-regularized Newton, Sinkhorn-Newton-Sparse.
 
 ``main(quick)`` runs the three studies, prints their tables and returns a dict;
 ``bench/repro_optim_wave2.py`` calls it. Alone: ``python bench/_wave2_newton_ot.py [--quick]``

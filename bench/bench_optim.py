@@ -6,7 +6,7 @@ bandwidth of this machine (a donated ``x + 1`` over the same 10M floats) times t
 step must move at least (every array read once, every updated array written once).
 
 Goal: every elementwise optimizer within 1.3x of its bytes-proportional share of
-``optax.adam``'s time, i.e. ``t / (t_adam * bytes / bytes_adam) <= 1.3``; where issue 12
+``optax.adam``'s time, i.e. ``t / (t_adam * bytes / bytes_adam) <= 1.3``; where the project
 sets a goal as a plain ratio to ``optax.adam`` (``ISSUE_GOALS``), that one. The row
 ``noise alone`` (one standard normal per parameter, nothing else) is the floor under the
 DP-SGD and DiceSGD rows. Optimizers are
@@ -59,7 +59,7 @@ import optim  # noqa: E402
 
 GOAL = 1.3
 PER_EXAMPLE_BATCH = 4
-# Issue 12's per-optimizer goals, as ratios to optax.adam's step (rows without one: GOAL).
+# The project's per-optimizer goals, as ratios to optax.adam's step (rows without one: GOAL).
 ISSUE_GOALS = {
   "diffgrad": 1.7,
   "adamp": 2.5,
@@ -218,7 +218,7 @@ def _print(out):
       f"{r['vs_roofline']:9.2f}x{goal:>8}{'ok' if r['meets_goal'] else 'MISS':>6}  {r['note']}"
     )
   print(
-    f"goal: issue 12's ratio to optax.adam (x) where it sets one, else {GOAL} times the bytes"
+    f"goal: the project's ratio to optax.adam (x) where it sets one, else {GOAL} times the bytes"
     " share of optax.adam (sh)"
   )
   print(f"XLA_FLAGS: {out['xla_flags'] or '(none)'}")

@@ -7,7 +7,7 @@ rounds (every round times each optimizer once, ``bench/_timing.py``) and each ra
 median over rounds of the per-round ratio, which keeps slow drifts of a shared machine out
 of the ratios.
 
-Goals (issue 12): Sophia-H (k = 10) <= 1.3x AdamW on CPU (1.15x where an HVP costs less);
+Goals: Sophia-H (k = 10) <= 1.3x AdamW on CPU (1.15x where an HVP costs less);
 AdaHessian <= 1.1x one ``jax.jvp(jax.value_and_grad(f))`` pass (``component_vg_hvp``: the
 floor of any step that needs a gradient and an HVP); M-FAC at m = 32 reported. The
 ``*_one_pass`` rows take loss, gradient and HVP from one such pass

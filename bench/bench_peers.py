@@ -14,7 +14,7 @@
 Speed: every pair is timed in interleaved rounds and reported as the median of per-round
 ratios ``peer time / our time`` (> 1: we are faster), ``bench/_timing.py``. Torch gets
 ``torch.set_num_threads(os.cpu_count())``; ours are jitted (optimizer steps with donated
-buffers) and warmed up; torch runs eagerly, as its users run it. Goals (issue 12): >= 2x for
+buffers) and warmed up; torch runs eagerly, as its users run it. Goals: >= 2x for
 the elementwise optimizers, >= 3x probe throughput vs PyHessian, >= 2x loop vs diffusers.
 
 Writes bench/results/bench_peers.json. Needs the ``peers`` extra

@@ -1,4 +1,4 @@
-"""Small-scale reproductions of the wave-2 optimizer papers (issue 18).
+"""Small-scale reproductions of the second-wave optimizer papers.
 
 Prints a table and writes bench/results/repro_optim_wave2.json. Studies:
 

@@ -25,24 +25,6 @@ from jaxdiff._validation import as_key, check_choice, check_flag, check_scalar
 
 Array = jax.Array
 
-__all__ = [
-  "Curriculum",
-  "DenoisingLoss",
-  "LogitNormal",
-  "UShaped",
-  "Uniform",
-  "WeightEMAState",
-  "curriculum",
-  "curriculum_groups",
-  "denoising_loss",
-  "ema_params",
-  "logit_normal",
-  "reflow_pairs",
-  "step_variation_penalty",
-  "u_shaped",
-  "uniform",
-  "weight_ema",
-]
 
 WEIGHTINGS = ("native", "x0", "eps", "v", "velocity", "min_snr")
 PREMETRICS = ("l2", "pseudo_huber")

@@ -1,4 +1,4 @@
-"""Hostile inputs to the one-pass curvature API and the sampled coordinate clip of issue 12
+"""Hostile inputs to the one-pass curvature API and the sampled coordinate clip
 (one line a case; harness in tests/bad_input/harness.py)."""
 
 import jax

@@ -1,4 +1,4 @@
-"""The fast implementations of issue 12 against float64 transcriptions of the ones they replaced.
+"""The fast implementations against float64 transcriptions of the ones they replaced.
 
 Each ``old_*`` function below is the previous implementation's update, kept here (not in the
 library) so that a speed change cannot move the numbers unnoticed: 20 steps, float64, max
