@@ -166,8 +166,20 @@ class DigitDenoiser(nnx.Module):
   def __call__(self, x: Array, t: Array, cond: Array, *, perturb: Array | None = None) -> Array:
     """Network output for images ``x (B, H, W)``, times ``t (B,)``, labels ``cond (B,)``.
 
-    ``perturb`` is an optional bool ``(B,)`` (PAG); ``None`` perturbs nothing.
+    ``perturb`` is an optional bool ``(B,)`` (PAG); ``None`` perturbs nothing. The call is
+    :meth:`encode`, then every block in ``self.blocks`` (``block(h, c, perturb)``), then
+    :meth:`readout`; methods that cache, skip or exit early from blocks (feature caching,
+    block skipping, early exit) call these three pieces themselves.
     """
+    h, c, valid = self.encode(x, t, cond)
+    for i, block in enumerate(self.blocks):
+      h = block(h, c, perturb if i in self.pag_layers else None)
+    return self.readout(h, c, valid, x)
+
+  def encode(self, x: Array, t: Array, cond: Array) -> tuple[Array, Array, Array]:
+    """Checks the inputs and returns ``(h, c, valid)``: tokens ``(B, T, dim)``, the
+    conditioning vector ``c (B, dim)`` that modulates every block, and the bool ``(B,)``
+    label-validity mask that :meth:`readout` applies."""
     s, p = self.image_size, self.patch
     if x.ndim != 3 or x.shape[1:] != (s, s):
       raise ValueError(f"DigitDenoiser: expected x of shape (B, {s}, {s}), got {x.shape}.")
@@ -183,8 +195,13 @@ class DigitDenoiser(nnx.Module):
     temb = self.time_out(nnx.silu(self.time_in(_timestep_embedding(t, self.dim))))
     label = jnp.where((cond < 0) | ~valid, self.num_classes, cond)
     c = nnx.silu(temb + self.label(label))
-    for i, block in enumerate(self.blocks):
-      h = block(h, c, perturb if i in self.pag_layers else None)
+    return h, c, valid
+
+  def readout(self, h: Array, c: Array, valid: Array, x: Array) -> Array:
+    """The final adaLN-modulated head: tokens ``h`` back to an image shaped like ``x``
+    (NaN for the samples whose traced label was invalid)."""
+    s, p = self.image_size, self.patch
+    b, n = h.shape[0], s // p
     shift, scale = jnp.split(self.ada_out(c), 2, axis=-1)
     out = self.head(_modulate(self.norm_out(h), shift, scale))
     out = out.reshape(b, n, n, p, p).transpose(0, 1, 3, 2, 4).reshape(b, s, s)
