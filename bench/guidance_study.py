@@ -1,8 +1,10 @@
 """Guidance study on the exact Gaussian mixture: CFG overshoot vs APG, and AG's NFE savings.
 
-Run: .venv/bin/python bench/guidance_study.py [--quick]    (prints two tables, writes
-bench/results/guidance.json; ``--quick``: 200 samples, written to the temporary directory).
-CPU, float64, about a minute. Rules are built by name from ``jaxdiff.guidance.REGISTRY``.
+Run: .venv/bin/python bench/guidance_study.py [--quick] [--only mixture|digits]    (prints the
+tables, writes bench/results/guidance.json; ``--quick``: 200 mixture samples and 3 digits per
+class, written to the temporary directory). The mixture part runs on CPU in float64 in about a
+minute; the digits part restores the demo's cached models (``DemoConfig.full()``, trained first
+if absent) and takes a few minutes. Rules are built by name from ``jaxdiff.guidance.REGISTRY``.
 
 Part 1 (Sadat et al., APG): class-0 samples at growing guidance scale w. "overshoot" is the
 mean signed distance past the class mean along the class-mean direction,
@@ -11,6 +13,11 @@ E[<x, mu_0/|mu_0|>] - |mu_0| (0 for exact class samples); "norm" is E|x| / |mu_0
 Part 2 (Castillo et al., AG): for each threshold gamma_bar, the NFE per sample and the
 sliced Wasserstein distance (SW2) to CFG's samples (same seeds) and to exact samples of
 the classifier-free-guided target's class (class-conditional law), at w = 3.
+Part 3 (digits, the demo's DiT denoiser and classifier, DPM-Solver++(2M), 30 samples per
+class): the same APG ablation vs CFG at w in a range (FD of classifier features, accuracy,
+saturation), and AG (both ``variant``s, several gamma_bar) vs CFG at *equal quality*: the NFE
+plain CFG needs, on a coarser grid, to be as close to full CFG's samples (same noise; FD of
+classifier features) as AG is.
 """
 
 import argparse
@@ -50,10 +57,8 @@ APG_ROWS = (
 )
 
 
-def main():
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--quick", action="store_true", help="200 samples: proves the script runs")
-  quick = ap.parse_args().quick
+def mixture(quick):
+  """Parts 1 and 2 on the exact 2-D mixture (float64): the JSON fields they fill."""
   n_samples = 200 if quick else N_SAMPLES
   gmm = GaussianMixture(MEANS, VAR, weights=jnp.array([5.0, 3.0, 2.0]))
   sched = schedules.vp_cosine()
@@ -105,54 +110,175 @@ def main():
   # the same reference (CFG's own samples at STEPS steps). AG saves nothing if plain CFG with
   # fewer steps is as close.
   print(
-    f"{'gamma_bar':>9} | {'nfe':>4} | {'saved':>6} | {'SW2 to CFG':>10} | {'SW2 to exact':>12}"
-    f" | {'CFG same nfe':>12} | {'its SW2 to CFG':>14}"
+    f"{'variant':>7} | {'gamma_bar':>9} | {'nfe':>4} | {'saved':>6} | {'SW2 to CFG':>10} | "
+    f"{'SW2 to exact':>12} | {'CFG same nfe':>12} | {'its SW2 to CFG':>14}"
   )
-  for thr in (1.01, 0.9999, 0.999, 0.99, 0.95, 0.9):
-    x, nfe = run(guidance.make("adaptive", w, threshold=thr))
-    steps_eq = max(2, round(nfe / 2))
-    x_eq, nfe_eq = run(guidance.make("cfg", w), steps=steps_eq)
-    r = {
-      "threshold": thr,
-      "nfe": nfe,
-      "saved_fraction": 1 - nfe / nfe_cfg,
-      "sw2_to_cfg": swd(x, x_cfg),
-      "sw2_to_exact_class": swd(x, exact),
-      "cfg_equal_nfe": {"steps": steps_eq, "nfe": nfe_eq, "sw2_to_cfg": swd(x_eq, x_cfg)},
-    }
-    ag_rows.append(r)
+  for variant in ("eps", "x0"):
+    for thr in (1.01, 0.9999, 0.999, 0.99, 0.95, 0.9):
+      x, nfe = run(guidance.make("adaptive", w, threshold=thr, variant=variant))
+      steps_eq = max(2, round(nfe / 2))
+      x_eq, nfe_eq = run(guidance.make("cfg", w), steps=steps_eq)
+      r = {
+        "variant": variant,
+        "threshold": thr,
+        "nfe": nfe,
+        "saved_fraction": 1 - nfe / nfe_cfg,
+        "sw2_to_cfg": swd(x, x_cfg),
+        "sw2_to_exact_class": swd(x, exact),
+        "cfg_equal_nfe": {"steps": steps_eq, "nfe": nfe_eq, "sw2_to_cfg": swd(x_eq, x_cfg)},
+      }
+      ag_rows.append(r)
+      print(
+        f"{variant:>7} | {thr:9.4f} | {nfe:4d} | {r['saved_fraction']:6.1%} | "
+        f"{r['sw2_to_cfg']:10.4f} | {r['sw2_to_exact_class']:12.4f} | {nfe_eq:12d} | "
+        f"{r['cfg_equal_nfe']['sw2_to_cfg']:14.4f}"
+      )
+  return {
+    "setup": {
+      "means": np.asarray(MEANS).tolist(),
+      "variance": VAR,
+      "weights": [0.5, 0.3, 0.2],
+      "samples": n_samples,
+      "steps": STEPS,
+      "solver": "dpmpp_2m",
+      "schedule": "vp_cosine, logsnr grid",
+      "target_class": 0,
+    },
+    "cfg_vs_apg": rows,
+    "adaptive": {
+      "scale": w,
+      "cfg_nfe": nfe_cfg,
+      "sw2_cfg_to_exact": swd(x_cfg, exact),
+      "rows": ag_rows,
+    },
+  }
+
+
+# Digits rows of the APG ablation: (name, APG hyperparameters overriding the demo's).
+INF = float("inf")
+DIGIT_APG_ROWS = (
+  ("only projection eta=0", dict(eta=0.0, norm_threshold=INF, momentum=0.0)),
+  ("only momentum b=-0.5", dict(eta=1.0, norm_threshold=INF, momentum=-0.5)),
+  ("only clipping r=2", dict(eta=1.0, norm_threshold=2.0, momentum=0.0)),
+  ("eta=0 + momentum b=-0.5", dict(eta=0.0, norm_threshold=INF, momentum=-0.5)),
+  ("demo (eta=0,b=-0.5,r=2)", dict(eta=0.0, norm_threshold=2.0, momentum=-0.5)),
+  ("paper (eta=0,b=-0.75,r=2.5)", dict(eta=0.0, norm_threshold=2.5, momentum=-0.75)),
+)
+
+
+def digits(quick):
+  """Part 3 on the demo's digits models: APG ablation and AG vs CFG at equal quality."""
+  from jaxdiff.demo._config import DemoConfig, default_cache_dir
+  from jaxdiff.demo._evaluation import Evaluator
+  from jaxdiff.demo._sampling import Sampler
+  from jaxdiff.demo._training import prepare_models
+  from jaxdiff.models import load_digits
+
+  config = DemoConfig.full()
+  data = load_digits(key=config.seed)
+  models = prepare_models(config, data, default_cache_dir(), progress=False)
+  evaluator = Evaluator(models.classifier, data.test_x, config.seed)
+  per_class = 3 if quick else config.samples_per_class
+  labels = np.repeat(np.arange(10), per_class).astype(np.int32)
+  solver = config.sweep_solver
+  steps = config.steps_for("cfg", solver)  # the demo's budget: 20 NFE, 10 guided steps
+  key = jax.random.key(config.seed + 100)  # the demo's sampling noise
+  kwargs = dict(config.rule_kwargs)
+  samplers = {
+    v: Sampler(models, labels, {**kwargs, "adaptive": {"variant": v}}, config.compiler_options)
+    for v in ("eps", "x0")
+  }
+  run = samplers["eps"]
+
+  def measure(rule, n_steps, sampler=run, **hyper):
+    res = sampler(rule, solver, n_steps, key, **hyper)
+    return {"nfe": res["nfe"], **evaluator(res["x"], labels)}
+
+  def show(tag, r):
+    extra = f" | fd to CFG {r['fd_to_cfg']:7.3f}" if "fd_to_cfg" in r else ""
     print(
-      f"{thr:9.4f} | {nfe:4d} | {r['saved_fraction']:6.1%} | {r['sw2_to_cfg']:10.4f} | "
-      f"{r['sw2_to_exact_class']:12.4f} | {nfe_eq:12d} | {r['cfg_equal_nfe']['sw2_to_cfg']:14.4f}"
+      f"{tag:<40} | nfe {r['nfe']:3d} | fd {r['fd']:8.3f} | acc {r['accuracy']:.3f} | "
+      f"sat {r['saturation']:.4f}{extra}"
     )
-  path = output_path("guidance.json", quick)
+
+  unguided = measure("none", 2 * steps)
+  show(f"unguided ({2 * steps} steps)", unguided)
+  scales = (3.0, 8.0) if quick else (2.0, 3.0, 5.0, 8.0, 15.0)
+  apg_rows = []
+  for w in scales:
+    r = {"scale": w, "rule": "cfg", **measure("cfg", steps, scale=w)}
+    apg_rows.append(r)
+    show(f"w={w:g} cfg", r)
+    for name, hyper in DIGIT_APG_ROWS:
+      r = {"scale": w, "rule": name, **measure("apg", steps, scale=w, **hyper)}
+      apg_rows.append(r)
+      show(f"w={w:g} {name}", r)
+
+  # AG vs CFG at equal quality. AG's claim is that it keeps CFG's samples while skipping
+  # evaluations, so quality is measured against full CFG's own samples (same noise): the FD
+  # of classifier features to them, and the per-sample RMS difference. CFG on a coarser
+  # grid is the cheap alternative AG has to beat.
+  w = config.scale_of("adaptive")
+  x_full = run("cfg", solver, steps, key, scale=w)["x"]
+  to_cfg = Evaluator(models.classifier, np.clip(x_full, -1.0, 1.0), config.seed)
+
+  def against_cfg(r, x):
+    r["fd_to_cfg"] = to_cfg(x, labels)["fd"]
+    r["rms_to_cfg"] = float(np.sqrt(np.mean((np.clip(x, -1, 1) - np.clip(x_full, -1, 1)) ** 2)))
+    return r
+
+  cfg_steps = (2, 5, 10) if quick else tuple(range(2, steps + 1))
+  cfg_rows = []
+  for k in cfg_steps:
+    r = {"steps": k, **measure("cfg", k, scale=w)}
+    cfg_rows.append(against_cfg(r, run("cfg", solver, k, key, scale=w)["x"]))
+    show(f"cfg w={w:g}, {k} steps", r)
+  thresholds = (0.99, 0.9999) if quick else (0.9, 0.99, 0.999, 0.9999)
+  ag_rows = []
+  for variant, sampler in samplers.items():
+    for th in thresholds:
+      r = {"variant": variant, "threshold": th}
+      r.update(measure("adaptive", steps, sampler, scale=w, threshold=th))
+      against_cfg(r, sampler("adaptive", solver, steps, key, scale=w, threshold=th)["x"])
+      # Equal quality: the fewest evaluations with which CFG on a coarser grid is at least as
+      # close to full CFG as AG is.
+      match = [c for c in cfg_rows if c["fd_to_cfg"] <= r["fd_to_cfg"]]
+      best = min(match, key=lambda c: c["nfe"]) if match else None
+      r["cfg_nfe_at_equal_quality"] = best["nfe"] if best else None
+      ag_rows.append(r)
+      show(f"AG {variant} gamma_bar={th:g}", r)
+      print(f"{'':40}   CFG as close to full CFG with nfe {r['cfg_nfe_at_equal_quality']}")
+  return {
+    "setup": {
+      "models": "demo cache, DemoConfig.full()",
+      "solver": solver,
+      "steps": steps,
+      "samples": int(labels.size),
+      "metrics": "FD of classifier features to held-out digits, class accuracy, saturation",
+    },
+    "unguided": unguided,
+    "cfg_vs_apg": apg_rows,
+    "adaptive": {"scale": w, "cfg_by_steps": cfg_rows, "rows": ag_rows},
+  }
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--quick", action="store_true", help="few samples: proves the script runs")
+  ap.add_argument("--only", choices=("mixture", "digits"), help="run one part")
+  args = ap.parse_args()
+  out = {}
+  if args.only in (None, "mixture"):
+    out.update(mixture(args.quick))
+  if args.only in (None, "digits"):
+    with jax.enable_x64(False):  # the demo's models run in float32
+      out["digits"] = digits(args.quick)
+  path = output_path("guidance.json", args.quick)
   path.parent.mkdir(parents=True, exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(
-      {
-        "setup": {
-          "means": np.asarray(MEANS).tolist(),
-          "variance": VAR,
-          "weights": [0.5, 0.3, 0.2],
-          "samples": n_samples,
-          "steps": STEPS,
-          "solver": "dpmpp_2m",
-          "schedule": "vp_cosine, logsnr grid",
-          "target_class": 0,
-        },
-        "cfg_vs_apg": rows,
-        "adaptive": {
-          "scale": w,
-          "cfg_nfe": nfe_cfg,
-          "sw2_cfg_to_exact": swd(x_cfg, exact),
-          "rows": ag_rows,
-        },
-        "backend": jax.default_backend(),
-        "unix_time": time.time(),
-      },
-      f,
-      indent=2,
-    )
+  if args.only is not None and path.exists():  # one part: keep the other's results
+    out = {**json.loads(path.read_text()), **out}
+  out.update(backend=jax.default_backend(), unix_time=time.time())
+  path.write_text(json.dumps(out, indent=2))
   print(f"\nwrote {path}")
 
 

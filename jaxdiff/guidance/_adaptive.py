@@ -10,7 +10,7 @@ import numpy as np
 from jax import lax
 
 from jaxdiff._types import GuidanceRule, Prediction
-from jaxdiff._validation import is_traced
+from jaxdiff._validation import check_choice, is_traced
 from jaxdiff.guidance._common import (
   Hyper,
   as_array,
@@ -26,6 +26,12 @@ from jaxdiff.guidance._common import (
 )
 
 Array = jax.Array
+
+# What Adaptive Guidance compares: the noise predictions (the paper's gamma_t as we read it)
+# or the denoised predictions (what community ports of AG compare, e.g. ComfyUI's node).
+AG_VARIANTS = ("eps", "x0")
+# The space LinearAG's affine estimate lives in: denoised (x0) or noise (eps) predictions.
+LINEAR_AG_VARIANTS = ("x0", "eps")
 
 
 class AdaptiveState(NamedTuple):
@@ -44,7 +50,7 @@ def _cosine(a: Array, b: Array) -> Array:
   return jnp.where(denom > 0, cos, jnp.where((na == 0) & (nb == 0), 1.0, 0.0))
 
 
-def adaptive(scale, threshold, *, null_cond=-1) -> GuidanceRule:
+def adaptive(scale, threshold, *, variant="eps", null_cond=-1) -> GuidanceRule:
   r"""Adaptive Guidance (AG): CFG until the two predictions agree, then conditional only.
 
   .. math::
@@ -53,12 +59,23 @@ def adaptive(scale, threshold, *, null_cond=-1) -> GuidanceRule:
     \hat x = \begin{cases} \hat x_u + w(\hat x_c - \hat x_u) & \text{before the switch}\\
       \hat x_c & \text{after } \gamma_s > \bar\gamma \text{ at an earlier step } s\end{cases}
 
-  The cosine similarity is taken between the *noise* predictions
-  ``eps = (x - alpha x0) / sigma`` as in the paper (per sample, over all non-batch axes;
-  at ``sigma = 0`` both are 0, see :func:`jaxdiff.parameterization.eps_from_x0`, and two
-  zero vectors count as agreeing). The switch is per sample and permanent for the rest of
-  the call. While some sample of the batch still needs guidance both predictions are
-  computed in one batched call (``nfe = 2``); once every sample has switched, a top-level
+  With ``variant="eps"`` (default) the cosine similarity is taken between the *noise*
+  predictions ``eps = (x - alpha x0) / sigma`` as we read the paper's Sec. 4 (per sample,
+  over all non-batch axes; at ``sigma = 0`` both are 0, see
+  :func:`jaxdiff.parameterization.eps_from_x0`, and two zero vectors count as agreeing).
+  Near pure noise ``eps_c`` and ``eps_u`` are both close to ``x / sigma``, so their cosine
+  is close to 1 from the start, and at the paper's thresholds (0.99 - 0.999) this variant
+  switches early: after the first step at every ``gamma_bar`` from 0.9 to 0.9999 on the
+  demo's digits, which makes it unguided sampling (``bench/guidance_study.py``). With
+  ``variant="x0"`` the denoised predictions ``x_c, x_u`` are compared instead, which do
+  differ at high noise (a class mean vs the data mean), as community ports of AG do; on the
+  digits it keeps CFG's samples (FD 0.006 to them at ``gamma_bar = 0.999``) with 18 of 20
+  evaluations. Only the paper's abstract and third-party code could be read for this
+  choice: which predictions the paper compares is an assumption.
+
+  The switch is per sample and permanent for the rest of the call. While some sample of the
+  batch still needs guidance both predictions are computed in one batched call
+  (``nfe = 2``); once every sample has switched, a top-level
   ``lax.cond`` on that batch-level scalar takes the branch with ONE network call
   (``nfe = 1``), so the saving is real under ``jit``. (Under an outer ``jax.vmap`` the
   predicate becomes batched and XLA evaluates both branches: vmap over the batch axis
@@ -68,6 +85,7 @@ def adaptive(scale, threshold, *, null_cond=-1) -> GuidanceRule:
     scale: CFG scale ``w`` (:func:`cfg` convention), finite.
     threshold: ``gamma_bar``, finite; the paper's setting is around 0.99 - 0.999. ``> 1``
       never switches (plain CFG).
+    variant: ``"eps"`` (compare noise predictions) or ``"x0"`` (compare denoised ones).
     null_cond: unconditional label or ``cond -> null`` callable.
 
   Traced hyperparameters are not checked; one that is NaN or out of range poisons the output
@@ -98,6 +116,7 @@ def adaptive(scale, threshold, *, null_cond=-1) -> GuidanceRule:
   h = Hyper("adaptive")
   h("scale", scale)
   h("threshold", threshold)
+  check_choice("adaptive: variant", variant, AG_VARIANTS)
   null = null_fn(null_cond, "adaptive")
 
   def init(x_T, cond):
@@ -114,7 +133,10 @@ def adaptive(scale, threshold, *, null_cond=-1) -> GuidanceRule:
     def guided(done):
       x_c, x_u = evaluate(denoise, x, t, [cond, null(cond)])
       x0 = jnp.where(bcast(done, x_c), x_c, cfg_combine(x_c, x_u, scale))
-      gamma = _cosine(eps(x, x_c, ctx), eps(x, x_u, ctx))
+      if variant == "eps":
+        gamma = _cosine(eps(x, x_c, ctx), eps(x, x_u, ctx))
+      else:
+        gamma = _cosine(x_c, x_u)
       return x0, done | (gamma > threshold), nfe(2)
 
     x0, done, n = lax.cond(jnp.all(state.done), conditional_only, guided, state.done)
@@ -124,13 +146,14 @@ def adaptive(scale, threshold, *, null_cond=-1) -> GuidanceRule:
 
 
 class LinearAGState(NamedTuple):
-  """LinearAG state: previous step's conditional and (real or estimated) unconditional."""
+  """LinearAG state: previous step's conditional and (real or estimated) unconditional
+  predictions, in the space of the rule's ``variant`` (``x0`` or ``eps``)."""
 
   prev_cond: Array
   prev_uncond: Array
 
 
-def linear_ag(scale, coefficients, estimate, *, null_cond=-1) -> GuidanceRule:
+def linear_ag(scale, coefficients, estimate, *, variant="x0", null_cond=-1) -> GuidanceRule:
   r"""LinearAG: replace the unconditional evaluation by a linear estimate from the past.
 
   .. math::
@@ -143,14 +166,22 @@ def linear_ag(scale, coefficients, estimate, *, null_cond=-1) -> GuidanceRule:
   unconditional prediction is the affine estimate; elsewhere both are evaluated in one
   call (``nfe = 2``). The previous step's unconditional term is the estimate itself when
   that step was estimated too. The coefficients are fit per step by least squares on
-  recorded CFG trajectories (:func:`fit_linear_ag`). The regression is on ``x0``; since
-  ``eps`` is affine in ``x0`` at fixed ``x_t``, regressing on ``eps`` as the paper does
-  differs only through the change of ``x_t`` between steps.
+  recorded CFG trajectories (:func:`fit_linear_ag`). ``variant`` picks the space of the
+  estimate: ``"x0"`` (default) regresses the denoised predictions; ``"eps"`` regresses the
+  noise predictions ``eps = (x - alpha x0) / sigma`` (the paper's score estimates, as its
+  abstract says: "affine transformations of past score estimates") and maps the estimate
+  back by ``x_u = x_c - (sigma / alpha)(eps_u - eps_c)``. At fixed ``x_t`` the two are
+  affine images of each other; they differ because ``x_t`` and ``sigma / alpha`` change
+  between steps. Fit the coefficients in the same space (record ``eps`` predictions for
+  ``"eps"``). The paper's method section could not be read: which space and which
+  regressors (here the current conditional and the previous step's pair) it uses is our
+  assumption from its abstract.
 
   Args:
     scale: CFG scale ``w`` (:func:`cfg` convention), finite.
     coefficients: finite array ``(num_steps, 3)`` of ``(a_i, b_i, c_i)``.
     estimate: bool array ``(num_steps,)``; step 0 must not be estimated (no history).
+    variant: ``"x0"`` or ``"eps"``, the space of the affine estimate (see above).
     null_cond: unconditional label or ``cond -> null`` callable.
 
   Sampling with another number of steps raises (concrete) or poisons the output with NaN
@@ -198,8 +229,10 @@ def linear_ag(scale, coefficients, estimate, *, null_cond=-1) -> GuidanceRule:
     raise ValueError(
       "linear_ag: estimate[0] must be False: step 0 cannot be estimated (no previous step)."
     )
+  check_choice("linear_ag: variant", variant, LINEAR_AG_VARIANTS)
   null = null_fn(null_cond, "linear_ag")
   num_steps = estimate.shape[0]
+  in_eps = variant == "eps"
 
   def init(x_T, cond):
     del cond
@@ -214,20 +247,30 @@ def linear_ag(scale, coefficients, estimate, *, null_cond=-1) -> GuidanceRule:
       )
     i = jnp.clip(ctx.step, 0, num_steps - 1)
 
+    # The regression space: x0 itself, or eps = (x - alpha x0) / sigma.
+    space = (lambda x0: eps(x, x0, ctx)) if in_eps else (lambda x0: x0)
+
     def estimated(_):
       x_c = denoise(x, t, cond)
       a, b, c = (coefficients[i, k].astype(x_c.dtype) for k in range(3))
-      x_u = (
-        a * x_c + b * state.prev_cond.astype(x_c.dtype) + c * state.prev_uncond.astype(x_c.dtype)
+      f_c = space(x_c)
+      f_u = (
+        a * f_c + b * state.prev_cond.astype(x_c.dtype) + c * state.prev_uncond.astype(x_c.dtype)
       )
-      return x_c, x_u, nfe(1)
+      if in_eps:  # back to x0 at this x_t: x_u - x_c = -(sigma / alpha)(eps_u - eps_c)
+        alpha = jnp.asarray(ctx.alpha, x_c.dtype)
+        ratio = jnp.asarray(ctx.sigma, x_c.dtype) / jnp.maximum(alpha, jnp.finfo(x_c.dtype).tiny)
+        x_u = x_c - ratio * (f_u - f_c)
+      else:
+        x_u = f_u
+      return x_c, x_u, f_c, f_u, nfe(1)
 
     def evaluated(_):
       x_c, x_u = evaluate(denoise, x, t, [cond, null(cond)])
-      return x_c, x_u, nfe(2)
+      return x_c, x_u, space(x_c), space(x_u), nfe(2)
 
-    x_c, x_u, n = lax.cond(estimate[i], estimated, evaluated, None)
-    new = LinearAGState(x_c.astype(state.prev_cond.dtype), x_u.astype(state.prev_uncond.dtype))
+    x_c, x_u, f_c, f_u, n = lax.cond(estimate[i], estimated, evaluated, None)
+    new = LinearAGState(f_c.astype(state.prev_cond.dtype), f_u.astype(state.prev_uncond.dtype))
     x0 = cfg_combine(x_c, x_u, scale)
     # A traced step count cannot raise: a trajectory of another length is poisoned.
     x0 = jnp.where(ctx.num_steps == num_steps, h.poison(x0), jnp.asarray(jnp.nan, x0.dtype))
@@ -243,6 +286,9 @@ def fit_linear_ag(cond_preds: Array, uncond_preds: Array) -> Array:
 
     (a_i, b_i, c_i) = \arg\min \sum \big\lVert \hat x_u(t_i) - a\,\hat x_c(t_i)
       - b\,\hat x_c(t_{i-1}) - c\,\hat x_u(t_{i-1}) \big\rVert^2
+
+  Fit in the space of the rule's ``variant``: pass denoised predictions for ``"x0"``, noise
+  predictions for ``"eps"``.
 
   Args:
     cond_preds: conditional predictions along CFG trajectories, shape

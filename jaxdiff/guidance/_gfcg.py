@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxdiff._types import Denoiser, GuidanceRule, Prediction
-from jaxdiff._validation import poison, renamed_kwargs, static_equal
+from jaxdiff._validation import check_choice, poison, renamed_kwargs, static_equal
 from jaxdiff.guidance._common import (
   Hyper,
   batch_t,
@@ -28,6 +28,10 @@ from jaxdiff.guidance._common import (
 
 Array = jax.Array
 
+# The adaptive scale's form (see gfcg's docstring): only the paper's abstract could be read,
+# so both are assumptions about its Sec. 3.
+GFCG_VARIANTS = ("ratio", "complement")
+
 
 @renamed_kwargs(ref_scale="scale")
 def gfcg(
@@ -37,6 +41,7 @@ def gfcg(
   *,
   cfg_scale=1.0,
   weak_denoise: Denoiser | None = None,
+  variant: str = "ratio",
   null_cond=-1,
 ) -> GuidanceRule:
   r"""Gradient-free classifier guidance (GFCG), optionally with CFG or autoguidance.
@@ -45,7 +50,8 @@ def gfcg(
 
     p = \operatorname{softmax} C(\hat x_c),\quad
     c_r = \arg\max_{k \ne y} p_k,\quad
-    s_t = s_{\max}\,\frac{p_{c_r}}{p_y + p_{c_r}},
+    s_t = s_{\max}\,\frac{p_{c_r}}{p_y + p_{c_r}}\ (\texttt{"ratio"})\quad\text{or}\quad
+    s_t = s_{\max}\,(1 - p_y)\ (\texttt{"complement"}),
 
     \hat x = \hat x_c + (w - 1)(\hat x_c - \hat x_g) + s_t\,(\hat x_c - \hat x_{c_r})
 
@@ -56,8 +62,16 @@ def gfcg(
   every step (time-adaptive). ``x_g`` is the CFG reference ``D(x, t, null)`` or, with
   ``weak_denoise``, the autoguidance reference ``D_weak(x, t, y)`` (GFCG + ATG, Sec. 4).
   Network calls: ``[y (, null)]`` batched, then the classifier, then ``[c_r]`` (and the
-  weak model): ``nfe = 2`` (+1 with CFG/ATG). NOTE: the scale formula above is our
-  transcription; check it against the paper's Sec. 3 before relying on exact numbers.
+  weak model): ``nfe = 2`` (+1 with CFG/ATG).
+
+  What is assumed: the paper's method section and code could not be reached (only its
+  abstract: "a time-adaptive reference class label and corresponding guidance scale are
+  determined at each time step", the scale depending on "how confused" the model is). The
+  reference class (the most probable other class, from the classifier on ``x_c``) and the two
+  scale forms are our reading, switchable by ``variant``: ``"ratio"`` (default) measures the
+  confusion between the target and the reference only, ``"complement"`` the probability
+  mass off the target. Both are 0 when the classifier is sure of ``y``; with two classes
+  they coincide.
 
   Args:
     classifier_fn: ``(x0_hat) -> logits`` of shape ``(B, num_classes)``.
@@ -66,6 +80,7 @@ def gfcg(
     cfg_scale: ``w`` (:func:`cfg` convention), finite, of the CFG/autoguidance term; 1
       disables it.
     weak_denoise: optional weaker denoiser: the ``w`` term becomes autoguidance.
+    variant: the adaptive scale's form, ``"ratio"`` or ``"complement"`` (see above).
     null_cond: null label for the CFG term.
 
   Labels (``cond``): integers in ``[0, num_classes)`` or the null label ``-1``. A null
@@ -104,6 +119,7 @@ def gfcg(
     raise TypeError(
       f"gfcg: weak_denoise must be a denoiser callable or None, got {type(weak_denoise).__name__}."
     )
+  check_choice("gfcg: variant", variant, GFCG_VARIANTS)
   null = null_fn(null_cond, "gfcg")
   use_w = not static_equal(cfg_scale, 1.0)
 
@@ -122,7 +138,11 @@ def gfcg(
     # and gets scale 0, so it never borrows another class's direction.
     c_ref = jnp.where(active, jnp.argmax(others, axis=-1).astype(y.dtype), -1)
     p_r = jnp.max(others, axis=-1)
-    s_t = jnp.asarray(scale, p.dtype) * p_r / jnp.maximum(p_y + p_r, jnp.finfo(p.dtype).tiny)
+    if variant == "ratio":
+      confusion = p_r / jnp.maximum(p_y + p_r, jnp.finfo(p.dtype).tiny)
+    else:
+      confusion = 1 - p_y
+    s_t = jnp.asarray(scale, p.dtype) * confusion
     x_r = denoise(x, t, c_ref)
     x0 = x_c + jnp.where(bcast(active, x_c), bcast(s_t.astype(x_c.dtype), x_c) * (x_c - x_r), 0)
     n = 2

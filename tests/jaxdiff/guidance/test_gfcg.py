@@ -22,10 +22,11 @@ def _setup():
   return w, clf, x, cond, den
 
 
-def test_gfcg_picks_most_confused_class_and_adaptive_scale(x64):
+@pytest.mark.parametrize("variant", ["ratio", "complement"])
+def test_gfcg_picks_most_confused_class_and_adaptive_scale(x64, variant):
   w, clf, x, cond, den = _setup()
   weak = lambda x, t, c: 0.9 * den(x, t, c)
-  rule = guidance.gfcg(clf, 4, 2.0, cfg_scale=1.5, weak_denoise=weak)
+  rule = guidance.gfcg(clf, 4, 2.0, cfg_scale=1.5, weak_denoise=weak, variant=variant)
   pred, _, nfe = step(rule, den, x, cond, ctx())
   t = jnp.zeros(5)
   x_c = np.asarray(den(x, t, cond))
@@ -35,7 +36,8 @@ def test_gfcg_picks_most_confused_class_and_adaptive_scale(x64):
   for b in range(5):
     y = int(cond[b])
     ref = max((k for k in range(4) if k != y), key=lambda k: p[b, k])
-    s = 2.0 * p[b, ref] / (p[b, y] + p[b, ref])
+    confusion = p[b, ref] / (p[b, y] + p[b, ref]) if variant == "ratio" else 1 - p[b, y]
+    s = 2.0 * confusion
     x_r = np.asarray(den(x[b : b + 1], t[:1], jnp.array([ref])))[0]
     want[b] = x_c[b] + s * (x_c[b] - x_r) + 0.5 * (x_c[b] - 0.9 * x_c[b])
   np.testing.assert_allclose(pred.x0, want, rtol=1e-10)
@@ -54,5 +56,7 @@ def test_gfcg_bad_input_raises_clear_errors():
   bad = lambda z: jnp.zeros((z.shape[0], 5))
   with pytest.raises(ValueError, match=r"gfcg: scale must lie in \[0, inf\)"):
     guidance.gfcg(bad, 3, -1.0)
+  with pytest.raises(ValueError, match="gfcg: variant must be one of"):
+    guidance.gfcg(bad, 3, 1.0, variant="margin")
   with pytest.raises(TypeError, match="gfcg: weak_denoise must be a denoiser callable"):
     guidance.gfcg(bad, 3, 1.0, weak_denoise=1.0)
