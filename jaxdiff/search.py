@@ -1,9 +1,10 @@
 """jaxdiff.search: training-free search for sampling schedules.
 
-Results are ordinary arrays of times (``jaxdiff.timesteps_from(schedule, result.t)``),
-to save and reuse with any solver, guidance rule or corrector.
+Results are ordinary data: arrays of times (``jaxdiff.timesteps_from(schedule, result.t)``),
+to save and reuse with any solver, guidance rule or corrector, and (S³) a
+:class:`SolverSchedule` of per-step USF decisions plus times, saved as JSON.
 """
 
-from jaxdiff._search import SearchResult, evolve_timesteps
+from jaxdiff._search import S3Result, SearchResult, SolverSchedule, evolve_timesteps, s3_search
 
-__all__ = ["SearchResult", "evolve_timesteps"]
+__all__ = ["S3Result", "SearchResult", "SolverSchedule", "evolve_timesteps", "s3_search"]

@@ -21,6 +21,7 @@ from jaxdiff._solvers._dpmpp import (
 )
 from jaxdiff._solvers._euler import Euler, Heun, euler, heun
 from jaxdiff._solvers._unipc import UniPC, unipc
+from jaxdiff._solvers._usf import USF, StepChoice, usf, usf_steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +32,8 @@ class SolverSpec:
   factory: Callable[..., Solver]
 
 
-# One line per solver.
+# One line per solver. USF (`usf`) is not listed: its schedule fixes the number of steps,
+# so it cannot be built by name alone for any grid.
 REGISTRY = MappingProxyType(
   {
     "ddim": SolverSpec("DDIM", ddim),
@@ -92,4 +94,8 @@ __all__ = [
   "heun",
   "phi",
   "unipc",
+  "StepChoice",
+  "USF",
+  "usf",
+  "usf_steps",
 ]
