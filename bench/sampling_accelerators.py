@@ -17,9 +17,12 @@ Sections
       solver at N steps, and the solver + corrector at N steps (2N NFE);
   (b) Time-Shift: ddim / ddpm / dpmpp_2m / unipc with and without the shift, same NFE;
   (c) search: the best evolutionary timestep grid (jaxdiff.search) vs the base grid.
+  search (``--only search``, ``bench/_accel_search.py``): S³'s USF schedules vs the best
+      fixed solver at NFE 4-10, on the mixture and the digits model.
 
-Writes bench/results/sampling_accelerators.json.
-Run: .venv/bin/python bench/sampling_accelerators.py [--quick]
+Writes bench/results/sampling_accelerators.json (``--only search``:
+bench/results/sampling_accelerators_search.json).
+Run: .venv/bin/python bench/sampling_accelerators.py [--quick] [--only search]
 """
 
 from __future__ import annotations
@@ -223,7 +226,28 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--quick", action="store_true")
   ap.add_argument("--search-only", action="store_true", help="only section (c), not written")
+  ap.add_argument(
+    "--only",
+    choices=("cache", "exit", "search"),
+    help="run one digits-model section alone (cache: bench/_accel_cache.py, exit: "
+    "bench/_accel_exit.py, search: bench/_accel_search.py; each writes its own JSON)",
+  )
   args = ap.parse_args()
+  if args.only == "cache":
+    import _accel_cache
+
+    _accel_cache.run(args.quick)
+    return
+  if args.only == "exit":
+    import _accel_exit
+
+    _accel_exit.run(args.quick)
+    return
+  if args.only == "search":
+    import _accel_search
+
+    _accel_search.run(args.quick, make_problem, SCHED)
+    return
   t0 = time.perf_counter()
   gmm, denoisers, true, data_var = make_problem()
   n = 256 if args.quick else 2000

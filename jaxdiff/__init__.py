@@ -1,6 +1,7 @@
 """jaxdiff: diffusion schedules, solvers and guidance rules as pure, jit-able JAX functions."""
 
 from jaxdiff import (
+  caching,
   correctors,
   guidance,
   inverse,
@@ -13,7 +14,7 @@ from jaxdiff import (
   training,
 )
 from jaxdiff._parameterization import from_eps, from_flow, from_v, from_x0
-from jaxdiff._sampling import SampleResult, sample
+from jaxdiff._sampling import CachedSampleResult, SampleResult, sample
 from jaxdiff._schedules import Grid, timesteps, timesteps_from
 from jaxdiff._timeshift import TimeShift, time_shift
 from jaxdiff._types import GuidanceRule, Prediction, StepContext
@@ -22,6 +23,7 @@ __all__ = [
   "GuidanceRule",
   "Grid",
   "SampleResult",
+  "CachedSampleResult",
   "from_eps",
   "from_flow",
   "from_v",
@@ -33,6 +35,7 @@ __all__ = [
   "timesteps_from",
   "Prediction",
   "StepContext",
+  "caching",
   "correctors",
   "guidance",
   "inverse",

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff import _caching
 from jaxdiff._correctors import Corrector
 from jaxdiff._schedules import Grid, validate_grid
 from jaxdiff._solvers._base import Solver
@@ -32,6 +33,18 @@ class SampleResult(NamedTuple):
   x: Array
   nfe: Array
   trajectory: Array | None
+
+
+class CachedSampleResult(NamedTuple):
+  """What :func:`sample` returns with a ``cache``: :class:`SampleResult`'s fields, then
+  ``full_nfe``, the evaluations that ran the whole network (int32 scalar). ``nfe`` counts
+  every evaluation as before; ``nfe - full_nfe`` are the partial ones (embedding, gates
+  and readout around cached block features)."""
+
+  x: Array
+  nfe: Array
+  trajectory: Array | None
+  full_nfe: Array
 
 
 def _is_array(leaf) -> bool:
@@ -70,7 +83,10 @@ def _plain_call(denoise, x, cond, ctx: StepContext, gstate):
   return Prediction.of(denoise(x, t, cond)), gstate, jnp.ones((), jnp.int32)
 
 
-def _check_seams(corrector, time_shift, ts) -> None:
+def _check_seams(corrector, time_shift, ts, cache=None, denoise=None) -> None:
+  if cache is not None:
+    _caching.check_rule(cache)
+    _caching.check_cacheable(denoise)
   if corrector is not None and not isinstance(corrector, Corrector):
     raise TypeError(
       "corrector must be a jaxdiff corrector (e.g. correctors.langevin()) or None, got "
@@ -182,7 +198,8 @@ def sample(
   return_trajectory: bool = False,
   corrector: Corrector | None = None,
   time_shift: TimeShift | None = None,
-) -> SampleResult:
+  cache: _caching.CacheRule | None = None,
+) -> SampleResult | CachedSampleResult:
   r"""Runs a whole sampling trajectory in one jitted ``lax.scan``.
 
   At each of the ``N = ts.num_steps`` steps and each of the solver's stages ``j``, the
@@ -204,6 +221,13 @@ def sample(
 
   .. math::
     x_{i+1}, s_c, s_g, n_c \leftarrow \text{corrector}(D_g, x_{i+1}, \text{ctx}_{i+1}, s_c, s_g) .
+
+  A third seam, ``cache`` (:mod:`jaxdiff.caching`: FORA, TaylorSeer, ERTACache), wraps
+  the network itself, ``grid -> [cache o network] -> guidance``: at the steps the rule
+  marks as reuse, every transformer block's residual branches come from the rule's
+  cache (carried through the scan, one slot per network call within a step) instead of
+  being computed; the denoiser must expose the features (:mod:`jaxdiff._caching`), and
+  the result is a :class:`CachedSampleResult` that also counts the full evaluations.
 
   Stages after the first run under a top-level ``lax.cond`` so that a skipped stage
   (Heun's last step) costs no evaluation; ``nfe`` sums what the rule reports, so it is
@@ -235,9 +259,12 @@ def sample(
     corrector: a corrector from :mod:`jaxdiff.correctors` or ``None``; its evaluations
       are counted in ``nfe`` (none at a ``sigma = 0`` point).
     time_shift: a :func:`jaxdiff.time_shift` rule or ``None``.
+    cache: a :mod:`jaxdiff.caching` rule or ``None`` (a denoiser without cacheable
+      features raises ``TypeError``).
 
   Returns:
-    A :class:`SampleResult` ``(x, nfe, trajectory)``.
+    A :class:`SampleResult` ``(x, nfe, trajectory)``; with a ``cache``, a
+    :class:`CachedSampleResult` ``(x, nfe, trajectory, full_nfe)``.
 
   Raises:
     TypeError, ValueError: naming the argument at fault (see above).
@@ -262,21 +289,27 @@ def sample(
     Song et al., arXiv:2011.13456 (predictor-corrector sampling).
   """
   _check_inputs(denoise, solver, x_T, ts, cond, guidance, return_trajectory)
-  _check_seams(corrector, time_shift, ts)
+  _check_seams(corrector, time_shift, ts, cache, denoise)
   key = as_key(key)
   if time_shift is not None and not time_shift.active:
     time_shift = None  # window = 0: exactly the base sampler
-  parts = _box((denoise, solver, guidance, corrector, time_shift))
-  return _sample_jit(parts, x_T, ts, key, cond, bool(return_trajectory))
+  parts = _box((denoise, solver, guidance, corrector, time_shift, cache))
+  out = _sample_jit(parts, x_T, ts, key, cond, bool(return_trajectory))
+  return SampleResult(*out) if cache is None else CachedSampleResult(*out)
 
 
 @functools.partial(jax.jit, static_argnums=5)
 def _sample_jit(parts, x_T, ts, key, cond, return_trajectory):
-  denoise, solver, guidance, corrector, time_shift = _unbox(parts)
+  denoise, solver, guidance, corrector, time_shift, cache = _unbox(parts)
   apply = _plain_call if guidance is None else guidance.apply
+  cached = None if cache is None else _caching.CachedDenoiser(cache, denoise, ts, x_T.shape[0])
+  # The cache state crosses every traced region that may call the network (a lax.cond
+  # stage, the corrector) as an explicit input and output; () without a cache.
+  load = (lambda kstate: None) if cached is None else cached.load
+  save = (lambda: ()) if cached is None else cached.state
   # The output checks run while the loop is traced (once per compilation, before any
   # execution): an extra jax.eval_shape pass would trace the network a second time.
-  denoise = _Checked(denoise)
+  denoise = _Checked(denoise if cached is None else cached)
   gstate = () if guidance is None else guidance.init(x_T, cond)
   n = ts.num_steps
   num_steps = jnp.asarray(n, jnp.int32)
@@ -284,14 +317,17 @@ def _sample_jit(parts, x_T, ts, key, cond, return_trajectory):
   cstate = () if corrector is None else corrector.init(x_T)
 
   def body(carry, i):
-    x, sstate, gstate, cstate, nfe = carry
+    x, sstate, gstate, cstate, kstate, nfe = carry
+    if cached is not None:
+      cached.begin(kstate, i)
     step_key = jax.random.fold_in(key, i)
     for j in range(solver.stages):
       k_eval, k_solve = jax.random.split(jax.random.fold_in(step_key, j))
       idx = i + solver.stage_offsets[j]
       ctx = StepContext(ts.t[idx], ts.alpha[idx], ts.sigma[idx], i, num_steps, k_eval)
 
-      def evaluate(x, sstate, gstate, ctx=ctx, k_solve=k_solve, j=j):
+      def evaluate(x, sstate, gstate, kstate, ctx=ctx, k_solve=k_solve, j=j):
+        load(kstate)
         if j == 0 and time_shift is not None:
           ctx_s, moved = time_shift.shifted_context(x, ctx, ts)
           pred, gstate, used = apply(denoise, x, cond, ctx_s, gstate)
@@ -301,18 +337,22 @@ def _sample_jit(parts, x_T, ts, key, cond, return_trajectory):
           pred, gstate, used = apply(denoise, x, cond, ctx, gstate)
           _check_prediction(pred, x)
         x_new, sstate = solver.step(sstate, x, i, pred, k_solve, stage=j)
-        return x_new, sstate, gstate, jnp.asarray(used, jnp.int32)
+        return x_new, sstate, gstate, jnp.asarray(used, jnp.int32), save()
 
       if j == 0:
-        x, sstate, gstate, used = evaluate(x, sstate, gstate)
+        x, sstate, gstate, used, kstate = evaluate(x, sstate, gstate, kstate)
       else:
-        skip = lambda x, sstate, gstate: (x, sstate, gstate, jnp.zeros((), jnp.int32))
-        x, sstate, gstate, used = jax.lax.cond(
-          solver.stage_active(sstate, i, j), evaluate, skip, x, sstate, gstate
+
+        def skip(x, sstate, gstate, kstate):
+          return x, sstate, gstate, jnp.zeros((), jnp.int32), kstate
+
+        x, sstate, gstate, used, kstate = jax.lax.cond(
+          solver.stage_active(sstate, i, j), evaluate, skip, x, sstate, gstate, kstate
         )
+        load(kstate)
       nfe = nfe + used
     if corrector is not None:
-      x, cstate, gstate, used = _correct(
+      x, cstate, gstate, used, kstate = _correct(
         corrector,
         apply,
         denoise,
@@ -324,18 +364,29 @@ def _sample_jit(parts, x_T, ts, key, cond, return_trajectory):
         x,
         cstate,
         gstate,
+        kstate,
+        load,
+        save,
       )
       nfe = nfe + used
-    return (x, sstate, gstate, cstate, nfe), (x if return_trajectory else None)
+    return (x, sstate, gstate, cstate, kstate, nfe), (x if return_trajectory else None)
 
-  carry = (x_T, sstate, gstate, cstate, jnp.zeros((), jnp.int32))
-  (x, _, _, _, nfe), traj = jax.lax.scan(body, carry, jnp.arange(n, dtype=jnp.int32))
+  carry = (x_T, sstate, gstate, cstate, (), jnp.zeros((), jnp.int32))
+  if cached is not None:
+    # One shape-only pass over a step counts the network calls (slots) and their features.
+    jax.eval_shape(body, carry[:4] + (None,) + carry[5:], jnp.zeros((), jnp.int32))
+    carry = carry[:4] + (cached.init_state(),) + carry[5:]
+  (x, _, _, _, kstate, nfe), traj = jax.lax.scan(body, carry, jnp.arange(n, dtype=jnp.int32))
   if return_trajectory:
     traj = jnp.concatenate([x_T[None], traj], axis=0)
-  return SampleResult(x, nfe, traj)
+  if cached is None:
+    return x, nfe, traj
+  return x, nfe, traj, nfe - kstate[1]
 
 
-def _correct(corrector, apply, denoise, cond, ts, i, num_steps, key, x, cstate, gstate):
+def _correct(
+  corrector, apply, denoise, cond, ts, i, num_steps, key, x, cstate, gstate, kstate, load, save
+):
   """The corrector at grid point ``i + 1``, skipped (no evaluation) where ``sigma = 0``."""
   k_eval, k_corr = jax.random.split(key)
   ctx = StepContext(ts.t[i + 1], ts.alpha[i + 1], ts.sigma[i + 1], i, num_steps, k_eval)
@@ -345,11 +396,14 @@ def _correct(corrector, apply, denoise, cond, ts, i, num_steps, key, x, cstate, 
     _check_prediction(pred, x)
     return pred, gstate, used
 
-  def run(x, cstate, gstate):
+  def run(x, cstate, gstate, kstate):
+    load(kstate)
     x_new, cstate, gstate, used = corrector.correct(predict, x, ctx, cstate, gstate, key=k_corr)
-    return x_new.astype(x.dtype), cstate, gstate, jnp.asarray(used, jnp.int32)
+    return x_new.astype(x.dtype), cstate, gstate, jnp.asarray(used, jnp.int32), save()
 
-  def skip(x, cstate, gstate):
-    return x, cstate, gstate, jnp.zeros((), jnp.int32)
+  def skip(x, cstate, gstate, kstate):
+    return x, cstate, gstate, jnp.zeros((), jnp.int32), kstate
 
-  return jax.lax.cond(ts.sigma[i + 1] > 0, run, skip, x, cstate, gstate)
+  out = jax.lax.cond(ts.sigma[i + 1] > 0, run, skip, x, cstate, gstate, kstate)
+  load(out[-1])
+  return out

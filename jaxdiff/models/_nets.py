@@ -47,11 +47,29 @@ class _Block(nnx.Module):
     )
 
   def __call__(self, x: Array, c: Array, perturb: Array | None) -> Array:
+    for gate, branch in self.residual_branches(c):
+      x = x + gate[:, None, :] * branch(x, perturb)
+    return x
+
+  def residual_branches(self, c: Array):
+    """The block as its two gated residual branches, in order: ``[(g1, attn), (g2, mlp)]``
+    with ``h <- h + g[:, None, :] * branch(h, perturb)``.
+
+    The gates ``(B, dim)`` depend on ``c`` alone; ``branch(h, perturb)`` is the attention
+    (resp. MLP) output before gating, ``(B, T, dim)``: what feature caches (FORA,
+    TaylorSeer; :mod:`jaxdiff.caching`) store and forecast, re-gated with the current
+    step's ``c``. The MLP branch ignores ``perturb``.
+    """
     s1, g1, b1, s2, g2, b2 = jnp.split(self.ada(c), 6, axis=-1)
-    h = self.attn(_modulate(self.norm1(x), b1, s1), perturb=perturb)
-    x = x + g1[:, None, :] * h
-    h = self.mlp_out(nnx.gelu(self.mlp_in(_modulate(self.norm2(x), b2, s2))))
-    return x + g2[:, None, :] * h
+
+    def attn(h: Array, perturb: Array | None) -> Array:
+      return self.attn(_modulate(self.norm1(h), b1, s1), perturb=perturb)
+
+    def mlp(h: Array, perturb: Array | None) -> Array:
+      del perturb
+      return self.mlp_out(nnx.gelu(self.mlp_in(_modulate(self.norm2(h), b2, s2))))
+
+    return [(g1, attn), (g2, mlp)]
 
 
 class DigitDenoiser(nnx.Module):
