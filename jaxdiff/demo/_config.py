@@ -315,6 +315,20 @@ class DemoConfig:
   slq_probes: int = 2
   top_k: int = 12
   tour: bool = True
+  # feature caching (demo/_run.py): TaylorSeer (interval, order) vs full computation with
+  # CFG and DPM-Solver++(2M) at ``cache_steps`` steps; 0 steps: skip the section
+  cache_steps: int = 50
+  cache_interval: int = 5
+  cache_order: int = 2
+  # searched schedule (demo/_run.py): the S³ schedule shipped in
+  # demo/searched_schedules.json (found by bench/_accel_search.py on the full models) vs
+  # DPM-Solver++(2M) on the logSNR grid, unguided, at ``searched_nfe`` evaluations; 0: skip
+  searched_nfe: int = 5
+  # guidance ablation (demo/_run.py): APG's momentum alone and the paper's settings at the
+  # highest w, and Adaptive Guidance (both variants) against CFG on the coarser grids of
+  # ``ag_cfg_steps`` (steps) at equal closeness to full CFG
+  guidance_ablation: bool = True
+  ag_cfg_steps: tuple[int, ...] = (2, 8, 9)
   chunk: int = 100
   checkpoint_every: int = 500
   # XLA's CPU backend optimisation level: 1 compiles ~35% faster than the default (2) at
@@ -331,8 +345,19 @@ class DemoConfig:
     _check_real("ema_decay", self.ema_decay, lo=0.0, hi=1.0, hi_open=True)
     for name in ("learning_rate", "classifier_lr"):
       _check_real(name, getattr(self, name), lo=0.0, lo_open=True)
+    _check_int("cache_steps", self.cache_steps, lo=0)
+    _check_int("searched_nfe", self.searched_nfe, lo=0)
+    _check_int("cache_interval", self.cache_interval, lo=1)
+    _check_int("cache_order", self.cache_order, lo=0)
     if not isinstance(self.tour, bool):
       raise TypeError(f"DemoConfig: tour must be a bool, got {self.tour!r}")
+    if not isinstance(self.guidance_ablation, bool):
+      raise TypeError(
+        f"DemoConfig: guidance_ablation must be a bool, got {self.guidance_ablation!r}"
+      )
+    _check_sequence("ag_cfg_steps", self.ag_cfg_steps)
+    for i, n in enumerate(self.ag_cfg_steps):
+      _check_int(f"ag_cfg_steps[{i}]", n, lo=1)
     for dim in ("dim", "weak_dim"):
       if getattr(self, dim) % 2 or getattr(self, dim) % self.num_heads:
         raise ValueError(
@@ -421,6 +446,9 @@ class DemoConfig:
       slq_probes=1,
       top_k=2,
       tour=False,
+      cache_steps=4,
+      cache_interval=2,
+      ag_cfg_steps=(1,),
       chunk=10,
       checkpoint_every=10,
       xla_opt_level=0,

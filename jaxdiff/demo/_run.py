@@ -15,6 +15,7 @@ import numpy as np
 
 from jaxdiff.demo import _evaluation as ev
 from jaxdiff.demo import _figures as fig
+from jaxdiff.demo._accelerators import feature_caching, searched_schedule
 from jaxdiff.demo._config import DemoConfig, default_cache_dir, rule_label, solver_label
 from jaxdiff.demo._inverse import inverse_problems
 from jaxdiff.demo._report import fmt, report
@@ -71,6 +72,51 @@ def _figures(config, out, data, models, labels, grid_samples, high_samples, swee
     fig.plot_sweep(out / "metric_vs_scale.png", sweep, names, solver_label(sweep_solver))
 
 
+def _guidance_ablation(config, models, sampler, evaluator, labels, key) -> list[dict]:
+  """Rows for the studies table: APG's parts beyond the component study, and Adaptive
+  Guidance against CFG at equal quality (``config.guidance_ablation``).
+
+  AG (Castillo et al.) claims to keep CFG's samples while skipping evaluations, so its
+  quality is its closeness to full CFG's samples from the same noise (``fd_to_cfg``: the FD
+  of classifier features to them); CFG on the coarser grids of ``config.ag_cfg_steps`` is
+  the cheap alternative it must beat. Both AG variants run (``guidance.adaptive``).
+  """
+  rows: list[dict] = []
+  solver = ev.sweep_solver_of(config)
+
+  def row(study, setting, res):
+    return {"study": study, "setting": setting, "nfe": res["nfe"], **evaluator(res["x"], labels)}
+
+  if "apg" in config.rules:
+    w = max(config.sweep_scales)
+    steps = config.steps_for("apg", solver)
+    for setting, hyper in (
+      ("momentum only (eta=1, r=inf, beta=-0.5)", dict(eta=1.0, norm_threshold=np.inf)),
+      ("paper's (eta=0, r=2.5, beta=-0.75)", dict(eta=0.0, norm_threshold=2.5, momentum=-0.75)),
+    ):
+      res = sampler("apg", solver, steps, key, scale=w, **{"momentum": -0.5, **hyper})
+      rows.append(row(f"APG components, w = {w:g}", setting, res))
+  if "adaptive" in config.rules and "cfg" in config.rules:
+    w = config.scale_of("adaptive")
+    steps = config.steps_for("cfg", solver)
+    full = sampler("cfg", solver, steps, key, scale=w)["x"]
+    to_cfg = ev.Evaluator(models.classifier, np.clip(full, -1.0, 1.0), config.seed)
+    kw = {**config.rule_kwargs.get("adaptive", {}), "variant": "x0"}
+    x0_sampler = Sampler(
+      models, labels, {**config.rule_kwargs, "adaptive": kw}, config.compiler_options
+    )
+    runs = [(f"CFG, {k} steps", sampler, "cfg", k) for k in config.ag_cfg_steps if k < steps]
+    runs += [
+      (f"AG {v}, {steps} steps", smp, "adaptive", steps)
+      for v, smp in (("eps", sampler), ("x0", x0_sampler))
+    ]
+    for setting, smp, rule, k in runs:
+      res = smp(rule, solver, k, key, scale=w)
+      r = row(f"AG vs CFG at equal quality, w = {w:g}", setting, res)
+      rows.append({**r, "fd_to_cfg": to_cfg(res["x"], labels)["fd"]})
+  return rows
+
+
 def run_demo(
   config: DemoConfig | None = None,
   *,
@@ -118,6 +164,23 @@ def run_demo(
   high_samples = {**high_samples, **study_samples}
   stages.end("guidance-scale sweep")
 
+  if config.guidance_ablation:
+    stages.start()
+    studies += _guidance_ablation(config, models, sampler, evaluator, labels, key)
+    stages.end("guidance ablation (APG parts, AG vs CFG at equal quality)")
+
+  caching_results = None
+  if config.cache_steps:
+    stages.start()
+    caching_results = feature_caching(config, models, evaluator, labels, key, out)
+    stages.end("feature caching (TaylorSeer vs full computation)")
+
+  searched = None
+  if config.searched_nfe:
+    stages.start()
+    searched = searched_schedule(config, models, evaluator, labels, key, out)
+    stages.end("searched schedule (S³) vs DPM-Solver++(2M)")
+
   stages.start()
   sweep_solver = ev.sweep_solver_of(config)
   _figures(config, out, data, models, labels, grid_samples, high_samples, sweep, sweep_solver)
@@ -161,6 +224,8 @@ def run_demo(
     "cache_dir": str(cache),
     "tour": tour_note,
     "inverse": inverse,
+    "caching": caching_results,
+    "searched": searched,
   }
   (out / "metrics.json").write_text(json.dumps(results, indent=2))
   (out / "report.md").write_text(report(config, models, results, sweep_solver))
