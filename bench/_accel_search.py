@@ -11,6 +11,10 @@ Every run, fixed solvers included, is a USF solver (``solvers.usf_steps`` gives 
 UniPC bit for bit, DPM-Solver++(2M) to rounding) with ``all_branches=True``, so one
 compilation per (problem, NFE) serves the whole table.
 
+The block-skipping study (AutoDiffusion stage 2, :func:`skip_study`) runs alone:
+``python bench/_accel_search.py --skip [--quick]`` writes
+bench/results/sampling_accelerators_skip.json.
+
 Problems
   * mixture: the 64-D, 8-component Gaussian mixture of the study (exact denoiser and the
     imperfect one, ``(1 - 0.3 sigma_t^2) x0``); fitness SW2 of 512 samples to the 8000
@@ -119,9 +123,14 @@ def mixture(denoisers, true, sched, quick):
   return out
 
 
-def digits(quick):
-  from flax import nnx
+def _batch(per_class, seed):
+  """Starting noise and labels: ``per_class`` samples of each digit."""
+  labels = jnp.asarray(np.repeat(np.arange(10), per_class), jnp.int32)
+  return jax.random.normal(jax.random.key(seed), (labels.shape[0], 8, 8)), labels
 
+
+def _digits_models():
+  """The demo's cached models (``DemoConfig.full()``), its digits and the FD evaluator."""
   from jaxdiff.demo._config import DemoConfig, default_cache_dir
   from jaxdiff.demo._evaluation import Evaluator
   from jaxdiff.demo._training import prepare_models
@@ -129,11 +138,17 @@ def digits(quick):
 
   config = DemoConfig.full()
   data = load_digits(key=config.seed)
-  t0 = time.perf_counter()
   models = prepare_models(config, data, default_cache_dir(), progress=False)
+  return models, Evaluator(models.classifier, data.test_x, config.seed)
+
+
+def digits(quick):
+  from flax import nnx
+
+  t0 = time.perf_counter()
+  models, evaluator = _digits_models()
   print(f"[search] digits models ready in {time.perf_counter() - t0:.0f} s")
   sched = models.schedule
-  evaluator = Evaluator(models.classifier, data.test_x, config.seed)
   gd, params = nnx.split(models.denoiser)
 
   @jax.jit
@@ -141,11 +156,7 @@ def digits(quick):
     den = jaxdiff.from_v(nnx.merge(gd, params), sched)
     return jaxdiff.sample(den, solver, x_T, grid, key=0, cond=labels).x
 
-  def batch(per_class, seed):
-    labels = jnp.asarray(np.repeat(np.arange(10), per_class), jnp.int32)
-    return jax.random.normal(jax.random.key(seed), (labels.shape[0], 8, 8)), labels
-
-  fit_batch, eval_batch = batch(10 if quick else 20, 31), batch(10 if quick else 30, 32)
+  fit_batch, eval_batch = _batch(10 if quick else 20, 31), _batch(10 if quick else 30, 32)
 
   def run(s, xb):
     x_T, labels = xb
@@ -204,3 +215,123 @@ def run(quick, make_problem, sched, with_digits=True):
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(out, indent=1))
   print(f"\nwrote {path} ({out['seconds']:.0f} s)")
+
+
+# ---------------------------------------------------------------------------------------
+# AutoDiffusion's block skipping (``python bench/_accel_search.py --skip [--quick]``)
+
+SKIP_BUDGETS = (3, 4, 5, 6)  # in steps of the full network: budget = steps x depth blocks
+
+
+def skip_study(quick):
+  """Digits: (timesteps, block masks) searched by ``search.evolve_skips`` vs plain
+  DPM-Solver++(2M) at the same number of blocks evaluated.
+
+  For a budget of ``n`` full-network steps (``n * K`` blocks, ``K`` = the DiT's depth, 2 in
+  the demo): DPM-Solver++(2M) with ``n`` steps on the uniform-t and the logSNR grid (the
+  better one is the baseline); the search with ``num_steps = n`` (all blocks fit: the
+  paper's stage 1, timesteps only) and with ``n + 1`` and ``n + 2`` steps (the budget
+  forces ``K`` resp. ``2K`` skipped blocks: blocks traded for steps). The search is seeded
+  with the logSNR grid; fitness FD on 200 samples, measured on 300 held-out samples.
+  """
+  from flax import nnx
+
+  models, evaluator = _digits_models()
+  sched = models.schedule
+  depth = len(models.denoiser.blocks)
+  gd, params = nnx.split(models.denoiser)
+  solver = solvers.dpmpp_2m()
+
+  @jax.jit
+  def draw(params, mask, t, x_T, labels):
+    net = search.skip_blocks(nnx.merge(gd, params), mask, t)
+    grid = jaxdiff.timesteps_from(sched, t)
+    return jaxdiff.sample(jaxdiff.from_v(net, sched), solver, x_T, grid, key=0, cond=labels).x
+
+  fit_batch, eval_batch = _batch(10 if quick else 20, 31), _batch(10 if quick else 30, 32)
+
+  def run(s, xb):
+    x_T, labels = xb
+    x = draw(params, jnp.asarray(s.mask), jnp.asarray(s.t, jnp.float32), x_T, labels)
+    return evaluator(np.asarray(x), np.asarray(labels))
+
+  def held_out(s):
+    r = run(s, eval_batch)
+    return {"fd": r["fd"], "accuracy": r["accuracy"], "blocks": s.blocks, "steps": len(s.mask)}
+
+  kw = dict(population=8, generations=2, top_k=2) if quick else {}
+  out = {}
+  for n in (4,) if quick else SKIP_BUDGETS:
+    budget = n * depth
+    rows = {}
+    for gname, spacing in SPACINGS.items():
+      t = np.asarray(schedules.timesteps(sched, n, spacing=spacing).t, np.float64)
+      rows[f"DPM++(2M) {n} steps, {gname}"] = held_out(
+        search.SkipSchedule(t, np.ones((n, depth), bool))
+      )
+    info = {}
+    for steps in (n, n + 1, n + 2):
+      t = np.asarray(schedules.timesteps(sched, steps, spacing="logsnr").t, np.float64)
+      seed = search.SkipSchedule.spread(t, depth, budget)
+      t0 = time.perf_counter()
+      res = search.evolve_skips(
+        lambda s: run(s, fit_batch)["fd"],
+        t[0],
+        t[-1],
+        steps,
+        depth,
+        budget=budget,
+        key=0,
+        initial=[seed],
+        **kw,
+      )
+      secs = time.perf_counter() - t0
+      name = f"searched {steps} steps"
+      rows[name] = held_out(res.schedule)
+      info[name] = {
+        "evaluations": res.evaluations,
+        "seconds_under_load": secs,
+        "fit_history": [float(v) for v in res.history],
+        "schedule": res.schedule.to_json(),
+      }
+    best = min((k for k in rows if k.startswith("DPM")), key=lambda k: rows[k]["fd"])
+    line = "  ".join(
+      f"{k.split(',')[0] if k.startswith('DPM') else k}: FD {r['fd']:.3f} acc {r['accuracy']:.3f}"
+      for k, r in rows.items()
+      if not k.startswith("DPM") or k == best
+    )
+    print(f"[skip] budget {budget} blocks ({n} x {depth}): {line}")
+    out[f"budget {budget}"] = {"rows": rows, "search": info, "best_fixed": best}
+  return out
+
+
+if __name__ == "__main__":
+  import argparse
+  import sys
+
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+  from _timing import output_path
+
+  ap = argparse.ArgumentParser(description="AutoDiffusion block skipping on digits")
+  ap.add_argument("--skip", action="store_true", help="run the block-skipping study")
+  ap.add_argument("--quick", action="store_true")
+  args = ap.parse_args()
+  if not args.skip:
+    ap.error("the S3 section runs as bench/sampling_accelerators.py --only search; use --skip")
+  t0 = time.perf_counter()
+  result = {
+    "setting": {
+      "model": "demo DiT (DemoConfig.full(), v-prediction, 2 blocks), no guidance",
+      "solver": "DPM-Solver++(2M) for every row",
+      "budget": "blocks evaluated per sample = full-network steps x depth",
+      "search": "evolve_skips, population 16, 8 generations, top 4, mutation 0.25",
+      "fitness": "FD of classifier features, 200 samples; held out: 300 samples",
+      "under_load": True,
+    },
+    "digits": skip_study(args.quick),
+  }
+  result["seconds"] = time.perf_counter() - t0
+  path = output_path("sampling_accelerators_skip.json", args.quick)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(result, indent=1))
+  print(f"\nwrote {path} ({result['seconds']:.0f} s)")

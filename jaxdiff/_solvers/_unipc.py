@@ -76,6 +76,43 @@ def _divided(g, hist_at, i, h, k):
   return rk, (hist_at(k) - hist_at(0)) / rk
 
 
+def _unipc_pred(g, at, i, h, order: int, hh):
+  """UniP-p's ``sum_k rho_k D_k`` (bh2 coefficients, ``order >= 2``) for the step from
+  ``i``; ``at(k)`` is the prediction at point ``i - k`` and ``hh`` the signed step of the
+  integrand (``-h`` for the data prediction, ``h`` for the noise prediction)."""
+  rks, d1s = [], []
+  for k in range(1, order):
+    rk, dk = _divided(g, at, i, h, k)
+    rks.append(rk)
+    d1s.append(dk)
+  if order == 2:
+    rhos = [jnp.asarray(0.5, h.dtype)]
+  else:
+    rks.append(jnp.ones_like(h))
+    big_r, b = _unipc_rb(order, rks, -hh)  # _unipc_rb evaluates phi at minus its argument
+    rhos = _solve_small(big_r[:-1, :-1], b[:-1])
+  return sum(rho * dk for rho, dk in zip(rhos, d1s))
+
+
+def _unic(g, hist, new, i, h, order: int, hh, like):
+  """UniC-p's ``sum_k rho_k D_k`` for the step from ``i - 1`` to ``i``: ``hist[k]`` is the
+  prediction at ``i - 1 - k``, ``new`` the one just made at ``i``; ``hh`` as above."""
+  at = lambda k: hist[k]
+  rks, d1s = [], []
+  for k in range(1, order):
+    rk, dk = _divided(g, at, i - 1, h, k)
+    rks.append(rk)
+    d1s.append(dk)
+  rks.append(jnp.ones_like(h))
+  if order == 1:
+    rhos = [jnp.asarray(0.5, h.dtype)]
+  else:
+    big_r, b = _unipc_rb(order, rks, -hh)
+    rhos = _solve_small(big_r, b)
+  res = sum((rho * dk for rho, dk in zip(rhos[:-1], d1s)), jnp.zeros_like(like))
+  return res + rhos[-1] * (new - hist[0])
+
+
 @dataclasses.dataclass(frozen=True)
 class UniPC(Solver):
   r"""UniPC (bh2): multistep predictor UniP-p with the free corrector UniC.
@@ -136,21 +173,7 @@ class UniPC(Solver):
 
       def corrected(order_c):
         def run(_):
-          # Relative to point i-1: m0 = x0_{i-1} = hist[0], older x0_{i-1-k} = hist[k].
-          at_c = lambda k: hist[k]
-          rks, d1s = [], []
-          for k in range(1, order_c):
-            rk, dk = _divided(g, at_c, i - 1, h_c, k)
-            rks.append(rk)
-            d1s.append(dk)
-          rks.append(jnp.ones_like(h_c))
-          if order_c == 1:
-            rhos = [jnp.asarray(0.5, h_c.dtype)]
-          else:
-            big_r, b = _unipc_rb(order_c, rks, h_c)
-            rhos = _solve_small(big_r, b)
-          res = sum((rho * dk for rho, dk in zip(rhos[:-1], d1s)), jnp.zeros_like(x))
-          res = res + rhos[-1] * (x0 - hist[0])
+          res = _unic(g, hist, x0, i, h_c, order_c, -h_c, x)
           return state.base - a_i * jnp.expm1(-h_c) * res
 
         return run
@@ -169,19 +192,7 @@ class UniPC(Solver):
       def run(_):
         if order_p == 1:
           return base
-        rks, d1s = [], []
-        for k in range(1, order_p):
-          rk, dk = _divided(g, at_p, i, h, k)
-          rks.append(rk)
-          d1s.append(dk)
-        if order_p == 2:
-          rhos = [jnp.asarray(0.5, h.dtype)]
-        else:
-          rks.append(jnp.ones_like(h))
-          big_r, b = _unipc_rb(order_p, rks, h)
-          rhos = _solve_small(big_r[:-1, :-1], b[:-1])
-        res = sum(rho * dk for rho, dk in zip(rhos, d1s))
-        return base - a1 * jnp.expm1(-h) * res
+        return base - a1 * jnp.expm1(-h) * _unipc_pred(g, at_p, i, h, order_p, -h)
 
       return run
 

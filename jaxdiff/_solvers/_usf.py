@@ -22,7 +22,7 @@ import numpy as np
 
 from jaxdiff._schedules import Grid
 from jaxdiff._solvers._base import Solver, cast, ddim_terms, noise, phi, push, set_field, switch
-from jaxdiff._solvers._unipc import _divided, _solve_small, _unipc_rb
+from jaxdiff._solvers._unipc import _unic, _unipc_pred
 from jaxdiff._validation import check_choice, check_flag, check_scalar, is_traced
 
 Array = jax.Array
@@ -87,40 +87,6 @@ def _taylor(g, at, i, h, order: int, hh):
   d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
   d2 = (d1_0 - d1_1) / (r0 + r1)
   return h * phi(2, hh) * d1 + (2.0 * h * phi(3, hh)) * d2
-
-
-def _unipc_pred(g, at, i, h, order: int, hh):
-  """UniP-p's ``sum_k rho_k D_k`` (bh2 coefficients), as :class:`UniPC` writes it."""
-  rks, d1s = [], []
-  for k in range(1, order):
-    rk, dk = _divided(g, at, i, h, k)
-    rks.append(rk)
-    d1s.append(dk)
-  if order == 2:
-    rhos = [jnp.asarray(0.5, h.dtype)]
-  else:
-    rks.append(jnp.ones_like(h))
-    big_r, b = _unipc_rb(order, rks, -hh)  # _unipc_rb evaluates phi at minus its argument
-    rhos = _solve_small(big_r[:-1, :-1], b[:-1])
-  return sum(rho * dk for rho, dk in zip(rhos, d1s))
-
-
-def _unic(g, hist, new, i, h, order: int, hh, like):
-  """UniC-p's ``sum_k rho_k D_k`` for the step from ``i - 1`` to ``i`` (as UniPC)."""
-  at = lambda k: hist[k]
-  rks, d1s = [], []
-  for k in range(1, order):
-    rk, dk = _divided(g, at, i - 1, h, k)
-    rks.append(rk)
-    d1s.append(dk)
-  rks.append(jnp.ones_like(h))
-  if order == 1:
-    rhos = [jnp.asarray(0.5, h.dtype)]
-  else:
-    big_r, b = _unipc_rb(order, rks, -hh)
-    rhos = _solve_small(big_r, b)
-  res = sum((rho * dk for rho, dk in zip(rhos[:-1], d1s)), jnp.zeros_like(like))
-  return res + rhos[-1] * (new - hist[0])
 
 
 @jax.tree_util.register_pytree_node_class

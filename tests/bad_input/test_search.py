@@ -33,6 +33,21 @@ s3 = lambda fit=lambda s: s.t[1], **kw: search.s3_search(
 )
 one = search.SolverSchedule(three, np.array([1.0, 0.5, 0.2, 0.0]))
 
+
+class Toy:
+  """The encode/blocks/readout protocol with two blocks, no weights."""
+
+  blocks = (lambda h, c, p: h + 1.0, lambda h, c, p: 2.0 * h)
+  encode = staticmethod(lambda x, t, cond: (x, None, None))
+  readout = staticmethod(lambda h, c, aux, x: h)
+
+
+toy, m32, t3 = Toy(), np.ones((3, 2), bool), np.array([1.0, 0.5, 0.2, 0.0])
+skips = lambda fit=lambda s: 0.0, **kw: search.evolve_skips(
+  fit, 1.0, 0.0, 3, 2, key=0, **{"budget": 4, "population": 2, "generations": 1, "top_k": 1, **kw}
+)
+sk = search.SkipSchedule(t3, m32)
+
 CASES = [
   # --- the USF solver ------------------------------------------------------------------
   Case("solvers.usf([])", raises(ValueError, "at least one StepChoice")),
@@ -105,6 +120,36 @@ CASES = [
   Case(
     "search.SolverSchedule.from_json(one.to_json().replace('0.2', '0.2, 0.1'))",
     raises(ValueError, "t must have 4 times"),
+  ),
+  # --- AutoDiffusion's block skipping ----------------------------------------------------
+  Case("search.skip_blocks(den, m32, t3)", raises(TypeError, "encode.*blocks.*readout")),
+  Case(
+    "search.skip_blocks(toy, np.ones((3, 3), bool), t3)", raises(ValueError, r"\(num_steps, 2\)")
+  ),
+  Case("search.skip_blocks(toy, np.ones(3, bool), t3)", raises(ValueError, "mask must have shape")),
+  Case("search.skip_blocks(toy, np.ones((3, 2)), t3)", raises(TypeError, "mask must be a bool")),
+  Case("search.skip_blocks(toy, m32, t3[:3])", raises(ValueError, "4 grid times of 3 mask rows")),
+  Case("search.skip_blocks(toy, m32, t3[::-1])", raises(ValueError, "strictly decreasing")),
+  Case("search.skip_blocks(toy, m32, [1.0, nan, 0.2, 0.0])", raises(ValueError, "finite")),
+  Case("search.skip_blocks(toy, m32, t3, variant='drop')", raises(ValueError, "variant")),
+  Case("skips(budget=0)", raises(ValueError, "budget >= 1 block")),
+  Case("skips(generations=0)", raises(ValueError, "search budget must be positive")),
+  Case("search.evolve_skips(len, 1.0, 0.0, 3, 0, budget=4, key=0)", raises(ValueError, "depth")),
+  Case("skips(fit=3)", raises(TypeError, "fitness")),
+  Case("skips(initial=[sk])", raises(ValueError, "within the budget of 4 blocks")),
+  Case("skips(initial=[sk._replace(mask=m32[:2], t=t3[:3])])", raises(ValueError, "3 steps")),
+  Case("skips(fit=lambda s: nan)", raises(ValueError, "not finite")),
+  Case(
+    "skips(budget=99).schedule.blocks",
+    returns(lambda n: n == 6, "a budget above N K skips nothing"),
+  ),
+  Case(
+    "search.SkipSchedule.from_json(sk.to_json().replace('1]', '2]'))",
+    raises(ValueError, "0 or 1"),
+  ),
+  Case(
+    "search.SkipSchedule.from_json(sk.to_json().replace('0.2, ', ''))",
+    raises(ValueError, "4 grid times of 3 mask rows"),
   ),
 ]
 
