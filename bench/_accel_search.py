@@ -12,7 +12,7 @@ UniPC bit for bit, DPM-Solver++(2M) to rounding) with ``all_branches=True``, so 
 compilation per (problem, NFE) serves the whole table.
 
 The block-skipping study (AutoDiffusion stage 2, :func:`skip_study`) runs alone:
-``python bench/_accel_search.py --skip [--quick]`` writes
+``python bench/sampling_accelerators.py --only skip [--quick]`` writes
 bench/results/sampling_accelerators_skip.json.
 
 Problems
@@ -218,7 +218,7 @@ def run(quick, make_problem, sched, with_digits=True):
 
 
 # ---------------------------------------------------------------------------------------
-# AutoDiffusion's block skipping (``python bench/_accel_search.py --skip [--quick]``)
+# AutoDiffusion's block skipping (``python bench/sampling_accelerators.py --only skip``)
 
 SKIP_BUDGETS = (3, 4, 5, 6)  # in steps of the full network: budget = steps x depth blocks
 
@@ -305,19 +305,11 @@ def skip_study(quick):
   return out
 
 
-if __name__ == "__main__":
-  import argparse
-  import sys
-
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+def run_skip(quick: bool) -> None:
+  """The block-skipping study (``sampling_accelerators.py --only skip``): writes
+  bench/results/sampling_accelerators_skip.json."""
   from _timing import output_path
 
-  ap = argparse.ArgumentParser(description="AutoDiffusion block skipping on digits")
-  ap.add_argument("--skip", action="store_true", help="run the block-skipping study")
-  ap.add_argument("--quick", action="store_true")
-  args = ap.parse_args()
-  if not args.skip:
-    ap.error("the S3 section runs as bench/sampling_accelerators.py --only search; use --skip")
   t0 = time.perf_counter()
   result = {
     "setting": {
@@ -328,10 +320,10 @@ if __name__ == "__main__":
       "fitness": "FD of classifier features, 200 samples; held out: 300 samples",
       "under_load": True,
     },
-    "digits": skip_study(args.quick),
+    "digits": skip_study(quick),
   }
   result["seconds"] = time.perf_counter() - t0
-  path = output_path("sampling_accelerators_skip.json", args.quick)
+  path = output_path("sampling_accelerators_skip.json", quick)
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(result, indent=1))
   print(f"\nwrote {path} ({result['seconds']:.0f} s)")

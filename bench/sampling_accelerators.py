@@ -17,12 +17,16 @@ Sections
       solver at N steps, and the solver + corrector at N steps (2N NFE);
   (b) Time-Shift: ddim / ddpm / dpmpp_2m / unipc with and without the shift, same NFE;
   (c) search: the best evolutionary timestep grid (jaxdiff.search) vs the base grid.
-  search (``--only search``, ``bench/_accel_search.py``): S³'s USF schedules vs the best
-      fixed solver at NFE 4-10, on the mixture and the digits model.
+  Digits-model sections, each alone with ``--only NAME`` and each writing
+  bench/results/sampling_accelerators_NAME.json:
+  cache (``bench/_accel_cache.py``): FORA / TaylorSeer / ERTACache vs full computation;
+  exit (``bench/_accel_exit.py``): DeeDiff early exit vs fewer full steps;
+  search (``bench/_accel_search.py``): S³'s USF schedules vs the best fixed solver at
+      NFE 4-10, on the mixture and the digits model;
+  skip (``bench/_accel_search.py``): AutoDiffusion's timesteps + block masks at equal blocks.
 
-Writes bench/results/sampling_accelerators.json (``--only search``:
-bench/results/sampling_accelerators_search.json).
-Run: .venv/bin/python bench/sampling_accelerators.py [--quick] [--only search]
+Writes bench/results/sampling_accelerators.json (sections a-c).
+Run: .venv/bin/python bench/sampling_accelerators.py [--quick] [--only cache|exit|search|skip]
 """
 
 from __future__ import annotations
@@ -228,9 +232,10 @@ def main():
   ap.add_argument("--search-only", action="store_true", help="only section (c), not written")
   ap.add_argument(
     "--only",
-    choices=("cache", "exit", "search"),
+    choices=("cache", "exit", "search", "skip"),
     help="run one digits-model section alone (cache: bench/_accel_cache.py, exit: "
-    "bench/_accel_exit.py, search: bench/_accel_search.py; each writes its own JSON)",
+    "bench/_accel_exit.py, search and skip: bench/_accel_search.py; each writes its own "
+    "JSON)",
   )
   args = ap.parse_args()
   if args.only == "cache":
@@ -247,6 +252,11 @@ def main():
     import _accel_search
 
     _accel_search.run(args.quick, make_problem, SCHED)
+    return
+  if args.only == "skip":
+    import _accel_search
+
+    _accel_search.run_skip(args.quick)
     return
   t0 = time.perf_counter()
   gmm, denoisers, true, data_var = make_problem()
