@@ -128,6 +128,9 @@ def test_sophia_g_matches_numpy_transcription_with_batch_size_scaling(x64):
   np.testing.assert_allclose(traj, ref, rtol=1e-6, atol=1e-12)
 
 
+# Statistical (many sampled labels); the GNB update itself is pinned by the f64
+# transcription test above. Slow: the fast suite's time goes elsewhere.
+@pytest.mark.slow
 def test_gnb_estimate_is_unbiased_for_the_gauss_newton_diagonal(x64):
   """E_y[B * g_hat^2] = diag(GGN) of the mean cross-entropy (= its Hessian: linear model)."""
   n, d, c, samples = 8, 3, 4, 2000
