@@ -14,10 +14,9 @@ timed in interleaved rounds (each round times every optimizer once, ``bench/_tim
 and each ratio is the median over rounds of the per-round ratio, which keeps a shared
 machine's drifts out of the ratios.
 
-When PyTorch and ``torch_optimizer`` / ``pytorch_optimizer`` are installed, the same
-optimizers there are timed too (ratio ours / theirs); otherwise that column says so.
-
-At the end, if ``bench/bench_optim_second_order.py`` exists, its ``run(results)`` is called.
+The comparison with the PyTorch peers (torch-optimizer, pytorch_optimizer) is
+``bench/bench_peers.py`` (``make bench-peers``); the second-order optimizers are
+``bench/bench_optim_second_order.py``. ``make bench`` runs both scripts.
 
     .venv/bin/python bench/bench_optim.py [--quick]
 
@@ -196,7 +195,7 @@ def _torch_comparison():
   peers = [m for m in ("torch_optimizer", "pytorch_optimizer") if importlib.util.find_spec(m)]
   if not peers:
     return "torch installed but neither torch_optimizer nor pytorch_optimizer: skipped"
-  return f"peer packages found ({peers}) but the comparison is not implemented in this run"
+  return f"peer packages found ({peers}): the side-by-side table is `make bench-peers`"
 
 
 def _print(out):
