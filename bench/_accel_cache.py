@@ -33,17 +33,10 @@ from jaxdiff._caching import call_flops
 
 
 def _setup(quick: bool):
-  from jaxdiff.demo._config import DemoConfig, default_cache_dir
-  from jaxdiff.demo._evaluation import Evaluator
-  from jaxdiff.demo._training import prepare_models
-  from jaxdiff.models import load_digits
+  from _digits import class_labels, demo_models
 
-  config = DemoConfig.full()
-  data = load_digits(key=config.seed)
-  models = prepare_models(config, data, default_cache_dir(), progress=False)
-  evaluator = Evaluator(models.classifier, data.test_x, config.seed)
-  per_class = 5 if quick else config.samples_per_class
-  labels = np.repeat(np.arange(10), per_class).astype(np.int32)
+  config, _, models, evaluator = demo_models()
+  labels = class_labels(5 if quick else config.samples_per_class)
   return config, models, evaluator, labels
 
 

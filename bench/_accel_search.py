@@ -131,15 +131,10 @@ def _batch(per_class, seed):
 
 def _digits_models():
   """The demo's cached models (``DemoConfig.full()``), its digits and the FD evaluator."""
-  from jaxdiff.demo._config import DemoConfig, default_cache_dir
-  from jaxdiff.demo._evaluation import Evaluator
-  from jaxdiff.demo._training import prepare_models
-  from jaxdiff.models import load_digits
+  from _digits import demo_models
 
-  config = DemoConfig.full()
-  data = load_digits(key=config.seed)
-  models = prepare_models(config, data, default_cache_dir(), progress=False)
-  return models, Evaluator(models.classifier, data.test_x, config.seed)
+  _, _, models, evaluator = demo_models()
+  return models, evaluator
 
 
 def digits(quick):

@@ -168,18 +168,13 @@ DIGIT_APG_ROWS = (
 
 def digits(quick):
   """Part 3 on the demo's digits models: APG ablation and AG vs CFG at equal quality."""
-  from jaxdiff.demo._config import DemoConfig, default_cache_dir
+  from _digits import class_labels, demo_models
+
   from jaxdiff.demo._evaluation import Evaluator
   from jaxdiff.demo._sampling import Sampler
-  from jaxdiff.demo._training import prepare_models
-  from jaxdiff.models import load_digits
 
-  config = DemoConfig.full()
-  data = load_digits(key=config.seed)
-  models = prepare_models(config, data, default_cache_dir(), progress=False)
-  evaluator = Evaluator(models.classifier, data.test_x, config.seed)
-  per_class = 3 if quick else config.samples_per_class
-  labels = np.repeat(np.arange(10), per_class).astype(np.int32)
+  config, data, models, evaluator = demo_models()
+  labels = class_labels(3 if quick else config.samples_per_class)
   solver = config.sweep_solver
   steps = config.steps_for("cfg", solver)  # the demo's budget: 20 NFE, 10 guided steps
   key = jax.random.key(config.seed + 100)  # the demo's sampling noise

@@ -179,13 +179,10 @@ def _flow_view(denoise_vp, vp):
 
 
 def _digits_models():
-  from jaxdiff.demo._config import DemoConfig, default_cache_dir
-  from jaxdiff.demo._training import prepare_models
-  from jaxdiff.models import load_digits
+  from _digits import demo_models
 
-  config = DemoConfig.full()
-  data = load_digits(key=config.seed)
-  return config, data, prepare_models(config, data, default_cache_dir(), progress=False)
+  config, data, models, _ = demo_models()
+  return config, data, models
 
 
 def part_digits(quick):

@@ -98,15 +98,12 @@ def mlp_rows(quick: bool) -> list[dict]:
 def digits_row(quick: bool) -> dict:
   """The demo's cached digits classifier: 10 classes, Hessian and GGN on training digits."""
   import optax
+  from _digits import demo_models
   from flax import nnx
 
-  from jaxdiff.demo._config import DemoConfig, default_cache_dir
-  from jaxdiff.demo._training import prepare_models
-  from jaxdiff.models import load_digits
+  from jaxdiff.demo._config import DemoConfig
 
-  config = DemoConfig.small() if quick else DemoConfig.full()
-  data = load_digits(key=config.seed)
-  models = prepare_models(config, data, default_cache_dir(), progress=False)
+  config, data, models, _ = demo_models(DemoConfig.small() if quick else DemoConfig.full())
   gc, params = nnx.split(models.classifier)
   n = 128 if quick else 512
   batch = (jnp.asarray(data.train_x[:n]), jnp.asarray(data.train_y[:n]))
