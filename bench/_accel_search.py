@@ -275,7 +275,7 @@ def skip_study(quick):
         t[-1],
         steps,
         depth,
-        budget=budget,
+        block_budget=budget,
         key=0,
         initial=[seed],
         **kw,

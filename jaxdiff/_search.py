@@ -815,7 +815,7 @@ def evolve_skips(
   num_steps: int,
   depth: int,
   *,
-  budget: int,
+  block_budget: int,
   key,
   population: int = 16,
   generations: int = 8,
@@ -831,7 +831,7 @@ def evolve_skips(
   :math:`m \in \{0, 1\}^{N \times K}` (step ``i`` evaluates block ``k`` iff
   :math:`m_{ik}`; :func:`skip_blocks`) within a compute budget counted in blocks,
   :math:`\sum_{ik} m_{ik} \le B` (the paper's budget is steps times layers of the
-  uncompressed sampler, so ``budget = n * K`` compares with an ``n``-step sampler and
+  uncompressed sampler, so ``block_budget = n * K`` compares with an ``n``-step sampler and
   ``num_steps > n`` trades blocks for steps). The evolution is :func:`evolve_timesteps`'s:
   each generation keeps the ``top_k`` fittest and fills the population with half
   crossovers (per step, time and mask row from either parent, as the official code does;
@@ -841,9 +841,9 @@ def evolve_skips(
 
   The initial population holds the ``initial`` schedules, the uniform grid with the evenly
   spread mask (:meth:`SkipSchedule.spread`), then random ones (random interior times,
-  ``min(budget, N K)`` blocks at random places). One population evolves times and masks
+  ``min(block_budget, N K)`` blocks at random places). One population evolves times and masks
   together; the official code's first stage (timesteps only, skipping switched on after
-  a few generations) is what a ``budget >= N K`` search is, and seeding a joint search
+  a few generations) is what a ``block_budget >= N K`` search is, and seeding a joint search
   with its result (``initial``) chains the two.
 
   Args:
@@ -853,7 +853,9 @@ def evolve_skips(
     t_start, t_end: the fixed first and last times (``t_start > t_end``).
     num_steps: ``N >= 1`` steps.
     depth: ``K >= 1`` blocks of the network.
-    budget: blocks evaluated per sample, ``1 <= budget``; more than ``N K`` means no skipping.
+    block_budget: blocks evaluated per sample, ``>= 1``; more than ``N K`` means no
+      skipping (named apart from :func:`s3_search`'s ``budget``, which counts fitness
+      evaluations).
     key: PRNG key (typed key, raw key or int seed).
     population, generations, top_k, mutation_prob, resolution: as :func:`evolve_timesteps`.
     initial: schedules (``N`` steps, ``K`` blocks, within budget) to seed with.
@@ -862,16 +864,17 @@ def evolve_skips(
     A :class:`SkipSearchResult`.
 
   Raises:
-    ValueError: a zero budget (``budget``, ``population`` < 2, ``generations`` < 1), a table
-      too coarse, ``t_start <= t_end``, an ``initial`` schedule of another shape or over
-      budget, or a non-finite fitness of the first candidate.
+    ValueError: a zero budget (``block_budget`` < 1, ``population`` < 2,
+      ``generations`` < 1), a table too coarse, ``t_start <= t_end``, an ``initial``
+      schedule of another shape or over budget, or a non-finite fitness of the first
+      candidate.
 
   Example:
     >>> import numpy as np
     >>> from jaxdiff import search
     >>> # Toy fitness: skipping block 1 costs 1, skipping block 0 costs 3 (per step).
     >>> fit = lambda s: float(np.sum(~s.mask * np.array([3.0, 1.0])))
-    >>> res = search.evolve_skips(fit, 1.0, 0.0, 3, 2, budget=4, key=0, population=8,
+    >>> res = search.evolve_skips(fit, 1.0, 0.0, 3, 2, block_budget=4, key=0, population=8,
     ...                           generations=4, top_k=2)
     >>> res.schedule.mask.sum(), res.schedule.mask[:, 0].all(), res.fitness
     (np.int64(4), np.True_, 2.0)
@@ -884,9 +887,9 @@ def evolve_skips(
   if not callable(fitness):
     raise TypeError(f"fitness must be callable fitness(schedule) -> float, got {fitness!r}")
   depth = check_scalar("depth", depth, lo=1, integer=True, static=True)
-  budget = check_scalar("budget", budget, lo=0, integer=True, static=True)
+  budget = check_scalar("block_budget", block_budget, lo=0, integer=True, static=True)
   if budget < 1:
-    raise ValueError(f"the search budget must be positive: budget >= 1 block, got {budget}")
+    raise ValueError(f"block_budget must be >= 1 block, got {budget}")
   args = num_steps, population, generations, top_k, mutation_prob, resolution, t_start, t_end
   num_steps, population, generations, top_k, mutation_prob, resolution, *rest = _evolution(*args)
   t_start, t_end, to_t = rest

@@ -80,7 +80,7 @@ def toy(s):
 
 
 def test_evolve_skips_keeps_the_budget_finds_the_cheap_skips_and_round_trips():
-  kw = dict(budget=5, key=0, population=10, generations=6, top_k=3)
+  kw = dict(block_budget=5, key=0, population=10, generations=6, top_k=3)
   seen = []
   res = search.evolve_skips(lambda s: seen.append(s) or toy(s), 1.0, 0.0, 4, 2, **kw)
   assert all(s.mask.sum() <= 5 and s.mask.shape == (4, 2) for s in seen)
