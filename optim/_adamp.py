@@ -51,12 +51,13 @@ def _decay_per_leaf(weight_decay, mask, params, method):
   )
 
 
-def _project_leaf(p, g, u, delta, wd_ratio, eps, channel_axis, where):
+def _project_leaf(p, g, u, delta, wd_ratio, eps, channel_axis, where, u_out=None):
   """The AdamP projection of one leaf; returns ``(u_projected, wd_factor)``.
 
   Computed in float32 or wider. Channel-wise first: the channel view keeps ``channel_axis``
   and reduces over every other axis; the layer-wise view reduces over all axes. ``where``
-  names the leaf in errors (``"scale_by_adamp: params['w']"``).
+  names the leaf in errors (``"scale_by_adamp: params['w']"``). ``u_out``: the same values
+  as ``u``, computed apart, for the projected output (default ``u``; see ``scale_by_adamp``).
   """
   ct = jnp.promote_types(u.dtype, jnp.float32)
   if p.ndim < 2:  # biases, norms' scales: never scale-invariant by construction
@@ -71,7 +72,8 @@ def _project_leaf(p, g, u, delta, wd_ratio, eps, channel_axis, where):
     )
   if p.size == 0:  # no direction to project out (and no cosine to test)
     return u, jnp.ones([], ct)
-  p, g, u = p.astype(ct), g.astype(ct), u.astype(ct)
+  u_out = u if u_out is None else u_out
+  p, g, u, u_out = p.astype(ct), g.astype(ct), u.astype(ct), u_out.astype(ct)
   ax %= p.ndim
   chan_axes = tuple(i for i in range(p.ndim) if i != ax)
   # One pass of four per-channel reductions; the layer-wise sums are their totals.
@@ -92,9 +94,8 @@ def _project_leaf(p, g, u, delta, wd_ratio, eps, channel_axis, where):
   coef_c = pu / (pn_c + eps) ** 2
   coef_l = jnp.sum(pu) / (pn_l + eps) ** 2
   coef = jnp.where(use_c, coef_c, jnp.where(use_l, coef_l, jnp.zeros_like(coef_c)))
-  u_out = u - p * coef
   wd = jnp.where(use_c | use_l, jnp.asarray(wd_ratio, ct), jnp.ones([], ct))
-  return u_out, wd
+  return u_out - p * coef, wd
 
 
 class ScaleByAdamPState(NamedTuple):
@@ -213,13 +214,23 @@ def scale_by_adamp(
       gc = g.astype(ct)
       m_new = otu.tree_update_moment(gc, m.astype(ct), b1, 1)
       v_new = otu.tree_update_moment_per_elem_norm(gc, v.astype(ct), b2, 2)
-      denom = jnp.sqrt(otu.tree_bias_correction(v_new, b2, count)) + eps
-      num = b1 * m_new + (1.0 - b1) * gc if nesterov else m_new
-      # Official code: step lr / (1 - b1^t) on the whole (Nesterov) numerator; the
-      # projection is linear, so correcting before it is the same update.
-      perturb = otu.tree_bias_correction(num, b1, count) / denom
+
+      def direction(m_new, v_new):
+        denom = jnp.sqrt(otu.tree_bias_correction(v_new, b2, count)) + eps
+        num = b1 * m_new + (1.0 - b1) * gc if nesterov else m_new
+        # Official code: step lr / (1 - b1^t) on the whole (Nesterov) numerator; the
+        # projection is linear, so correcting before it is the same update.
+        return otu.tree_bias_correction(num, b1, count) / denom
+
+      # The direction feeds a reduction and the output. Written once, XLA would store it
+      # to a temporary and read it twice; its second copy, behind a barrier on the moments
+      # (which are stored anyway), is recomputed inside the output pass instead. Same values.
+      perturb = direction(m_new, v_new)
+      perturb_out = direction(*jax.lax.optimization_barrier((m_new, v_new)))
       where = ("scale_by_adamp", jax.tree_util.keystr(path))
-      perturb, r = _project_leaf(w, gc, perturb, delta, wd_ratio, eps, channel_axis, where)
+      perturb, r = _project_leaf(
+        w, gc, perturb, delta, wd_ratio, eps, channel_axis, where, u_out=perturb_out
+      )
       u = perturb + decay * r * w.astype(ct)
       return u.astype(g.dtype), m_new.astype(acc), v_new.astype(acc)
 
