@@ -280,6 +280,20 @@ def test_coordinate_clip_sample_variant_clips_about_the_requested_fraction():
     assert abs(clipped - fraction * n) <= 0.25 * fraction * n, (fraction, clipped)
 
 
+def test_sample_order_statistic_is_the_sorted_samples_element():
+  # The sample's order statistics come from bisection now, formerly from sorting it: the
+  # same element, bit for bit, including ties, NaN and the first and last ranks.
+  sample_ranks = jax.jit(
+    lambda b, rs: [_coordinate_clip._sample_rank(b, r) for r in rs], static_argnums=1
+  )
+  for case, arrays in _clip_cases().items():
+    flat = np.concatenate([np.ravel(x) for x in arrays]).astype(np.float32)
+    bits = np.abs(flat).view(np.int32)
+    ranks = (0, 7, bits.size // 3, bits.size - 1)
+    got = [int(x) for x in sample_ranks(jnp.asarray(bits), ranks)]
+    assert got == [int(np.sort(bits)[::-1][r]) for r in ranks], case
+
+
 # ------------------------------------------------------------------------------------------
 # AdaHessian and Sophia-H: loss, gradient and HVP from one pass (hvp=) vs obj_fn.
 # ------------------------------------------------------------------------------------------
