@@ -57,7 +57,9 @@ from _peers import (
   run_peer_curvature,
   separable_loss_jax,
   separable_loss_torch,
+  tiny_net_jax,
   tiny_net_params,
+  tiny_net_torch,
   to_torch,
   torch_threads,
   xent_jax,
@@ -322,7 +324,20 @@ def diffusers_section(dim, width, batch, nfes, rounds) -> dict:
   net = tiny_net_params(dim, width, rng)
   x_T = rng.standard_normal((batch, dim)).astype(np.float32)
   jx, tx_ = jnp.asarray(x_T), torch.tensor(x_T)
-  out = {}
+  out = {"config": {"dim": dim, "width": width, "batch": batch}}
+  # The network alone, one evaluation in each framework: at this size it is most of a
+  # step, so it bounds the loop ratios; the rest of each step is the loop's own overhead.
+  table = diffusers_scheduler("ddim").alphas_cumprod.numpy()
+  net_jax = jax.jit(tiny_net_jax(net, table))
+  net_torch = tiny_net_torch(net, table)
+
+  def torch_eval():
+    with torch.no_grad():
+      return net_torch(tx_, 500)
+
+  out["network_alone"] = _compare(
+    {"ours": lambda: net_jax(jx, 500.0), "diffusers": torch_eval}, rounds=rounds, calls_per_round=20
+  )
   for name in SAMPLERS:
     for nfe in nfes:
       ours, steps = our_sampler(name, diffusers_scheduler(name), net, nfe)
@@ -369,9 +384,23 @@ def _print(res: dict) -> None:
         f"(ours {1e3 * ph[name]['ours_s']:.1f} ms)"
       )
     print("  parity:", {k: round(v, 6) for k, v in ph["parity"].items()})
-  if "diffusers" in res:
-    print("\n(c) vs diffusers: speed = diffusers loop time / ours at equal NFE")
-    for name, row in res["diffusers"].items():
+  for key in ("diffusers", "diffusers_tiny"):
+    if key not in res:
+      continue
+    cfg = res[key]["config"]
+    print(
+      f"\n(c) vs diffusers, eps MLP dim {cfg['dim']} width {cfg['width']} batch "
+      f"{cfg['batch']}: speed = diffusers loop time / ours at equal NFE"
+    )
+    net = res[key]["network_alone"]
+    print(
+      f"  {'network':12s} {net['diffusers']['speedup']:6.2f}x "
+      f"({net['diffusers']['torch_setting']})   one evaluation alone: ours "
+      f"{1e6 * net['ours_s']:.0f} us, torch {1e6 * net['diffusers']['seconds']:.0f} us"
+    )
+    for name, row in res[key].items():
+      if name in ("network_alone", "config"):
+        continue
       print(
         f"  {name:12s} {row['time']['diffusers']['speedup']:6.2f}x "
         f"({row['time']['diffusers']['torch_setting']})   max |diff| "
@@ -410,9 +439,13 @@ def main() -> None:
         n=10 if quick else 100,
       )
     if have["diffusers"]:
+      # The first network makes a step mostly matmuls (the network bounds the ratio); the
+      # second is small enough that a step is mostly the loop itself.
       res["diffusers"] = diffusers_section(
         *((8, 32, 16, (5,)) if quick else (64, 256, 256, (10, 25))), rounds=r
       )
+      if not quick:
+        res["diffusers_tiny"] = diffusers_section(8, 32, 16, (10, 25), rounds=r)
   _print(res)
   path = output_path("bench_peers.json", quick)
   path.parent.mkdir(parents=True, exist_ok=True)
