@@ -133,6 +133,7 @@ def make_optimizer(
       variant="gnb",
       batch_size=batch_tokens,
       key=seed,
+      track_win_rate="step",  # the win rate curve is read at every evaluation step
     )
   return optax.chain(optax.clip_by_global_norm(GRAD_CLIP), opt)
 
