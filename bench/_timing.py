@@ -19,7 +19,10 @@ A callable that must carry state (donated buffers, an optimizer state) is a
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -28,7 +31,7 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["Stateful", "Timing", "compare", "output_path", "ratio", "time_once"]
+__all__ = ["Stateful", "Timing", "compare", "output_path", "over_runs", "ratio", "time_once"]
 
 
 @dataclasses.dataclass
@@ -139,3 +142,35 @@ def compare(
       med, ratio_range = float(np.median(r)), (float(r.min()), float(r.max()))
     out[name] = Timing(float(np.median(times)), tuple(times), med, ratio_range, warm[name])
   return out
+
+
+def over_runs(
+  script: str, n: int, argv: list[str], ratios: Callable[[dict], dict[str, float]]
+) -> tuple[dict, dict]:
+  """Runs ``script`` ``n`` times, each in a fresh process, and summarizes its ratios.
+
+  One process's allocator, page and cache state biases all of its rounds alike, so the
+  rounds inside a run do not average it out; separate processes do. The script is called
+  as ``script --runs 1 --json-to FILE *argv`` and must write its result dictionary there;
+  ``ratios(result)`` picks the ratios to summarize (row -> ratio).
+
+  Returns:
+    ``(last result, {row: {"median": ..., "min_max": [lo, hi], "runs": [...]}})``.
+  """
+  outs = []
+  for _ in range(n):
+    with tempfile.TemporaryDirectory() as tmp:
+      dest = pathlib.Path(tmp) / "run.json"
+      cmd = [sys.executable, script, "--runs", "1", "--json-to", str(dest), *argv]
+      subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+      outs.append(json.loads(dest.read_text()))
+  per_run = [ratios(o) for o in outs]
+  summary = {
+    row: {
+      "median": float(np.median([r[row] for r in per_run])),
+      "min_max": [float(min(r[row] for r in per_run)), float(max(r[row] for r in per_run))],
+      "runs": [float(r[row]) for r in per_run],
+    }
+    for row in per_run[-1]
+  }
+  return outs[-1], summary
