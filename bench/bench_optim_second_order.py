@@ -13,6 +13,8 @@ floor of any step that needs a gradient and an HVP); M-FAC at m = 32 reported. T
 ``*_one_pass`` rows take loss, gradient and HVP from one such pass
 (``optim.curvature.value_grad_and_hvp`` with the optimizer's probe, passed as ``hvp=``);
 the plain rows compute a gradient and let the optimizer compute its HVP (``obj_fn=``).
+``sophia_h_k10_one_pass_loop`` is the one-pass loop that also tells Sophia which steps
+refresh (``refresh=True/False``), so neither compiled step traces a ``lax.cond``.
 
     .venv/bin/python bench/bench_optim_second_order.py [--quick] [--runs N]
 
@@ -46,7 +48,7 @@ from _timing import Stateful, compare, output_path, over_runs, ratio  # noqa: E4
 
 import optim  # noqa: E402
 
-GOALS = {"sophia_h_k10_one_pass": 1.3, "sophia_g_k10": 1.3}
+GOALS = {"sophia_h_k10_one_pass": 1.3, "sophia_h_k10_one_pass_loop": 1.3, "sophia_g_k10": 1.3}
 # AdaHessian's goal is relative to one forward-over-reverse pass, not to AdamW.
 ONE_PASS_GOALS = {"adahessian_one_pass": 1.1}
 
@@ -69,6 +71,9 @@ def _optimizers(batch: int):
     "adamw": optax.adamw(1e-3, weight_decay=0.1),
     "sophia_h_k10": optim.sophia(1e-3, update_interval=10, key=0),
     "sophia_h_k10_one_pass": _OnePass(optim.sophia(1e-3, update_interval=10, key=0), 10),
+    "sophia_h_k10_one_pass_loop": _OnePass(
+      optim.sophia(1e-3, update_interval=10, key=0), 10, loop_decides=True
+    ),
     "sophia_g_k10": optim.sophia(1e-3, variant="gnb", batch_size=batch, key=0),
     "adahessian": optim.adahessian(0.15, key=0),
     "adahessian_one_pass": _OnePass(optim.adahessian(0.15, key=0), 1),
@@ -78,10 +83,12 @@ def _optimizers(batch: int):
 
 class _OnePass(NamedTuple):
   """A Hutchinson-curvature optimizer stepped with loss, gradient and HVP from one pass
-  on its refresh steps (every ``interval``-th), and a plain gradient on the others."""
+  on its refresh steps (every ``interval``-th), and a plain gradient on the others.
+  ``loop_decides``: pass Sophia's ``refresh=`` flag (the loop's schedule, no cond traced)."""
 
   tx: optax.GradientTransformationExtraArgs
   interval: int
+  loop_decides: bool = False
 
 
 class _GradOnly:
@@ -126,13 +133,15 @@ def _make_step(tx, x, y):
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def refresh_step(params, state):
       value, grads, hz = optim.curvature.value_grad_and_hvp(loss, params, state[0].probe(params))
-      updates, state = tx.tx.update(grads, state, params, hvp=hz)
+      flag = {"refresh": True} if tx.loop_decides else {}
+      updates, state = tx.tx.update(grads, state, params, hvp=hz, **flag)
       return optax.apply_updates(params, updates), state, value
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def plain_step(params, state):
       value, grads = jax.value_and_grad(loss)(params)
-      updates, state = tx.tx.update(grads, state, params, obj_fn=loss)
+      extra = {"refresh": False} if tx.loop_decides else {"obj_fn": loss}
+      updates, state = tx.tx.update(grads, state, params, **extra)
       return optax.apply_updates(params, updates), state, value
 
     steps = itertools.count()

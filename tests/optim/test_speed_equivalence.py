@@ -355,6 +355,50 @@ def test_sophia_h_one_pass_equals_obj_fn_call(x64):
   assert one_pass_run(opt, 3, "gaussian") <= 1e-6
 
 
+def test_sophia_loop_decided_refresh_equals_the_count_decided_one(x64):
+  # Two compiled steps chosen by the loop's own counter, no cond traced in either: the
+  # plain one passes refresh=False and no objective, the refresh one the one-pass product.
+  opt = optim.sophia(0.05, update_interval=3, gamma=0.5, key=2)
+
+  @jax.jit
+  def refresh_step(p, state):
+    _, g, hz = value_grad_and_hvp(loss, p, state[0].probe(p))
+    u, state = opt.update(g, state, p, hvp=hz, refresh=True)
+    return optax.apply_updates(p, u), state
+
+  @jax.jit
+  def plain_step(p, state):
+    u, state = opt.update(jax.grad(loss)(p), state, p, refresh=False)
+    return optax.apply_updates(p, u), state
+
+  @jax.jit
+  def old_step(p, state):
+    u, state = opt.update(jax.grad(loss)(p), state, p, obj_fn=loss)
+    return optax.apply_updates(p, u), state
+
+  assert "cond" not in str(jax.make_jaxpr(plain_step)(P0, opt.init(P0)))
+  p0 = jax.tree.map(jnp.asarray, P0)
+  (p, s), (q, r) = (p0, opt.init(p0)), (p0, opt.init(p0))
+  for i in range(STEPS):
+    p, s = (refresh_step if i % 3 == 0 else plain_step)(p, s)
+    q, r = old_step(q, r)
+    assert float(s[0].win_rate) == float(r[0].win_rate)
+  assert max_rel(p, q) <= 1e-6
+  assert max_rel(s[0].hess, r[0].hess) <= 1e-6
+
+
+def test_sophia_refresh_flag_bad_input():
+  opt = optim.scale_by_sophia(key=0)
+  p = {"w": jnp.ones(3)}
+  s = opt.init(p)
+  with pytest.raises(TypeError, match="refresh= must be a Python bool"):
+    opt.update(p, s, p, obj_fn=lambda q: 0.0, refresh=jnp.array(True))
+  with pytest.raises(ValueError, match="refresh=False"):
+    opt.update(p, s, p, hvp=p, refresh=False)
+  with pytest.raises(ValueError, match="obj_fn"):  # a refresh needs its estimate
+    opt.update(p, s, p, refresh=True)
+
+
 def test_sophia_g_rejects_an_hvp():
   opt = optim.scale_by_sophia(variant="gnb", batch_size=4)
   p = jnp.ones(2)
