@@ -234,10 +234,17 @@ def scale_by_adahessian(
     key, subkey = jax.random.split(state.key)
     mu = otu.tree_cast_like(otu.tree_update_moment(updates, state.mu, b1, 1), state.mu)
 
+    # With the caller's product, the probe is drawn outside the branch: the same computation
+    # as the caller's ``state.probe(params)``, so XLA computes it once, not twice.
+    z_given = None if given is None else tree_probe(subkey, params, "rademacher")
+
     def refresh(nu_and_count):
       nu, hess_count = nu_and_count
-      z = tree_probe(subkey, params, "rademacher")
-      hz = hvp(obj_fn, params, z) if given is None else given
+      if given is None:
+        z = tree_probe(subkey, params, "rademacher")
+        hz = hvp(obj_fn, params, z)
+      else:
+        z, hz = z_given, given
       d = jax.tree.map(lambda a, b: spatial_average(jnp.abs(a * b)), z, hz)
 
       # Not otu.tree_update_moment: that EMA runs in v's dtype, this one in float32 or
@@ -250,6 +257,8 @@ def scale_by_adahessian(
       new = jax.tree.map(lambda n, o, di: jnp.where(jnp.isfinite(di), n, o), new, nu, d)
       return new, optax.safe_increment(hess_count)
 
+    # Kept even at update_interval=1: inlined into the step instead, the refresh measured
+    # 1.40x the one-pass cost on XLA:CPU against 1.11x inside the cond.
     nu, hess_count = jax.lax.cond(
       state.count % update_interval == 0, refresh, lambda x: x, (state.nu, state.hess_count)
     )
