@@ -98,6 +98,11 @@ def _project_leaf(p, g, u, delta, wd_ratio, eps, channel_axis, where, u_out=None
   return u_out - p * coef, wd
 
 
+# Above this many bytes of parameters, AdamP recomputes its direction in the output pass
+# rather than storing it (see ``scale_by_adamp``'s update); about a CPU's last-level cache.
+_RECOMPUTE_ABOVE_BYTES = 32 * 2**20
+
+
 class ScaleByAdamPState(NamedTuple):
   """State of :func:`scale_by_adamp`: step count and Adam's two moments."""
 
@@ -222,11 +227,13 @@ def scale_by_adamp(
         # projection is linear, so correcting before it is the same update.
         return otu.tree_bias_correction(num, b1, count) / denom
 
-      # The direction feeds a reduction and the output. Written once, XLA would store it
-      # to a temporary and read it twice; its second copy, behind a barrier on the moments
-      # (which are stored anyway), is recomputed inside the output pass instead. Same values.
+      # The direction feeds a reduction and the output, so XLA stores it to a temporary
+      # and reads it twice. For large models a second copy, behind a barrier on the moments
+      # (which are stored anyway), is recomputed inside the output pass instead: same values.
       perturb = direction(m_new, v_new)
-      perturb_out = direction(*jax.lax.optimization_barrier((m_new, v_new)))
+      perturb_out = None
+      if recompute:
+        perturb_out = direction(*jax.lax.optimization_barrier((m_new, v_new)))
       where = ("scale_by_adamp", jax.tree_util.keystr(path))
       perturb, r = _project_leaf(
         w, gc, perturb, delta, wd_ratio, eps, channel_axis, where, u_out=perturb_out
@@ -234,6 +241,11 @@ def scale_by_adamp(
       u = perturb + decay * r * w.astype(ct)
       return u.astype(g.dtype), m_new.astype(acc), v_new.astype(acc)
 
+    # Measured on a 2-core CPU (the bench's interleaved A/B, 1000x1000 leaves): recomputing
+    # cost 1.3-1.6x at 2-6M parameters, where the stored direction stays in cache between
+    # its write and its reads, and saved 17% at 10M (40 MB), where it does not.
+    n_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+    recompute = n_bytes > _RECOMPUTE_ABOVE_BYTES
     decay = _decay_per_leaf(weight_decay, weight_decay_mask, params, "scale_by_adamp")
     out = jax.tree_util.tree_map_with_path(leaf, updates, state.mu, state.nu, params, decay)
     u, m, v = jax.tree.transpose(jax.tree.structure(updates), jax.tree.structure((0, 0, 0)), out)

@@ -133,6 +133,21 @@ def test_adamp_and_sgdp_equal_previous_implementation(x64):
       assert max_rel(new, old) <= 1e-6, scale
 
 
+def test_adamp_recomputed_direction_gives_the_stored_directions_numbers(x64, monkeypatch):
+  # Large models recompute the direction in the output pass (a barrier keeps XLA from
+  # sharing it); small ones store it. Both schedules must give the same updates.
+  w0 = {"k": jnp.asarray(np.random.default_rng(2).normal(size=(12, 4))), "b": jnp.ones(4)}
+  grads = lambda t, w: jax.tree.map(
+    lambda x: 0.3 * x + jnp.asarray(np.random.default_rng(t).normal(size=x.shape)), w
+  )
+  out = {}
+  for threshold in (2**62, 0):
+    monkeypatch.setattr(optim._adamp, "_RECOMPUTE_ABOVE_BYTES", threshold)
+    tx = optim.scale_by_adamp(weight_decay=1e-2, nesterov=True)
+    out[threshold] = run(jax.jit(tx.update), w0, grads, tx.init(w0), lr=-1e-2)
+  assert max_rel(out[0], out[2**62]) <= 1e-12
+
+
 # ------------------------------------------------------------------------------------------
 # DP-SGD / DiceSGD: broadcast batch mean and jax.random.normal noise (previous).
 # ------------------------------------------------------------------------------------------
