@@ -234,9 +234,13 @@ def scale_by_adahessian(
     key, subkey = jax.random.split(state.key)
     mu = otu.tree_cast_like(otu.tree_update_moment(updates, state.mu, b1, 1), state.mu)
 
-    # With the caller's product, the probe is drawn outside the branch: the same computation
-    # as the caller's ``state.probe(params)``, so XLA computes it once, not twice.
-    z_given = None if given is None else tree_probe(subkey, params, "rademacher")
+    # When every step refreshes, the probe of the caller's product is drawn outside the
+    # branch: the same computation as the caller's ``state.probe(params)``, so XLA computes
+    # it once. Otherwise only inside it: a caller that passes a (zero) product on every
+    # step must not pay for a probe on every step.
+    z_given = None
+    if given is not None and update_interval == 1:
+      z_given = tree_probe(subkey, params, "rademacher")
 
     def refresh(nu_and_count):
       nu, hess_count = nu_and_count
@@ -244,7 +248,8 @@ def scale_by_adahessian(
         z = tree_probe(subkey, params, "rademacher")
         hz = hvp(obj_fn, params, z)
       else:
-        z, hz = z_given, given
+        z = tree_probe(subkey, params, "rademacher") if z_given is None else z_given
+        hz = given
       d = jax.tree.map(lambda a, b: spatial_average(jnp.abs(a * b)), z, hz)
 
       # Not otu.tree_update_moment: that EMA runs in v's dtype, this one in float32 or

@@ -325,15 +325,20 @@ def scale_by_sophia(
       )
       return n / size
 
-    # With the caller's product, the probe is drawn outside the branch: the same computation
-    # as the caller's ``state.probe(params)``, so XLA computes it once, not twice.
-    u = None if given is None else _tree.tree_probe(subkey, params, probe)
+    # On a step the loop marks as a refresh, the probe of the caller's product is drawn
+    # outside the branch: the same computation as the caller's ``state.probe(params)``, so
+    # XLA computes it once. Otherwise only inside it: a caller that passes a (zero) product
+    # on every step must not pay for a probe on every step.
+    u = None
+    if given is not None and refresh_now:
+      u = _tree.tree_probe(subkey, params, probe)
 
     def refresh(hess):
       if given is None:
         h_hat = estimate(params, subkey, extra)
       else:
-        h_hat = jax.tree.map(lambda a, b: a * b, u, given)
+        probe_u = _tree.tree_probe(subkey, params, probe) if u is None else u
+        h_hat = jax.tree.map(lambda a, b: a * b, probe_u, given)
       h_hat = otu.tree_cast_like(h_hat, hess)
       hess = _finite_or(otu.tree_update_moment(h_hat, hess, b2, 1), hess)
       return hess, win_rate(hess) if track_win_rate == "refresh" else state.win_rate
