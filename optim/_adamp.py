@@ -241,9 +241,9 @@ def scale_by_adamp(
       u = perturb + decay * r * w.astype(ct)
       return u.astype(g.dtype), m_new.astype(acc), v_new.astype(acc)
 
-    # Measured on a 2-core CPU (the bench's interleaved A/B, 1000x1000 leaves): recomputing
-    # cost 1.3-1.6x at 2-6M parameters, where the stored direction stays in cache between
-    # its write and its reads, and saved 17% at 10M (40 MB), where it does not.
+    # Measured on a 2-core CPU (bench/adamp_store_vs_recompute.py, 1000x1000 leaves):
+    # recomputing cost 1.4x at 2-4M parameters, where the stored direction stays in cache
+    # between its write and its reads, broke even at 6M and saved 17% at 10M (40 MB).
     n_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
     recompute = n_bytes > _RECOMPUTE_ABOVE_BYTES
     decay = _decay_per_leaf(weight_decay, weight_decay_mask, params, "scale_by_adamp")
