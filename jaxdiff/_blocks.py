@@ -87,7 +87,7 @@ def block_network(denoise, *, who: str, branches: bool = False):
     >>> try:
     ...   block_network(lambda x, t, c: x, who="skip_blocks")
     ... except TypeError as e:
-    ...   print(str(e)[:46])
+    ...   print(str(e)[:47])
     skip_blocks: the network has no block interface
   """
   net = find_block_network(denoise, branches=branches)
