@@ -1,23 +1,18 @@
-"""Feature caching for transformer denoisers: the ``cache`` seam of :func:`jaxdiff.sample`.
+"""Feature caching for transformer denoisers: the ``cache`` add-on of :func:`jaxdiff.sample`.
 
-The sampler wraps the denoiser in :class:`_CachedDenoiser`, which runs the network's pieces
-itself (the protocol below) and, at the steps a rule marks as *reuse*, replaces every
-block's residual branches (attention and MLP outputs, before their adaLN gates) by what
-the rule makes from its cache. The rule's state rides in the sampling scan's carry, one
-slot per network call within a step (slots in trace order: CFG's conditional and
-unconditional calls, a second solver stage, a corrector each get their own).
+A cache rule serves the network calls of a step from its state: at the steps the rule
+marks as *reuse*, every block's residual branches (attention and MLP outputs, before
+their adaLN gates) are what the rule makes from its cache instead of being computed.
+The state is explicit: it rides in the :class:`~jaxdiff.Network` the loop threads through
+the guidance rule and the corrector (``x0, net = net(x, t, cond)``), one *slot* per
+network call of a step, allotted from what the step's components declare (the guidance
+rule's ``calls`` for each solver stage and each corrector iteration); each slot's
+features get their shapes from the network itself (an abstract evaluation of the
+feature path, no run).
 
-The protocol. A denoiser is cacheable if it, or the network ``denoise.net`` of a
-:mod:`jaxdiff.parameterization` wrapper, has
-
-* ``encode(x, t, cond) -> (h, c, aux)``: tokens ``h``, the conditioning vector ``c``;
-* ``blocks``: a sequence whose items have ``residual_branches(c) -> [(gate, branch), ...]``
-  with ``h <- h + gate[:, None, :] * branch(h, perturb)`` in order;
-* ``readout(h, c, aux, x)``: the network output shaped like ``x``;
-* optionally ``pag_layers``: the block indices that receive ``perturb`` (PAG).
-
-:class:`jaxdiff.models.DigitDenoiser` implements it. ``encode``, the gates and ``readout``
-run at every call (cheap); the branches only at full steps.
+The network must have the block interface of :mod:`jaxdiff._blocks`, with blocks that
+expose ``residual_branches``; :class:`jaxdiff.models.DigitDenoiser` does. ``encode``, the
+gates and ``readout`` run at every call (cheap); the branches only at full steps.
 """
 
 from __future__ import annotations
@@ -30,50 +25,82 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-try:  # the trace identity flax nnx checks its state updates with (no public equivalent)
-  from jax._src.core import get_opaque_trace_state as _trace_state
-except ImportError:  # pragma: no cover - a JAX without it: every call counts as in-trace
-  _trace_state = lambda convention=None: None  # noqa: E731
-
+from jaxdiff._blocks import block_network, branch_block_fn, run_blocks
+from jaxdiff._module import module, setfield, static
 from jaxdiff._parameterization import Wrapped
 from jaxdiff._validation import check_choice, check_scalar
 
 Array = jax.Array
 
-_PROTOCOL = ("encode", "blocks", "readout")
-
 
 def cacheable_net(denoise):
-  """The network whose features a cache may store, or ``None``: ``denoise`` itself or the
-  ``net`` of a parameterization wrapper, if it has ``encode``, ``blocks`` and ``readout``
-  and every block has ``residual_branches``."""
-  for net in (denoise, getattr(denoise, "net", None)):
-    if net is not None and all(hasattr(net, name) for name in _PROTOCOL):
-      if all(hasattr(block, "residual_branches") for block in net.blocks):
-        return net
-  return None
-
-
-def check_cacheable(denoise) -> None:
-  """Raises ``TypeError`` if ``denoise`` exposes no cacheable features (see the protocol)."""
+  """The network behind ``denoise`` whose features a cache stores (``TypeError`` if none)."""
   inner = getattr(denoise, "__wrapped__", denoise)
-  if cacheable_net(inner) is None:
+  try:
+    return block_network(inner, who="cache", branches=True)
+  except TypeError as e:
     raise TypeError(
       "cache: the denoiser exposes no cacheable features; a cache needs a transformer "
       "denoiser with encode(x, t, cond), blocks (each with residual_branches(c)) and "
       "readout(h, c, aux, x), e.g. parameterization.from_v(models.DigitDenoiser(...), "
       f"schedule), got {type(inner).__name__}"
-    )
+    ) from e
 
 
+check_cacheable = cacheable_net
+
+
+def _append(items: list, value):
+  items.append(value)
+  return value
+
+
+def _run(net, x, t, cond, perturb, branch_fn):
+  """The network's output with branch ``j``'s value from ``branch_fn(j, h, run)``."""
+  return run_blocks(net, x, t, cond, perturb=perturb, block_fn=branch_block_fn(branch_fn))
+
+
+def _features(net, x, t, cond, perturb) -> list:
+  feats = []
+  _run(net, x, t, cond, perturb, lambda j, h, run: _append(feats, run(h)))
+  return feats
+
+
+def _output(denoise, net, out, x, t):
+  """The network output as the denoiser's (through its parameterization wrapper)."""
+  inner = getattr(denoise, "__wrapped__", denoise)
+  if inner is net:
+    return out.astype(x.dtype)
+  return Wrapped(lambda *_, **__: out, inner.schedule, inner.prediction)(x, t)
+
+
+@jax.tree_util.register_static
 @dataclasses.dataclass(frozen=True)
+class _Rows:
+  """The rows of each slot's call (static: part of the state's structure)."""
+
+  rows: tuple
+
+
+def _perturb(perturb) -> dict:
+  return {} if perturb is None else {"perturb": perturb}
+
+
+def _tile(cond, m: int):
+  if m == 1 or cond is None:
+    return cond
+  return jax.tree.map(lambda c: jnp.concatenate([jnp.asarray(c)] * m, axis=0), cond)
+
+
 class CacheRule:
   """A feature-cache rule: which steps compute fully, and what the others reuse.
 
-  Subclasses define :meth:`full_steps` (static, from the number of steps), and the
-  per-feature state: :meth:`init`, :meth:`refresh` (a full step) and :meth:`predict`
-  (a reuse step). ``pos`` is the expansion variable at the step (see each rule);
-  :meth:`adjust` may correct the denoiser output at a reuse step.
+  Subclasses are immutable pytrees (:func:`jaxdiff._module.module`) and define
+  :meth:`full_steps` (static, from the number of steps) and the per-feature state:
+  :meth:`init_feature`, :meth:`refresh` (a full step) and :meth:`predict` (a reuse step).
+  ``pos`` is the expansion variable at the step (see each rule); :meth:`adjust` may
+  correct the denoiser output at a reuse step. The add-on interface the sampling loop
+  uses (:meth:`init`, :meth:`call`) is shared by every rule.
 
   Example:
     >>> from jaxdiff import caching
@@ -84,7 +111,7 @@ class CacheRule:
   def full_steps(self, num_steps: int) -> np.ndarray:
     raise NotImplementedError
 
-  def init(self, feature: jax.ShapeDtypeStruct):
+  def init_feature(self, feature: jax.ShapeDtypeStruct):
     raise NotImplementedError
 
   def refresh(self, state, feature: Array, pos: Array):
@@ -102,16 +129,81 @@ class CacheRule:
     del x, step
     return x0
 
+  # -- the add-on interface ----------------------------------------------------------------
+  def stat_names(self) -> tuple[str, ...]:
+    return ("full_nfe",)
+
+  def init(self, fn, x_T, ts, cond, calls) -> dict:
+    """The cache's state for a loop whose steps make calls on ``m * B`` rows for each ``m``
+    in ``calls`` (in order): each slot's per-feature state, the full-step mask and the
+    grid times."""
+    net = cacheable_net(fn)
+    b = x_T.shape[0]
+    if calls is None:  # a rule that does not declare its calls runs uncached (no slots)
+      calls = ()
+    shapes = {}
+    for m in sorted(set(calls)):
+      x = jax.ShapeDtypeStruct((m * b, *x_T.shape[1:]), x_T.dtype)
+      t = jax.ShapeDtypeStruct((m * b,), jnp.result_type(ts.t))
+      shapes[m] = jax.eval_shape(lambda x, t, m=m: _features(net, x, t, _tile(cond, m), None), x, t)
+    slots = tuple(tuple(self.init_feature(f) for f in shapes[m]) for m in calls)
+    full = jnp.asarray(self.full_steps(ts.num_steps))
+    return {"full": full, "t": ts.t, "slots": slots, "rows": _Rows(tuple(m * b for m in calls))}
+
+  def call(self, network, x, t, cond, kwargs):
+    """One call of the network through the cache (see the module docstring)."""
+    perturb = kwargs.pop("perturb", None)
+    if kwargs:
+      raise TypeError(f"cache: the cached denoiser takes only `perturb`, got {sorted(kwargs)}")
+    if not network.live:  # inside a rule's own control flow: the full network
+      out, stats = network.plain(x, t, cond, {**kwargs, **_perturb(perturb)})
+      return out, network.cache_state, {**stats, "full_nfe": network.evaluations(x)}
+    state = network.cache_state
+    k = network.slot
+    rows = state["rows"].rows
+    if k >= len(rows) or rows[k] != x.shape[0]:
+      raise TypeError(
+        f"cache: network call {k} of the step has {x.shape[0]} rows, but the step's "
+        f"components declare calls on {list(rows)} rows (the guidance rule's "
+        "`calls`, per solver stage and corrector iteration)"
+      )
+    fn = network.fn
+    net = cacheable_net(fn)
+    i = network.step
+    full = state["full"][i]
+    pos = self.position(i, state["t"][i])
+    slot = state["slots"][k]
+
+    def compute(slot):
+      feats = []
+      out = _run(net, x, t, cond, perturb, lambda j, h, run: _append(feats, run(h)))
+      return out, tuple(self.refresh(s, f, pos) for s, f in zip(slot, feats))
+
+    def reuse(slot):
+      out = _run(net, x, t, cond, perturb, lambda j, h, run: self.predict(slot[j], pos))
+      return out, slot
+
+    out, new = jax.lax.cond(full, compute, reuse, slot)
+    x0 = _output(fn, net, out, x, t)
+    if type(self).adjust is not CacheRule.adjust:
+      x0 = jnp.where(full, x0, self.adjust(x0, x, i))
+    check = getattr(fn, "check_output", None)
+    if check is not None:
+      check(x0, x)
+    slots = state["slots"][:k] + (new,) + state["slots"][k + 1 :]
+    evaluations = network.evaluations(x)
+    stats = {"full_nfe": jnp.where(full, evaluations, 0).astype(jnp.int32)}
+    return x0, {**state, "slots": slots}, stats
+
 
 def _every(interval: int, num_steps: int) -> np.ndarray:
   return np.arange(num_steps) % interval == 0
 
 
-@dataclasses.dataclass(frozen=True)
 class _Reuse(CacheRule):
   """The state is the last full step's feature (plain reuse; FORA, ERTACache)."""
 
-  def init(self, feature):
+  def init_feature(self, feature):
     return jnp.zeros(feature.shape, feature.dtype)
 
   def refresh(self, state, feature, pos):
@@ -123,7 +215,7 @@ class _Reuse(CacheRule):
     return state
 
 
-@dataclasses.dataclass(frozen=True)
+@module
 class Fora(_Reuse):
   r"""FORA: full computation every ``interval`` steps, plain reuse in between.
 
@@ -148,17 +240,18 @@ class Fora(_Reuse):
     Acceleration", arXiv:2407.01425.
   """
 
-  interval: int = 2
+  interval: int = static(2)
 
   def __post_init__(self):
-    v = check_scalar("interval", self.interval, lo=1, integer=True, static=True)
-    object.__setattr__(self, "interval", v)
+    setfield(
+      self, "interval", check_scalar("interval", self.interval, lo=1, integer=True, static=True)
+    )
 
   def full_steps(self, num_steps: int) -> np.ndarray:
     return _every(self.interval, num_steps)
 
 
-@dataclasses.dataclass(frozen=True)
+@module
 class TaylorSeer(CacheRule):
   r"""TaylorSeer: features at skipped steps forecast by a Taylor expansion of order ``m``.
 
@@ -193,12 +286,12 @@ class TaylorSeer(CacheRule):
     TaylorSeers", ICCV 2025, arXiv:2503.06923 (Eqs. 8-9).
   """
 
-  interval: int = 4
-  order: int = 2
-  variant: str = "step"
+  interval: int = static(4)
+  order: int = static(2)
+  variant: str = static("step")
 
   def __post_init__(self):
-    set_ = lambda name, v: object.__setattr__(self, name, v)
+    set_ = lambda name, v: setfield(self, name, v)
     set_("interval", check_scalar("interval", self.interval, lo=1, integer=True, static=True))
     set_("order", check_scalar("order", self.order, lo=0, integer=True, static=True))
     check_choice("variant", self.variant, ("step", "t"))
@@ -209,7 +302,7 @@ class TaylorSeer(CacheRule):
   def position(self, step, t):
     return t if self.variant == "t" else step
 
-  def init(self, feature):
+  def init_feature(self, feature):
     factors = jnp.zeros((self.order + 1, *feature.shape), feature.dtype)
     return factors, jnp.zeros((), feature.dtype), jnp.zeros((), jnp.int32)
 
@@ -254,323 +347,27 @@ def taylorseer(interval: int = 4, order: int = 2, *, variant: str = "step") -> T
   return TaylorSeer(interval, order, variant)
 
 
-@dataclasses.dataclass(frozen=True)
-class ERTACache(_Reuse):
-  r"""ERTACache: a profiled reuse schedule, residual rectification and step adjustment.
-
-  Built by :func:`ertacache`, which profiles the full-computation trajectory offline
-  (see there). With the schedule ``full``, at a reuse step :math:`i` after the last full
-  step :math:`k` the features are the cached ones with the closed-form linear correction
-  of the cache-induced error (``variant`` ``"both"`` or ``"rectify"``),
-
-  .. math:: \hat F(i) = (1 + a_i)\,F(k),
-
-  and the output is moved along the step's direction by the trajectory-aware coefficient
-  :math:`\phi_i` (``"both"`` or ``"adjust"``):
-
-  .. math:: \hat x_0 \leftarrow x + \phi_i\,(\hat x_0 - x).
-
-  For the flow schedule's Euler/DDIM step, scaling :math:`\hat x_0 - x` by
-  :math:`\phi_i` is exactly scaling the velocity, i.e. the integration interval
-  :math:`\Delta t \to \phi_i \Delta t` of the paper's timestep adjustment; for other
-  schedules it is the same correction in the data-prediction form. ``variant="none"``
-  is the profiled schedule with plain reuse. ``gain`` and ``phi`` hold
-  :math:`a_i` and :math:`\phi_i` per step (0 and 1 at full steps).
-
-  Example:
-    >>> from jaxdiff import caching
-    >>> rule = caching.ERTACache(full=(True, False, True), gain=(0.0, 0.1, 0.0),
-    ...                          phi=(1.0, 0.9, 1.0))
-    >>> rule.full_steps(3).tolist()
-    [True, False, True]
-
-  References:
-    Peng et al., "ERTACache: Error Rectification and Timesteps Adjustment for Efficient
-    Diffusion", arXiv:2508.21091.
-  """
-
-  full: tuple[bool, ...]
-  gain: tuple[float, ...]
-  phi: tuple[float, ...]
-  variant: str = "both"
-
-  def __post_init__(self):
-    check_choice("variant", self.variant, ERTA_VARIANTS)
-    full = tuple(bool(v) for v in np.asarray(self.full, bool).reshape(-1))
-    if not full or not full[0]:
-      raise ValueError(f"full must be a non-empty schedule whose first step is full, got {full}")
-    object.__setattr__(self, "full", full)
-    for name in ("gain", "phi"):
-      v = np.asarray(getattr(self, name), np.float64).reshape(-1)
-      if v.shape != (len(full),) or not np.isfinite(v).all():
-        raise ValueError(f"{name} must hold {len(full)} finite numbers (one per step), got {v}")
-      object.__setattr__(self, name, tuple(float(e) for e in v))
-
-  def full_steps(self, num_steps: int) -> np.ndarray:
-    if num_steps != len(self.full):
-      raise ValueError(
-        f"cache: this ertacache schedule was profiled for {len(self.full)} steps, the grid "
-        f"has {num_steps}"
-      )
-    return np.asarray(self.full)
-
-  def predict(self, state, pos):
-    if self.variant not in ("both", "rectify"):
-      return state
-    return state * (1 + jnp.asarray(self.gain, state.dtype)[pos])
-
-  def adjust(self, x0, x, step):
-    if self.variant not in ("both", "adjust"):
-      return x0
-    return x + jnp.asarray(self.phi, x.dtype)[step] * (x0 - x)
-
-
-ERTA_VARIANTS = ("both", "rectify", "adjust", "none")
-
-
-def _append(items: list, value):
-  items.append(value)
-  return value
-
-
 def check_rule(cache) -> None:
-  if not isinstance(cache, CacheRule):
+  from jaxdiff._network import NoCache
+
+  if not isinstance(cache, (CacheRule, NoCache)):
     raise TypeError(
       "cache must be a jaxdiff cache rule (caching.fora(...), caching.taylorseer(...), "
-      f"caching.ertacache(...)) or None, got {type(cache).__name__}"
+      f"caching.ertacache(...)) or caching.NoCache(), got {type(cache).__name__}"
     )
-
-
-class CachedDenoiser:
-  """``denoise`` with its block branches served from the rule's cache (see the module).
-
-  The sampler calls :meth:`begin` at each step, :meth:`load` / :meth:`state` around
-  every traced region that evaluates the network (so the slots' new state leaves each
-  ``lax.cond`` branch as an output), and reads the counts from the state.
-  """
-
-  def __init__(self, rule: CacheRule, denoise, ts, batch: int):
-    self.rule = rule
-    self.batch = batch  # x_T's: a call on a (2B, ...) CFG batch is two evaluations
-    self._denoise = denoise
-    inner = getattr(denoise, "__wrapped__", denoise)
-    self.net = cacheable_net(inner)
-    self._wrapper = inner if self.net is not inner else None
-    self.full = jnp.asarray(rule.full_steps(ts.num_steps))
-    self.ts = ts
-    self.__wrapped__ = inner
-    self._slots: list | None = None  # None: the counting pass (shapes only)
-    self._shapes: list = []
-
-  def __getattr__(self, name):
-    return getattr(self._denoise, name)
-
-  # -- the network, in pieces ------------------------------------------------------------
-  def _run(self, x, t, cond, perturb, branch_fn):
-    """Network output with every branch value produced by ``branch_fn(k, h, branch)``."""
-    net = self.net
-    h, c, aux = net.encode(x, t, cond)
-    pag = getattr(net, "pag_layers", range(len(net.blocks)))
-    k = 0
-    for ell, block in enumerate(net.blocks):
-      p = perturb if ell in pag else None
-      for gate, branch in block.residual_branches(c):
-        h = h + gate[:, None, :] * branch_fn(k, h, lambda h, branch=branch, p=p: branch(h, p))
-        k += 1
-    return net.readout(h, c, aux, x)
-
-  def _features(self, x, t, cond, perturb):
-    feats = []
-    self._run(x, t, cond, perturb, lambda k, h, branch: _append(feats, branch(h)))
-    return feats
-
-  def _output(self, out, x, t):
-    if self._wrapper is None:
-      return out.astype(x.dtype)
-    w = self._wrapper
-    return Wrapped(lambda *_, **__: out, w.schedule, w.prediction)(x, t)
-
-  # -- the sampler's side ------------------------------------------------------------------
-  def init_state(self):
-    """Zero state for every slot the counting pass saw, and the partial-call counter."""
-    slots = [[self.rule.init(f) for f in feats] for feats in self._shapes]
-    return slots, jnp.zeros((), jnp.int32)
-
-  def begin(self, state, step):
-    self._step = step
-    self._slot = 0
-    self.load(state)
-
-  def load(self, state):
-    self._slots, self._partial = (None, None) if state is None else state
-    if state is not None:
-      self._slots = list(self._slots)
-    self._trace = _trace_state(convention="jaxdiff")
-
-  def state(self):
-    return None if self._slots is None else (self._slots, self._partial)
-
-  def __call__(self, x, t, cond=None, **kwargs):
-    perturb = kwargs.pop("perturb", None)
-    if kwargs:
-      raise TypeError(f"cache: the cached denoiser takes only `perturb`, got {sorted(kwargs)}")
-    if _trace_state(convention="jaxdiff") != self._trace:
-      # A call from inside the guidance rule's own control flow or probes (adaptive
-      # guidance's lax.cond, PAG's eval_shape check): the full network, no slot, since
-      # its state could not leave that trace.
-      return self._denoise(x, t, cond, **({} if perturb is None else {"perturb": perturb}))
-    slot = self._slot
-    self._slot += 1
-    if self._slots is None:  # counting pass (shapes only): record the slot's features
-      self._shapes.append(jax.eval_shape(lambda x: self._features(x, t, cond, perturb), x))
-      return self._denoise(x, t, cond, **({} if perturb is None else {"perturb": perturb}))
-    if slot >= len(self._slots):
-      raise TypeError("cache: the number of network calls per step changed between steps")
-    i = self._step
-    pos = self.rule.position(i, self.ts.t[i])
-    states = self._slots[slot]
-
-    def full(states):
-      feats = []
-      out = self._run(x, t, cond, perturb, lambda k, h, branch: _append(feats, branch(h)))
-      new = [self.rule.refresh(s, f, pos) for s, f in zip(states, feats)]
-      return out, new
-
-    def reuse(states):
-      out = self._run(x, t, cond, perturb, lambda k, h, branch: self.rule.predict(states[k], pos))
-      return out, states
-
-    out, new = jax.lax.cond(self.full[i], full, reuse, states)
-    x0 = self._output(out, x, t)
-    if type(self.rule).adjust is not CacheRule.adjust:
-      x0 = jnp.where(self.full[i], x0, self.rule.adjust(x0, x, i))
-    self._slots[slot] = new
-    evaluations = max(x.shape[0] // self.batch, 1)
-    self._partial = self._partial + jnp.where(self.full[i], 0, evaluations).astype(jnp.int32)
-    return x0
-
-
-def ertacache(
-  denoise,
-  solver,
-  x_T: Array,
-  ts,
-  *,
-  key,
-  cond: Any = None,
-  threshold: float = 0.1,
-  variant: str = "both",
-) -> ERTACache:
-  r"""Profiles a denoiser/solver/grid offline and returns the :class:`ERTACache` rule.
-
-  The calibration run is the full-computation sampler from ``x_T`` (conditional calls
-  only, no guidance), giving states :math:`x_i` and features :math:`F(i)` (every block's
-  residual branches). Then, step by step (``k`` the last full step; step 0 is full):
-
-  1. residual profiling: the reuse error the cache would make,
-     :math:`e_i = \|F(i) - F(k)\|_1 / \|F(i)\|_1` (summed over branches and the batch);
-     step :math:`i` reuses if :math:`e_i \le` ``threshold``, else it is full (``k = i``);
-  2. residual linearization: at a reuse step, the closed-form least-squares gain of the
-     additive error along the cached features,
-     :math:`a_i = \langle F(i) - F(k), F(k)\rangle / \|F(k)\|^2`;
-  3. timestep adjustment: with :math:`\tilde x_0` the output at :math:`x_i` from the
-     rectified cache and :math:`x_0` the full one, the closed-form
-     :math:`\phi_i = \langle x_0 - x_i, \tilde x_0 - x_i\rangle / \|\tilde x_0 - x_i\|^2`
-     (the step-size scale that best matches the full step, see :class:`ERTACache`).
-
-  Assumptions (the official code was not available here): the error is measured on the
-  same per-block branch features the other rules cache (the paper caches the
-  transformer's residual output), the criterion is the direct reuse error against the
-  last full step (not a running sum), and the coefficients are pooled over the
-  calibration batch.
-
-  Args:
-    denoise: a cacheable denoiser (see :mod:`jaxdiff.caching`).
-    solver, x_T, ts, key, cond: the calibration run, as for :func:`jaxdiff.sample`.
-    threshold: relative L1 reuse error allowed (``>= 0``; 0 reuses only identical steps).
-    variant: corrections applied, ``"both"``, ``"rectify"``, ``"adjust"`` or ``"none"``.
-
-  Returns:
-    An :class:`ERTACache` rule for grids of ``ts.num_steps`` steps.
-
-  Example:
-    >>> import jax, jax.numpy as jnp
-    >>> from flax import nnx
-    >>> from jaxdiff import caching, from_v, schedules, solvers
-    >>> from jaxdiff.models import DigitDenoiser
-    >>> sched = schedules.vp_cosine()
-    >>> den = from_v(DigitDenoiser(dim=8, depth=1, num_heads=2, rngs=nnx.Rngs(0)), sched)
-    >>> ts = schedules.timesteps(sched, 3)
-    >>> x_T = jax.random.normal(jax.random.key(0), (2, 8, 8))
-    >>> rule = caching.ertacache(den, solvers.ddim(), x_T, ts, key=0, cond=jnp.array([1, 2]))
-    >>> len(rule.full), rule.full[0]
-    (3, True)
-
-  References:
-    Peng et al., "ERTACache: Error Rectification and Timesteps Adjustment for Efficient
-    Diffusion", arXiv:2508.21091 (offline residual profiling, trajectory-aware timestep
-    adjustment, closed-form residual linearization).
-  """
-  from jaxdiff._sampling import sample  # the sampler imports this module
-
-  check_cacheable(denoise)
-  threshold = check_scalar("threshold", threshold, lo=0.0, static=True)
-  check_choice("variant", variant, ERTA_VARIANTS)
-  probe = CachedDenoiser(Fora(1), denoise, ts, x_T.shape[0])
-  traj = sample(denoise, solver, x_T, ts, key=key, cond=cond, return_trajectory=True).trajectory
-
-  @jax.jit
-  def features(x, t):
-    return probe._features(x, t, cond, None)
-
-  @jax.jit
-  def outputs(x, t, feats, scale):
-    out = probe._run(x, t, cond, None, lambda k, h, branch: scale * feats[k])
-    return probe._output(out, x, t), probe._output(
-      probe._run(x, t, cond, None, lambda k, h, branch: branch(h)), x, t
-    )
-
-  dot = lambda a, b: sum(float(jnp.vdot(u, v)) for u, v in zip(a, b))
-  l1 = lambda a: sum(float(jnp.sum(jnp.abs(u))) for u in a)
-  n = ts.num_steps
-  full, gain, phi = [True], [0.0], [1.0]
-  cached = None
-  for i in range(n):
-    x, t = traj[i], jnp.full((x_T.shape[0],), ts.t[i])
-    feats = features(x, t)
-    if i == 0:
-      cached = feats
-      continue
-    diff = [f - c for f, c in zip(feats, cached)]
-    if l1(diff) > threshold * l1(feats):
-      full.append(True), gain.append(0.0), phi.append(1.0)
-      cached = feats
-      continue
-    a = dot(diff, cached) / max(dot(cached, cached), np.finfo(np.float32).tiny)
-    rectified, exact = outputs(x, t, cached, 1.0 + a)
-    u, w = exact - x, rectified - x
-    p = float(jnp.vdot(u, w)) / max(float(jnp.vdot(w, w)), np.finfo(np.float32).tiny)
-    full.append(False), gain.append(a), phi.append(p)
-  return ERTACache(tuple(full), tuple(gain), tuple(phi), variant)
 
 
 def call_flops(denoise, x: Array, t: Array, cond: Any = None) -> tuple[float, float]:
   """XLA's FLOP count of one full and one partial (cached-branches) call of a cacheable
   ``denoise`` at ``(x, t, cond)``: what the FLOP ratios of the bench and the demo use."""
-  check_cacheable(denoise)
-  probe = CachedDenoiser(Fora(1), denoise, _OneStep(), x.shape[0])
-  feats = probe._features(x, t, cond, None)
+  net = cacheable_net(denoise)
+  feats = _features(net, x, t, cond, None)
 
   def flops(fn, *args):
     cost = jax.jit(fn).lower(*args).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost["flops"])
 
-  full = flops(lambda x, t: probe._run(x, t, cond, None, lambda k, h, b: b(h)), x, t)
-  part = flops(lambda x, t, f: probe._run(x, t, cond, None, lambda k, h, b: f[k]), x, t, feats)
+  full = flops(lambda x, t: _run(net, x, t, cond, None, lambda j, h, run: run(h)), x, t)
+  part = flops(lambda x, t, f: _run(net, x, t, cond, None, lambda j, h, run: f[j]), x, t, feats)
   return full, part
-
-
-class _OneStep:
-  num_steps = 1
-  t = None

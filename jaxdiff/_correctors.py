@@ -1,12 +1,19 @@
 """Correctors: Langevin steps at the new noise level, run by :func:`jaxdiff.sample` after a step.
 
-A corrector is a frozen dataclass (hashable by value, like a solver) with
+A corrector is an immutable pytree (:func:`jaxdiff._module.module`: ``snr``, ``lamb`` and
+``kappa`` are leaves, so a new value does not recompile ``sample``) with
 
 * ``init(x_T) -> state``: its carried state (``()`` when stateless);
 * ``correct(predict, x, ctx, state, aux, *, key) -> (x, state, aux, nfe)``: moves ``x`` (at
   the grid point ``ctx`` describes, ``sigma > 0``) toward the marginal ``p_t``.
   ``predict(x, aux) -> (Prediction, aux, nfe)`` is the loop's network call through the
-  guidance rule; ``aux`` is the rule's state, threaded through unchanged by the corrector.
+  guidance rule; ``aux`` is the loop's state of that call (the rule's state and the
+  :class:`~jaxdiff.Network`), threaded through unchanged by the corrector;
+* ``steps``: the network calls ``correct`` makes through ``predict`` (static).
+
+:meth:`Corrector.run` is what the loop calls: ``correct`` where ``sigma > 0`` (a
+``lax.cond``), nothing at ``sigma = 0``. :class:`NoCorrector` (``sample``'s default) runs
+nothing and traces nothing.
 
 The score of the marginal at ``x`` follows from the data prediction, ``s = (alpha x0 -
 x) / sigma^2 = -eps / sigma`` (:func:`jaxdiff.parameterization.eps_from_x0`), so a
@@ -15,12 +22,12 @@ corrector works with every parameterization, schedule, guidance rule and solver.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from jaxdiff._module import module, setfield, static
 from jaxdiff._parameterization import eps_from_x0
 from jaxdiff._types import StepContext
 from jaxdiff._validation import check_choice, check_scalar
@@ -37,7 +44,6 @@ def _tiny(dtype) -> float:
   return float(jnp.finfo(dtype).tiny)
 
 
-@dataclasses.dataclass(frozen=True)
 class Corrector:
   """Base class of the correctors; see the module docstring for the interface.
 
@@ -54,10 +60,40 @@ class Corrector:
   def correct(self, predict, x, ctx: StepContext, state, aux, *, key):  # pragma: no cover
     raise NotImplementedError
 
+  def run(self, predict, x, ctx: StepContext, state, aux, *, key, skip):
+    """``(x, state, aux)`` after :meth:`correct` at a grid point with ``sigma > 0``; at
+    ``sigma = 0`` nothing runs and ``skip(aux)`` stands for the calls not made."""
+
+    def go(x, state, aux):
+      x_new, state, aux, _ = self.correct(predict, x, ctx, state, aux, key=key)
+      return x_new.astype(x.dtype), state, aux
+
+    def stay(x, state, aux):
+      return x, state, skip(aux)
+
+    return jax.lax.cond(ctx.sigma > 0, go, stay, x, state, aux)
+
   @property
   def evals_per_step(self) -> int:
     """Network evaluations per solver step (every grid point after the first with sigma > 0)."""
     return self.steps  # type: ignore[attr-defined]
+
+
+@module
+class NoCorrector(Corrector):
+  """The do-nothing corrector (``sample``'s default): no call, nothing traced.
+
+  Example:
+    >>> from jaxdiff import correctors
+    >>> correctors.NoCorrector().evals_per_step
+    0
+  """
+
+  steps = 0
+
+  def run(self, predict, x, ctx, state, aux, *, key, skip):
+    del predict, ctx, key, skip
+    return x, state, aux
 
 
 def _step_size(snr, z: Array, eps: Array, sigma) -> Array:
@@ -79,7 +115,7 @@ def _score_terms(predict, x, ctx, aux):
   return eps, sigma, aux, used
 
 
-@dataclasses.dataclass(frozen=True)
+@module
 class Langevin(Corrector):
   r"""The Langevin corrector of predictor-corrector sampling.
 
@@ -106,16 +142,12 @@ class Langevin(Corrector):
     Equations", arXiv:2011.13456 (Alg. 4-5, predictor-corrector sampling).
   """
 
-  snr: float = 0.16
-  steps: int = 1
+  snr: Any = 0.16
+  steps: int = static(1)
 
   def __post_init__(self):
-    object.__setattr__(
-      self, "snr", check_scalar("snr", self.snr, lo=0.0, lo_open=True, static=True)
-    )
-    object.__setattr__(
-      self, "steps", check_scalar("steps", self.steps, lo=1, integer=True, static=True)
-    )
+    setfield(self, "snr", check_scalar("snr", self.snr, lo=0.0, lo_open=True))
+    setfield(self, "steps", check_scalar("steps", self.steps, lo=1, integer=True, static=True))
 
   def _precondition(self, eps, drift, z, state):
     del eps
@@ -141,7 +173,7 @@ class LMLState(NamedTuple):
   started: Array  # bool: whether g holds a prediction yet
 
 
-@dataclasses.dataclass(frozen=True)
+@module
 class LML(Langevin):
   r"""Levenberg-Marquardt-Langevin: a Langevin corrector preconditioned by the damped,
   rank-one approximation of the diffusion Hessian.
@@ -192,30 +224,26 @@ class LML(Langevin):
     Second-Order Levenberg-Marquardt-Langevin", ICCV 2025, arXiv:2505.24222.
   """
 
-  lamb: float = 1.0
-  kappa: float = 0.0
-  variant: str = "damped"
+  lamb: Any = 1.0
+  kappa: Any = 0.0
+  variant: str = static("damped")
+  undamped: bool = static(False)
 
   def __post_init__(self):
     super().__post_init__()
-    object.__setattr__(
-      self,
-      "lamb",
-      check_scalar("lamb", self.lamb, lo=0.0, lo_open=True, allow_inf=True, static=True),
-    )
-    object.__setattr__(
-      self, "kappa", check_scalar("kappa", self.kappa, lo=0.0, hi=1.0, hi_open=True, static=True)
-    )
-    object.__setattr__(
-      self, "variant", check_choice("variant", self.variant, ("damped", "normalized"))
-    )
+    # lamb = inf selects the plain Langevin move (a different program): it must be concrete.
+    lamb = check_scalar("lamb", self.lamb, lo=0.0, lo_open=True, allow_inf=True, static=True)
+    setfield(self, "lamb", lamb)
+    setfield(self, "undamped", lamb == float("inf"))
+    setfield(self, "kappa", check_scalar("kappa", self.kappa, lo=0.0, hi=1.0, hi_open=True))
+    setfield(self, "variant", check_choice("variant", self.variant, ("damped", "normalized")))
 
   def init(self, x_T):
     return LMLState(jnp.zeros_like(x_T), jnp.zeros((), bool))
 
   def _precondition(self, eps, drift, z, state):
     g = jnp.where(state.started, self.kappa * state.g + (1.0 - self.kappa) * eps, eps)
-    if self.lamb == float("inf"):  # no damping term: exactly the plain Langevin move
+    if self.undamped:  # no damping term: exactly the plain Langevin move
       return drift, z, LMLState(g, jnp.ones((), bool))
     g2 = _sum_ps(jnp.square(g))
     lamb = jnp.asarray(self.lamb, eps.dtype)
@@ -284,3 +312,14 @@ def lml(
     Wang et al., arXiv:2505.24222 (ICCV 2025).
   """
   return LML(snr, steps, lamb, kappa, variant)
+
+
+def none() -> NoCorrector:
+  """No corrector (``sample``'s default); see :class:`NoCorrector`.
+
+  Example:
+    >>> from jaxdiff import correctors
+    >>> correctors.none().evals_per_step
+    0
+  """
+  return NoCorrector()

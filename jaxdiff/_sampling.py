@@ -4,47 +4,53 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff import _caching
-from jaxdiff._correctors import Corrector
+from jaxdiff._caching import check_rule
+from jaxdiff._correctors import Corrector, NoCorrector
+from jaxdiff._network import Network, NoCache
 from jaxdiff._schedules import Grid, validate_grid
 from jaxdiff._solvers._base import Solver
-from jaxdiff._timeshift import TimeShift
+from jaxdiff._timeshift import NoShift, Shift
 from jaxdiff._types import GuidanceRule, Prediction, StepContext
 from jaxdiff._validation import as_key, check_flag, check_labels
+from jaxdiff.guidance._functions import Conditional
 
 Array = jax.Array
 
 
 class SampleResult(NamedTuple):
-  """What :func:`sample` returns.
+  """What :func:`sample` returns, whatever the add-ons.
 
   Attributes:
     x: the final sample, shape and dtype of ``x_T``.
     nfe: int32 scalar, network evaluations per sample actually made (a CFG step counts 2).
     trajectory: ``(N + 1, *x_T.shape)`` states ``x_T, x_1, ..., x_N`` if requested, else None.
+    stats: extra int32 counters, by name: ``"full_nfe"`` (the evaluations that ran the
+      whole network, with a cache), the counters a denoiser reports (an early-exit
+      network's ``"blocks"``); empty when there are none.
   """
 
   x: Array
   nfe: Array
   trajectory: Array | None
+  stats: dict = {}
 
-
-class CachedSampleResult(NamedTuple):
-  """What :func:`sample` returns with a ``cache``: :class:`SampleResult`'s fields, then
-  ``full_nfe``, the evaluations that ran the whole network (int32 scalar). ``nfe`` counts
-  every evaluation as before; ``nfe - full_nfe`` are the partial ones (embedding, gates
-  and readout around cached block features)."""
-
-  x: Array
-  nfe: Array
-  trajectory: Array | None
-  full_nfe: Array
+  @property
+  def full_nfe(self) -> Array:
+    """Deprecated: ``stats["full_nfe"]``."""
+    warnings.warn(
+      "SampleResult.full_nfe is deprecated; use result.stats['full_nfe'] (the attribute "
+      "will be removed in the next release)",
+      DeprecationWarning,
+      stacklevel=2,
+    )
+    return self.stats["full_nfe"]
 
 
 def _is_array(leaf) -> bool:
@@ -73,33 +79,42 @@ def _box(tree):
   return jax.tree.map(lambda leaf: leaf if _is_array(leaf) else _Static(leaf), tree)
 
 
+def _is_number(leaf) -> bool:
+  return isinstance(leaf, (int, float, complex)) and not isinstance(leaf, bool)
+
+
+def _box_addons(tree):
+  """Add-ons: array and number leaves are traced (a new scale does not recompile)."""
+  keep = lambda leaf: _is_array(leaf) or _is_number(leaf)
+  return jax.tree.map(lambda leaf: leaf if keep(leaf) else _Static(leaf), tree)
+
+
 def _unbox(tree):
   is_static = lambda leaf: isinstance(leaf, _Static)
   return jax.tree.map(lambda leaf: leaf.value if is_static(leaf) else leaf, tree, is_leaf=is_static)
 
 
-def _plain_call(denoise, x, cond, ctx: StepContext, gstate):
-  t = jnp.broadcast_to(ctx.t, (x.shape[0],))
-  return Prediction.of(denoise(x, t, cond)), gstate, jnp.ones((), jnp.int32)
-
-
-def _check_seams(corrector, time_shift, ts, cache=None, denoise=None) -> None:
-  if cache is not None:
-    _caching.check_rule(cache)
-    _caching.check_cacheable(denoise)
-  if corrector is not None and not isinstance(corrector, Corrector):
+def _check_addons(guidance, corrector, time_shift, cache, ts, denoise) -> None:
+  if not isinstance(guidance, GuidanceRule):
     raise TypeError(
-      "corrector must be a jaxdiff corrector (e.g. correctors.langevin()) or None, got "
+      f"guidance must be a GuidanceRule (e.g. guidance.cfg(3.0)), got {type(guidance).__name__}"
+    )
+  if not isinstance(corrector, Corrector):
+    raise TypeError(
+      "corrector must be a jaxdiff corrector (e.g. correctors.langevin()), got "
       f"{type(corrector).__name__}"
     )
-  if time_shift is not None:
-    if not isinstance(time_shift, TimeShift):
-      raise TypeError(
-        "time_shift must be a jaxdiff.time_shift(...) rule or None, got "
-        f"{type(time_shift).__name__}"
-      )
-    if all(not isinstance(v, jax.core.Tracer) for v in ts):
-      time_shift.check_grid(ts)
+  if not isinstance(time_shift, Shift):
+    raise TypeError(
+      f"time_shift must be a jaxdiff.time_shift(...) rule, got {type(time_shift).__name__}"
+    )
+  check_rule(cache)
+  if not isinstance(cache, NoCache):
+    from jaxdiff._caching import cacheable_net
+
+    cacheable_net(denoise)
+  if all(not isinstance(v, jax.core.Tracer) for v in ts):
+    time_shift.check_grid(ts)
 
 
 def _check_inputs(denoise, solver, x_T, ts, cond, guidance, return_trajectory):
@@ -109,8 +124,6 @@ def _check_inputs(denoise, solver, x_T, ts, cond, guidance, return_trajectory):
     raise TypeError(
       f"solver must be a jaxdiff solver (e.g. solvers.ddim()), got {type(solver).__name__}"
     )
-  if guidance is not None and not isinstance(guidance, GuidanceRule):
-    raise TypeError(f"guidance must be a GuidanceRule or None, got {type(guidance).__name__}")
   check_flag("return_trajectory", return_trajectory)
   if not isinstance(ts, Grid):
     raise TypeError(
@@ -156,8 +169,8 @@ class _Checked:
   def __getattr__(self, name):
     return getattr(self._denoise, name)
 
-  def __call__(self, x, t, cond=None, **kwargs):
-    out = self._denoise(x, t, cond, **kwargs)
+  @staticmethod
+  def check_output(out, x) -> None:
     if not isinstance(out, jax.Array):
       raise TypeError(
         f"denoise(x, t, cond) must return one array shaped like x {tuple(x.shape)}, got "
@@ -169,14 +182,23 @@ class _Checked:
         f"denoise(x, t, cond) must return x's shape and dtype {tuple(x.shape)} {x.dtype} "
         f"(no broadcasting), got {tuple(out.shape)} {out.dtype}"
       )
+
+  def __call__(self, x, t, cond=None, **kwargs):
+    out = self._denoise(x, t, cond, **kwargs)
+    self.check_output(out, x)
     return out
+
+  def with_stats(self, x, t, cond=None, **kwargs):
+    out, stats = self._denoise.with_stats(x, t, cond, **kwargs)
+    self.check_output(out, x)
+    return out, stats
 
 
 def _check_prediction(pred, x) -> None:
   """The rule's prediction is shaped like the state (trace time; no broadcasting)."""
   if not isinstance(pred, Prediction):
     raise TypeError(
-      f"guidance.apply must return (Prediction, state, nfe), got {type(pred).__name__}"
+      f"guidance.guide must return (Prediction, state, net), got {type(pred).__name__}"
     )
   for name, leaf in pred._asdict().items():
     if getattr(leaf, "shape", None) != x.shape:
@@ -184,6 +206,10 @@ def _check_prediction(pred, x) -> None:
         f"guidance: the rule's Prediction.{name} must have x_T's shape {tuple(x.shape)}, got "
         f"{getattr(leaf, 'shape', type(leaf).__name__)}"
       )
+
+
+# The do-nothing add-ons (immutable, so one instance serves every call).
+_DEFAULTS = (Conditional(), NoCorrector(), NoShift(), NoCache())
 
 
 def sample(
@@ -194,40 +220,46 @@ def sample(
   *,
   key: Array,
   cond: Any = None,
-  guidance: GuidanceRule | None = None,
+  guidance: GuidanceRule = _DEFAULTS[0],
   return_trajectory: bool = False,
-  corrector: Corrector | None = None,
-  time_shift: TimeShift | None = None,
-  cache: _caching.CacheRule | None = None,
-) -> SampleResult | CachedSampleResult:
+  corrector: Corrector = _DEFAULTS[1],
+  time_shift: Shift = _DEFAULTS[2],
+  cache: Any = _DEFAULTS[3],
+) -> SampleResult:
   r"""Runs a whole sampling trajectory in one jitted ``lax.scan``.
 
   At each of the ``N = ts.num_steps`` steps and each of the solver's stages ``j``, the
   loop builds a :class:`~jaxdiff.StepContext` at grid point ``i + solver.stage_offsets[j]``,
-  asks the guidance rule for a :class:`~jaxdiff.Prediction` (``guidance=None``: one plain
-  conditional call ``denoise(x, t, cond)``), and feeds it to ``solver.step``:
+  asks the guidance rule for a :class:`~jaxdiff.Prediction` (default
+  :class:`~jaxdiff.guidance.Conditional`: one plain conditional call
+  ``denoise(x, t, cond)``), and feeds it to ``solver.step``:
 
   .. math::
     (\hat x_0, \hat x_0^{\text{renoise}}), s_g, n \leftarrow
       \text{guidance}(D, x_i, c, \text{ctx}_i, s_g),\qquad
     x_{i+1}, s \leftarrow \text{solver.step}(s, x_i, i, \text{pred}) .
 
-  Two optional seams wrap this (``None``: the base sampler, bit for bit, as the seam is
-  not traced). ``time_shift`` (:func:`jaxdiff.time_shift`) chooses the time of the
-  first stage's evaluation from the state ``x_i`` and hands the solver the noise
-  direction seen from there (Time-Shift sampling). ``corrector``
-  (:mod:`jaxdiff.correctors`) runs after the solver step at grid point ``i + 1`` when
-  :math:`\sigma_{i+1} > 0`, with its own evaluations through the same guidance rule:
+  Every add-on (``guidance``, ``corrector``, ``time_shift``, ``cache``) is an immutable
+  pytree with an ``init`` and a step method, plugged the same way, and each defaults to
+  a do-nothing object (the base sampler, bit for bit, traces nothing of it). Their float
+  hyperparameters are leaves: a new guidance scale, corrector ``snr`` or time-shift
+  cutoff does not recompile, and neither does an equal add-on built again.
+  ``time_shift`` (:func:`jaxdiff.time_shift`) chooses the time of the first stage's
+  evaluation from the state ``x_i`` and hands the solver the noise direction seen from
+  there (Time-Shift sampling). ``corrector`` (:mod:`jaxdiff.correctors`) runs after the
+  solver step at grid point ``i + 1`` when :math:`\sigma_{i+1} > 0`, with its own
+  evaluations through the same guidance rule:
 
   .. math::
     x_{i+1}, s_c, s_g, n_c \leftarrow \text{corrector}(D_g, x_{i+1}, \text{ctx}_{i+1}, s_c, s_g) .
 
-  A third seam, ``cache`` (:mod:`jaxdiff.caching`: FORA, TaylorSeer, ERTACache), wraps
-  the network itself, ``grid -> [cache o network] -> guidance``: at the steps the rule
-  marks as reuse, every transformer block's residual branches come from the rule's
-  cache (carried through the scan, one slot per network call within a step) instead of
-  being computed; the denoiser must expose the features (:mod:`jaxdiff._caching`), and
-  the result is a :class:`CachedSampleResult` that also counts the full evaluations.
+  ``cache`` (:mod:`jaxdiff.caching`: FORA, TaylorSeer, ERTACache) wraps the network
+  itself, ``grid -> [cache o network] -> guidance``: at the steps the rule marks as
+  reuse, every transformer block's residual branches come from the rule's cache instead
+  of being computed. The network reaches the guidance rule and the corrector as a
+  :class:`~jaxdiff.Network`, whose calls return its new state explicitly (the counts and
+  the cache's slots, one per declared network call of a step), and the loop carries it
+  in its state :class:`LoopState`.
 
   Stages after the first run under a top-level ``lax.cond`` so that a skipped stage
   (Heun's last step) costs no evaluation; ``nfe`` sums what the rule reports, so it is
@@ -254,17 +286,17 @@ def sample(
       and rules draw from per-step subkeys).
     cond: batch-first conditioning pytree or ``None``. Class labels: integers in
       ``[0, num_classes)``, ``-1`` = unconditional.
-    guidance: a :class:`~jaxdiff.GuidanceRule` or ``None``.
+    guidance: a :class:`~jaxdiff.GuidanceRule` (``None``: the default).
     return_trajectory: also return all intermediate states (a bool).
-    corrector: a corrector from :mod:`jaxdiff.correctors` or ``None``; its evaluations
-      are counted in ``nfe`` (none at a ``sigma = 0`` point).
-    time_shift: a :func:`jaxdiff.time_shift` rule or ``None``.
-    cache: a :mod:`jaxdiff.caching` rule or ``None`` (a denoiser without cacheable
-      features raises ``TypeError``).
+    corrector: a corrector from :mod:`jaxdiff.correctors` (``None``: the default); its
+      evaluations are counted in ``nfe`` (none at a ``sigma = 0`` point).
+    time_shift: a :func:`jaxdiff.time_shift` rule (``None``: the default).
+    cache: a :mod:`jaxdiff.caching` rule (``None``: the default; a denoiser without
+      cacheable features raises ``TypeError``).
 
   Returns:
-    A :class:`SampleResult` ``(x, nfe, trajectory)``; with a ``cache``, a
-    :class:`CachedSampleResult` ``(x, nfe, trajectory, full_nfe)``.
+    A :class:`SampleResult` ``(x, nfe, trajectory, stats)``: ``stats["full_nfe"]`` with a
+    cache, the counters a denoiser reports (an early-exit network's ``"blocks"``).
 
   Raises:
     TypeError, ValueError: naming the argument at fault (see above).
@@ -280,130 +312,133 @@ def sample(
     >>> x_T = jax.random.normal(jax.random.key(0), (4, 1))
     >>> out = jaxdiff.sample(gmm.denoiser(sched), solvers.dpmpp_2m(), x_T, ts,
     ...                      key=jax.random.key(1))
-    >>> out.x.shape, int(out.nfe)
-    ((4, 1), 10)
+    >>> out.x.shape, int(out.nfe), out.stats
+    ((4, 1), 10, {})
 
   References:
     Lu et al., "DPM-Solver++", arXiv:2211.01095 (the multistep loop, Alg. 2);
     Karras et al., arXiv:2206.00364 (Alg. 1/2, stage skipping at sigma = 0);
     Song et al., arXiv:2011.13456 (predictor-corrector sampling).
   """
+  guidance = Conditional() if guidance is None else guidance
+  corrector = NoCorrector() if corrector is None else corrector
+  time_shift = NoShift() if time_shift is None else time_shift
+  cache = NoCache() if cache is None else cache
   _check_inputs(denoise, solver, x_T, ts, cond, guidance, return_trajectory)
-  _check_seams(corrector, time_shift, ts, cache, denoise)
+  _check_addons(guidance, corrector, time_shift, cache, ts, denoise)
   key = as_key(key)
-  if time_shift is not None and not time_shift.active:
-    time_shift = None  # window = 0: exactly the base sampler
-  parts = _box((denoise, solver, guidance, corrector, time_shift, cache))
-  out = _sample_jit(parts, x_T, ts, key, cond, bool(return_trajectory))
-  return SampleResult(*out) if cache is None else CachedSampleResult(*out)
+  addons = _box_addons((guidance, corrector, time_shift, cache))
+  x, nfe, traj, stats = _sample_jit(
+    _box((denoise, solver)), addons, x_T, ts, key, cond, bool(return_trajectory)
+  )
+  return SampleResult(x, nfe, traj, stats)
 
 
-@functools.partial(jax.jit, static_argnums=5)
-def _sample_jit(parts, x_T, ts, key, cond, return_trajectory):
-  denoise, solver, guidance, corrector, time_shift, cache = _unbox(parts)
-  apply = _plain_call if guidance is None else guidance.apply
-  cached = None if cache is None else _caching.CachedDenoiser(cache, denoise, ts, x_T.shape[0])
-  # The cache state crosses every traced region that may call the network (a lax.cond
-  # stage, the corrector) as an explicit input and output; () without a cache.
-  load = (lambda kstate: None) if cached is None else cached.load
-  save = (lambda: ()) if cached is None else cached.state
-  # The output checks run while the loop is traced (once per compilation, before any
-  # execution): an extra jax.eval_shape pass would trace the network a second time.
-  denoise = _Checked(denoise if cached is None else cached)
-  gstate = () if guidance is None else guidance.init(x_T, cond)
+class LoopState(NamedTuple):
+  """The carry of :func:`sample`'s scan: the state, then each component's own state."""
+
+  x: Array
+  solver: Any
+  guidance: Any
+  corrector: Any
+  net: Network
+
+
+def _step_calls(guidance, solver, corrector) -> tuple[int, ...] | None:
+  """The row multiples of the network calls one step makes, in order (``None``: unknown)."""
+  if guidance.calls is None:
+    return None
+  return tuple(guidance.calls) * (solver.stages + corrector.evals_per_step)
+
+
+@functools.partial(jax.jit, static_argnums=6)
+def _sample_jit(parts, addons, x_T, ts, key, cond, return_trajectory):
+  denoise, solver = _unbox(parts)
+  guidance, corrector, time_shift, cache = _unbox(addons)
+  fn = _Checked(denoise)
+  calls = _step_calls(guidance, solver, corrector)
+  per_call = 0 if guidance.calls is None else len(guidance.calls)
+  # A rule that does not declare its calls (calls=None) gets the network uncached.
+  net = Network.of(
+    fn,
+    batch=x_T.shape[0],
+    cache=cache,
+    cache_state=cache.init(fn, x_T, ts, cond, calls),
+    live=calls is not None,
+  )
   n = ts.num_steps
   num_steps = jnp.asarray(n, jnp.int32)
-  sstate = solver.init(x_T, ts)
-  cstate = () if corrector is None else corrector.init(x_T)
 
-  def body(carry, i):
-    x, sstate, gstate, cstate, kstate, nfe = carry
-    if cached is not None:
-      cached.begin(kstate, i)
+  def predict(x, ctx, aux):
+    gstate, net = aux
+    pred, gstate, net = guidance.guide(net, x, cond, ctx, gstate)
+    _check_prediction(pred, x)
+    return pred, (gstate, net)
+
+  def skip(aux):  # a stage or corrector iteration that makes no call: its slots pass
+    gstate, net = aux
+    return gstate, net.skip_calls(per_call)
+
+  def context(idx, i, k):
+    return StepContext(ts.t[idx], ts.alpha[idx], ts.sigma[idx], i, num_steps, k)
+
+  def body(carry: LoopState, i):
+    x, sstate = carry.x, carry.solver
+    aux = (carry.guidance, carry.net.at_step(i))
     step_key = jax.random.fold_in(key, i)
     for j in range(solver.stages):
       k_eval, k_solve = jax.random.split(jax.random.fold_in(step_key, j))
-      idx = i + solver.stage_offsets[j]
-      ctx = StepContext(ts.t[idx], ts.alpha[idx], ts.sigma[idx], i, num_steps, k_eval)
+      ctx = context(i + solver.stage_offsets[j], i, k_eval)
 
-      def evaluate(x, sstate, gstate, kstate, ctx=ctx, k_solve=k_solve, j=j):
-        load(kstate)
-        if j == 0 and time_shift is not None:
-          ctx_s, moved = time_shift.shifted_context(x, ctx, ts)
-          pred, gstate, used = apply(denoise, x, cond, ctx_s, gstate)
-          _check_prediction(pred, x)
-          x = time_shift.equivalent_state(x, pred, ctx, ctx_s, moved)
+      def evaluate(x, sstate, aux, ctx=ctx, k_solve=k_solve, j=j):
+        if j == 0:
+          pred, x, aux = time_shift.evaluate(predict, x, ctx, ts, aux)
         else:
-          pred, gstate, used = apply(denoise, x, cond, ctx, gstate)
-          _check_prediction(pred, x)
+          pred, aux = predict(x, ctx, aux)
         x_new, sstate = solver.step(sstate, x, i, pred, k_solve, stage=j)
-        return x_new, sstate, gstate, jnp.asarray(used, jnp.int32), save()
+        return x_new, sstate, aux
 
       if j == 0:
-        x, sstate, gstate, used, kstate = evaluate(x, sstate, gstate, kstate)
+        x, sstate, aux = evaluate(x, sstate, aux)
       else:
-
-        def skip(x, sstate, gstate, kstate):
-          return x, sstate, gstate, jnp.zeros((), jnp.int32), kstate
-
-        x, sstate, gstate, used, kstate = jax.lax.cond(
-          solver.stage_active(sstate, i, j), evaluate, skip, x, sstate, gstate, kstate
+        x, sstate, aux = jax.lax.cond(
+          solver.stage_active(sstate, i, j),
+          evaluate,
+          lambda x, sstate, aux: (x, sstate, skip(aux)),
+          x,
+          sstate,
+          aux,
         )
-        load(kstate)
-      nfe = nfe + used
-    if corrector is not None:
-      x, cstate, gstate, used, kstate = _correct(
-        corrector,
-        apply,
-        denoise,
-        cond,
-        ts,
-        i,
-        num_steps,
-        jax.random.fold_in(step_key, solver.stages),
-        x,
-        cstate,
-        gstate,
-        kstate,
-        load,
-        save,
-      )
-      nfe = nfe + used
-    return (x, sstate, gstate, cstate, kstate, nfe), (x if return_trajectory else None)
+    k_eval, k_corr = jax.random.split(jax.random.fold_in(step_key, solver.stages))
+    ctx = context(i + 1, i, k_eval)
+    x, cstate, aux = corrector.run(
+      lambda x, aux, ctx=ctx: _corrector_call(predict, x, ctx, aux),
+      x,
+      ctx,
+      carry.corrector,
+      aux,
+      key=k_corr,
+      skip=lambda aux: _skip_many(skip, aux, corrector.evals_per_step),
+    )
+    gstate, net = aux
+    out = LoopState(x, sstate, gstate, cstate, net.at_step(i))  # the slots start again
+    return out, (x if return_trajectory else None)
 
-  carry = (x_T, sstate, gstate, cstate, (), jnp.zeros((), jnp.int32))
-  if cached is not None:
-    # One shape-only pass over a step counts the network calls (slots) and their features.
-    jax.eval_shape(body, carry[:4] + (None,) + carry[5:], jnp.zeros((), jnp.int32))
-    carry = carry[:4] + (cached.init_state(),) + carry[5:]
-  (x, _, _, _, kstate, nfe), traj = jax.lax.scan(body, carry, jnp.arange(n, dtype=jnp.int32))
+  init = LoopState(x_T, solver.init(x_T, ts), guidance.init(x_T, cond), corrector.init(x_T), net)
+  final, traj = jax.lax.scan(body, init, jnp.arange(n, dtype=jnp.int32))
   if return_trajectory:
     traj = jnp.concatenate([x_T[None], traj], axis=0)
-  if cached is None:
-    return x, nfe, traj
-  return x, nfe, traj, nfe - kstate[1]
+  return final.x, final.net.nfe, traj, final.net.stats
 
 
-def _correct(
-  corrector, apply, denoise, cond, ts, i, num_steps, key, x, cstate, gstate, kstate, load, save
-):
-  """The corrector at grid point ``i + 1``, skipped (no evaluation) where ``sigma = 0``."""
-  k_eval, k_corr = jax.random.split(key)
-  ctx = StepContext(ts.t[i + 1], ts.alpha[i + 1], ts.sigma[i + 1], i, num_steps, k_eval)
+def _corrector_call(predict, x, ctx, aux):
+  """The corrector's view of the loop's call: ``(Prediction, aux, nfe)``."""
+  before = aux[1].nfe
+  pred, aux = predict(x, ctx, aux)
+  return pred, aux, aux[1].nfe - before
 
-  def predict(x, gstate):
-    pred, gstate, used = apply(denoise, x, cond, ctx, gstate)
-    _check_prediction(pred, x)
-    return pred, gstate, used
 
-  def run(x, cstate, gstate, kstate):
-    load(kstate)
-    x_new, cstate, gstate, used = corrector.correct(predict, x, ctx, cstate, gstate, key=k_corr)
-    return x_new.astype(x.dtype), cstate, gstate, jnp.asarray(used, jnp.int32), save()
-
-  def skip(x, cstate, gstate, kstate):
-    return x, cstate, gstate, jnp.zeros((), jnp.int32), kstate
-
-  out = jax.lax.cond(ts.sigma[i + 1] > 0, run, skip, x, cstate, gstate, kstate)
-  load(out[-1])
-  return out
+def _skip_many(skip, aux, n: int):
+  for _ in range(n):
+    aux = skip(aux)
+  return aux

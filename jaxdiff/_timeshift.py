@@ -7,13 +7,13 @@ the shifted time's noise direction. Nothing inside any solver changes.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff._module import module, setfield, static
 from jaxdiff._schedules import Grid
 from jaxdiff._types import StepContext
 from jaxdiff._validation import check_scalar
@@ -25,8 +25,37 @@ def _bcast(v: Array, x: Array) -> Array:
   return jnp.reshape(v, v.shape + (1,) * (x.ndim - v.ndim))
 
 
-@dataclasses.dataclass(frozen=True)
-class TimeShift:
+class Shift:
+  """Base class of the time-shift add-on of :func:`jaxdiff.sample`.
+
+  ``evaluate(predict, x, ctx, grid, aux) -> (pred, x, aux)`` makes the first stage's
+  evaluation of a step: ``predict(x, ctx, aux) -> (Prediction, aux)`` is the loop's call
+  through the guidance rule (``aux``: the rule's state and the network, passed through);
+  the returned ``x`` is the state the solver steps from.
+  """
+
+  def check_grid(self, grid: Grid) -> None:
+    del grid
+
+  def evaluate(self, predict, x, ctx, grid, aux):
+    del grid
+    pred, aux = predict(x, ctx, aux)
+    return pred, x, aux
+
+
+@module
+class NoShift(Shift):
+  """No time shift (``sample``'s default): the evaluation at the grid time.
+
+  Example:
+    >>> import jaxdiff
+    >>> isinstance(jaxdiff.NoShift(), jaxdiff.Shift)
+    True
+  """
+
+
+@module
+class TimeShift(Shift):
   r"""Time-Shift sampling (TS-DDIM / TS-DPM): variance-matched evaluation times.
 
   At a step from grid time :math:`t_i > c` (the cutoff), each sample's pixel variance
@@ -75,11 +104,11 @@ class TimeShift:
     Shifted Time Steps", ICLR 2024, arXiv:2305.15583 (Alg. 1-2).
   """
 
-  schedule: Any
-  window: int
-  cutoff: float
-  resolution: int = 1000
-  data_var: float = 0.0
+  schedule: Any = static()
+  window: int = static()
+  cutoff: Any = None
+  resolution: int = static(1000)
+  data_var: Any = 0.0
 
   def __post_init__(self):
     if not all(callable(getattr(self.schedule, m, None)) for m in ("alpha", "sigma")):
@@ -87,7 +116,7 @@ class TimeShift:
         "schedule must be a noise schedule with alpha(t) and sigma(t) (the one the grid "
         f"was built with), got {type(self.schedule).__name__}"
       )
-    set_ = lambda name, v: object.__setattr__(self, name, v)
+    set_ = lambda name, v: setfield(self, name, v)
     set_("window", check_scalar("window", self.window, lo=0, integer=True, static=True))
     set_("resolution", check_scalar("resolution", self.resolution, lo=1, integer=True, static=True))
     if self.window > self.resolution:
@@ -95,8 +124,8 @@ class TimeShift:
         f"window must be at most resolution = {self.resolution} (a window larger than the "
         f"grid's time span), got {self.window}"
       )
-    set_("cutoff", check_scalar("cutoff", self.cutoff, allow_inf=True, static=True))
-    set_("data_var", check_scalar("data_var", self.data_var, lo=0.0, static=True))
+    set_("cutoff", check_scalar("cutoff", self.cutoff, allow_inf=True))
+    set_("data_var", check_scalar("data_var", self.data_var, lo=0.0))
 
   @property
   def active(self) -> bool:
@@ -131,6 +160,15 @@ class TimeShift:
     sigma = jnp.where(moved, s_c[best], ctx.sigma).astype(grid.sigma.dtype)
     ctx_s = ctx._replace(t=t_s, alpha=_bcast(alpha, x), sigma=_bcast(sigma, x))
     return ctx_s, moved
+
+  def evaluate(self, predict, x, ctx, grid, aux):
+    """The evaluation at the shifted time and the state the solver steps from; with
+    ``window = 0`` the plain evaluation (the base sampler, bit for bit)."""
+    if not self.active:
+      return super().evaluate(predict, x, ctx, grid, aux)
+    ctx_s, moved = self.shifted_context(x, ctx, grid)
+    pred, aux = predict(x, ctx_s, aux)
+    return pred, self.equivalent_state(x, pred, ctx, ctx_s, moved), aux
 
   def equivalent_state(self, x: Array, pred, ctx: StepContext, ctx_s: StepContext, moved):
     r""":math:`\tilde x = \alpha_i\hat x_0^{r} + (\sigma_i/\sigma_s)(x - \alpha_s\hat x_0^{r})`."""

@@ -24,6 +24,7 @@ declares ``num_classes`` must then poison (NaN) the rows with invalid labels, as
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
@@ -73,30 +74,65 @@ class StepContext(NamedTuple):
   key: Array
 
 
-class GuidanceRule(NamedTuple):
-  """A guidance rule: which network evaluations to make and how to combine them.
+class GuidanceRule:
+  """Base class of the guidance rules: which network evaluations to make and how to
+  combine them.
 
-  ``init(x_T, cond) -> state`` builds the rule's carried state (``()`` when stateless);
-  it is called once per :func:`jaxdiff.sample` call, so state resets per call.
+  A rule is an immutable pytree (:func:`jaxdiff._module.module`): its float
+  hyperparameters are leaves, so a new ``scale`` does not recompile :func:`jaxdiff.sample`
+  and an equal rule built twice shares one compilation. A rule defines
 
-  ``apply(denoise, x, cond, ctx, state) -> (Prediction, state, nfe)`` makes the
-  evaluations (batched into one call where it can), combines them and returns the
-  prediction, the new state and ``nfe``, an int32 scalar counting network evaluations
-  made *per sample* at this point (CFG: 2, Adaptive Guidance after its switch: 1).
+  * ``init(x_T, cond) -> state``: its carried state (``()`` when stateless), built once
+    per :func:`jaxdiff.sample` call;
+  * ``guide(net, x, cond, ctx, state) -> (Prediction, state, net)``: makes its network
+    calls through the :class:`~jaxdiff.Network` ``net`` (``x0, net = net(x, t, c)``;
+    batched into one call where it can), combines them, and returns the prediction,
+    its new state and the network after the calls (which counts the evaluations);
+  * ``calls``: the row multiples of the calls one ``guide`` makes outside any control
+    flow of its own, in order (CFG's one batched call on ``2B`` rows: ``(2,)``); what a
+    feature cache allots its slots by. ``None``: not declared (no cache with this rule).
+    Calls inside the rule's own ``lax.cond`` go through :meth:`Network.cond` and are
+    not counted here;
+  * ``num_classes`` (optional): a rule that indexes class labels declares how many there
+    are, so :func:`jaxdiff.sample` range-checks concrete ``cond`` before compiling.
 
-  ``num_classes`` (optional): a rule that indexes class labels (classifier guidance)
-  declares how many there are, so :func:`jaxdiff.sample` range-checks concrete ``cond``
-  before compiling, as it does for a denoiser that declares ``num_classes``.
-
-  A rule is a pair of closures, so it is static to ``jit``: build it once and reuse it
-  (a freshly built rule, even with equal hyperparameters, compiles ``sample`` again). To
-  sweep a hyperparameter with one compilation, build the rule inside a ``jit``-ed
-  function that takes the hyperparameter as an argument.
+  :meth:`apply` is the same step for a plain denoiser, returning the number of
+  evaluations instead of the network: what a user calls by hand.
   """
 
-  init: Callable[[Array, PyTree], PyTree]
-  apply: Callable[[Denoiser, Array, PyTree, StepContext, PyTree], tuple[Prediction, PyTree, Array]]
-  num_classes: int | None = None
+  num_classes = None
+  calls: tuple[int, ...] | None = None
+
+  def __new__(cls, *args, **kwargs):
+    if cls is GuidanceRule:
+      if not args and not kwargs:
+        raise TypeError("GuidanceRule is a base class; build a rule with jaxdiff.guidance")
+      warnings.warn(
+        "GuidanceRule(init, apply) is deprecated: use jaxdiff.guidance.from_functions(init, "
+        "apply) (the same functions) or subclass GuidanceRule (docs/extending.md); it "
+        "will be removed in the next release",
+        DeprecationWarning,
+        stacklevel=2,
+      )
+      from jaxdiff.guidance._functions import FunctionRule
+
+      return FunctionRule(*args, **kwargs)
+    return super().__new__(cls)
+
+  def init(self, x_T: Array, cond: PyTree) -> PyTree:
+    del x_T, cond
+    return ()
+
+  def guide(self, net, x: Array, cond: PyTree, ctx: StepContext, state: PyTree):
+    raise NotImplementedError
+
+  def apply(self, denoise, x: Array, cond: PyTree, ctx: StepContext, state: PyTree):
+    """``(Prediction, state, nfe)`` of one step with the plain denoiser ``denoise``."""
+    from jaxdiff._network import as_network
+
+    net = as_network(denoise, x)
+    pred, state, out = self.guide(net, x, cond, ctx, state)
+    return pred, state, out.nfe - net.nfe
 
 
 class Schedule(Protocol):

@@ -2,25 +2,56 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
+from jaxdiff._module import module, setfield, static
 from jaxdiff._types import GuidanceRule, Prediction
 from jaxdiff._validation import static_equal
-from jaxdiff.guidance._common import (
-  Hyper,
-  batch_t,
-  cfg_combine,
-  evaluate,
-  nfe,
-  null_fn,
-  stateless_init,
-)
+from jaxdiff.guidance._common import batch_t, cfg_combine, evaluate, hypers, null_fn, poison
 
 Array = jax.Array
 
 
-def cfg(scale, *, rescale=0.0, null_cond=-1) -> GuidanceRule:
+@module
+class CFG(GuidanceRule):
+  """Classifier-free guidance, optionally with guidance rescale; built by :func:`cfg`.
+
+  ``scale`` and ``rescale`` are leaves (a new value does not recompile ``sample``);
+  ``use_rescale`` (whether ``rescale`` was given non-zero) is static.
+
+  Example:
+    >>> from jaxdiff import guidance
+    >>> rule = guidance.cfg(3.0)
+    >>> isinstance(rule, guidance.CFG), rule.calls
+    (True, (2,))
+  """
+
+  scale: Any
+  rescale: Any = 0.0
+  null_cond: Any = -1
+  use_rescale: bool = static(False)
+  traced: tuple = static(())
+
+  calls = (2,)
+
+  def __post_init__(self):
+    setfield(self, "traced", hypers("cfg", self, scale={}, rescale=dict(lo=0.0, hi=1.0)))
+    setfield(self, "use_rescale", not static_equal(self.rescale, 0.0))
+    null_fn(self.null_cond, "cfg")
+
+  def guide(self, net, x, cond, ctx, state):
+    null = null_fn(self.null_cond, "cfg")
+    (x_c, x_u), net = evaluate(net, x, batch_t(ctx, x), [cond, null(cond)])
+    x0 = cfg_combine(x_c, x_u, self.scale)
+    if self.use_rescale:
+      x0 = _rescale(x0, x_c, self.rescale)
+    return Prediction.of(poison(self, x0, self.traced)), state, net
+
+
+def cfg(scale, *, rescale=0.0, null_cond=-1) -> CFG:
   r"""Classifier-free guidance, optionally with guidance rescale.
 
   .. math::
@@ -53,7 +84,7 @@ def cfg(scale, *, rescale=0.0, null_cond=-1) -> GuidanceRule:
   (NaN), see :mod:`jaxdiff.guidance._common`.
 
   Returns:
-    A stateless :class:`~jaxdiff.GuidanceRule` (``nfe = 2``).
+    A stateless :class:`CFG` rule (``nfe = 2``).
 
   Example:
     >>> import jax.numpy as jnp
@@ -70,20 +101,7 @@ def cfg(scale, *, rescale=0.0, null_cond=-1) -> GuidanceRule:
     Lin, Liu, Li & Yang, "Common Diffusion Noise Schedules and Sample Steps are Flawed",
     arXiv:2305.08891 (Sec. 3.4, Eqs. 15-16).
   """
-  h = Hyper("cfg")
-  h("scale", scale)
-  h("rescale", rescale, lo=0.0, hi=1.0)
-  null = null_fn(null_cond, "cfg")
-  use_rescale = not static_equal(rescale, 0.0)
-
-  def apply(denoise, x, cond, ctx, state):
-    x_c, x_u = evaluate(denoise, x, batch_t(ctx, x), [cond, null(cond)])
-    x0 = cfg_combine(x_c, x_u, scale)
-    if use_rescale:
-      x0 = _rescale(x0, x_c, rescale)
-    return Prediction.of(h.poison(x0)), state, nfe(2)
-
-  return GuidanceRule(stateless_init, apply)
+  return CFG(scale, rescale, null_cond)
 
 
 def _rescale(x_cfg: Array, x_c: Array, phi) -> Array:

@@ -72,7 +72,7 @@ def test_taylorseer_forecast_equals_the_official_recursion_in_float64(x64):
   full = rule.full_steps(12)
   feats = np.random.default_rng(order).normal(size=(12, 5))
   want = _official_taylorseer(feats, full, order)
-  state = rule.init(jax.ShapeDtypeStruct((5,), jnp.float64))
+  state = rule.init_feature(jax.ShapeDtypeStruct((5,), jnp.float64))
   got = []
   for i in range(12):
     if full[i]:
@@ -126,17 +126,17 @@ def test_sampler_with_taylorseer_equals_the_hand_written_cached_loop(den, x_T):
   )
   want = _ddim_with_taylorseer(den, x_T, TS6, order=2, interval=2)
   np.testing.assert_allclose(out.x, want, rtol=2e-4, atol=2e-5)
-  assert (int(out.nfe), int(out.full_nfe)) == (6, 3)
+  assert (int(out.nfe), int(out.stats["full_nfe"])) == (6, 3)
 
 
 def test_cache_none_is_the_base_sampler_bit_for_bit():
   # The seam is left out of the trace (the pre-cache loop gave the same bits for
-  # heun+corrector, dpmpp_2m+CFG and unipc); the result keeps its three fields.
+  # heun+corrector, dpmpp_2m+CFG and unipc); the result is the one SampleResult, no stats.
   den = GaussianMixture(np.array([[-2.0, 0.0], [2.0, 1.0]]), 0.2).denoiser(SCHED)
   x = jax.random.normal(jax.random.key(0), (4, 2))
   base = jaxdiff.sample(den, solvers.ddim(), x, TS6, key=0)
   off = jaxdiff.sample(den, solvers.ddim(), x, TS6, key=0, cache=None)
-  assert type(off) is jaxdiff.SampleResult and len(off) == 3
+  assert type(off) is jaxdiff.SampleResult and off.stats == {}
   np.testing.assert_array_equal(off.x, base.x)
 
 
@@ -145,7 +145,7 @@ def test_cache_none_is_the_base_sampler_bit_for_bit():
 def test_interval_one_is_the_base_sampler_bit_for_bit(den, x_T, base, rule):
   one = jaxdiff.sample(den, solvers.ddim(), x_T, TS6, key=0, cond=LABELS, cache=rule)
   np.testing.assert_array_equal(one.x, base.x)
-  assert (int(one.nfe), int(one.full_nfe)) == (6, 6)
+  assert (int(one.nfe), int(one.stats["full_nfe"])) == (6, 6)
 
 
 @pytest.mark.slow
@@ -156,17 +156,18 @@ def test_caches_compose_with_cfg_pag_heun_and_a_corrector_counting_full_and_part
   )
   # CFG: two evaluations per step, each with its own slot; full at steps 0 and 2.
   cfg = run(solvers.dpmpp_2m(), caching.fora(2), guidance=guidance.cfg(2.0))
-  assert (int(cfg.nfe), int(cfg.full_nfe)) == (8, 4)
+  assert (int(cfg.nfe), int(cfg.stats["full_nfe"])) == (8, 4)
   pag = run(solvers.ddim(), caching.taylorseer(2, 1), guidance=guidance.pag(1.0))
-  assert (int(pag.nfe), int(pag.full_nfe)) == (8, 4) and np.isfinite(pag.x).all()
+  assert (int(pag.nfe), int(pag.stats["full_nfe"])) == (8, 4) and np.isfinite(pag.x).all()
   # Heun (2 stages) + a Langevin move after each step (sigma > 0 at every grid point):
   # 3 calls (slots) per step, full at steps 0 and 2.
   heun = run(solvers.heun(), caching.fora(2), corrector=correctors.langevin(0.1))
-  assert (int(heun.nfe), int(heun.full_nfe)) == (4 * 3, 2 * 3)
+  assert (int(heun.nfe), int(heun.stats["full_nfe"])) == (4 * 3, 2 * 3)
   assert np.isfinite(heun.x).all()
-  # A rule that calls the network inside its own lax.cond gets the full network there.
+  # A rule that calls the network inside its own lax.cond (through Network.cond) gets the
+  # full network there; so does one that declares no calls.
   ada = run(solvers.ddim(), caching.fora(2), guidance=guidance.adaptive(2.0, 0.99))
-  assert int(ada.full_nfe) == int(ada.nfe) and np.isfinite(ada.x).all()
+  assert int(ada.stats["full_nfe"]) == int(ada.nfe) and np.isfinite(ada.x).all()
 
 
 @pytest.mark.slow
