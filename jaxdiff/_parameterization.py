@@ -137,6 +137,11 @@ class Wrapped:
 
   ``prediction`` is one of :data:`PREDICTIONS`; the spellings ``Wrapped(..., kind=...)`` and
   ``Wrapped.kind`` are deprecated (one release, ``DeprecationWarning``).
+
+  The wrapper forwards what the network declares: ``num_classes`` (the label range check
+  of :func:`jaxdiff.sample`), and ``stats_names`` with ``with_stats`` (the counters a
+  network reports per call, e.g. an early-exit network's blocks), so an error or a count
+  the bare network gives is the one the wrapped network gives.
   """
 
   net: Any
@@ -156,8 +161,25 @@ class Wrapped:
     )
     return self.prediction
 
+  @property
+  def num_classes(self):
+    """The network's ``num_classes`` (``None`` if it declares none)."""
+    return getattr(self.net, "num_classes", None)
+
+  @property
+  def stats_names(self) -> tuple:
+    """The counters the network reports per call (``()`` if none)."""
+    return tuple(getattr(self.net, "stats_names", ()))
+
+  def with_stats(self, x, t, cond=None, **kwargs):
+    """``(x0, stats)`` for a network that reports counters (see :attr:`stats_names`)."""
+    out, stats = self.net.with_stats(x, t, cond, **kwargs)
+    return self._to_x0(out, x, t), stats
+
   def __call__(self, x, t, cond=None, **kwargs):
-    out = self.net(x, t, cond, **kwargs)
+    return self._to_x0(self.net(x, t, cond, **kwargs), x, t)
+
+  def _to_x0(self, out, x, t):
     if not isinstance(out, (jax.Array, np.ndarray)):
       raise TypeError(f"net(x, t, cond) must return one array, got {type(out).__name__}")
     if out.shape != x.shape:

@@ -29,6 +29,10 @@ from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 import jax
+import jax.numpy as jnp
+
+from jaxdiff._module import module, replace, static
+from jaxdiff._network import as_network
 
 Array = jax.Array
 PyTree = Any
@@ -114,8 +118,6 @@ class GuidanceRule:
         DeprecationWarning,
         stacklevel=2,
       )
-      from jaxdiff.guidance._functions import FunctionRule
-
       return FunctionRule(*args, **kwargs)
     return super().__new__(cls)
 
@@ -128,8 +130,6 @@ class GuidanceRule:
 
   def apply(self, denoise, x: Array, cond: PyTree, ctx: StepContext, state: PyTree):
     """``(Prediction, state, nfe)`` of one step with the plain denoiser ``denoise``."""
-    from jaxdiff._network import as_network
-
     net = as_network(denoise, x)
     pred, state, out = self.guide(net, x, cond, ctx, state)
     return pred, state, out.nfe - net.nfe
@@ -142,3 +142,32 @@ class Schedule(Protocol):
   def sigma(self, t: Array) -> Array: ...
   def logsnr(self, t: Array) -> Array: ...
   def t_from_logsnr(self, logsnr: Array) -> Array: ...
+
+
+@module
+class FunctionRule(GuidanceRule):
+  """A rule given as two functions, the form rules had before they were objects.
+
+  ``init_fn(x_T, cond) -> state``; ``apply_fn(denoise, x, cond, ctx, state) ->
+  (Prediction, state, nfe)`` with a plain ``denoise(x, t, cond) -> x0`` and ``nfe`` the
+  evaluations per sample it made. The functions are static (part of the compilation key:
+  build the rule once); its calls cannot be cached (``calls = None``).
+  """
+
+  init_fn: Callable = static()
+  apply_fn: Callable = static()
+  num_classes: Any = static(None)
+
+  def __post_init__(self):
+    for name in ("init_fn", "apply_fn"):
+      if not callable(getattr(self, name)):
+        raise TypeError(
+          f"from_functions: {name} must be callable, got {type(getattr(self, name)).__name__}"
+        )
+
+  def init(self, x_T, cond):
+    return self.init_fn(x_T, cond)
+
+  def guide(self, net, x, cond, ctx, state):
+    pred, state, used = self.apply_fn(net.fn, x, cond, ctx, state)
+    return pred, state, replace(net, nfe=net.nfe + jnp.asarray(used, jnp.int32))

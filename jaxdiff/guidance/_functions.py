@@ -1,15 +1,14 @@
-"""The plain conditional call (``sample``'s default rule) and rules made of two functions."""
+"""The plain conditional call (``sample``'s default rule) and rules made of two functions
+(:class:`~jaxdiff._types.FunctionRule`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 
-from jaxdiff._module import module, replace, static
-from jaxdiff._types import GuidanceRule, Prediction
+from jaxdiff._module import module
+from jaxdiff._types import FunctionRule, GuidanceRule, Prediction
 from jaxdiff.guidance._common import batch_t
 
 Array = jax.Array
@@ -47,35 +46,6 @@ def conditional() -> Conditional:
     (1,)
   """
   return Conditional()
-
-
-@module
-class FunctionRule(GuidanceRule):
-  """A rule given as two functions, the form rules had before they were objects.
-
-  ``init_fn(x_T, cond) -> state``; ``apply_fn(denoise, x, cond, ctx, state) ->
-  (Prediction, state, nfe)`` with a plain ``denoise(x, t, cond) -> x0`` and ``nfe`` the
-  evaluations per sample it made. The functions are static (part of the compilation key:
-  build the rule once); its calls cannot be cached (``calls = None``).
-  """
-
-  init_fn: Callable = static()
-  apply_fn: Callable = static()
-  num_classes: Any = static(None)
-
-  def __post_init__(self):
-    for name in ("init_fn", "apply_fn"):
-      if not callable(getattr(self, name)):
-        raise TypeError(
-          f"from_functions: {name} must be callable, got {type(getattr(self, name)).__name__}"
-        )
-
-  def init(self, x_T, cond):
-    return self.init_fn(x_T, cond)
-
-  def guide(self, net, x, cond, ctx, state):
-    pred, state, used = self.apply_fn(net.fn, x, cond, ctx, state)
-    return pred, state, replace(net, nfe=net.nfe + jnp.asarray(used, jnp.int32))
 
 
 def from_functions(init: Callable, apply: Callable, *, num_classes: int | None = None):
