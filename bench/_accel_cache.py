@@ -101,7 +101,7 @@ def run(quick: bool = False) -> dict:
       rms = float(jnp.sqrt(jnp.mean(jnp.square(out.x - reference))))
       nfe = int(out.nfe)
       base_nfe = nfe if base_nfe is None else base_nfe
-      full = int(getattr(out, "full_nfe", nfe))
+      full = int(out.stats.get("full_nfe", nfe))
       cost = (full * flops["full"] + (nfe - full) * flops["partial"]) / (base_nfe * flops["full"])
       rows[name] = {
         **{

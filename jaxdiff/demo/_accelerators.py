@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff import (
-  CachedSampleResult,
   caching,
   from_v,
   guidance,
@@ -51,7 +50,7 @@ def feature_caching(config, models, evaluator, labels, key, out) -> dict:
     res = jax.block_until_ready(run())
     wall = time.perf_counter() - t0
     nfe = int(res.nfe)
-    full = int(res.full_nfe) if isinstance(res, CachedSampleResult) else nfe
+    full = int(res.stats.get("full_nfe", nfe))
     flops = (full * full_f + (nfe - full) * part_f) / (nfe * full_f)
     x = np.asarray(res.x)
     rms = float(np.sqrt(np.mean((x - samples[0][1]) ** 2))) if samples else 0.0
