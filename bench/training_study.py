@@ -108,7 +108,7 @@ def _fit(name, loss, c, data, steps, workdir, *, init=None, stop_points=(), ema=
   )
   tx = optim.adamp(_lr(c.learning_rate, steps))
   if ema:
-    tx = optax.chain(tx, training.weight_ema(c.ema_decay))
+    tx = optax.chain(tx, optim.weight_ema(c.ema_decay))
   out = []
   for stop in (*stop_points, steps):
     r = train(

@@ -34,6 +34,7 @@ from optim._dp import (
   scale_by_dice_sgd,
   scale_by_dp_sgd,
 )
+from optim._ema import WeightEMAState, ema_params, weight_ema
 from optim._hesso import HessoState, hesso, hesso_structure, prune_groups, scale_by_hesso
 from optim._mfac import ScaleByMFACState, mfac, scale_by_mfac
 from optim._newton import (
@@ -109,4 +110,7 @@ __all__ = [
   "reg_newton",
   "reg_newton_minimize",
   "scale_by_reg_newton",
+  "WeightEMAState",
+  "ema_params",
+  "weight_ema",
 ]

@@ -197,7 +197,7 @@ def prepare_flow_model(
   ``u = eps - x0`` (:func:`jaxdiff.training.denoising_loss` with ``prediction="velocity"``,
   uniform ``t``, squared error, 10% label dropout so that ``-1`` is the unconditional
   model), with :func:`optim.adamp` and an EMA of the weights
-  (:func:`jaxdiff.training.weight_ema`, decay ``config.ema_decay``); the EMA weights are
+  (:func:`optim.weight_ema`, decay ``config.ema_decay``); the EMA weights are
   returned. Sample it with any solver on a ``schedules.flow()`` grid, e.g.
   ``jaxdiff.sample(fm.denoise, solvers.euler(), x_T, timesteps(fm.schedule, 20), key=0,
   cond=labels)``.
@@ -211,9 +211,7 @@ def prepare_flow_model(
   schedule = schedules.flow()
   net = DigitDenoiser(dim=c.dim, depth=c.depth, num_heads=c.num_heads, rngs=nnx.Rngs(c.seed + 3))
   loss = training.denoising_loss(schedule, prediction="velocity", label_dropout=0.1)
-  tx = optax.chain(
-    optim.adamp(_lr(c.learning_rate, c.flow_steps)), training.weight_ema(c.ema_decay)
-  )
+  tx = optax.chain(optim.adamp(_lr(c.learning_rate, c.flow_steps)), optim.weight_ema(c.ema_decay))
   r = train(
     net,
     loss,
@@ -230,5 +228,5 @@ def prepare_flow_model(
     compiler_options=c.compiler_options,
   )
   graphdef, _, rest = nnx.split(r.model, nnx.Param, ...)
-  ema_net = nnx.merge(graphdef, training.ema_params(r.opt_state), rest)
+  ema_net = nnx.merge(graphdef, optim.ema_params(r.opt_state), rest)
   return FlowModel(schedule, ema_net, from_flow(ema_net, schedule), r.losses, r.resumed_from)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxdiff._training import _target
+from jaxdiff._training._loss import _target
 from jaxdiff._validation import as_key, check_choice, check_scalar
 from jaxdiff.models._nets import DigitDenoiser
 

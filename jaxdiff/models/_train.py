@@ -23,7 +23,7 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from jaxdiff._training import denoising_loss
+from jaxdiff._training._loss import denoising_loss
 from jaxdiff._validation import as_key, check_scalar, renamed_kwargs
 from jaxdiff.models._checks import check_size
 from optim._tree import data_to_keys, keys_to_data
@@ -311,7 +311,7 @@ class TrainResult(NamedTuple):
     steps_done: number of steps trained (``< steps`` only when stopped early).
     resumed_from: the checkpoint step training resumed from (0 for a fresh run).
     opt_state: the final optimizer state (e.g. the weight average of
-      :func:`jaxdiff.training.weight_ema`, read with :func:`jaxdiff.training.ema_params`).
+      :func:`optim.weight_ema`, read with :func:`optim.ema_params`).
   """
 
   model: nnx.Module

@@ -1,5 +1,5 @@
-"""Hostile inputs to DIFF2, TrAct, the weight compander, AdAdaGrad's tests and the PPO/GPPO
-losses (one line a case; harness in tests/bad_input/harness.py)."""
+"""Hostile inputs to DIFF2, TrAct, the weight compander, AdAdaGrad's tests, the PPO/GPPO
+losses and the weight EMA (one line a case; harness in tests/bad_input/harness.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -158,6 +158,21 @@ CASES = [
   Case(
     "jax.grad(lambda x: gppo_loss(x, LP, -1.0))(LP - 300.0)",
     returns(None, "an underflowing ratio keeps a finite, bounded gradient (docstring)"),
+  ),
+  # -- weight EMA ----------------------------------------------------------------------------
+  Case("O.weight_ema(1.0)", raises(ValueError, "weight_ema: decay")),
+  Case("O.weight_ema(-0.1)", raises(ValueError, "weight_ema: decay")),
+  Case("O.weight_ema(nan)", raises(ValueError, "weight_ema: decay")),
+  Case("O.weight_ema(True)", raises(TypeError, "weight_ema: decay")),
+  Case("O.ema_params({})", raises(ValueError, "exactly one weight_ema")),
+  Case(
+    "O.weight_ema(0.9).update(G, O.weight_ema(0.9).init(P))",
+    raises(ValueError, "weight_ema: update needs params"),
+  ),
+  Case("O.weight_ema(0.9).init({'w': jnp.ones(2, int)})", raises(TypeError, "params")),
+  Case(
+    "step(O.weight_ema(0.9), grads={'w': G['w'], 'b': G['b'][:2]})",
+    raises(ValueError, "updates"),
   ),
 ]
 

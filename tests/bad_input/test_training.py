@@ -70,12 +70,9 @@ CASES = [
   Case("training.curriculum([0.5], stage_steps=10)", raises(ValueError, "boundaries")),
   Case("training.curriculum([0.0, 1.0], stage_steps=0)", raises(ValueError, "stage_steps")),
   Case("training.curriculum([0.0, 1.0], stage_steps=10)(0, (3,))", raises(TypeError, "step")),
-  # reflow, EMA, smoothness
+  # reflow, smoothness (the weight EMA moved to optim: tests/bad_input/test_optim_wave2.py)
   Case("training.reflow_pairs(zero, jnp.ones((2, 3)), steps=0)", raises(ValueError, "steps")),
   Case("training.reflow_pairs(zero, jnp.ones((2, 3), int))", raises(TypeError, "noise")),
-  Case("training.weight_ema(1.0)", raises(ValueError, "decay")),
-  Case("training.weight_ema(-0.1)", raises(ValueError, "decay")),
-  Case("training.ema_params({})", raises(ValueError, "weight_ema")),
   Case("training.step_variation_penalty(3, jnp.ones((2, 3)), key=0)", raises(TypeError, "fn")),
   Case(
     "training.step_variation_penalty(lambda e: e, jnp.ones((2, 3)), key='k')",

@@ -1,5 +1,6 @@
 """jaxdiff.training: losses vs float64 transcriptions, samplers vs their densities (KS),
-the curriculum's groups and pacing, reflow pairs, the weight EMA, the smoothness penalty."""
+the curriculum's groups and pacing, reflow pairs, the smoothness penalty (the weight EMA,
+now optim.weight_ema, is tested in tests/optim/test_ema.py)."""
 
 from __future__ import annotations
 
@@ -199,21 +200,6 @@ def test_reflow_pairs_are_the_flow_samples_of_their_noise():
   loss = training.denoising_loss(sched, prediction="velocity", coupled=True)
   straight = lambda x, t, y: jnp.broadcast_to(pairs[:, 1] - pairs[:, 0], x.shape)  # noqa: E731
   assert float(loss(straight, pairs, jnp.zeros(6, int), jax.random.key(0))) < 1e-10
-
-
-def test_weight_ema_tracks_the_parameters(x64):
-  tx = optax.chain(optax.sgd(0.5), training.weight_ema(0.9))
-  p = {"w": jnp.array([1.0, -2.0])}
-  s = tx.init(p)
-  m = np.zeros(2)
-  for k in range(5):
-    g = {"w": p["w"] * (k + 1)}
-    u, s = tx.update(g, s, p)
-    p = optax.apply_updates(p, u)
-    m = 0.9 * m + 0.1 * np.asarray(p["w"])  # Adam-style: zero start, then bias-corrected
-    np.testing.assert_allclose(training.ema_params(s)["w"], m / (1 - 0.9 ** (k + 1)), rtol=1e-6)
-  with pytest.raises(ValueError, match="exactly one weight_ema"):
-    training.ema_params(optax.sgd(0.1).init(p))
 
 
 def test_step_variation_penalty_measures_the_jacobian(x64):

@@ -160,6 +160,16 @@ FIRST_ORDER_CASES: list[OptCase] = [
     note="fixed inputs: TrAct is then a fixed SPD preconditioner on the 2-D leaf 'b'",
   ),
   OptCase(
+    name="weight_ema_sgd",
+    make=lambda learning_rate: optax.chain(optax.sgd(learning_rate), optim.weight_ema(0.9)),
+    lr=0.3,
+    note=(
+      "a weight average passes the updates through: the convergence rows test optax.sgd, "
+      "the rest the average's state (dtype, structure, sharding, checkpoints); no "
+      "Rosenbrock entry, plain SGD crawls along its valley"
+    ),
+  ),
+  OptCase(
     name="hesso_sgd_groups_b_rows",
     make=lambda learning_rate: optim.hesso(
       learning_rate, [{"b": 0}], target_group_sparsity=0.0, momentum=0.5
