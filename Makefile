@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # CPU-only by default on machines without an accelerator; JAX picks a GPU/TPU when present.
 export PYTHONHASHSEED := 0
 
-.PHONY: demo test test-all test-peers lint bench bench-peers notebooks clean
+.PHONY: demo test test-all test-peers lint bench bench-peers notebooks docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,17 @@ bench-peers: $(STAMP)
 # (outputs stay empty; tests/test_notebooks.py checks the pairs agree).
 notebooks: $(STAMP)
 	$(BIN)/jupytext --sync notebooks/[0-9][0-9]_*.py
+
+# The documentation site into docs/_build/html (the `docs` extra: Sphinx + MyST-NB), warnings
+# as errors. DOCS_EXECUTE_NOTEBOOKS=1 runs the notebooks (small size) before rendering them.
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): pyproject.toml | $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(STAMP) $(DOCS_STAMP)
+	$(BIN)/python -m sphinx -W --keep-going -q -b html docs docs/_build/html
+	@echo "docs/_build/html/index.html"
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis

@@ -399,4 +399,5 @@ def reg_newton_minimize(
 
 
 for _fn in (scale_by_reg_newton, reg_newton_minimize):
-  _fn.__doc__ = _fn.__doc__.replace("%MATH%\n", _MATH)
+  # The docstrings' bodies sit 4 deep, _MATH 2 deep: indent it to match (valid reST).
+  _fn.__doc__ = _fn.__doc__.replace("%MATH%\n", _MATH.replace("\n  ", "\n    "))
