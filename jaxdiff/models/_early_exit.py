@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxdiff._blocks import apply_blocks
 from jaxdiff._training._loss import _target
 from jaxdiff._validation import as_key, check_choice, check_scalar
 from jaxdiff.models._nets import DigitDenoiser
@@ -199,7 +200,7 @@ class EarlyExit(nnx.Module):
     threshold = self.threshold[...]
 
     def from_block(k, h):
-      h = net.blocks[k](h, c, perturb if k in net.pag_layers else None)
+      h = apply_blocks(net, h, c, perturb=perturb, start=k, stop=k + 1)
       if k == depth - 1:
         return net.readout(h, c, valid, x), jnp.int32(depth)
       confident = jnp.all(self.heads.uncertainty(k, h, c) < threshold)
@@ -221,8 +222,8 @@ class EarlyExit(nnx.Module):
     h, c, valid = net.encode(x, t, cond)
     sg = (lambda a: a) if train_backbone else jax.lax.stop_gradient
     exits, us = [], []
-    for k, block in enumerate(net.blocks):
-      h = block(h, c, None)
+    for k in range(len(net.blocks)):
+      h = apply_blocks(net, h, c, start=k, stop=k + 1)
       if k < len(net.blocks) - 1:
         hk, ck = sg(h), sg(c)
         exits.append(self.heads.readout(k, hk, ck, valid, x))

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxdiff._blocks import run_blocks
 from jaxdiff._validation import check_labels, poison
 from jaxdiff.models._attention import SelfAttention
 from jaxdiff.models._checks import check_size
@@ -185,14 +186,12 @@ class DigitDenoiser(nnx.Module):
     """Network output for images ``x (B, H, W)``, times ``t (B,)``, labels ``cond (B,)``.
 
     ``perturb`` is an optional bool ``(B,)`` (PAG); ``None`` perturbs nothing. The call is
-    :meth:`encode`, then every block in ``self.blocks`` (``block(h, c, perturb)``), then
-    :meth:`readout`; methods that cache, skip or exit early from blocks (feature caching,
-    block skipping, early exit) call these three pieces themselves.
+    :meth:`encode`, then every block in ``self.blocks`` (``block(h, c, perturb)``, with
+    ``perturb`` for the blocks in ``pag_layers``), then :meth:`readout`: the block interface
+    of ``jaxdiff._blocks``, whose loop feature caching, block skipping and early exit run
+    too (storing, skipping or stopping after some blocks).
     """
-    h, c, valid = self.encode(x, t, cond)
-    for i, block in enumerate(self.blocks):
-      h = block(h, c, perturb if i in self.pag_layers else None)
-    return self.readout(h, c, valid, x)
+    return run_blocks(self, x, t, cond, perturb=perturb)
 
   def encode(self, x: Array, t: Array, cond: Array) -> tuple[Array, Array, Array]:
     """Checks the inputs and returns ``(h, c, valid)``: tokens ``(B, T, dim)``, the

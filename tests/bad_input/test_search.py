@@ -15,6 +15,7 @@ import numpy as np
 import jaxdiff  # noqa: F401 - used by the reproducers
 from jaxdiff import schedules as S
 from jaxdiff import search, solvers  # noqa: F401 - used by the reproducers
+from jaxdiff._blocks import run_blocks
 from jaxdiff.solvers import StepChoice  # noqa: F401 - used by the reproducers
 from jaxdiff.testing import GaussianMixture
 from tests.bad_input.harness import Case, params, raises, returns, run
@@ -40,6 +41,9 @@ class Toy:
   blocks = (lambda h, c, p: h + 1.0, lambda h, c, p: 2.0 * h)
   encode = staticmethod(lambda x, t, cond: (x, None, None))
   readout = staticmethod(lambda h, c, aux, x: h)
+
+  def __call__(self, x, t, cond=None, *, perturb=None):
+    return run_blocks(self, x, t, cond, perturb=perturb)
 
 
 toy, m32, t3 = Toy(), np.ones((3, 2), bool), np.array([1.0, 0.5, 0.2, 0.0])
@@ -123,6 +127,10 @@ CASES = [
   ),
   # --- AutoDiffusion's block skipping ----------------------------------------------------
   Case("search.skip_blocks(den, m32, t3)", raises(TypeError, "encode.*blocks.*readout")),
+  Case(
+    "search.skip_blocks(jaxdiff.from_v(toy, sched), m32, t3)",
+    raises(TypeError, "skip_blocks: net is a wrapper.*pass the network itself"),
+  ),
   Case(
     "search.skip_blocks(toy, np.ones((3, 3), bool), t3)", raises(ValueError, r"\(num_steps, 2\)")
   ),

@@ -93,3 +93,31 @@ def test_evolve_skips_keeps_the_budget_finds_the_cheap_skips_and_round_trips():
   np.testing.assert_array_equal(back.t, res.schedule.t)
   np.testing.assert_array_equal(back.mask, res.schedule.mask)
   assert back.mask.dtype == bool and back.t.dtype == np.float64
+
+
+def test_a_fixed_key_draws_the_skip_candidates_it_drew_before_the_shared_population_loop():
+  # (table indices, flattened mask) of every distinct scored candidate, in order, as the
+  # pre-refactor evolve_skips drew them; a repeated candidate is not scored again.
+  seen = []
+
+  def fit(s):
+    seen.append(
+      (np.round(s.t * 40).astype(int).tolist(), "".join(map(str, s.mask.astype(int).ravel())))
+    )
+    return toy(s)
+
+  kw = dict(block_budget=4, key=1, population=5, generations=2, top_k=2, mutation_prob=0.5)
+  res = search.evolve_skips(fit, 1.0, 0.0, 3, 2, resolution=40, **kw)
+  assert seen == [
+    ([40, 27, 13, 0], "111010"),
+    ([40, 20, 18, 0], "101011"),
+    ([40, 34, 17, 0], "011110"),
+    ([40, 33, 30, 0], "011110"),
+    ([40, 18, 5, 0], "111001"),
+    ([40, 20, 13, 0], "101010"),
+    ([40, 20, 18, 0], "101101"),
+    ([40, 20, 18, 0], "010111"),
+    ([40, 30, 18, 0], "110110"),
+    ([40, 25, 20, 0], "011110"),
+  ]
+  assert res.evaluations == 10

@@ -28,6 +28,33 @@ def test_evolution_is_elitist_deterministic_and_returns_a_valid_grid():
   assert res.evaluations == 10 + 6 * (10 - 4)
 
 
+def test_a_fixed_key_draws_the_candidates_it_drew_before_the_shared_population_loop():
+  # Table indices of every scored grid, in order, as the pre-refactor evolve_timesteps drew
+  # them (initial population, then per generation crossovers then mutations).
+  seen = []
+  target = np.array([1.0, 0.9, 0.35, 0.1, 0.0])
+
+  def fit(t):
+    seen.append(np.round(np.asarray(t) * 40).astype(int).tolist())
+    return float(np.sum(np.abs(np.asarray(t) - target)))
+
+  kw = dict(population=4, generations=2, top_k=1, mutation_prob=0.5, resolution=40)
+  res = search.evolve_timesteps(fit, 1.0, 0.0, 4, key=3, **kw)
+  assert seen == [
+    [40, 30, 20, 10, 0],
+    [40, 31, 7, 4, 0],
+    [40, 34, 30, 23, 0],
+    [40, 25, 17, 13, 0],
+    [40, 31, 7, 4, 0],
+    [40, 31, 5, 4, 0],
+    [40, 37, 7, 4, 0],
+    [40, 37, 7, 4, 0],
+    [40, 37, 12, 7, 0],
+    [40, 37, 21, 9, 0],
+  ]
+  assert res.evaluations == 10
+
+
 @pytest.mark.slow
 def test_searched_grid_beats_the_uniform_grid_on_the_mixture_and_is_saveable():
   gmm = GaussianMixture(np.array([[-2.0, 0.0], [2.0, 1.0]]), 0.1)
