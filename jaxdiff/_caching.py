@@ -36,6 +36,12 @@ Array = jax.Array
 def cacheable_net(denoise):
   """The network behind ``denoise`` whose features a cache stores (``TypeError`` if none)."""
   inner = getattr(denoise, "__wrapped__", denoise)
+  if getattr(inner, "stats_names", ()):
+    raise TypeError(
+      "cache: this denoiser runs its own blocks and reports counters per call "
+      f"({', '.join(inner.stats_names)}; e.g. an early-exit network), so a feature cache "
+      "cannot serve its branches; sample it without a cache"
+    )
   try:
     return block_network(inner, who="cache", branches=True)
   except TypeError as e:

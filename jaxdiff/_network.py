@@ -36,7 +36,13 @@ Array = jax.Array
 
 @module
 class NoCache:
-  """The do-nothing cache: every call is the denoiser's own (``sample``'s default)."""
+  """The do-nothing cache: every call is the denoiser's own (``sample``'s default).
+
+  Example:
+    >>> from jaxdiff import caching
+    >>> caching.NoCache().stat_names()
+    ()
+  """
 
   def init(self, fn, x_T, ts, cond, calls) -> tuple:
     del fn, x_T, ts, cond, calls

@@ -17,9 +17,8 @@ from jaxdiff._network import Network, NoCache
 from jaxdiff._schedules import Grid, validate_grid
 from jaxdiff._solvers._base import Solver
 from jaxdiff._timeshift import NoShift, Shift
-from jaxdiff._types import GuidanceRule, Prediction, StepContext
+from jaxdiff._types import Conditional, GuidanceRule, Prediction, StepContext
 from jaxdiff._validation import as_key, check_flag, check_labels
-from jaxdiff.guidance._functions import Conditional
 
 Array = jax.Array
 

@@ -32,6 +32,11 @@ class Shift:
   evaluation of a step: ``predict(x, ctx, aux) -> (Prediction, aux)`` is the loop's call
   through the guidance rule (``aux``: the rule's state and the network, passed through);
   the returned ``x`` is the state the solver steps from.
+
+  Example:
+    >>> import jaxdiff
+    >>> isinstance(jaxdiff.time_shift(jaxdiff.schedules.vp_linear(), 10, 0.3), jaxdiff.Shift)
+    True
   """
 
   def check_grid(self, grid: Grid) -> None:

@@ -102,6 +102,21 @@ class GuidanceRule:
 
   :meth:`apply` is the same step for a plain denoiser, returning the number of
   evaluations instead of the network: what a user calls by hand.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxdiff import GuidanceRule, Prediction, StepContext
+    >>> from jaxdiff._module import module
+    >>> @module
+    ... class Doubled(GuidanceRule):  # twice the conditional prediction
+    ...   calls = (1,)
+    ...   def guide(self, net, x, cond, ctx, state):
+    ...     x0, net = net(x, jnp.full((x.shape[0],), ctx.t), cond)
+    ...     return Prediction.of(2 * x0), state, net
+    >>> ctx = StepContext(jnp.array(0.5), 1.0, 1.0, 0, 10, None)
+    >>> pred, _, nfe = Doubled().apply(lambda x, t, c: x, jnp.ones((2, 3)), None, ctx, ())
+    >>> float(pred.x0[0, 0]), int(nfe)
+    (2.0, 1)
   """
 
   num_classes = None
@@ -152,6 +167,12 @@ class FunctionRule(GuidanceRule):
   (Prediction, state, nfe)`` with a plain ``denoise(x, t, cond) -> x0`` and ``nfe`` the
   evaluations per sample it made. The functions are static (part of the compilation key:
   build the rule once); its calls cannot be cached (``calls = None``).
+
+  Example:
+    >>> from jaxdiff import guidance
+    >>> rule = guidance.from_functions(lambda x_T, cond: (), lambda d, x, c, ctx, s: None)
+    >>> isinstance(rule, guidance.FunctionRule), rule.calls
+    (True, None)
   """
 
   init_fn: Callable = static()
@@ -171,3 +192,26 @@ class FunctionRule(GuidanceRule):
   def guide(self, net, x, cond, ctx, state):
     pred, state, used = self.apply_fn(net.fn, x, cond, ctx, state)
     return pred, state, replace(net, nfe=net.nfe + jnp.asarray(used, jnp.int32))
+
+
+@module
+class Conditional(GuidanceRule):
+  r"""No guidance: one conditional call per step, :math:`\hat x_0 = D(x, t, c)`.
+
+  :func:`jaxdiff.sample`'s default rule (``nfe = 1``).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxdiff import guidance, StepContext
+    >>> ctx = StepContext(jnp.array(0.5), 1.0, 1.0, 0, 10, None)
+    >>> pred, _, nfe = guidance.conditional().apply(lambda x, t, c: 2 * x, jnp.ones((2, 3)),
+    ...                                             None, ctx, ())
+    >>> float(pred.x0[0, 0]), int(nfe)
+    (2.0, 1)
+  """
+
+  calls = (1,)
+
+  def guide(self, net, x, cond, ctx, state):
+    x0, net = net(x, jnp.broadcast_to(jnp.asarray(ctx.t), (x.shape[0],)), cond)
+    return Prediction.of(x0), state, net

@@ -7,34 +7,9 @@ from collections.abc import Callable
 
 import jax
 
-from jaxdiff._module import module
-from jaxdiff._types import FunctionRule, GuidanceRule, Prediction
-from jaxdiff.guidance._common import batch_t
+from jaxdiff._types import Conditional, FunctionRule
 
 Array = jax.Array
-
-
-@module
-class Conditional(GuidanceRule):
-  r"""No guidance: one conditional call per step, :math:`\hat x_0 = D(x, t, c)`.
-
-  :func:`jaxdiff.sample`'s default rule (``nfe = 1``).
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from jaxdiff import guidance, StepContext
-    >>> ctx = StepContext(jnp.array(0.5), 1.0, 1.0, 0, 10, None)
-    >>> pred, _, nfe = guidance.conditional().apply(lambda x, t, c: 2 * x, jnp.ones((2, 3)),
-    ...                                             None, ctx, ())
-    >>> float(pred.x0[0, 0]), int(nfe)
-    (2.0, 1)
-  """
-
-  calls = (1,)
-
-  def guide(self, net, x, cond, ctx, state):
-    x0, net = net(x, batch_t(ctx, x), cond)
-    return Prediction.of(x0), state, net
 
 
 def conditional() -> Conditional:

@@ -209,6 +209,17 @@ class EarlyExit(nnx.Module):
 
     return from_block(0, h)
 
+  # What jaxdiff.sample counts per call (SampleResult.stats["blocks"]); see with_stats.
+  stats_names = ("blocks",)
+
+  def with_stats(
+    self, x: Array, t: Array, cond: Array, *, perturb: Array | None = None
+  ) -> tuple[Array, dict]:
+    """``(output, {"blocks": n})``: :meth:`apply` in the form :func:`jaxdiff.sample` sums
+    into ``SampleResult.stats["blocks"]`` (blocks evaluated, over every call)."""
+    out, blocks = self.apply(x, t, cond, perturb=perturb)
+    return out, {"blocks": blocks}
+
   def __call__(self, x: Array, t: Array, cond: Array, *, perturb: Array | None = None) -> Array:
     """The output of :meth:`apply` alone: a drop-in network ``(x, t, cond) -> output``."""
     return self.apply(x, t, cond, perturb=perturb)[0]

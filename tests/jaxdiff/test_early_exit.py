@@ -176,3 +176,29 @@ def test_frozen_backbone_gets_no_gradient(setup, train_backbone):
   sq = lambda tree: sum(float(jnp.sum(g**2)) for g in jax.tree.leaves(tree))
   assert (sq(nnx.state(grads.net)) > 0) == train_backbone
   assert sq(nnx.state(grads.heads)) > 0
+
+
+def test_sample_counts_the_blocks_an_exiting_network_runs_in_stats(setup):
+  # The loop sums what the network reports per call (through from_v's forwarding); the
+  # count equals the blocks the network reports at each step's (x_i, t_i), recounted.
+  net, heads = setup[0], setup[1]
+  sched = schedules.vp_cosine()
+  ts = schedules.timesteps(sched, 3)
+  x_T = jax.random.normal(jax.random.key(0), (4, 8, 8))
+  y = jnp.array([0, 3, 1, 7])
+  for threshold in (0.0, 0.6, 1.0):
+    model = EarlyExit(net, heads, threshold=threshold)
+    out = jaxdiff.sample(
+      jaxdiff.from_v(model, sched), solvers.ddim(), x_T, ts, key=0, cond=y,
+      return_trajectory=True,
+    )  # fmt: skip
+    recount = sum(
+      int(model.apply(out.trajectory[i], jnp.full((4,), ts.t[i]), y)[1]) for i in range(3)
+    )
+    assert int(out.stats["blocks"]) == recount
+    assert 3 <= recount <= 3 * DEPTH
+  with pytest.raises(TypeError, match="early-exit"):
+    jaxdiff.sample(
+      jaxdiff.from_v(model, sched), solvers.ddim(), x_T, ts, key=0, cond=y,
+      cache=jaxdiff.caching.fora(2),
+    )  # fmt: skip
