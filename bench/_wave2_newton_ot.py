@@ -74,7 +74,7 @@ def hesso_study(quick: bool) -> dict:
       return p, s
 
     p, s = run(init)
-    small = optim.prune_groups(p, GROUPS, s)
+    small = optim.pruning.prune_groups(p, GROUPS, s)
     kept = int(small["l1"]["w"].shape[1])
     rows.append(
       {
@@ -183,11 +183,13 @@ def newton_study(quick: bool) -> dict:
       gd_steps = 20000 if not quick else 3000
       fns = {
         "reg_newton (exact H, CG)": jax.jit(
-          lambda w: optim.reg_newton_minimize(f, w, max_steps=60, grad_tol=tol, cg_maxiter=200)
+          lambda w: optim.loops.reg_newton_minimize(
+            f, w, max_iterations=60, tol=tol, cg_max_iterations=200
+          )
         ),
         "reg_newton (bound H, CG)": jax.jit(
-          lambda w: optim.reg_newton_minimize(
-            f, w, max_steps=200, grad_tol=tol, hessian_fn=bound, cg_maxiter=200
+          lambda w: optim.loops.reg_newton_minimize(
+            f, w, max_iterations=200, tol=tol, hessian_fn=bound, cg_max_iterations=200
           )
         ),
         "exact Newton (dense)": jax.jit(lambda w: _exact_newton(f, w, tol, 60)),
@@ -196,12 +198,12 @@ def newton_study(quick: bool) -> dict:
       out = {}
       for label, fn in fns.items():
         r = jax.block_until_ready(fn(w0))
-        if isinstance(r, optim.RegNewtonResult):
-          k = int(r.num_steps)
+        if isinstance(r, optim.loops.RegNewtonResult):
+          k = int(r.n_iters)
           out[label] = {
             "iterations": k,
             "solves": int(jnp.sum(r.tries)),
-            "final_grad_norm": float(r.grad_norms[k]),
+            "final_grad_norm": float(r.errors[k]),
             "value": float(r.value),
           }
         else:
@@ -274,12 +276,17 @@ def sns_study(quick: bool, configs: list[tuple[int, float]] | None = None) -> di
       for n1, rho in [(50, 0.05), (200, 0.05)] if not quick else [(100, 0.05)]:
         label = f"SNS N1={n1} rho={rho}"
         run = lambda n1=n1, rho=rho: sinkhorn_newton_sparse(
-          cost, epsilon=eps, num_sinkhorn=n1, max_newton=200, rho=rho, threshold=target
+          cost,
+          epsilon=eps,
+          sinkhorn_num_iterations=n1,
+          max_iterations=200,
+          rho=rho,
+          tol=target,
         )
         out = jax.block_until_ready(run())
         row[label] = {
           "sinkhorn_iterations": n1,
-          "newton_iterations": int(out.num_newton),
+          "newton_iterations": int(out.n_iters),
           "converged": bool(out.converged),
           "marginal_error": marg(out.plan),
           "plan_max_abs_diff_vs_ott": float(jnp.abs(out.plan - ref.matrix).max()),

@@ -109,7 +109,7 @@ def main() -> None:
   slq = jax.jit(
     lambda p, b: (
       curvature.slq_density(
-        curvature.hessian_matvec(loss, p, b), key=jax.random.key(1), num_iters=100
+        curvature.hessian_matvec(loss, p, b), key=jax.random.key(1), num_iterations=100
       ).density
     )
   )
@@ -123,7 +123,11 @@ def main() -> None:
   top = jax.jit(
     lambda p, b: (
       curvature.top_eigenvalues(
-        curvature.hessian_matvec(loss, p, b), key=jax.random.key(3), k=1, max_iters=100, tol=0.0
+        curvature.hessian_matvec(loss, p, b),
+        key=jax.random.key(3),
+        k=1,
+        max_iterations=100,
+        tol=0.0,
       ).eigenvalues
     )
   )

@@ -258,7 +258,7 @@ def pyhessian_section(sizes, batch, rounds, n=100) -> dict:
   op = lambda p: curvature.hessian_matvec(xent_jax, p, jx, jy)
   trace = jax.jit(lambda p: curvature.hutchinson_trace(op(p), key=1, num_probes=n).trace)
   top = jax.jit(
-    lambda p: curvature.top_eigenvalues(op(p), key=2, k=1, max_iters=n, tol=0.0).eigenvalues
+    lambda p: curvature.top_eigenvalues(op(p), key=2, k=1, max_iterations=n, tol=0.0).eigenvalues
   )
 
   # What PyHessian does: the forward and first backward pass once (it keeps the graph),

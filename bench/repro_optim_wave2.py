@@ -166,7 +166,7 @@ def study_adadagrad(quick):
   results = {}
   for name, kw in configs.items():
     lr0 = optim.schedules.scale_for_batch_size(lr, 8, kw["initial_batch_size"], "adaptive")
-    r = optim.adaptive_batch_train(
+    r = optim.loops.adaptive_batch_train(
       loss,
       p0,
       (x, y),
@@ -288,12 +288,12 @@ def study_compander(quick):
   seeds = 2 if quick else 4
   xs, ys = x[:n_train], y[:n_train]
   alpha, beta = 0.5, 0.1
-  comp = lambda p: optim.compand_weights(p, alpha=alpha, beta=beta)
+  comp = lambda p: optim.compander.compand_weights(p, alpha=alpha, beta=beta)
 
   def run(tx, use_compander, key):
     p0 = _mlp_init(key, (64, 256, 10))
     if use_compander:  # start the companded network at the same standard initialization
-      p0 = optim.expand_weights(p0, alpha=alpha, beta=beta)
+      p0 = optim.compander.expand_weights(p0, alpha=alpha, beta=beta)
     c = comp if use_compander else None
     loss = lambda p: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(_mlp(p, xs, c), ys))
 
@@ -404,7 +404,9 @@ def study_speed(quick):
   adam = optax.adam(1e-3)
   s = adam.init(w)
   adam_step = jax.jit(lambda g, s: adam.update(g, s, w))
-  comp = jax.jit(lambda w, g: jax.vjp(lambda v: optim.compand_weights({"k": v})["k"], w)[1](g))
+  comp = jax.jit(
+    lambda w, g: jax.vjp(lambda v: optim.compander.compand_weights({"k": v})["k"], w)[1](g)
+  )
   lp = jax.random.normal(key, (n,)) * 0.1 - 1.0
   old = lp + 0.3 * jax.random.normal(jax.random.key(1), (n,))
   adv = jax.random.normal(jax.random.key(2), (n,))

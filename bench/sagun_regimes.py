@@ -46,7 +46,7 @@ REGIMES = (
 
 def ritz_top(op, key, num_iters: int) -> np.ndarray:
   """The Ritz values of one Lanczos run, largest first (the extreme ones converge first)."""
-  slq = curvature.slq_density(op, key=key, num_iters=num_iters, num_probes=1)
+  slq = curvature.slq_density(op, key=key, num_iterations=num_iters, num_probes=1)
   live = np.asarray(slq.weights[0]) > 0
   return np.sort(np.asarray(slq.nodes[0], np.float64)[live])[::-1]
 

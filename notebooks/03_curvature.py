@@ -76,7 +76,7 @@ print(f"{num_params} parameters, final training loss {result.losses[-1]:.4f}")
 H = curvature.hessian_matvec(loss, params, x, y)
 key = jax.random.key(0)
 density = curvature.slq_density(
-  H, key=key, num_iters=10 if SMALL else 80, num_probes=1 if SMALL else 4
+  H, key=key, num_iterations=10 if SMALL else 80, num_probes=1 if SMALL else 4
 )
 top = curvature.top_eigenvalues(H, key=jax.random.fold_in(key, 1), k=3 if SMALL else 12)
 print("top eigenvalues:", [round(float(e), 4) for e in top.eigenvalues])

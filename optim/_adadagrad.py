@@ -95,7 +95,7 @@ def norm_test(per_example_grads: PyTree, *, eta: float = 0.5) -> BatchTest:
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from optim import norm_test
+    >>> from optim.loops import norm_test
     >>> g = {"w": jnp.array([[1.0, 0.0], [3.0, 0.0]])}  # mean (2, 0), sample variance 2
     >>> t = norm_test(g, eta=0.5)
     >>> bool(t.passed), float(t.batch_size)  # 2 / (0.25 * 4) = 2 <= b
@@ -143,7 +143,7 @@ def augmented_inner_product_test(
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from optim import augmented_inner_product_test
+    >>> from optim.loops import augmented_inner_product_test
     >>> g = {"w": jnp.array([[1.0, 1.0], [3.0, -1.0]])}  # mean (2, 0)
     >>> t = augmented_inner_product_test(g)
     >>> bool(t.passed), float(t.batch_size)
@@ -240,7 +240,7 @@ def adaptive_batch_train(
 
   Example:
     >>> import jax.numpy as jnp, optax
-    >>> from optim import adaptive_batch_train
+    >>> from optim.loops import adaptive_batch_train
     >>> x = jnp.linspace(-1, 1, 64); data = (x, 3 * x + 0.3 * jnp.sin(40 * x))
     >>> loss = lambda w, ex: (w[0] * ex[0] - ex[1]) ** 2
     >>> r = adaptive_batch_train(loss, jnp.zeros(1), data, optax.adagrad, 0.5,

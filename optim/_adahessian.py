@@ -79,7 +79,7 @@ def conv_spatial_axes(shape: tuple[int, ...]) -> tuple[int, ...]:
     The axes to average over (possibly empty).
 
   Example:
-    >>> from optim import conv_spatial_axes
+    >>> from optim.layouts import conv_spatial_axes
     >>> conv_spatial_axes((3, 3, 16, 32)), conv_spatial_axes((64, 10))
     ((0, 1), ())
   """
@@ -159,7 +159,7 @@ def scale_by_adahessian(
     update_interval: :math:`n \ge 1`, steps between Hessian refreshes (a Python int: it
       is static; under ``optax.inject_hyperparams`` list it in ``static_args``).
     spatial_axes: ``shape -> axes`` to average each leaf's Hessian diagonal over;
-      defaults to :func:`conv_spatial_axes`. Mark it ``static_args`` under
+      defaults to :func:`optim.layouts.conv_spatial_axes`. Mark it ``static_args`` under
       ``optax.inject_hyperparams`` (it is callable).
     mu_dtype: dtype of the first moment ``mu``; ``None`` (default): the parameters'
       dtypes. ``nu`` keeps the parameters' dtypes; bias corrections and the division

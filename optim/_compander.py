@@ -109,7 +109,7 @@ def compand_weights(
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from optim import compand_weights, expand_weights
+    >>> from optim.compander import compand_weights, expand_weights
     >>> w = {"kernel": jnp.array([[0.0, 0.01, -1.0]]), "bias": jnp.array([1.0])}
     >>> c = compand_weights(w, alpha=0.5, beta=0.1)
     >>> [round(float(x), 4) for x in c["kernel"][0]], c["bias"].tolist()
@@ -150,7 +150,7 @@ def expand_weights(
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from optim import expand_weights
+    >>> from optim.compander import expand_weights
     >>> round(float(expand_weights({"k": jnp.array([[0.5]])})["k"][0, 0]), 4)
     0.5662
 
@@ -193,7 +193,7 @@ def nnx_companded(
   Example:
     >>> import jax.numpy as jnp
     >>> from flax import nnx
-    >>> from optim import nnx_companded
+    >>> from optim.compander import nnx_companded
     >>> lin = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
     >>> lin.kernel[...] = jnp.array([[1.0], [-0.01]])
     >>> [round(float(v), 4) for v in nnx_companded(lin).kernel[...][:, 0]]

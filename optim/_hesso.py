@@ -331,11 +331,13 @@ def hesso(
 
   Returns:
     An ``optax.GradientTransformation``; read the pruned structure with
-    :func:`hesso_structure` and slice it out with :func:`prune_groups`.
+    :func:`optim.pruning.hesso_structure` and slice it out with
+    :func:`optim.pruning.prune_groups`.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax
-    >>> from optim import hesso, hesso_structure
+    >>> from optim import hesso
+    >>> from optim.pruning import hesso_structure
     >>> p = {"w": jnp.array([[1.0, 0.1, 2.0, 0.2]])}
     >>> opt = hesso(0.1, [{"w": 1}], target_group_sparsity=0.5, pruning_steps=4)
     >>> @jax.jit
@@ -406,7 +408,8 @@ def hesso_structure(state: Any) -> list[np.ndarray]:
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from optim import hesso_structure, scale_by_hesso
+    >>> from optim import scale_by_hesso
+    >>> from optim.pruning import hesso_structure
     >>> state = scale_by_hesso([{"w": 0}]).init({"w": jnp.ones((3, 2))})
     >>> hesso_structure(state)
     [array([0, 1, 2])]
@@ -431,7 +434,8 @@ def prune_groups(params: PyTree, groups: Sequence[Mapping[str, int]], state: Any
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from optim import prune_groups, scale_by_hesso
+    >>> from optim import scale_by_hesso
+    >>> from optim.pruning import prune_groups
     >>> p = {"w": jnp.ones((3, 2))}
     >>> state = scale_by_hesso([{"w": 0}]).init(p)
     >>> prune_groups(p, [{"w": 0}], state)["w"].shape

@@ -18,6 +18,8 @@ from optim._validation import (
   check_objective,
   check_scalar,
   guard,
+  renamed_field,
+  renamed_kwargs,
   require_fn,
   require_params,
 )
@@ -59,17 +61,35 @@ def _hessian(hessian_fn, obj_fn, params, where) -> LinearOperator:
 
 
 def _search(
-  obj_fn, op, params, value, grad, gamma, *, adaptive, max_search, gamma_min, cg_tol, cg_maxiter
+  obj_fn,
+  op,
+  params,
+  value,
+  grad,
+  gamma,
+  *,
+  adaptive,
+  search_max_iterations,
+  gamma_min,
+  cg_tol,
+  cg_max_iterations,
 ):
   """Algorithm 1's step with its adaptive search for gamma; returns (trial, next gamma, tries)."""
-  gnorm = jnp.sqrt(tree_vdot(grad, grad)).astype(value.dtype)
-  neg_grad = otu.tree_scale(-1.0, grad)
+  dtype = value.dtype  # float32, or the params' dtype if wider
+  gnorm = jnp.sqrt(tree_vdot(grad, grad)).astype(dtype)
+  # CG runs in `dtype`, so bfloat16 parameters get a float32 solve (its carry must keep
+  # one dtype); with float32 or float64 parameters every cast here is a no-op.
+  neg_grad = otu.tree_cast(otu.tree_scale(-1.0, grad), dtype)
 
   def trial(gamma):
     lam = gnorm / (gamma + _EPS)
-    matvec = lambda v: otu.tree_add_scale(op(v), lam, v)
-    delta, _ = jax.scipy.sparse.linalg.cg(matvec, neg_grad, tol=cg_tol, maxiter=cg_maxiter)
-    new_value, new_grad = jax.value_and_grad(obj_fn)(otu.tree_add(params, delta))
+    matvec = lambda v: otu.tree_add_scale(
+      otu.tree_cast(op(otu.tree_cast_like(v, params)), dtype), lam, v
+    )
+    delta, _ = jax.scipy.sparse.linalg.cg(matvec, neg_grad, tol=cg_tol, maxiter=cg_max_iterations)
+    # The trial point in the params' dtype: the point the step will actually take.
+    point = otu.tree_cast_like(otu.tree_add(params, delta), params)
+    new_value, new_grad = jax.value_and_grad(obj_fn)(point)
     # f(x) - f(x+) >= ||g(x+)||^2 / (8 lambda), multiplied out so that g = 0 (lambda = 0)
     # accepts the zero step instead of dividing 0 by 0.
     accepted = 8.0 * lam * (value - new_value) >= tree_vdot(new_grad, new_grad)
@@ -81,7 +101,7 @@ def _search(
 
   def cond(s):
     i, _, t = s
-    return (~t.accepted) & (i < max_search)
+    return (~t.accepted) & (i < search_max_iterations)
 
   def body(s):
     i, gamma, _ = s
@@ -93,14 +113,22 @@ def _search(
   return t, next_gamma.astype(gamma.dtype), tries
 
 
-def _check_common(variant, gamma, gamma_min, max_search, cg_tol, cg_maxiter):
+def _check_common(variant, gamma, gamma_min, search_max_iterations, cg_tol, cg_max_iterations):
   variant = check_choice("variant", variant, _VARIANTS)
   check_scalar("gamma", gamma, lo=0.0, lo_open=True)
   check_scalar("gamma_min", gamma_min, lo=0.0)
-  max_search = check_scalar("max_search", max_search, lo=1, integer=True, static=True)
+  search_max_iterations = check_scalar(
+    "search_max_iterations", search_max_iterations, lo=1, integer=True, static=True
+  )
   check_scalar("cg_tol", cg_tol, lo=0.0, lo_open=True)
-  cg_maxiter = check_scalar("cg_maxiter", cg_maxiter, lo=1, integer=True, static=True)
-  return variant, max_search, cg_maxiter
+  cg_max_iterations = check_scalar(
+    "cg_max_iterations", cg_max_iterations, lo=1, integer=True, static=True
+  )
+  return variant, search_max_iterations, cg_max_iterations
+
+
+# Old spellings kept for one release (docs/design.md, "Deprecated spellings").
+_RENAMED = dict(max_search="search_max_iterations", cg_maxiter="cg_max_iterations")
 
 
 _MATH = r"""
@@ -114,7 +142,7 @@ _MATH = r"""
 
   accepted when :math:`f(x_k) - f(x_{k+1}) \ge \|\nabla f(x_{k+1})\|^2 / (8\lambda_k)`;
   then :math:`\gamma_{k+1} = \max(2\gamma_k, \gamma_{\min})`, otherwise :math:`\gamma_k`
-  is halved and the step recomputed (at most ``max_search`` trials; after the last
+  is halved and the step recomputed (at most ``search_max_iterations`` trials; after the last
   failure the last trial is taken and :math:`\gamma` halved once more, as in the official
   code). :math:`\gamma` estimates the gradient-normalized smoothness radius: the ball
   in which :math:`H_k` linearizes the gradient field to relative accuracy. The linear
@@ -139,13 +167,14 @@ class ScaleByRegNewtonState(NamedTuple):
   tries: jax.Array
 
 
+@renamed_kwargs(**_RENAMED)
 def scale_by_reg_newton(
   gamma: float = 1.0,
   variant: Literal["adaptive", "fixed"] = "adaptive",
   gamma_min: float = 1e-9,
-  max_search: int = 40,
+  search_max_iterations: int = 40,
   cg_tol: float = 1e-10,
-  cg_maxiter: int = 100,
+  cg_max_iterations: int = 100,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The gradient-regularized Newton step with adaptive :math:`\gamma` (no learning rate).
   %MATH%
@@ -161,9 +190,11 @@ def scale_by_reg_newton(
       gamma: :math:`\gamma_0 > 0`, the initial radius (official default 1).
       variant: ``"adaptive"`` (Algorithm 1's search) or ``"fixed"``.
       gamma_min: floor of :math:`\gamma` after an accepted step.
-      max_search: the most trials per step (static; official value 40).
+      search_max_iterations: the most trials (linear solves) of the search per step
+        (static; official value 40; formerly ``max_search``).
       cg_tol: CG relative residual tolerance.
-      cg_maxiter: the most CG iterations per solve (static).
+      cg_max_iterations: the most CG iterations per solve (static; formerly
+        ``cg_maxiter``).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; ``update(grads, state, params, *, obj_fn,
@@ -183,8 +214,8 @@ def scale_by_reg_newton(
       Semenov, Jaggi, Doikov, "Gradient-Normalized Smoothness for Optimization with
       Approximate Hessians", arXiv:2506.13710 (Algorithm 1).
   """
-  variant, max_search, cg_maxiter = _check_common(
-    variant, gamma, gamma_min, max_search, cg_tol, cg_maxiter
+  variant, search_max_iterations, cg_max_iterations = _check_common(
+    variant, gamma, gamma_min, search_max_iterations, cg_tol, cg_max_iterations
   )
   method = "reg_newton"
 
@@ -208,10 +239,10 @@ def scale_by_reg_newton(
       updates,
       state.gamma,
       adaptive=variant == "adaptive",
-      max_search=max_search,
+      search_max_iterations=search_max_iterations,
       gamma_min=gamma_min,
       cg_tol=cg_tol,
-      cg_maxiter=cg_maxiter,
+      cg_max_iterations=cg_max_iterations,
     )
     delta = otu.tree_cast_like(t.delta, updates)
     return delta, ScaleByRegNewtonState(optax.safe_increment(state.count), gamma_next, tries)
@@ -219,14 +250,15 @@ def scale_by_reg_newton(
   return guard(optax.GradientTransformationExtraArgs(init_fn, update_fn), "scale_by_reg_newton")
 
 
+@renamed_kwargs(**_RENAMED)
 def reg_newton(
   learning_rate: optax.ScalarOrSchedule,
   gamma: float = 1.0,
   variant: Literal["adaptive", "fixed"] = "adaptive",
   gamma_min: float = 1e-9,
-  max_search: int = 40,
+  search_max_iterations: int = 40,
   cg_tol: float = 1e-10,
-  cg_maxiter: int = 100,
+  cg_max_iterations: int = 100,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Gradient-regularized Newton with approximate Hessians, as an optax optimizer.
 
@@ -240,7 +272,7 @@ def reg_newton(
 
   Args:
     learning_rate: :math:`\eta_k \ge 0` (1 for the paper's method) or a schedule.
-    gamma, variant, gamma_min, max_search, cg_tol, cg_maxiter: see
+    gamma, variant, gamma_min, search_max_iterations, cg_tol, cg_max_iterations: see
       :func:`scale_by_reg_newton`.
 
   Returns:
@@ -267,7 +299,9 @@ def reg_newton(
   """
   check_learning_rate(learning_rate)
   return optax.chain(
-    scale_by_reg_newton(gamma, variant, gamma_min, max_search, cg_tol, cg_maxiter),
+    scale_by_reg_newton(
+      gamma, variant, gamma_min, search_max_iterations, cg_tol, cg_max_iterations
+    ),
     optax.scale_by_learning_rate(learning_rate, flip_sign=False),
   )
 
@@ -278,73 +312,85 @@ class RegNewtonResult(NamedTuple):
   Attributes:
     params: the last iterate.
     value: :math:`f` there.
-    num_steps: accepted-or-taken steps (int32).
-    values: :math:`f(x_k)` for :math:`k = 0..` ``max_steps`` (NaN after the stop).
-    grad_norms: :math:`\\|\\nabla f(x_k)\\|` likewise.
+    n_iters: accepted-or-taken steps (int32; formerly ``num_steps``).
+    values: :math:`f(x_k)` for :math:`k = 0..` ``max_iterations`` (NaN after the stop).
+    errors: :math:`\\|\\nabla f(x_k)\\|`, the quantity compared with ``tol``, likewise
+      (formerly ``grad_norms``).
     gammas: :math:`\\gamma_k` likewise.
     tries: linear solves made at step :math:`k` (0 after the stop).
+    converged: whether the last gradient norm is at most ``tol`` (bool).
+
+  ``num_steps`` and ``grad_norms`` still read ``n_iters`` and ``errors`` for one release,
+  with a ``DeprecationWarning``.
   """
 
   params: PyTree
   value: jax.Array
-  num_steps: jax.Array
+  n_iters: jax.Array
   values: jax.Array
-  grad_norms: jax.Array
+  errors: jax.Array
   gammas: jax.Array
   tries: jax.Array
+  converged: jax.Array
+
+  num_steps = renamed_field("num_steps", "n_iters")
+  grad_norms = renamed_field("grad_norms", "errors")
 
 
+@renamed_kwargs(max_steps="max_iterations", grad_tol="tol", **_RENAMED)
 def reg_newton_minimize(
   obj_fn: Callable[[PyTree], jax.Array],
   params: PyTree,
   *,
-  max_steps: int = 100,
-  grad_tol: float = 0.0,
+  max_iterations: int = 100,
+  tol: float = 0.0,
   hessian_fn: Callable[[PyTree], LinearOperator] | None = None,
   gamma: float = 1.0,
   variant: Literal["adaptive", "fixed"] = "adaptive",
   gamma_min: float = 1e-9,
-  max_search: int = 40,
+  search_max_iterations: int = 40,
   cg_tol: float = 1e-10,
-  cg_maxiter: int = 100,
+  cg_max_iterations: int = 100,
 ) -> RegNewtonResult:
   r"""Minimizes ``obj_fn`` by the gradient-regularized Newton method (one ``while_loop``).
   %MATH%
     Unlike the optax form, the value and gradient at the accepted point are reused, so a step
-    costs one gradient and one CG solve per trial. Stops after ``max_steps`` steps or when
-    :math:`\|\nabla f(x_k)\| \le` ``grad_tol``.
+    costs one gradient and one CG solve per trial. Stops after ``max_iterations`` steps or
+    when :math:`\|\nabla f(x_k)\| \le` ``tol``.
 
     Args:
       obj_fn: ``params -> scalar loss``.
       params: the starting point :math:`x_0` (a pytree of floating arrays).
-      max_steps: the most steps (static: it sizes the history).
-      grad_tol: stop once the gradient norm is at most this (0: run ``max_steps``).
+      max_iterations: the most steps (static: it sizes the history; formerly
+        ``max_steps``).
+      tol: stop once the gradient norm is at most this (0: run ``max_iterations``;
+        formerly ``grad_tol``).
       hessian_fn: ``params -> LinearOperator``, the approximate Hessian :math:`H_k`
         (default: the exact Hessian of ``obj_fn``).
-      gamma, variant, gamma_min, max_search, cg_tol, cg_maxiter: see
-        :func:`scale_by_reg_newton`.
+      gamma, variant, gamma_min, search_max_iterations, cg_tol, cg_max_iterations: see
+        :func:`optim.scale_by_reg_newton`.
 
     Returns:
       A :class:`RegNewtonResult` with the last iterate and the per-step history.
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from optim import reg_newton_minimize
+      >>> from optim.loops import reg_newton_minimize
       >>> f = lambda p: jnp.sum(jnp.logaddexp(0.0, p) - 0.3 * p)
-      >>> res = reg_newton_minimize(f, jnp.array([2.0, -1.0]), max_steps=20, grad_tol=1e-4)
-      >>> bool(res.grad_norms[res.num_steps] <= 1e-4), bool(res.num_steps < 20)
-      (True, True)
+      >>> res = reg_newton_minimize(f, jnp.array([2.0, -1.0]), max_iterations=20, tol=1e-4)
+      >>> bool(res.converged), bool(res.errors[res.n_iters] <= 1e-4), bool(res.n_iters < 20)
+      (True, True, True)
 
     References:
       Semenov, Jaggi, Doikov, "Gradient-Normalized Smoothness for Optimization with
       Approximate Hessians", arXiv:2506.13710 (Algorithm 1).
   """
   where = "reg_newton_minimize"
-  variant, max_search, cg_maxiter = _check_common(
-    variant, gamma, gamma_min, max_search, cg_tol, cg_maxiter
+  variant, search_max_iterations, cg_max_iterations = _check_common(
+    variant, gamma, gamma_min, search_max_iterations, cg_tol, cg_max_iterations
   )
-  max_steps = check_scalar("max_steps", max_steps, lo=0, integer=True, static=True)
-  check_scalar("grad_tol", grad_tol, lo=0.0)
+  max_iterations = check_scalar("max_iterations", max_iterations, lo=0, integer=True, static=True)
+  check_scalar("tol", tol, lo=0.0)
   if not callable(obj_fn):
     raise TypeError(f"{where}: obj_fn must be a function params -> scalar loss")
   check_floating(params, "params", where, allow_empty=False)
@@ -355,17 +401,17 @@ def reg_newton_minimize(
   value, grad = jax.value_and_grad(obj_fn)(params)
   value = value.astype(dtype)
   gnorm = lambda g: jnp.sqrt(tree_vdot(g, g)).astype(dtype)
-  nan = jnp.full((max_steps + 1,), jnp.nan, dtype)
+  nan = jnp.full((max_iterations + 1,), jnp.nan, dtype)
   hist = (
     nan.at[0].set(value),
     nan.at[0].set(gnorm(grad)),
     nan.at[0].set(gamma),
-    jnp.zeros((max_steps + 1,), jnp.int32),
+    jnp.zeros((max_iterations + 1,), jnp.int32),
   )
 
   def cond(s):
     k, _, _, grad, _, _ = s
-    return (k < max_steps) & (gnorm(grad) > grad_tol)
+    return (k < max_iterations) & (gnorm(grad) > tol)
 
   def body(s):
     k, x, value, grad, gamma, (vals, norms, gammas, tries) = s
@@ -378,10 +424,10 @@ def reg_newton_minimize(
       grad,
       gamma,
       adaptive=variant == "adaptive",
-      max_search=max_search,
+      search_max_iterations=search_max_iterations,
       gamma_min=gamma_min,
       cg_tol=cg_tol,
-      cg_maxiter=cg_maxiter,
+      cg_max_iterations=cg_max_iterations,
     )
     x = otu.tree_cast_like(otu.tree_add(x, t.delta), x)
     value = t.value.astype(dtype)
@@ -394,8 +440,8 @@ def reg_newton_minimize(
     return k + 1, x, value, t.grad, gamma, hist
 
   init = (jnp.zeros((), jnp.int32), params, value, grad, jnp.asarray(gamma, dtype), hist)
-  k, x, value, _, _, (vals, norms, gammas, tries) = jax.lax.while_loop(cond, body, init)
-  return RegNewtonResult(x, value, k, vals, norms, gammas, tries)
+  k, x, value, grad, _, (vals, norms, gammas, tries) = jax.lax.while_loop(cond, body, init)
+  return RegNewtonResult(x, value, k, vals, norms, gammas, tries, gnorm(grad) <= tol)
 
 
 for _fn in (scale_by_reg_newton, reg_newton_minimize):

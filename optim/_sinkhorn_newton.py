@@ -10,15 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
-from optim._validation import check_scalar, is_traced
+from optim._validation import check_scalar, is_traced, renamed_field, renamed_kwargs
 
-__all__ = ["SNSOutput", "sinkhorn_newton_sparse", "sq_euclidean_cost"]
+__all__ = ["SNSResult", "sinkhorn_newton_sparse", "sq_euclidean_cost"]
 
 _BINS, _SPAN = 1024, 64.0  # the sparsification histogram: bins over 64 nats of log P
 
 
-class SNSOutput(NamedTuple):
-  """Result of :func:`sinkhorn_newton_sparse`.
+class SNSResult(NamedTuple):
+  """Result of :func:`sinkhorn_newton_sparse` (formerly ``SNSOutput``).
 
   Attributes:
     f: row potential, shape ``(n,)`` (ott-jax's convention: the plan is
@@ -30,9 +30,12 @@ class SNSOutput(NamedTuple):
       + \\varepsilon (H(a) + H(b))` (equal to ott's ``reg_ot_cost`` at convergence).
     errors: marginal error :math:`\\|P 1 - a\\|_1 + \\|P^\\top 1 - b\\|_1` at the start of
       every iteration (Sinkhorn iterations first, then Newton iterations), shape
-      ``(num_sinkhorn + max_newton + 1,)``; entries after the last iteration are NaN.
-    num_newton: Newton iterations taken (int32).
-    converged: whether the final marginal error is below ``threshold``.
+      ``(sinkhorn_num_iterations + max_iterations + 1,)``; entries after the last
+      iteration are NaN.
+    n_iters: Newton iterations taken (int32; formerly ``num_newton``, still readable with
+      a ``DeprecationWarning`` for one release). The final error is
+      ``errors[sinkhorn_num_iterations + n_iters]``.
+    converged: whether the final marginal error is below ``tol``.
   """
 
   f: jax.Array
@@ -40,8 +43,10 @@ class SNSOutput(NamedTuple):
   plan: jax.Array
   reg_ot_cost: jax.Array
   errors: jax.Array
-  num_newton: jax.Array
+  n_iters: jax.Array
   converged: jax.Array
+
+  num_newton = renamed_field("num_newton", "n_iters")
 
 
 def sq_euclidean_cost(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -96,20 +101,27 @@ def _check_weights(name: str, w: Any, size: int, dtype) -> jax.Array:
   return w.astype(dtype)
 
 
+@renamed_kwargs(
+  num_sinkhorn="sinkhorn_num_iterations",
+  max_newton="max_iterations",
+  threshold="tol",
+  cg_maxiter="cg_max_iterations",
+  max_linesearch="linesearch_max_iterations",
+)
 def sinkhorn_newton_sparse(
   cost: jax.Array,
   a: jax.Array | None = None,
   b: jax.Array | None = None,
   *,
   epsilon: float,
-  num_sinkhorn: int = 20,
-  max_newton: int = 50,
+  sinkhorn_num_iterations: int = 20,
+  max_iterations: int = 50,
   rho: float = 0.05,
-  threshold: float = 1e-6,
-  cg_maxiter: int = 100,
+  tol: float = 1e-6,
+  cg_max_iterations: int = 100,
   cg_tol: float = 1e-10,
-  max_linesearch: int = 30,
-) -> SNSOutput:
+  linesearch_max_iterations: int = 30,
+) -> SNSResult:
   r"""Entropic optimal transport by Sinkhorn-Newton-Sparse (SNS).
 
   Solves :math:`\min_P \langle C, P\rangle - \varepsilon H(P)` s.t. :math:`P 1 = a`,
@@ -124,8 +136,8 @@ def sinkhorn_newton_sparse(
       \begin{pmatrix} \operatorname{diag}(P 1) & P \\ P^\top & \operatorname{diag}(P^\top 1)
       \end{pmatrix}.
 
-  Algorithm 1 of the paper: ``num_sinkhorn`` log-domain Sinkhorn iterations (the warm
-  start), then Newton iterations
+  Algorithm 1 of the paper: ``sinkhorn_num_iterations`` log-domain Sinkhorn iterations
+  (the warm start), then at most ``max_iterations`` Newton iterations
 
   .. math::
     M = \frac{1}{\varepsilon}
@@ -140,7 +152,8 @@ def sinkhorn_newton_sparse(
   :math:`L` from :math:`\alpha = 1`. Since the kept entries are nonnegative and at most
   :math:`P`, :math:`M` is diagonally dominant, hence positive semi-definite, and the
   direction is one of ascent. Newton stops when the marginal error
-  :math:`\|P 1 - a\|_1 + \|P^\top 1 - b\|_1` drops below ``threshold``. The sparse product
+  :math:`\|P 1 - a\|_1 + \|P^\top 1 - b\|_1` drops below ``tol`` (ott-jax's
+  ``threshold``). The sparse product
   is a gather and a ``segment_sum`` over the kept entries, so one CG iteration costs
   :math:`O(\rho n m)`, not :math:`O(nm)`.
 
@@ -155,19 +168,22 @@ def sinkhorn_newton_sparse(
     b: target weights ``(m,)``, positive, summing to 1 (default uniform).
     epsilon: entropic regularization :math:`\varepsilon > 0` (absolute, as ott-jax's
       ``Geometry(cost_matrix, epsilon=...)``).
-    num_sinkhorn: :math:`N_1 \ge 0`, warm-start Sinkhorn iterations (static).
-    max_newton: :math:`N_2 \ge 0`, the most Newton iterations (static).
+    sinkhorn_num_iterations: :math:`N_1 \ge 0`, warm-start Sinkhorn iterations (static;
+      formerly ``num_sinkhorn``).
+    max_iterations: :math:`N_2 \ge 0`, the most Newton iterations (static; formerly
+      ``max_newton``).
     rho: fraction of the entries of :math:`P` kept in the sparsified Hessian, in (0, 1].
-    threshold: target marginal error (> 0).
-    cg_maxiter: the most CG iterations per Newton step (static).
+    tol: target marginal error (> 0; formerly ``threshold``).
+    cg_max_iterations: the most CG iterations per Newton step (static; formerly
+      ``cg_maxiter``).
     cg_tol: CG relative residual tolerance.
-    max_linesearch: the most halvings of :math:`\alpha` (static); if none gives an Armijo
-      increase the step is not taken and the iteration stops making progress (the error
-      history then shows a plateau).
+    linesearch_max_iterations: the most halvings of :math:`\alpha` (static; formerly
+      ``max_linesearch``); if none gives an Armijo increase the step is not taken and the
+      iteration stops making progress (the error history then shows a plateau).
 
   Returns:
-    An :class:`SNSOutput` (potentials, plan, cost, error history, Newton iterations, and
-    whether ``threshold`` was reached).
+    An :class:`SNSResult` (potentials, plan, cost, error history, Newton iterations, and
+    whether ``tol`` was reached).
 
   Raises:
     ValueError: a cost that is not 2-D, not finite or empty; weights of the wrong shape, not
@@ -180,7 +196,7 @@ def sinkhorn_newton_sparse(
     >>> x = jax.random.normal(jax.random.key(0), (8, 2))
     >>> y = jax.random.normal(jax.random.key(1), (8, 2)) + 1.0
     >>> cost = sq_euclidean_cost(x, y)
-    >>> out = sinkhorn_newton_sparse(cost, epsilon=0.5, rho=0.5, threshold=1e-4)
+    >>> out = sinkhorn_newton_sparse(cost, epsilon=0.5, rho=0.5, tol=1e-4)
     >>> bool(out.converged), out.plan.shape
     (True, (8, 8))
 
@@ -204,26 +220,32 @@ def sinkhorn_newton_sparse(
   a = _check_weights("a", a, n, cost.dtype)
   b = _check_weights("b", b, m, cost.dtype)
   check_scalar("epsilon", epsilon, lo=0.0, lo_open=True)
-  num_sinkhorn = check_scalar("num_sinkhorn", num_sinkhorn, lo=0, integer=True, static=True)
-  max_newton = check_scalar("max_newton", max_newton, lo=0, integer=True, static=True)
+  sinkhorn_num_iterations = check_scalar(
+    "sinkhorn_num_iterations", sinkhorn_num_iterations, lo=0, integer=True, static=True
+  )
+  max_iterations = check_scalar("max_iterations", max_iterations, lo=0, integer=True, static=True)
   rho = check_scalar("rho", rho, lo=0.0, hi=1.0, lo_open=True, static=True)
-  check_scalar("threshold", threshold, lo=0.0, lo_open=True)
-  cg_maxiter = check_scalar("cg_maxiter", cg_maxiter, lo=1, integer=True, static=True)
+  check_scalar("tol", tol, lo=0.0, lo_open=True)
+  cg_max_iterations = check_scalar(
+    "cg_max_iterations", cg_max_iterations, lo=1, integer=True, static=True
+  )
   check_scalar("cg_tol", cg_tol, lo=0.0, lo_open=True)
-  max_linesearch = check_scalar("max_linesearch", max_linesearch, lo=1, integer=True, static=True)
+  linesearch_max_iterations = check_scalar(
+    "linesearch_max_iterations", linesearch_max_iterations, lo=1, integer=True, static=True
+  )
   keep = min(n * m, max(1, math.ceil(rho * n * m)))
   return _solve(
     cost,
     a,
     b,
     epsilon,
-    threshold,
+    tol,
     cg_tol,
-    num_sinkhorn,
-    max_newton,
+    sinkhorn_num_iterations,
+    max_iterations,
     keep,
-    cg_maxiter,
-    max_linesearch,
+    cg_max_iterations,
+    linesearch_max_iterations,
   )
 
 
@@ -340,4 +362,4 @@ def _solve(cost, a, b, eps, threshold, cg_tol, num_sinkhorn, max_newton, keep, c
   entropy = lambda w: -jnp.sum(w * jnp.log(w))
   reg_cost = jnp.dot(a, f) + jnp.dot(b, g) - eps * (jnp.sum(p) - 1.0)
   reg_cost = reg_cost + eps * (entropy(a) + entropy(b))
-  return SNSOutput(f, g, p, reg_cost, history, jnp.asarray(k, jnp.int32), err < threshold)
+  return SNSResult(f, g, p, reg_cost, history, jnp.asarray(k, jnp.int32), err < threshold)

@@ -11,7 +11,8 @@ names the argument at fault:
 - :func:`as_key` for PRNG keys: the one key policy of both packages accepts a typed key
   (``jax.random.key``), a raw ``uint32`` key (``jax.random.PRNGKey``) or an int seed.
 - :func:`renamed_kwargs` and :func:`warn_default` keep old keyword spellings and old
-  defaults working for one release with a ``DeprecationWarning``.
+  defaults working for one release with a ``DeprecationWarning``; :func:`renamed_field`
+  does the same for a result's renamed field and :func:`moved_names` for a moved name.
 - :func:`check_flag` for ``bool`` options.
 - :func:`check_labels` / :func:`poison`: the one label policy (concrete labels out of
   range raise; traced ones poison the outputs that depend on them with NaN).
@@ -22,6 +23,7 @@ names the argument at fault:
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 import warnings
 from collections.abc import Callable, Iterable
@@ -348,6 +350,51 @@ def renamed_kwargs(**renames: str) -> Callable[[Callable], Callable]:
     return wrapper
 
   return decorate
+
+
+def renamed_field(old: str, new: str) -> property:
+  """A read-only alias ``old`` of the field ``new`` of a result ``NamedTuple``, for one release.
+
+  Put ``iterations = renamed_field("iterations", "n_iters")`` in the class body: reading
+  ``result.iterations`` returns ``result.n_iters`` with a ``DeprecationWarning``. The
+  alias is not a field: the constructor, ``_replace`` and ``_fields`` know only ``new``.
+  """
+
+  def get(self):
+    warnings.warn(
+      f"{type(self).__name__}.{old} is deprecated; use .{new} "
+      "(the old name will be removed in the next release)",
+      DeprecationWarning,
+      stacklevel=2,
+    )
+    return getattr(self, new)
+
+  get.__doc__ = f"Deprecated alias of ``{new}`` (removed in the next release)."
+  return property(get)
+
+
+def moved_names(module: str, moved: dict[str, str]) -> Callable[[str], Any]:
+  """A module ``__getattr__`` that serves moved or renamed names for one release.
+
+  ``moved`` maps an old name of ``module`` to its new dotted place
+  (``"optim.loops.reg_newton_minimize"``); reading the old name returns the object there
+  with a ``DeprecationWarning`` that names the new place. The new module is imported
+  only then, so an old name costs nothing until it is used.
+  """
+
+  def __getattr__(name: str) -> Any:
+    if name in moved:
+      where, _, attr = moved[name].rpartition(".")
+      warnings.warn(
+        f"{module}.{name} is deprecated; use {moved[name]} "
+        "(the old name will be removed in the next release)",
+        DeprecationWarning,
+        stacklevel=2,
+      )
+      return getattr(importlib.import_module(where), attr)
+    raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+  return __getattr__
 
 
 def warn_default(value: Any, name: str, default: Any, where: str) -> Any:

@@ -25,10 +25,14 @@ DESIGN = ROOT / "docs" / "design.md"
 
 MODULES = (
   "optim",
+  "optim.compander",
   "optim.curvature",
   "optim.data_scores",
+  "optim.layouts",
+  "optim.loops",
   "optim.losses",
   "optim.ot",
+  "optim.pruning",
   "optim.quant",
   "optim.schedules",
   "jaxdiff",
@@ -47,6 +51,48 @@ MODULES = (
 )
 
 FORBIDDEN = ("kind", "method", "estimator", "input", "error_dtype", "buffer_dtype", "seed", "rng")
+
+# Known synonyms of the iteration and tolerance vocabulary (docs/design.md, "API
+# conventions"): a parameter spelled so is flagged with the one name to use instead.
+SYNONYMS = {
+  "num_iters": "num_iterations",
+  "num_iter": "num_iterations",
+  "n_iters": "num_iterations (n_iters is a result field)",
+  "n_iter": "num_iterations",
+  "niter": "num_iterations",
+  "iterations": "num_iterations",
+  "max_iters": "max_iterations",
+  "max_iter": "max_iterations",
+  "maxiter": "max_iterations",
+  "max_steps": "max_iterations",
+  "max_newton": "max_iterations",
+  "num_sinkhorn": "sinkhorn_num_iterations",
+  "max_search": "search_max_iterations",
+  "max_linesearch": "linesearch_max_iterations",
+  "cg_maxiter": "cg_max_iterations",
+  "grad_tol": "tol",
+  "tolerance": "tol",
+  "eps_tol": "tol",
+  "num_newton": "n_iters",
+}
+# The same synonyms behind an inner solver's prefix (``cg_maxiter``, ``ls_tolerance``).
+_SYNONYM_SUFFIX = re.compile(r"_(maxiters?|max_iters?|num_iters?|n_iters?|niters?|tolerance)$")
+
+# Every iterative solver's result (a loop to a tolerance or a cap): the stop flag and the
+# iteration count under one name each, and the stopping criterion's history where kept.
+SOLVER_RESULTS = {
+  "optim.curvature.EigenResult": ("converged", "n_iters"),
+  "optim.curvature.LanczosResult": ("converged", "n_iters"),
+  "optim.loops.RegNewtonResult": ("converged", "n_iters", "errors"),
+  "optim.ot.SNSResult": ("converged", "n_iters", "errors"),
+}
+# The solvers that return them: a cap (or fixed count) and a tolerance under one name each.
+SOLVERS = {
+  "optim.curvature.top_eigenvalues": ("max_iterations", "tol"),
+  "optim.curvature.lanczos": ("num_iterations", "breakdown_tol"),
+  "optim.loops.reg_newton_minimize": ("max_iterations", "tol"),
+  "optim.ot.sinkhorn_newton_sparse": ("max_iterations", "tol"),
+}
 
 # The optimizer aliases (``<x>`` = weight decay + ``scale_by_<x>`` + learning rate).
 ALIASES = (
@@ -187,6 +233,59 @@ def test_public_api_is_walked():
 def test_no_forbidden_parameter_name(name, obj, is_method):
   bad = sorted(set(_params(obj)) & set(FORBIDDEN))
   assert not bad, f"{name}: forbidden parameter name(s) {bad}; see docs/design.md vocabulary"
+
+
+def _synonym(param: str) -> str | None:
+  if param in SYNONYMS:
+    return SYNONYMS[param]
+  match = _SYNONYM_SUFFIX.search(param)
+  if match:
+    return param[: match.start()] + ("_tol" if "tol" in match.group(1) else "_max_iterations")
+  return None
+
+
+@pytest.mark.parametrize("name,obj,is_method", PUBLIC, ids=IDS)
+def test_no_synonym_of_the_iteration_vocabulary(name, obj, is_method):
+  # Records are included: a result's field is a name the user reads, as a parameter is
+  # (there ``n_iters`` is the one name of the iteration count).
+  record = _is_record(obj)
+  bad = {p: _synonym(p) for p in _params(obj) if _synonym(p) and not (record and p == "n_iters")}
+  assert not bad, f"{name}: use the vocabulary's names: {bad}; see docs/design.md"
+
+
+def test_synonym_check_flags_what_it_should():
+  # The check itself can be too loose (a rename of the table, a regex that stops matching).
+  for param in ("max_iters", "cg_maxiter", "grad_tol", "ls_tolerance", "inner_n_iters"):
+    assert _synonym(param), param
+  for param in ("max_iterations", "cg_max_iterations", "tol", "cg_tol", "num_steps", "rtol"):
+    assert _synonym(param) is None, param
+
+
+@pytest.mark.parametrize("name", sorted(SOLVER_RESULTS))
+def test_every_solver_result_has_converged_and_n_iters(name):
+  fields = _resolve(name)._fields
+  missing = [f for f in SOLVER_RESULTS[name] if f not in fields]
+  assert not missing, f"{name}: missing field(s) {missing} (fields {fields})"
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_every_iterative_solver_speaks_the_vocabulary(name):
+  params = _params(_resolve(name))
+  missing = [p for p in SOLVERS[name] if p not in params]
+  assert not missing, f"{name}: missing parameter(s) {missing}"
+  # ``threshold`` is a decision threshold (clip, cache reuse, early exit), never a
+  # solver's stopping tolerance.
+  assert "threshold" not in params, f"{name}: a stopping tolerance is `tol`"
+
+
+def test_solver_tables_list_every_solver_result():
+  # A new ...Result with a convergence flag joins SOLVER_RESULTS, so its names are checked.
+  found = {
+    name
+    for name, obj, _ in PUBLIC
+    if _is_record(obj) and name.endswith("Result") and "converged" in obj._fields
+  }
+  assert found <= set(SOLVER_RESULTS), sorted(found - set(SOLVER_RESULTS))
 
 
 @pytest.mark.parametrize("name,obj,is_method", PUBLIC, ids=IDS)

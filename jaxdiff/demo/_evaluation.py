@@ -193,7 +193,7 @@ def hessian_spectrum(config: DemoConfig, models: Models, data: Digits) -> tuple[
   op = curvature.hessian_matvec(loss, params, x, y)
   key = jax.random.key(config.seed + 7)
   density = curvature.slq_density(
-    op, key=key, num_iters=config.slq_iters, num_probes=config.slq_probes
+    op, key=key, num_iterations=config.slq_iters, num_probes=config.slq_probes
   )
   top = curvature.top_eigenvalues(op, key=jax.random.fold_in(key, 1), k=config.top_k)
   eig = np.asarray(top.eigenvalues, np.float64)

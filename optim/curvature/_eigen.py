@@ -10,7 +10,7 @@ import optax.tree_utils as otu
 from jax.flatten_util import ravel_pytree
 
 from optim._tree import PROBES, tree_probe, tree_vdot
-from optim._validation import as_key, check_choice, check_scalar, renamed_kwargs
+from optim._validation import as_key, check_choice, check_scalar, renamed_field, renamed_kwargs
 from optim.curvature._operators import LinearOperator, check_at_most_dim, check_operator
 
 PyTree = Any
@@ -26,16 +26,20 @@ class EigenResult(NamedTuple):
       when every pair converged).
     eigenvectors: a pytree shaped like the domain with a leading axis of size ``k``; unit
       norm, mutually orthogonal.
-    converged: ``(k,)`` bool, whether the residual test passed within ``max_iters``.
-    iterations: ``(k,)`` int32, operator products spent on each pair.
+    converged: ``(k,)`` bool, whether the residual test passed within
+      ``max_iterations``.
+    n_iters: ``(k,)`` int32, operator products spent on each pair (formerly
+      ``iterations``, still readable with a ``DeprecationWarning`` for one release).
     residuals: ``(k,)`` final residual norms :math:`\\|Av - \\lambda v\\|`.
   """
 
   eigenvalues: jax.Array
   eigenvectors: PyTree
   converged: jax.Array
-  iterations: jax.Array
+  n_iters: jax.Array
   residuals: jax.Array
+
+  iterations = renamed_field("iterations", "n_iters")
 
 
 def _stack_index(stack: PyTree, i) -> PyTree:
@@ -60,12 +64,13 @@ def _normalize(v: PyTree) -> tuple[PyTree, jax.Array]:
   return jax.tree.map(lambda x: (x / safe).astype(x.dtype), v), norm
 
 
+@renamed_kwargs(max_iters="max_iterations")
 def top_eigenvalues(
   op: LinearOperator,
   *,
   key: Any,
   k: int = 1,
-  max_iters: int = 100,
+  max_iterations: int = 100,
   tol: float = 1e-6,
 ) -> EigenResult:
   """The ``k`` eigenvalues of largest magnitude by power iteration with deflation.
@@ -78,7 +83,7 @@ def top_eigenvalues(
 
   stopping when the residual :math:`\\|w - \\lambda v\\| \\le \\mathrm{tol}\\,|\\lambda|`
   (then :math:`|\\lambda - \\lambda_{\\mathrm{true}}| \\lesssim \\|r\\|^2/\\mathrm{gap}`) or after
-  ``max_iters`` products. Power iteration converges to the eigenvalue of largest
+  ``max_iterations`` products. Power iteration converges to the eigenvalue of largest
   *magnitude*; for a Hessian with a large negative eigenvalue that one comes first. A
   pair :math:`\\pm\\lambda` of equal magnitude does not converge (``converged=False``).
   The loop over pairs and the iteration are ``lax`` loops: one compilation for any
@@ -89,23 +94,25 @@ def top_eigenvalues(
     key: PRNG key for the (Gaussian) start vectors (typed key, raw ``uint32`` key or int
       seed).
     k: number of eigenpairs, a static integer between 1 and the operator's dimension.
-    max_iters: maximum operator products per pair, a static integer (>= 1).
+    max_iterations: maximum operator products per pair, a static integer (>= 1; formerly
+      ``max_iters``).
     tol: relative residual tolerance (>= 0).
 
   Returns:
     An :class:`EigenResult`.
 
   Raises:
-    ValueError: ``k`` below 1 or above the operator's dimension, ``max_iters < 1``, or a
-      negative ``tol``.
-    TypeError: ``op`` is not a :class:`LinearOperator`, or ``k``/``max_iters`` is traced.
+    ValueError: ``k`` below 1 or above the operator's dimension, ``max_iterations < 1``,
+      or a negative ``tol``.
+    TypeError: ``op`` is not a :class:`LinearOperator`, or ``k``/``max_iterations`` is
+      traced.
 
   Example:
     >>> import jax, jax.numpy as jnp
     >>> from optim.curvature import LinearOperator, top_eigenvalues
     >>> d = jnp.array([1.0, -4.0, 2.0, 0.5])
     >>> op = LinearOperator(lambda v: d * v, jax.ShapeDtypeStruct((4,), jnp.float32))
-    >>> top_eigenvalues(op, key=jax.random.key(0), k=2, max_iters=500).eigenvalues
+    >>> top_eigenvalues(op, key=jax.random.key(0), k=2, max_iterations=500).eigenvalues
     Array([-4.,  2.], dtype=float32)
 
   References:
@@ -116,7 +123,7 @@ def top_eigenvalues(
   check_operator(op, "top_eigenvalues")
   k = check_scalar("k", k, lo=1, integer=True, static=True)
   check_at_most_dim("k", k, op)
-  max_iters = check_scalar("max_iters", max_iters, lo=1, integer=True, static=True)
+  max_iterations = check_scalar("max_iterations", max_iterations, lo=1, integer=True, static=True)
   check_scalar("tol", tol, lo=0)
   key = as_key(key)
   dtype = op.dtype
@@ -130,7 +137,7 @@ def top_eigenvalues(
 
     def cond(state):
       it, _, _, r, done = state
-      return (it < max_iters) & ~done
+      return (it < max_iterations) & ~done
 
     def body(state):
       it, v, _, _, _ = state
@@ -176,15 +183,21 @@ class LanczosResult(NamedTuple):
     betas: ``(m - 1,)`` off-diagonal of :math:`T`.
     basis: the Lanczos vectors, a pytree shaped like the domain with a leading axis of
       size ``m`` (rows past a breakdown are zero).
-    num_steps: int32, the number of valid steps (``m`` unless the Krylov space became
+    n_iters: int32, the number of valid steps (``m`` unless the Krylov space became
       invariant earlier; then :math:`T` is block diagonal with a zero trailing block whose
-      Ritz values carry zero quadrature weight).
+      Ritz values carry zero quadrature weight). Formerly ``num_steps``, still readable
+      with a ``DeprecationWarning`` for one release.
+    converged: bool, whether the run found an invariant Krylov space (a breakdown, at the
+      last step included): the Ritz values are then exact eigenvalues of :math:`A`.
   """
 
   alphas: jax.Array
   betas: jax.Array
   basis: PyTree
-  num_steps: jax.Array
+  n_iters: jax.Array
+  converged: jax.Array
+
+  num_steps = renamed_field("num_steps", "n_iters")
 
 
 def tridiagonal(result: LanczosResult) -> jax.Array:
@@ -206,7 +219,7 @@ def tridiagonal(result: LanczosResult) -> jax.Array:
     >>> import jax, jax.numpy as jnp
     >>> from optim.curvature import LinearOperator, lanczos, tridiagonal
     >>> op = LinearOperator(lambda v: 2.0 * v, jax.ShapeDtypeStruct((3,), jnp.float32))
-    >>> tridiagonal(lanczos(op, key=0, num_iters=2))  # A = 2I: invariant after one step
+    >>> tridiagonal(lanczos(op, key=0, num_iterations=2))  # A = 2I: invariant after one step
     Array([[2., 0.],
            [0., 0.]], dtype=float32)
 
@@ -216,7 +229,7 @@ def tridiagonal(result: LanczosResult) -> jax.Array:
   return jnp.diag(result.alphas) + jnp.diag(result.betas, 1) + jnp.diag(result.betas, -1)
 
 
-def _lanczos_flat(op: LinearOperator, key, num_iters: int, probe: str, breakdown_tol):
+def _lanczos_flat(op: LinearOperator, key, num_iterations: int, probe: str, breakdown_tol):
   # Full reorthogonalization is a product with the (m, P) matrix of stored Lanczos
   # vectors, so the vectors are raveled into one flat array for the duration of the run.
   flat0, unravel = ravel_pytree(otu.tree_zeros_like(op.like))
@@ -228,7 +241,7 @@ def _lanczos_flat(op: LinearOperator, key, num_iters: int, probe: str, breakdown
 
   q0 = ravel_pytree(tree_probe(key, op.like, probe))[0].astype(dtype)
   q0 = q0 / jnp.linalg.norm(q0)
-  basis = jnp.zeros((num_iters + 1, dim), dtype).at[0].set(q0)
+  basis = jnp.zeros((num_iterations + 1, dim), dtype).at[0].set(q0)
 
   def step(carry, j):
     basis, q, scale, broken, steps = carry
@@ -250,18 +263,19 @@ def _lanczos_flat(op: LinearOperator, key, num_iters: int, probe: str, breakdown
     return (basis, q_next, scale, broken, steps), (alpha, beta)
 
   init = (basis, q0, jnp.zeros((), dtype), jnp.zeros((), bool), jnp.zeros((), jnp.int32))
-  (basis, _, _, _, steps), (alphas, betas) = jax.lax.scan(
-    step, init, jnp.arange(num_iters, dtype=jnp.int32)
+  (basis, _, _, broken, steps), (alphas, betas) = jax.lax.scan(
+    step, init, jnp.arange(num_iterations, dtype=jnp.int32)
   )
-  return alphas, betas[:-1], basis[:num_iters], steps, lambda x: unravel(x.astype(flat0.dtype))
+  unravel_fn = lambda x: unravel(x.astype(flat0.dtype))
+  return alphas, betas[:-1], basis[:num_iterations], steps, broken, unravel_fn
 
 
-@renamed_kwargs(kind="probe")
+@renamed_kwargs(kind="probe", num_iters="num_iterations")
 def lanczos(
   op: LinearOperator,
   *,
   key: Any,
-  num_iters: int,
+  num_iterations: int,
   probe: str = "gaussian",
   breakdown_tol: float | None = None,
 ) -> LanczosResult:
@@ -278,35 +292,37 @@ def lanczos(
 
   Every new vector is orthogonalized against all previous ones (twice), so the Ritz
   values (eigenvalues of :math:`T`) carry no spurious copies. The loop is a ``lax.scan``
-  of exactly ``num_iters`` steps. **Breakdown**: when
+  of exactly ``num_iterations`` steps. **Breakdown**: when
   :math:`\\beta_j \\le \\mathrm{tol} \\cdot \\max(|\\alpha|, \\beta)` the Krylov space is
   invariant; the run stops extending it (later :math:`\\alpha, \\beta` and basis rows are
-  zero), so :math:`T` stays consistent and exact on that space, and ``num_steps`` records
-  where it stopped. With ``num_iters`` equal to the dimension and no breakdown, the Ritz
-  values are all eigenvalues of :math:`A`.
+  zero), so :math:`T` stays consistent and exact on that space, ``n_iters`` records
+  where it stopped and ``converged`` is set. With ``num_iterations`` equal to the
+  dimension, the Ritz values are all eigenvalues of :math:`A`.
 
   Args:
     op: a symmetric :class:`LinearOperator`.
     key: PRNG key for the start vector (typed key, raw ``uint32`` key or int seed).
-    num_iters: :math:`m`, a static integer between 1 and the operator's dimension.
+    num_iterations: :math:`m`, a static integer between 1 and the operator's dimension
+      (formerly ``num_iters``).
     probe: start-vector distribution, ``"gaussian"`` or ``"rademacher"`` (formerly
       ``kind``).
     breakdown_tol: relative breakdown threshold (>= 0); default ``100 * eps`` of the dtype.
 
   Returns:
-    A :class:`LanczosResult` ``(alphas, betas, basis, num_steps)``; see :func:`tridiagonal`.
+    A :class:`LanczosResult` ``(alphas, betas, basis, n_iters, converged)``; see
+    :func:`tridiagonal`.
 
   Raises:
-    ValueError: ``num_iters`` below 1 or above the operator's dimension, an unknown
+    ValueError: ``num_iterations`` below 1 or above the operator's dimension, an unknown
       ``probe``, or a negative ``breakdown_tol``.
-    TypeError: ``op`` is not a :class:`LinearOperator`, or ``num_iters`` is traced.
+    TypeError: ``op`` is not a :class:`LinearOperator`, or ``num_iterations`` is traced.
 
   Example:
     >>> import jax, jax.numpy as jnp
     >>> from optim.curvature import LinearOperator, lanczos, tridiagonal
     >>> d = jnp.array([3.0, 1.0, 2.0])
     >>> op = LinearOperator(lambda v: d * v, jax.ShapeDtypeStruct((3,), jnp.float32))
-    >>> res = lanczos(op, key=jax.random.key(0), num_iters=3)
+    >>> res = lanczos(op, key=jax.random.key(0), num_iterations=3)
     >>> jnp.round(jnp.linalg.eigvalsh(tridiagonal(res)), 4)
     Array([1., 2., 3.], dtype=float32)
 
@@ -316,11 +332,13 @@ def lanczos(
     Van Loan, "Matrix Computations", 4th ed., Sec. 10.1 and 10.3.1.
   """
   check_operator(op, "lanczos")
-  num_iters = check_scalar("num_iters", num_iters, lo=1, integer=True, static=True)
-  check_at_most_dim("num_iters", num_iters, op)
+  num_iterations = check_scalar("num_iterations", num_iterations, lo=1, integer=True, static=True)
+  check_at_most_dim("num_iterations", num_iterations, op)
   check_choice("probe", probe, PROBES)
   if breakdown_tol is not None:
     check_scalar("breakdown_tol", breakdown_tol, lo=0)
   key = as_key(key)
-  alphas, betas, basis, steps, unravel = _lanczos_flat(op, key, num_iters, probe, breakdown_tol)
-  return LanczosResult(alphas, betas, jax.vmap(unravel)(basis), steps)
+  alphas, betas, basis, steps, broken, unravel = _lanczos_flat(
+    op, key, num_iterations, probe, breakdown_tol
+  )
+  return LanczosResult(alphas, betas, jax.vmap(unravel)(basis), steps, broken)

@@ -312,7 +312,7 @@ def check_at_most_dim(name: str, value: int, op: LinearOperator) -> None:
   """Raises unless ``value`` (a count of orthonormal vectors) is at most the operator's dimension.
 
   An orthonormal set or a Krylov basis cannot have more vectors than the dimension, so ``k``
-  or ``num_iters`` beyond it is an error rather than padding with spurious values.
+  or ``num_iterations`` beyond it is an error rather than padding with spurious values.
   """
   if value > op.dim:
     raise ValueError(

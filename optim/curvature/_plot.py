@@ -48,7 +48,7 @@ def plot_density(
     >>> from optim.curvature import LinearOperator, plot_density, slq_density
     >>> d = jnp.linspace(0.0, 1.0, 20)
     >>> op = LinearOperator(lambda v: d * v, jax.ShapeDtypeStruct((20,), jnp.float32))
-    >>> ax = plot_density(slq_density(op, key=jax.random.key(0), num_iters=10))
+    >>> ax = plot_density(slq_density(op, key=jax.random.key(0), num_iterations=10))
     >>> ax.get_yscale()
     'log'
 

@@ -36,12 +36,12 @@ class SpectralDensity(NamedTuple):
   sigma: jax.Array
 
 
-@renamed_kwargs(kind="probe")
+@renamed_kwargs(kind="probe", num_iters="num_iterations")
 def slq_density(
   op: LinearOperator,
   *,
   key: Any,
-  num_iters: int = 100,
+  num_iterations: int = 100,
   num_probes: int = 1,
   num_points: int = 1024,
   width_fraction: float = 0.01,
@@ -70,8 +70,8 @@ def slq_density(
   Args:
     op: a symmetric :class:`LinearOperator`.
     key: PRNG key for the probes (typed key, raw ``uint32`` key or int seed).
-    num_iters: Lanczos steps per probe :math:`m`, a static integer (>= 1; clipped to the
-      operator's dimension).
+    num_iterations: Lanczos steps per probe :math:`m`, a static integer (>= 1; clipped to
+      the operator's dimension; formerly ``num_iters``).
     num_probes: number of probes :math:`n_v`, a static integer (>= 1).
     num_points: size of the default grid, a static integer (>= 2).
     width_fraction: :math:`\\sigma` as a fraction of the spectral range (> 0).
@@ -93,7 +93,7 @@ def slq_density(
     >>> from optim.curvature import LinearOperator, slq_density
     >>> d = jnp.linspace(0.0, 1.0, 50)
     >>> op = LinearOperator(lambda v: d * v, jax.ShapeDtypeStruct((50,), jnp.float32))
-    >>> res = slq_density(op, key=jax.random.key(0), num_iters=20, num_probes=4)
+    >>> res = slq_density(op, key=jax.random.key(0), num_iterations=20, num_probes=4)
     >>> res.density.shape, bool(jnp.abs(jnp.trapezoid(res.density, res.grid) - 1) < 1e-2)
     ((1024,), True)
 
@@ -104,7 +104,7 @@ def slq_density(
     "PyHessian", arXiv:1912.07145.
   """
   check_operator(op, "slq_density")
-  num_iters = check_scalar("num_iters", num_iters, lo=1, integer=True, static=True)
+  num_iterations = check_scalar("num_iterations", num_iterations, lo=1, integer=True, static=True)
   num_probes = check_scalar("num_probes", num_probes, lo=1, integer=True, static=True)
   num_points = check_scalar("num_points", num_points, lo=2, integer=True, static=True)
   check_scalar("width_fraction", width_fraction, lo=0, lo_open=True)
@@ -114,10 +114,10 @@ def slq_density(
     raise ValueError("slq_density: op has dimension 0, so it has no spectrum to estimate")
   if grid is not None:
     grid = _check_grid(grid)
-  m = min(num_iters, op.dim)
+  m = min(num_iterations, op.dim)
 
   def one_probe(k):
-    alphas, betas, _, _, _ = _lanczos_flat(op, k, m, probe, None)
+    alphas, betas, _, _, _, _ = _lanczos_flat(op, k, m, probe, None)
     t = jnp.diag(alphas) + jnp.diag(betas, 1) + jnp.diag(betas, -1)
     nodes, vecs = jnp.linalg.eigh(t)
     return nodes, jnp.square(vecs[0, :])

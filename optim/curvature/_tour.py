@@ -100,18 +100,20 @@ def count_outliers(top: np.ndarray) -> int:
   return int(np.argmax(top[:-1] / top[1:]) + 1)
 
 
-@functools.partial(jax.jit, static_argnames=("num_top", "num_iters", "max_iters", "num_probes"))
-def _spectrum(params, batch, key, *, num_top, num_iters, max_iters, num_probes):
+@functools.partial(
+  jax.jit, static_argnames=("num_top", "num_iterations", "max_iterations", "num_probes")
+)
+def _spectrum(params, batch, key, *, num_top, num_iterations, max_iterations, num_probes):
   op = hessian_matvec(_loss, params, batch)
   k_top, k_slq, k_trace = jax.random.split(key, 3)
-  top = top_eigenvalues(op, key=k_top, k=num_top, max_iters=max_iters, tol=1e-4)
-  slq = slq_density(op, key=k_slq, num_iters=num_iters, num_probes=num_probes)
+  top = top_eigenvalues(op, key=k_top, k=num_top, max_iterations=max_iterations, tol=1e-4)
+  slq = slq_density(op, key=k_slq, num_iterations=num_iterations, num_probes=num_probes)
   trace = hutchinson_trace(op, key=k_trace, num_probes=100)
   return top, slq, trace
 
 
 def _one_k(
-  key, k, *, dim, hidden, n_per_class, steps, max_iters, num_iters, num_probes
+  key, k, *, dim, hidden, n_per_class, steps, max_iterations, num_iterations, num_probes
 ) -> tuple[dict[str, Any], SpectralDensity]:
   k_data, k_init, k_curv = jax.random.split(key, 3)
   batch = make_clusters(k_data, k, n_per_class, dim)
@@ -126,8 +128,8 @@ def _one_k(
     batch,
     k_curv,
     num_top=num_top,
-    num_iters=min(num_iters, num_params),
-    max_iters=max_iters,
+    num_iterations=min(num_iterations, num_params),
+    max_iterations=max_iterations,
     num_probes=num_probes,
   )
   # Ritz values of the first SLQ probe's Lanczos run: the extreme ones converge first.
@@ -214,11 +216,13 @@ def run_tour(out_dir: str | pathlib.Path, *, small: bool = False) -> dict[str, A
   out_dir.mkdir(parents=True, exist_ok=True)
   if small:
     ks = (4,)
-    cfg = dict(dim=8, hidden=16, n_per_class=32, steps=150, max_iters=100, num_iters=40)
+    cfg = dict(dim=8, hidden=16, n_per_class=32, steps=150, max_iterations=100, num_iterations=40)
     cfg["num_probes"] = 1
   else:
     ks = (2, 3, 4, 6, 8)
-    cfg = dict(dim=10, hidden=24, n_per_class=64, steps=300, max_iters=1000, num_iters=100)
+    cfg = dict(
+      dim=10, hidden=24, n_per_class=64, steps=300, max_iterations=1000, num_iterations=100
+    )
     cfg["num_probes"] = 4
   records, densities = [], []
   for i, k in enumerate(ks):

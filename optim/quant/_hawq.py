@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optim._tree import tree_vdot
-from optim._validation import as_key, check_choice, check_flag, check_scalar
+from optim._validation import as_key, check_choice, check_flag, check_scalar, renamed_kwargs
 from optim.curvature import LinearOperator, hessian_matvec, hutchinson_trace, top_eigenvalues
 from optim.quant._fake import _leaf_axis, check_bits, fake_quant
 
@@ -157,6 +157,7 @@ def exact_block_trace(op: LinearOperator, like: list, position: int) -> jax.Arra
   return jnp.sum(basis * columns)
 
 
+@renamed_kwargs(max_iters="max_iterations")
 def layer_sensitivity(
   loss_fn: Callable[..., jax.Array],
   params: PyTree,
@@ -168,7 +169,7 @@ def layer_sensitivity(
   layers: Any = None,
   symmetric: bool = True,
   axis: int | None = None,
-  max_iters: int = 100,
+  max_iterations: int = 100,
 ) -> Sensitivity:
   """Per-layer quantization sensitivities :math:`\\Omega_i(b)` (HAWQ-V2, or HAWQ's ordering).
 
@@ -204,7 +205,7 @@ def layer_sensitivity(
     layers: which leaves are quantized layers: ``None`` (all), a pytree of bools like
       ``params`` or a callable ``params -> mask``. Every selected leaf must be non-empty.
     symmetric, axis: the quantizer, as in :func:`quantize_params`.
-    max_iters: power-iteration budget per layer (``"hawq"``).
+    max_iterations: power-iteration budget per layer (``"hawq"``; formerly ``max_iters``).
 
   Returns:
     A :class:`Sensitivity`.
@@ -233,7 +234,7 @@ def layer_sensitivity(
   bits = check_bit_set(bits, symmetric)
   if num_probes is not None:
     num_probes = check_scalar("num_probes", num_probes, lo=1, integer=True, static=True)
-  max_iters = check_scalar("max_iters", max_iters, lo=1, integer=True, static=True)
+  max_iterations = check_scalar("max_iterations", max_iterations, lo=1, integer=True, static=True)
   key = as_key(key)
   positions, names, treedef = select_layers(params, layers, "layer_sensitivity")
   op = hessian_matvec(loss_fn, params, *args)  # checks loss_fn and params
@@ -247,9 +248,9 @@ def layer_sensitivity(
       keys = jax.random.split(key, len(positions))
       stat = jnp.stack(
         [
-          top_eigenvalues(block_operator(op, like, p), key=k, k=1, max_iters=max_iters).eigenvalues[
-            0
-          ]
+          top_eigenvalues(
+            block_operator(op, like, p), key=k, k=1, max_iterations=max_iterations
+          ).eigenvalues[0]
           for p, k in zip(positions, keys)
         ]
       )

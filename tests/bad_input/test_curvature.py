@@ -252,7 +252,7 @@ CASES = [
     raises(TypeError, "matvec"),
   ),
   Case(
-    "C.lanczos(C.LinearOperator(lambda v: v[:2], LIKE), key=0, num_iters=2)",
+    "C.lanczos(C.LinearOperator(lambda v: v[:2], LIKE), key=0, num_iterations=2)",
     raises(ValueError, "matvec"),
   ),
   Case(
@@ -302,19 +302,23 @@ CASES = [
   Case("C.top_eigenvalues(OP, key=0, k=0)", raises(ValueError, "k must lie")),
   Case("C.top_eigenvalues(OP, key=0, k=6)", raises(ValueError, r"k=6 exceeds .*\(5\)")),
   Case("C.top_eigenvalues(OP, key=0, k=1.5)", raises(ValueError, r"\bk\b")),
-  Case("C.top_eigenvalues(OP, key=0, max_iters=0)", raises(ValueError, "max_iters")),
+  Case("C.top_eigenvalues(OP, key=0, max_iterations=0)", raises(ValueError, "max_iterations")),
   Case("C.top_eigenvalues(OP, key=0, tol=-1.0)", raises(ValueError, "tol")),
   Case("C.top_eigenvalues(OP, key=0, tol=nan)", raises(ValueError, "tol")),
   Case("C.top_eigenvalues(3, key=0)", raises(TypeError, "LinearOperator")),
   Case("jax.jit(lambda k: C.top_eigenvalues(OP, key=0, k=k))(1)", raises(TypeError, r"\bk\b")),
-  Case("C.lanczos(OP, key=0, num_iters=6)", raises(ValueError, r"num_iters=6 exceeds")),
-  Case("C.lanczos(OP, key=0, num_iters=0)", raises(ValueError, "num_iters")),
-  Case("C.lanczos(OP, key=0, num_iters=None)", raises(TypeError, "num_iters")),
-  Case("C.lanczos(OP, key=0, num_iters=2, breakdown_tol=-1.0)", raises(ValueError, "breakdown")),
-  Case("C.lanczos(OP, key=0, num_iters=2, breakdown_tol=nan)", raises(ValueError, "breakdown")),
-  Case("C.lanczos(OP, key=0, num_iters=2, probe='x')", raises(ValueError, "probe")),
+  Case("C.lanczos(OP, key=0, num_iterations=6)", raises(ValueError, r"num_iterations=6 exceeds")),
+  Case("C.lanczos(OP, key=0, num_iterations=0)", raises(ValueError, "num_iterations")),
+  Case("C.lanczos(OP, key=0, num_iterations=None)", raises(TypeError, "num_iterations")),
   Case(
-    "jnp.linalg.eigvalsh(C.tridiagonal(C.lanczos(OP, key=0, num_iters=5)))",
+    "C.lanczos(OP, key=0, num_iterations=2, breakdown_tol=-1.0)", raises(ValueError, "breakdown")
+  ),
+  Case(
+    "C.lanczos(OP, key=0, num_iterations=2, breakdown_tol=nan)", raises(ValueError, "breakdown")
+  ),
+  Case("C.lanczos(OP, key=0, num_iterations=2, probe='x')", raises(ValueError, "probe")),
+  Case(
+    "jnp.linalg.eigvalsh(C.tridiagonal(C.lanczos(OP, key=0, num_iterations=5)))",
     returns(
       lambda r: np.allclose(r, [1, 2, 3, 4, 5], atol=1e-4), "a full run finds every eigenvalue"
     ),
@@ -331,14 +335,16 @@ CASES = [
   Case("C.slq_density(OP, key=0, width_fraction=0.0)", raises(ValueError, "width_fraction")),
   Case("C.slq_density(OP, key=0, width_fraction=inf)", raises(ValueError, "width_fraction")),
   Case("C.slq_density(OP, key=0, num_probes=0)", raises(ValueError, "num_probes")),
-  Case("C.slq_density(OP, key=0, num_iters=0)", raises(ValueError, "num_iters")),
+  Case("C.slq_density(OP, key=0, num_iterations=0)", raises(ValueError, "num_iterations")),
   Case(
     "C.slq_density(C.LinearOperator(lambda v: v, jax.ShapeDtypeStruct((0,), jnp.float32)), key=0)",
     raises(ValueError, "dimension 0"),
   ),
   Case(
-    "C.slq_density(OP, key=0, num_iters=50, grid=jnp.arange(7)).density",
-    returns(lambda r: r.shape == (7,), "num_iters is clipped to the dimension; int grid is cast"),
+    "C.slq_density(OP, key=0, num_iterations=50, grid=jnp.arange(7)).density",
+    returns(
+      lambda r: r.shape == (7,), "num_iterations is clipped to the dimension; int grid is cast"
+    ),
   ),
   Case("C.plot_density(3)", raises(TypeError, "density must be a SpectralDensity")),
   Case("C.plot_density(DENS, floor=-1.0)", raises(ValueError, "floor")),

@@ -100,45 +100,58 @@ CASES = [
   ),
   Case("step(O.scale_by_tract(), {}, {}, first_layer_inputs=X)", returns(None, "empty tree")),
   # -- weight compander ------------------------------------------------------------------------
-  Case("O.compand_weights(P, alpha=0.0)", raises(ValueError, r"alpha must lie in \(0, 1\]")),
-  Case("O.compand_weights(P, alpha=1.5)", raises(ValueError, "alpha must lie")),
-  Case("O.compand_weights(P, beta=0.0)", raises(ValueError, r"beta must lie in \(0")),
-  Case("O.expand_weights(P, beta=-1.0)", raises(ValueError, "beta must lie")),
-  Case("O.compand_weights(P, alpha=True)", raises(TypeError, "alpha must be a real number")),
   Case(
-    "O.compand_weights(jax.tree.map(lambda x: x.astype(jnp.int32), P))",
+    "O.compander.compand_weights(P, alpha=0.0)", raises(ValueError, r"alpha must lie in \(0, 1\]")
+  ),
+  Case("O.compander.compand_weights(P, alpha=1.5)", raises(ValueError, "alpha must lie")),
+  Case("O.compander.compand_weights(P, beta=0.0)", raises(ValueError, r"beta must lie in \(0")),
+  Case("O.compander.expand_weights(P, beta=-1.0)", raises(ValueError, "beta must lie")),
+  Case(
+    "O.compander.compand_weights(P, alpha=True)", raises(TypeError, "alpha must be a real number")
+  ),
+  Case(
+    "O.compander.compand_weights(jax.tree.map(lambda x: x.astype(jnp.int32), P))",
     raises(TypeError, "params"),
   ),
-  Case("O.compand_weights(P, mask={'w': True})", raises(ValueError, "mask must be a pytree")),
-  Case("O.compand_weights(P, mask={'w': 1, 'b': 0})", raises(TypeError, r"mask\['b'\] must be")),
-  Case("O.compand_weights({})", returns(None, "an empty tree is returned as it is")),
   Case(
-    "O.compand_weights(P, alpha=jnp.asarray(0.5), beta=jnp.asarray(0.1))",
+    "O.compander.compand_weights(P, mask={'w': True})", raises(ValueError, "mask must be a pytree")
+  ),
+  Case(
+    "O.compander.compand_weights(P, mask={'w': 1, 'b': 0})",
+    raises(TypeError, r"mask\['b'\] must be"),
+  ),
+  Case("O.compander.compand_weights({})", returns(None, "an empty tree is returned as it is")),
+  Case(
+    "O.compander.compand_weights(P, alpha=jnp.asarray(0.5), beta=jnp.asarray(0.1))",
     returns(None, "array hyperparameters (learned, as the paper's extension) are accepted"),
   ),
   # -- AdAdaGrad tests -------------------------------------------------------------------------
-  Case("O.norm_test({'w': jnp.ones((1, 3))})", raises(ValueError, "at least 2 per-example")),
-  Case("O.norm_test({})", raises(ValueError, "empty gradient pytree")),
-  Case("O.norm_test(PE, eta=0.0)", raises(ValueError, r"eta must lie in \(0")),
-  Case("O.augmented_inner_product_test(PE, theta=-1.0)", raises(ValueError, "theta must lie")),
-  Case("O.augmented_inner_product_test(PE, nu=nan)", raises(ValueError, "nu must be a number")),
+  Case("O.loops.norm_test({'w': jnp.ones((1, 3))})", raises(ValueError, "at least 2 per-example")),
+  Case("O.loops.norm_test({})", raises(ValueError, "empty gradient pytree")),
+  Case("O.loops.norm_test(PE, eta=0.0)", raises(ValueError, r"eta must lie in \(0")),
   Case(
-    "O.norm_test({'w': jnp.ones((2, 3), jnp.int32)})",
+    "O.loops.augmented_inner_product_test(PE, theta=-1.0)", raises(ValueError, "theta must lie")
+  ),
+  Case(
+    "O.loops.augmented_inner_product_test(PE, nu=nan)", raises(ValueError, "nu must be a number")
+  ),
+  Case(
+    "O.loops.norm_test({'w': jnp.ones((2, 3), jnp.int32)})",
     raises(TypeError, "per_example_grads"),
   ),
-  Case("O.norm_test({'w': jnp.ones(())})", raises(ValueError, "leading batch axis")),
+  Case("O.loops.norm_test({'w': jnp.ones(())})", raises(ValueError, "leading batch axis")),
   Case(
-    "O.adaptive_batch_train(lambda w, e: w @ e, jnp.ones(2), X, O.diff2, 0.1, num_steps=1,"
+    "O.loops.adaptive_batch_train(lambda w, e: w @ e, jnp.ones(2), X, O.diff2, 0.1, num_steps=1,"
     " initial_batch_size=2, variant='bad')",
     raises(ValueError, "variant"),
   ),
   Case(
-    "O.adaptive_batch_train(lambda w, e: w @ e, jnp.ones(2), X, O.diff2, 0.1, num_steps=1,"
+    "O.loops.adaptive_batch_train(lambda w, e: w @ e, jnp.ones(2), X, O.diff2, 0.1, num_steps=1,"
     " initial_batch_size=1)",
     raises(ValueError, "initial_batch_size must lie"),
   ),
   Case(
-    "O.adaptive_batch_train(lambda w, e: w @ e, jnp.ones(2), X, O.diff2, 0.1, num_steps=1,"
+    "O.loops.adaptive_batch_train(lambda w, e: w @ e, jnp.ones(2), X, O.diff2, 0.1, num_steps=1,"
     " initial_batch_size=8)",
     raises(ValueError, "initial_batch_size=8 exceeds the number of examples"),
   ),

@@ -74,6 +74,19 @@ CURVATURE_CASES: list[OptCase] = [
     note="hessian_power 0.5, Hessian every 3 steps, decoupled decay 1e-4 (moves x* by ~1e-4)",
   ),
   OptCase(
+    name="reg_newton",
+    make=lambda learning_rate: optim.reg_newton(learning_rate),
+    lr=1.0,
+    steps=30,
+    rosenbrock_lr=1.0,
+    rosenbrock_steps=200,
+    needs_obj_fn=True,
+    note=(
+      "paper defaults (gamma_0 = 1, adaptive search, exact Hessian by CG); lr 1 is the "
+      "paper's method: its acceptance test assumes the full step"
+    ),
+  ),
+  OptCase(
     name="mfac",
     make=lambda learning_rate: optim.mfac(learning_rate, num_grads=8, damping=1.0),
     lr=0.1,

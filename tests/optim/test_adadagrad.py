@@ -38,8 +38,8 @@ def test_tests_match_float64_transcription_on_20_batches(x64):
     }
     norm_b, aug_b = _reference(_flat(g), 0.5, 0.9, 5.84)
     gj = {key: jnp.asarray(v) for key, v in g.items()}
-    t1 = optim.norm_test(gj, eta=0.5)
-    t2 = optim.augmented_inner_product_test(gj, theta=0.9, nu=5.84)
+    t1 = optim.loops.norm_test(gj, eta=0.5)
+    t2 = optim.loops.augmented_inner_product_test(gj, theta=0.9, nu=5.84)
     np.testing.assert_allclose(float(t1.batch_size), norm_b, rtol=1e-6)
     np.testing.assert_allclose(float(t2.batch_size), aug_b, rtol=1e-6)
     assert bool(t1.passed) == (norm_b <= b) and bool(t2.passed) == (aug_b <= b)
@@ -49,12 +49,12 @@ def test_tests_match_float64_transcription_on_20_batches(x64):
 
 def test_identical_gradients_pass_and_zero_mean_with_spread_asks_for_everything():
   same = {"w": jnp.ones((5, 3))}
-  assert bool(optim.norm_test(same).passed)
-  assert float(optim.augmented_inner_product_test(same).batch_size) == 0.0
+  assert bool(optim.loops.norm_test(same).passed)
+  assert float(optim.loops.augmented_inner_product_test(same).batch_size) == 0.0
   spread = {"w": jnp.array([[1.0, 0.0], [-1.0, 0.0]])}
-  t = optim.norm_test(spread)
+  t = optim.loops.norm_test(spread)
   assert not bool(t.passed) and float(t.batch_size) == np.inf
-  assert float(optim.norm_test({"w": jnp.zeros((3, 2))}).batch_size) == 0.0
+  assert float(optim.loops.norm_test({"w": jnp.zeros((3, 2))}).batch_size) == 0.0
 
 
 def test_training_helper_grows_the_batch_and_rescales_the_learning_rate():
@@ -67,7 +67,7 @@ def test_training_helper_grows_the_batch_and_rescales_the_learning_rate():
     seen.append(learning_rate)
     return optax.adagrad(learning_rate)
 
-  r = optim.adaptive_batch_train(
+  r = optim.loops.adaptive_batch_train(
     loss,
     jnp.zeros(1),
     data,

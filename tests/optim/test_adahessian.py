@@ -101,12 +101,12 @@ def test_matches_numpy_transcription_with_conv_spatial_averaging(x64, name):
 
 def test_spatial_rule_for_each_rank_and_custom_override(x64):
   """Rank >= 4 averages the leading rank-2 axes; ranks <= 3 are not averaged by default."""
-  assert optim.conv_spatial_axes(()) == ()
-  assert optim.conv_spatial_axes((5,)) == ()
-  assert optim.conv_spatial_axes((4, 3)) == ()
-  assert optim.conv_spatial_axes((3, 4, 5)) == ()
-  assert optim.conv_spatial_axes((3, 3, 4, 5)) == (0, 1)
-  assert optim.conv_spatial_axes((2, 3, 3, 4, 5)) == (0, 1, 2)
+  assert optim.layouts.conv_spatial_axes(()) == ()
+  assert optim.layouts.conv_spatial_axes((5,)) == ()
+  assert optim.layouts.conv_spatial_axes((4, 3)) == ()
+  assert optim.layouts.conv_spatial_axes((3, 4, 5)) == ()
+  assert optim.layouts.conv_spatial_axes((3, 3, 4, 5)) == (0, 1)
+  assert optim.layouts.conv_spatial_axes((2, 3, 3, 4, 5)) == (0, 1, 2)
 
   rng = np.random.default_rng(2)
   a = {"conv1d": rng.uniform(0.5, 2.0, (3, 2, 2))}
@@ -118,8 +118,8 @@ def test_spatial_rule_for_each_rank_and_custom_override(x64):
     _, s = opt.update(jax.grad(f)(p), opt.init(p), p, obj_fn=f)
     return np.sqrt(np.asarray(s.nu["conv1d"]))
 
-  np.testing.assert_allclose(first_nu(optim.conv_spatial_axes), a["conv1d"])
-  conv1d_rule = lambda shape: (0,) if len(shape) == 3 else optim.conv_spatial_axes(shape)
+  np.testing.assert_allclose(first_nu(optim.layouts.conv_spatial_axes), a["conv1d"])
+  conv1d_rule = lambda shape: (0,) if len(shape) == 3 else optim.layouts.conv_spatial_axes(shape)
   expected = np.broadcast_to(a["conv1d"].mean(axis=0, keepdims=True), (3, 2, 2))
   np.testing.assert_allclose(first_nu(conv1d_rule), expected)
 
@@ -236,7 +236,7 @@ def test_omitted_learning_rate_warns_and_uses_the_paper_default():
 
 def test_key_is_keyword_only_and_accepts_seed_raw_and_typed_keys():
   with pytest.raises(TypeError):
-    optim.scale_by_adahessian(0.9, 0.999, 1e-4, 1.0, 1, optim.conv_spatial_axes, None, 0)
+    optim.scale_by_adahessian(0.9, 0.999, 1e-4, 1.0, 1, optim.layouts.conv_spatial_axes, None, 0)
   keys = [5, jax.random.PRNGKey(5), jax.random.key(5)]
   states = [optim.scale_by_adahessian(key=k).init(jnp.ones(2)) for k in keys]
   for s in states:

@@ -123,7 +123,7 @@ def test_matches_float64_transcription_of_the_official_step(
     p = optax.apply_updates(p, u)
     for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(want[k])):
       np.testing.assert_allclose(np.asarray(a), b, rtol=1e-6, atol=1e-12)
-  kept = optim.hesso_structure(state)
+  kept = optim.pruning.hesso_structure(state)
   all_kept = list(kept[0]) + [4 + i for i in kept[1]]
   assert sorted(set(range(6)) - set(all_kept)) == pruned
   assert len(pruned) == int(6 * target)
@@ -141,7 +141,7 @@ def test_prune_groups_slices_the_zero_groups_and_keeps_outputs(x64):
   for _ in range(6):
     u, state = step(p, state)
     p = optax.apply_updates(p, u)
-  small = optim.prune_groups(p, GROUPS[:1], state)
+  small = optim.pruning.prune_groups(p, GROUPS[:1], state)
   assert small["l1"]["w"].shape == (3, 2) and small["l2"]["w"].shape == (2, 2)
   x = jnp.asarray(rng.normal(size=(5, 3)))
   net = lambda q: jnp.tanh(x @ q["l1"]["w"] + q["l1"]["b"]) @ q["l2"]["w"] + q["l2"]["b"]

@@ -74,10 +74,10 @@ def test_minimize_matches_float64_transcription_over_20_steps(x64, variant, gamm
   f, grad, hess, _ = _logreg(rng)
   x0 = rng.normal(size=5) * 3
   want, want_gamma = _transcription(f, grad, hess, x0, STEPS, gamma0, variant == "adaptive")
-  res = optim.reg_newton_minimize(
-    f, jnp.asarray(x0), max_steps=STEPS, gamma=gamma0, variant=variant, cg_tol=1e-14
+  res = optim.loops.reg_newton_minimize(
+    f, jnp.asarray(x0), max_iterations=STEPS, gamma=gamma0, variant=variant, cg_tol=1e-14
   )
-  assert int(res.num_steps) == STEPS
+  assert int(res.n_iters) == STEPS
   # Compare the path while it is far from round-off (the last steps sit at the optimum).
   err = np.abs(np.asarray(res.params) - want[-1]).max() / np.abs(want[-1]).max()
   assert err <= 1e-6
@@ -116,10 +116,10 @@ def test_converges_faster_than_gradient_descent_on_softmax_regression():
   f = lambda w: (
     optax.softmax_cross_entropy_with_integer_labels(x @ w, y).mean() + 1e-3 * jnp.sum(w**2)
   )
-  res = optim.reg_newton_minimize(f, jnp.zeros((4, 3)), max_steps=30, grad_tol=1e-5)
-  assert bool(res.grad_norms[res.num_steps] <= 1e-5) and int(res.num_steps) < 30
+  res = optim.loops.reg_newton_minimize(f, jnp.zeros((4, 3)), max_iterations=30, tol=1e-5)
+  assert bool(res.errors[res.n_iters] <= 1e-5) and int(res.n_iters) < 30
   w = jnp.zeros((4, 3))
-  for _ in range(int(res.num_steps)):
+  for _ in range(int(res.n_iters)):
     w = w - 0.5 * jax.grad(f)(w)
   assert float(jnp.linalg.norm(jax.grad(f)(w))) > 10 * 1e-5
 
@@ -127,6 +127,6 @@ def test_converges_faster_than_gradient_descent_on_softmax_regression():
 @pytest.mark.slow
 def test_zero_gradient_takes_the_zero_step():
   f = lambda p: jnp.sum((p - 1.0) ** 2)
-  res = optim.reg_newton_minimize(f, jnp.ones(3), max_steps=3)
+  res = optim.loops.reg_newton_minimize(f, jnp.ones(3), max_iterations=3)
   np.testing.assert_array_equal(np.asarray(res.params), np.ones(3))
-  assert np.isfinite(np.asarray(res.values[: int(res.num_steps) + 1])).all()
+  assert np.isfinite(np.asarray(res.values[: int(res.n_iters) + 1])).all()

@@ -36,7 +36,7 @@ def problem():
 @pytest.mark.parametrize("rho", [1.0, 0.3])
 def test_matches_ott_sinkhorn_in_float64(x64, problem, rho):
   cost, a, b, (f, g, plan, reg) = problem
-  out = sinkhorn_newton_sparse(cost, a, b, epsilon=EPS, rho=rho, threshold=1e-10, max_newton=60)
+  out = sinkhorn_newton_sparse(cost, a, b, epsilon=EPS, rho=rho, tol=1e-10, max_iterations=60)
   assert bool(out.converged)
   np.testing.assert_allclose(np.asarray(out.plan), plan, rtol=1e-8, atol=1e-14)
   # Potentials are unique up to (f + c, g - c).
@@ -84,10 +84,10 @@ def test_matches_transcription_over_20_iterations_then_ott(x64, problem):
     a,
     b,
     epsilon=EPS,
-    num_sinkhorn=16,
-    max_newton=60,
+    sinkhorn_num_iterations=16,
+    max_iterations=60,
     rho=1.0,
-    threshold=1e-10,
+    tol=1e-10,
     cg_tol=1e-10,
   )
   np.testing.assert_allclose(np.asarray(out.errors[:20]), errs, rtol=1e-6)
@@ -102,13 +102,17 @@ def test_matches_transcription_over_20_iterations_then_ott(x64, problem):
 @pytest.mark.slow
 def test_error_history_and_no_retrace(x64, problem):
   cost, a, b, _ = problem
-  out = sinkhorn_newton_sparse(cost, a, b, epsilon=EPS, num_sinkhorn=5, max_newton=30, rho=0.3)
+  out = sinkhorn_newton_sparse(
+    cost, a, b, epsilon=EPS, sinkhorn_num_iterations=5, max_iterations=30, rho=0.3
+  )
   errs = np.asarray(out.errors)
-  k = int(out.num_newton)
+  k = int(out.n_iters)
   assert np.isfinite(errs[: 5 + k + 1]).all() and np.isnan(errs[5 + k + 1 :]).all()
   assert errs[5 + k] < 1e-6 <= errs[5 + k - 1]
   from optim import _sinkhorn_newton
 
   before = _sinkhorn_newton._solve._cache_size()
-  sinkhorn_newton_sparse(cost + 1e-3, a, b, epsilon=EPS, num_sinkhorn=5, max_newton=30, rho=0.3)
+  sinkhorn_newton_sparse(
+    cost + 1e-3, a, b, epsilon=EPS, sinkhorn_num_iterations=5, max_iterations=30, rho=0.3
+  )
   assert _sinkhorn_newton._solve._cache_size() == before

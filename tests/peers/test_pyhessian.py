@@ -52,7 +52,7 @@ def test_top_eigenvalue_matches_pyhessian_and_the_dense_hessian(setup, x64):
   )
   dense = eigs[np.argmax(np.abs(eigs))]  # power iteration finds the largest |eigenvalue|
   op = curvature.hessian_matvec(_peers.xent_jax, p, x, y)
-  ours = curvature.top_eigenvalues(op, key=0, k=1, max_iters=200, tol=1e-12).eigenvalues[0]
+  ours = curvature.top_eigenvalues(op, key=0, k=1, max_iterations=200, tol=1e-12).eigenvalues[0]
   theirs = comp.eigenvalues(maxIter=200, tol=1e-12, top_n=1)[0][0]
   np.testing.assert_allclose(float(ours), dense, rtol=1e-7)
   # PyHessian normalises each iterate by |v| + 1e-6, which biases its Rayleigh quotient

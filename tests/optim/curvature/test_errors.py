@@ -46,16 +46,16 @@ def test_non_scalar_objective_raises_at_trace_time():
     lambda: curvature.hutchinson_trace(_OP, key=_KEY, num_probes=2.5),
     lambda: curvature.hutchinson_diag(_OP, key=_KEY, num_probes=-1),
     lambda: curvature.top_eigenvalues(_OP, key=_KEY, k=0),
-    lambda: curvature.top_eigenvalues(_OP, key=_KEY, max_iters=0),
-    lambda: curvature.lanczos(_OP, key=_KEY, num_iters=0),
-    lambda: curvature.lanczos(_OP, key=_KEY, num_iters=4),  # > dimension 3
-    lambda: curvature.slq_density(_OP, key=_KEY, num_iters=0),
+    lambda: curvature.top_eigenvalues(_OP, key=_KEY, max_iterations=0),
+    lambda: curvature.lanczos(_OP, key=_KEY, num_iterations=0),
+    lambda: curvature.lanczos(_OP, key=_KEY, num_iterations=4),  # > dimension 3
+    lambda: curvature.slq_density(_OP, key=_KEY, num_iterations=0),
     lambda: curvature.slq_density(_OP, key=_KEY, num_probes=0),
     lambda: curvature.slq_density(_OP, key=_KEY, num_points=1),
     lambda: curvature.slq_density(_OP, key=_KEY, width_fraction=0.0),
     lambda: curvature.slq_density(_OP, key=_KEY, width_fraction=float("nan")),
     lambda: curvature.top_eigenvalues(_OP, key=_KEY, tol=-1.0),
-    lambda: curvature.lanczos(_OP, key=_KEY, num_iters=2, breakdown_tol=-1.0),
+    lambda: curvature.lanczos(_OP, key=_KEY, num_iterations=2, breakdown_tol=-1.0),
     lambda: curvature.mfac_ihvp(jnp.ones((2, 3)), damping=float("inf")),
   ],
 )
@@ -68,7 +68,7 @@ def test_zero_or_invalid_iteration_counts_raise(call):
   "call, name",
   [
     (lambda: curvature.top_eigenvalues(_OP, key=_KEY, k=5), "k=5"),
-    (lambda: curvature.lanczos(_OP, key=_KEY, num_iters=4), "num_iters=4"),
+    (lambda: curvature.lanczos(_OP, key=_KEY, num_iterations=4), "num_iterations=4"),
   ],
 )
 def test_more_orthonormal_vectors_than_the_dimension_raises_naming_both(call, name):
@@ -95,7 +95,7 @@ def test_invalid_options_raise():
   with pytest.raises(ValueError, match="probe must be one of"):
     curvature.slq_density(_OP, key=_KEY, probe="uniform")
   with pytest.raises(ValueError, match="probe must be one of"):
-    curvature.lanczos(_OP, key=_KEY, num_iters=2, probe="uniform")
+    curvature.lanczos(_OP, key=_KEY, num_iterations=2, probe="uniform")
   with pytest.raises(ValueError, match="variant must be one of"):
     curvature.hutchinson_trace(_OP, key=_KEY, variant="hutch+")
   with pytest.raises(TypeError, match="LinearOperator"):

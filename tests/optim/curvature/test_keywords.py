@@ -44,13 +44,13 @@ _RENAMED = {
     "gaussian",
   ),
   "lanczos(kind=)": (
-    functools.partial(curvature.lanczos, _OP, key=0, num_iters=3),
+    functools.partial(curvature.lanczos, _OP, key=0, num_iterations=3),
     "kind",
     "probe",
     "rademacher",
   ),
   "slq_density(kind=)": (
-    functools.partial(curvature.slq_density, _OP, key=0, num_iters=3, num_points=16),
+    functools.partial(curvature.slq_density, _OP, key=0, num_iterations=3, num_points=16),
     "kind",
     "probe",
     "rademacher",
@@ -92,9 +92,9 @@ _KEYED = {
   "hutchinson_diag": lambda k: curvature.hutchinson_diag(
     _OP, key=k, num_probes=4, probe="gaussian"
   ),
-  "top_eigenvalues": lambda k: curvature.top_eigenvalues(_OP, key=k, k=2, max_iters=5),
-  "lanczos": lambda k: curvature.lanczos(_OP, key=k, num_iters=2),
-  "slq_density": lambda k: curvature.slq_density(_OP, key=k, num_iters=2, num_points=8),
+  "top_eigenvalues": lambda k: curvature.top_eigenvalues(_OP, key=k, k=2, max_iterations=5),
+  "lanczos": lambda k: curvature.lanczos(_OP, key=k, num_iterations=2),
+  "slq_density": lambda k: curvature.slq_density(_OP, key=k, num_iterations=2, num_points=8),
   "fisher_matvec": lambda k: _fisher(variant="true", key=k, num_samples=2),
   "sample_categorical": lambda k: curvature.sample_categorical(jnp.zeros((16, 5)), key=k),
 }

@@ -34,8 +34,8 @@ def _everything(params, batch):
     "ggn": ggn(v),
     "fisher": fisher(v),
     "trace": curvature.hutchinson_trace(h, key=jax.random.key(0), num_probes=10),
-    "top": curvature.top_eigenvalues(h, key=jax.random.key(1), k=2, max_iters=30),
-    "slq": curvature.slq_density(h, key=jax.random.key(2), num_iters=8, num_points=64),
+    "top": curvature.top_eigenvalues(h, key=jax.random.key(1), k=2, max_iterations=30),
+    "slq": curvature.slq_density(h, key=jax.random.key(2), num_iterations=8, num_points=64),
   }
 
 

@@ -20,9 +20,9 @@ def spectrum_runs(mlp_problem):
   @jax.jit
   def run(params, batch):
     op = curvature.hessian_matvec(_mlp.loss, params, batch)
-    top = curvature.top_eigenvalues(op, key=jax.random.key(0), k=3, max_iters=3000, tol=1e-5)
-    full = curvature.lanczos(op, key=jax.random.key(1), num_iters=dim)
-    slq = curvature.slq_density(op, key=jax.random.key(2), num_iters=30, num_probes=3)
+    top = curvature.top_eigenvalues(op, key=jax.random.key(0), k=3, max_iterations=3000, tol=1e-5)
+    full = curvature.lanczos(op, key=jax.random.key(1), num_iterations=dim)
+    slq = curvature.slq_density(op, key=jax.random.key(2), num_iterations=30, num_probes=3)
     return top, full, slq
 
   with jax.enable_x64(True):
@@ -33,7 +33,7 @@ def test_top3_eigenvalues_match_dense_to_1e6_relative(x64, mlp_problem, spectrum
   params, _, hess, evals = mlp_problem
   top = spectrum_runs[0]
   want = evals[np.argsort(-np.abs(evals))[:3]]  # power iteration ranks by magnitude
-  assert bool(np.all(top.converged)), (top.residuals, top.iterations)
+  assert bool(np.all(top.converged)), (top.residuals, top.n_iters)
   np.testing.assert_allclose(top.eigenvalues, want, rtol=1e-6)
   vecs = np.asarray(jax.vmap(lambda v: ravel_pytree(v)[0])(top.eigenvectors))
   np.testing.assert_allclose(vecs @ vecs.T, np.eye(3), atol=1e-8)
@@ -48,8 +48,8 @@ def test_top3_eigenvalues_match_dense_to_1e6_relative(x64, mlp_problem, spectrum
 def test_power_iteration_reports_nonconvergence_and_handles_zero_operator():
   d = jnp.array([2.0, -2.0, 1.0])  # +-2 tie in magnitude: power iteration cannot separate
   op = curvature.LinearOperator(lambda v: d * v, jax.ShapeDtypeStruct((3,), jnp.float32))
-  res = curvature.top_eigenvalues(op, key=jax.random.key(0), k=1, max_iters=50)
-  assert not bool(res.converged[0]) and int(res.iterations[0]) == 50
+  res = curvature.top_eigenvalues(op, key=jax.random.key(0), k=1, max_iterations=50)
+  assert not bool(res.converged[0]) and int(res.n_iters[0]) == 50
   zero = curvature.LinearOperator(lambda v: 0 * v, jax.ShapeDtypeStruct((3,), jnp.float32))
   res = curvature.top_eigenvalues(zero, key=jax.random.key(0), k=2)
   np.testing.assert_array_equal(res.eigenvalues, 0.0)
@@ -66,7 +66,7 @@ def test_full_dimension_lanczos_reproduces_trace_of_powers_1_to_4(x64, mlp_probl
     scale = np.sum(np.abs(evals) ** k)
     assert abs(np.sum(ritz**k) - want) <= 1e-6 * scale, (k, np.sum(ritz**k), want)
   basis = np.asarray(jax.vmap(lambda v: ravel_pytree(v)[0])(full.basis))
-  steps = int(full.num_steps)
+  steps = int(full.n_iters)
   np.testing.assert_allclose(basis[:steps] @ basis[:steps].T, np.eye(steps), atol=1e-10)
 
 
@@ -95,14 +95,14 @@ def test_lanczos_breakdown_on_invariant_subspace_stays_consistent():
   # Three distinct eigenvalues: the Krylov space has dimension 3, so steps 4.. must stop.
   d = jnp.repeat(jnp.array([1.0, 2.0, 5.0]), 4)
   op = curvature.LinearOperator(lambda v: d * v, jax.ShapeDtypeStruct((12,), jnp.float32))
-  res = curvature.lanczos(op, key=jax.random.key(3), num_iters=8)
-  assert int(res.num_steps) == 3
+  res = curvature.lanczos(op, key=jax.random.key(3), num_iterations=8)
+  assert int(res.n_iters) == 3
   assert np.all(np.isfinite(res.alphas)) and np.all(np.isfinite(res.betas))
   np.testing.assert_array_equal(res.alphas[3:], 0.0)
   np.testing.assert_array_equal(res.betas[2:], 0.0)
   ritz = np.linalg.eigvalsh(np.asarray(curvature.tridiagonal(res))[:3, :3])
   np.testing.assert_allclose(ritz, [1.0, 2.0, 5.0], rtol=1e-5)
-  slq = curvature.slq_density(op, key=jax.random.key(3), num_iters=8)
+  slq = curvature.slq_density(op, key=jax.random.key(3), num_iterations=8)
   assert np.all(np.isfinite(slq.density))
   live = slq.weights[0] > 1e-6
   np.testing.assert_allclose(np.sort(slq.nodes[0][live]), [1.0, 2.0, 5.0], rtol=1e-5)
@@ -112,7 +112,7 @@ def test_slq_width_rule_is_well_defined_for_zero_spectral_range():
   # A multiple of the identity: all nodes coincide, sigma falls back to 0.01 * max(|c|, 1).
   for c, sigma in ((3.0, 0.03), (0.0, 0.01)):
     op = curvature.LinearOperator(lambda v, c=c: c * v, jax.ShapeDtypeStruct((6,), jnp.float32))
-    res = curvature.slq_density(op, key=jax.random.key(0), num_iters=4, num_points=256)
+    res = curvature.slq_density(op, key=jax.random.key(0), num_iterations=4, num_points=256)
     np.testing.assert_allclose(res.sigma, sigma, rtol=1e-6)
     assert np.all(np.isfinite(res.density))
     assert abs(res.grid[np.argmax(res.density)] - c) <= 0.1 * sigma + 1e-6
@@ -124,7 +124,7 @@ def test_plot_density_uses_log_scale(tmp_path):
   matplotlib.use("Agg")
   d = jnp.linspace(0.0, 1.0, 20)
   op = curvature.LinearOperator(lambda v: d * v, jax.ShapeDtypeStruct((20,), jnp.float32))
-  ax = curvature.plot_density(curvature.slq_density(op, key=jax.random.key(0), num_iters=10))
+  ax = curvature.plot_density(curvature.slq_density(op, key=jax.random.key(0), num_iterations=10))
   assert ax.get_yscale() == "log"
   ax.figure.savefig(tmp_path / "density.png")
   assert (tmp_path / "density.png").stat().st_size > 0

@@ -30,11 +30,13 @@ def small_tour(tmp_path_factory):
   return out, result, selections, new_figures
 
 
+@pytest.mark.integration  # the small tour trains an MLP
 def test_tour_is_library_code_that_selects_no_backend_and_leaves_no_figure(small_tour):
   _, _, selections, new_figures = small_tour
   assert selections == [] and new_figures == []
 
 
+@pytest.mark.integration  # the small tour trains an MLP
 def test_small_tour_writes_json_and_log_scale_density_plot(small_tour):
   out, result, _, _ = small_tour
   assert (out / "curvature_density.png").stat().st_size > 10_000
@@ -43,6 +45,7 @@ def test_small_tour_writes_json_and_log_scale_density_plot(small_tour):
   assert run["train_accuracy"] > 0.9 and np.isfinite(run["hessian_trace"])
 
 
+@pytest.mark.integration  # the small tour trains an MLP
 def test_power_iteration_and_lanczos_agree_on_the_top_eigenvalues(small_tour):
   (run,) = small_tour[1]["runs"]
   ritz = np.asarray(run["top_ritz_values"][:3])
@@ -50,6 +53,7 @@ def test_power_iteration_and_lanczos_agree_on_the_top_eigenvalues(small_tour):
   np.testing.assert_allclose(power, ritz, rtol=1e-3)
 
 
+@pytest.mark.integration  # the small tour trains an MLP
 def test_spectrum_is_a_bulk_near_zero_plus_outliers(small_tour):
   # Sagun et al.'s qualitative picture: the most negative eigenvalue is tiny next to the
   # largest one, and the top eigenvalue is separated from the next by the outlier gap.
@@ -65,6 +69,7 @@ def test_count_outliers_uses_the_largest_ratio_gap():
   assert _tour.count_outliers([1.0, -1.0]) == 1
 
 
+@pytest.mark.integration  # the small tour trains an MLP
 def test_overlapping_clusters_give_k_minus_1_outliers(small_tour):
   # Sagun et al.'s "about k outliers" in the regime where it shows (bench/sagun_regimes.py):
   # overlapping clusters (centers 0.5 * N(0, I), noise 1), so the loss stays away from 0.
@@ -76,7 +81,7 @@ def test_overlapping_clusters_give_k_minus_1_outliers(small_tour):
   batch = _tour.make_clusters(kd, k, 32, 8, separation=0.5)
   params, losses = _tour.train_mlp(ki, batch, sizes=(8, 16, 16, k), steps=150)
   top, slq, _ = _tour._spectrum(
-    params, batch, kh, num_top=2 * k + 2, num_iters=40, max_iters=100, num_probes=1
+    params, batch, kh, num_top=2 * k + 2, num_iterations=40, max_iterations=100, num_probes=1
   )
   ritz = np.sort(np.asarray(slq.nodes[0])[np.asarray(slq.weights[0]) > 0])[::-1]
   assert float(losses[-1]) > 0.1  # the overlapping regime: far from zero loss

@@ -76,7 +76,7 @@ def test_hawq_v2_hutchinson_converges_to_the_exact_traces(x64, problem):
 @pytest.mark.slow
 def test_hawq_top_eigenvalue_of_each_block(x64, problem):
   params, batch, hess, blocks = problem
-  s = layer_sensitivity(_mlp.loss, params, batch, bits=BITS, variant="hawq", max_iters=300)
+  s = layer_sensitivity(_mlp.loss, params, batch, bits=BITS, variant="hawq", max_iterations=300)
   for i, sl in enumerate(blocks):
     ev = np.linalg.eigvalsh(hess[sl, sl])
     top = ev[np.argmax(np.abs(ev))]

@@ -1,0 +1,29 @@
+"""optim.loops: functions that run a whole minimisation or training, not one step.
+
+Everything at ``optim``'s top level is one optax step (a ``GradientTransformation`` and
+its state) that the caller's loop drives. The functions here own the loop themselves:
+:func:`reg_newton_minimize` runs the gradient-regularized Newton method to a tolerance in
+one ``lax.while_loop`` (it reuses the accepted point's value and gradient, which the optax
+form :func:`optim.reg_newton` cannot), and :func:`adaptive_batch_train` trains with
+AdAdaGrad's growing batch, whose batch-size tests :func:`norm_test` and
+:func:`augmented_inner_product_test` (-> :class:`BatchTest`) also serve a loop of your own.
+"""
+
+from optim._adadagrad import (
+  AdaptiveBatchResult,
+  BatchTest,
+  adaptive_batch_train,
+  augmented_inner_product_test,
+  norm_test,
+)
+from optim._newton import RegNewtonResult, reg_newton_minimize
+
+__all__ = [
+  "AdaptiveBatchResult",
+  "BatchTest",
+  "RegNewtonResult",
+  "adaptive_batch_train",
+  "augmented_inner_product_test",
+  "norm_test",
+  "reg_newton_minimize",
+]
