@@ -1,4 +1,5 @@
-# Two commands for a newcomer: `make demo` and `make test`. Both build .venv on first use.
+# Two commands for a newcomer: `make demo` and `make test`. Both build .venv on first use
+# (`make demo` installs the package with its `demo` extra only).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -6,32 +7,51 @@ STAMP  := $(VENV)/.installed
 # CPU-only by default on machines without an accelerator; JAX picks a GPU/TPU when present.
 export PYTHONHASHSEED := 0
 
-.PHONY: demo test test-all test-peers lint bench bench-peers notebooks docs clean
+.PHONY: demo test test-integration test-all test-peers lint bench bench-peers notebooks docs clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml optim/_version.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,notebooks,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[demo,test,notebooks,bench]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+DEMO_STAMP := $(VENV)/.demo-installed
+$(DEMO_STAMP): pyproject.toml optim/_version.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[demo]'
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(BIN)/python -m jaxdiff demo
 
-# Fast suite (CI): everything but `slow` reproductions, plus every docstring example
-# (doctests), on both cores.
+# Tests run on both cores, handed out one at a time to whichever worker is free
+# (worksteal). Compiled programs go to JAX's persistent cache in .cache/jax (set up in
+# tests/conftest.py), shared by the workers and the subprocesses and kept between runs.
+PYTEST   := $(BIN)/python -m pytest -n 2 --dist worksteal
 DOCTESTS := --doctest-modules optim jaxdiff --ignore=jaxdiff/__main__.py
+
+# The unit tier (CI runs it first): everything but the `integration` tier and the `slow`
+# reproductions, plus every docstring example (doctests).
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow" -q --durations=15 tests $(DOCTESTS) \
+	$(PYTEST) -m "not slow and not integration" -q --durations=15 tests $(DOCTESTS) \
 	  --ignore=tests/peers
+
+# The integration tier (CI runs it after `make test`): the demo and the CLI on its models,
+# the notebooks as a Colab user runs them, the curvature tour, two processes joined by
+# jax.distributed, the built wheel and sdist installed in fresh virtual environments
+# (these download the dependencies: PyPI), the documentation build (the `docs` extra).
+test-integration: $(STAMP) $(VENV)/.docs-installed
+	$(PYTEST) -m "integration and not slow" -q -rs --durations=15 tests --ignore=tests/peers
 
 # Parity against the PyTorch peers (the `peers` extra; .ci/run installs it after `make test`).
 # Each test skips, naming what is missing, where a peer is not installed.
 test-peers: $(STAMP)
 	$(BIN)/python -m pytest -p no:xdist -q -rs --durations=5 tests/peers
 
-# Everything, reproductions included (tens of minutes on 2 cores).
+# Everything, both tiers and the reproductions (tens of minutes on 2 cores).
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadfile -q --durations=25 tests $(DOCTESTS)
+	$(PYTEST) -q --durations=25 tests $(DOCTESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -66,4 +86,4 @@ docs: $(STAMP) $(DOCS_STAMP)
 	@echo "docs/_build/html/index.html"
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .hypothesis
+	rm -rf $(VENV) out .pytest_cache .hypothesis .cache/jax

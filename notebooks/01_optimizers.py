@@ -6,6 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -27,10 +28,12 @@
 # Set `JAXDIFF_NOTEBOOK_SMALL=1` to run everything at a tiny size (what CI does).
 
 # %%
-# Colab: install the library (CI runs this file as a script, where this line is a comment).
-# The URL is a placeholder until the repository is published; from a local clone use
-# `%pip install -q -e ..[notebooks]` instead.
-# %pip install -q "optim-jaxdiff[notebooks] @ git+https://github.com/optim-jaxdiff/optim-jaxdiff"
+# Colab: install the library with its `demo` extra (matplotlib, tqdm, scikit-learn) from
+# the repository. Pin what you install for results that stay put: a release tag
+# (REPO + "@v0.2.0") or a commit (REPO + "@<sha>"). From a local clone, install it with
+# `%pip install -q -e "..[demo]"` instead. (Run as a script, the %pip line is a comment.)
+REPO = "git+https://github.com/optim-jaxdiff/optim-jaxdiff"
+# %pip install -q "optim-jaxdiff[demo] @ {REPO}"
 
 # %%
 import os

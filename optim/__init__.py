@@ -41,6 +41,7 @@ from optim._perp_grad import PerpGradState, perp_grad
 from optim._sophia import ScaleBySophiaState, scale_by_sophia, sophia
 from optim._tract import scale_by_tract
 from optim._validation import moved_names
+from optim._version import __version__ as __version__
 
 __all__ = [
   "compander",

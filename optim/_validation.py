@@ -18,6 +18,8 @@ names the argument at fault:
   range raise; traced ones poison the outputs that depend on them with NaN).
 - :func:`require_fn` / :func:`require_params` for the extra arguments of ``update``.
 - :func:`guard` for the ``init``/``update`` arguments of every optimizer.
+- :func:`import_extra` for the optional dependencies of the ``demo`` extra (matplotlib,
+  tqdm, scikit-learn): imported where they are used, never when a package is imported.
 """
 
 from __future__ import annotations
@@ -546,3 +548,34 @@ def guard(tx: Any, method: str, *, per_example: bool = False) -> Any:
   if isinstance(tx, optax.GradientTransformationExtraArgs):
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+# Import name -> distribution name, for the optional dependencies of the extras.
+_DISTRIBUTIONS = {"sklearn": "scikit-learn"}
+
+
+def import_extra(module: str, *, caller: str, extra: str = "demo"):
+  """Imports the optional dependency ``module`` for ``caller``, naming the extra if absent.
+
+  The plots, progress bars and the digits data set need packages that ``import optim,
+  jaxdiff`` does not: they are imported here, on first use. A missing one raises an
+  ``ImportError`` (a ``ModuleNotFoundError``) that says which call needs it and the
+  install command, instead of a bare "No module named ..."; an ImportError from inside
+  an installed package propagates unchanged.
+
+  Example:
+    >>> import_extra("json", caller="example").__name__
+    'json'
+  """
+  try:
+    return importlib.import_module(module)
+  except ModuleNotFoundError as e:
+    top = module.partition(".")[0]
+    if e.name is None or e.name.partition(".")[0] != top:
+      raise
+    dist = _DISTRIBUTIONS.get(top, top)
+    raise ModuleNotFoundError(
+      f"{caller} needs {dist}, which is part of the {extra!r} extra: "
+      f"pip install 'optim-jaxdiff[{extra}]'",
+      name=e.name,
+    ) from e

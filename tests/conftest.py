@@ -1,18 +1,43 @@
-"""Test-wide setup: 8 virtual CPU devices, a float64 switch, deterministic hypothesis.
+"""Test-wide setup: 8 virtual CPU devices, a float64 switch, deterministic hypothesis, and
+JAX's persistent compilation cache.
 
 The XLA flag must be set before JAX initialises its backends, hence at import time here.
+
+The compilation cache (``.cache/jax`` in the checkout, gitignored; ``make clean`` removes
+it) is shared by both xdist workers and by the subprocesses the tests start (the
+notebooks, the CLI, the two-process run), which inherit its ``JAX_*`` variables: a
+program that one of them compiled is loaded, not compiled again, by the others and by the
+next run. Every program is cached, however small or quick to compile (compilation is most
+of what the small-size tests spend). Set ``JAX_COMPILATION_CACHE_DIR`` to move it, or
+``JAX_ENABLE_COMPILATION_CACHE=false`` to run without it.
 """
 
 import os
+import pathlib
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
   os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+_JAX_CACHE = pathlib.Path(__file__).resolve().parent.parent / ".cache" / "jax"
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_JAX_CACHE))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
+
+# Also through jax.config, in case a plugin imported jax before the variables were set.
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update(
+  "jax_persistent_cache_min_compile_time_secs",
+  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
+)
+jax.config.update(
+  "jax_persistent_cache_min_entry_size_bytes",
+  int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]),
+)
 
 settings.register_profile(
   "ci",
@@ -40,3 +65,14 @@ def mesh8():
       f"expected 8 virtual devices, found {len(devices)}; XLA_FLAGS={os.environ.get('XLA_FLAGS')}"
     )
   return jax.sharding.Mesh(devices[:8], ("d",))
+
+
+# Docstring examples that run a whole pipeline join the integration tier, with the tests of
+# the same pipeline (the small curvature tour trains an MLP: tests/optim/curvature/test_tour.py).
+INTEGRATION_DOCTESTS = {"optim.curvature._tour.run_tour"}
+
+
+def pytest_collection_modifyitems(config, items):
+  for item in items:
+    if type(item).__name__ == "DoctestItem" and item.name in INTEGRATION_DOCTESTS:
+      item.add_marker(pytest.mark.integration)

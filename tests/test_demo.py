@@ -15,6 +15,8 @@ import pytest
 from jaxdiff import cli, demo, guidance
 from jaxdiff.models import load_digits
 
+pytestmark = pytest.mark.integration  # minutes: trains three models, samples a grid
+
 CONFIG = demo.DemoConfig.small()
 
 

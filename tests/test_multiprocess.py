@@ -16,11 +16,14 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 _path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "multiprocess_demo.py"
 _spec = importlib.util.spec_from_file_location("multiprocess_demo", _path)
 demo = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(demo)
+
+pytestmark = pytest.mark.integration  # two fresh processes joined by jax.distributed
 
 TIMEOUT_S = 120  # far above the seconds it takes: a hung collective must not hang CI
 

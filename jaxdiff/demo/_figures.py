@@ -1,15 +1,21 @@
 """The demo's figures, drawn with matplotlib's object-oriented API (no backend selection,
-no global pyplot state): sample grids, training curves, metrics vs scale, the spectrum."""
+no global pyplot state): sample grids, training curves, metrics vs scale, the spectrum.
+
+matplotlib is the ``demo`` extra's: it is imported when a figure is drawn, so importing
+this module (and ``jaxdiff.demo``) works without it."""
 
 from __future__ import annotations
 
 import pathlib
+from typing import TYPE_CHECKING
 
-import matplotlib.image
 import numpy as np
-from matplotlib.figure import Figure
 
+from jaxdiff._validation import import_extra
 from optim import curvature
+
+if TYPE_CHECKING:
+  from matplotlib.figure import Figure
 
 __all__ = [
   "plot_hessian",
@@ -22,6 +28,12 @@ __all__ = [
 ]
 
 _DPI = 110
+_CALLER = "jaxdiff.demo (its figures)"
+
+
+def _figure(**kwargs) -> Figure:
+  """A new ``matplotlib.figure.Figure`` (matplotlib imported on first use)."""
+  return import_extra("matplotlib.figure", caller=_CALLER).Figure(**kwargs)
 
 
 def tile(x: np.ndarray, labels: np.ndarray, rows: int) -> np.ndarray:
@@ -50,7 +62,8 @@ def save_grid(path: str | pathlib.Path, x: np.ndarray, rows: int, cols: int) -> 
     canvas[pad + 9 * r : pad + 9 * r + 8, pad + 9 * c : pad + 9 * c + 8] = img
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  matplotlib.image.imsave(path, np.kron(canvas, np.ones((8, 8))), cmap="gray_r", vmin=-1, vmax=1)
+  imsave = import_extra("matplotlib.image", caller=_CALLER).imsave
+  imsave(path, np.kron(canvas, np.ones((8, 8))), cmap="gray_r", vmin=-1, vmax=1)
 
 
 def _save(fig: Figure, path) -> None:
@@ -62,7 +75,7 @@ def save_panels(path, panels: list[tuple[str, np.ndarray]], labels: np.ndarray, 
   """Titled sample grids (:func:`tile`), four to a row, in one PNG."""
   cols = min(4, len(panels))
   nrows = -(-len(panels) // cols)
-  fig = Figure(figsize=(3.6 * cols, 3.0 * nrows + 0.4))
+  fig = _figure(figsize=(3.6 * cols, 3.0 * nrows + 0.4))
   axes = fig.subplots(nrows, cols, squeeze=False)
   for ax in axes.flat:
     ax.axis("off")
@@ -75,7 +88,7 @@ def save_panels(path, panels: list[tuple[str, np.ndarray]], labels: np.ndarray, 
 
 def plot_training(path, losses: dict[str, np.ndarray]):
   """One log-scale loss curve per model, with a moving mean."""
-  fig = Figure(figsize=(4.2 * len(losses), 3.2))
+  fig = _figure(figsize=(4.2 * len(losses), 3.2))
   axes = fig.subplots(1, len(losses))
   for ax, (name, curve) in zip(np.atleast_1d(axes), losses.items()):
     steps = np.arange(1, len(curve) + 1)
@@ -98,7 +111,7 @@ def plot_sweep(path, sweep: list[dict], labels: dict[str, str], solver_label: st
     ("fd", "Frechet distance (clf features)"),
     ("saturation", "saturation (mean excess beyond [-1, 1])"),
   ]
-  fig = Figure(figsize=(14, 3.8))
+  fig = _figure(figsize=(14, 3.8))
   axes = fig.subplots(1, 3)
   rules = list(dict.fromkeys(r["rule"] for r in sweep))
   for ax, (k, label) in zip(axes, keys):
@@ -116,7 +129,7 @@ def plot_sweep(path, sweep: list[dict], labels: dict[str, str], solver_label: st
 
 def plot_hessian(path, density, eigenvalues: np.ndarray, num_params: int, slq_iters: int):
   """The SLQ density on a log axis with the top eigenvalues as vertical lines."""
-  fig = Figure(figsize=(6, 3.8))
+  fig = _figure(figsize=(6, 3.8))
   ax = fig.subplots()
   curvature.plot_density(density, ax, label=f"SLQ ({slq_iters} Lanczos steps)")
   for i, e in enumerate(eigenvalues):
@@ -132,7 +145,7 @@ def save_columns(path, grids: dict[str, dict[str, np.ndarray]], rows: int = 6) -
   """One block per entry of ``grids`` (a problem), one titled column of ``rows`` images
   ``(8, 8)`` per method (the first block's column names, in order)."""
   names = list(next(iter(grids.values())))
-  fig = Figure(figsize=(1.3 * len(names), 1.35 * rows * len(grids) + 0.6))
+  fig = _figure(figsize=(1.3 * len(names), 1.35 * rows * len(grids) + 0.6))
   axes = fig.subplots(len(grids), len(names), squeeze=False)
   for r, (pname, panels) in enumerate(grids.items()):
     for c, name in enumerate(names):

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff._validation import import_extra
 from jaxdiff.demo import _evaluation as ev
 from jaxdiff.demo import _figures as fig
 from jaxdiff.demo._accelerators import feature_caching, searched_schedule
@@ -130,6 +131,9 @@ def run_demo(
   ``config`` defaults to :meth:`DemoConfig.from_env`; ``cache_dir`` (default
   :func:`default_cache_dir`) holds the resumable checkpoints of the trained models.
   """
+  # The `demo` extra (figures, data, progress bars) is checked before minutes of training.
+  for module in ("matplotlib.figure", "sklearn.datasets", *(("tqdm.auto",) if progress else ())):
+    import_extra(module, caller="jaxdiff.demo.run_demo")
   config = DemoConfig.from_env() if config is None else config
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from jaxdiff._training._loss import denoising_loss
-from jaxdiff._validation import as_key, check_scalar, renamed_kwargs
+from jaxdiff._validation import as_key, check_scalar, import_extra, renamed_kwargs
 from jaxdiff.models._checks import check_size
 from optim._tree import data_to_keys, keys_to_data
 
@@ -78,8 +78,9 @@ def load_digits(*, test_fraction: float = 0.2, key: Any = 0) -> Digits:
     Alpaydin & Kaynak, "Optical Recognition of Handwritten Digits", UCI ML Repository
     (1998); shipped as ``sklearn.datasets.load_digits``.
   """
-  from sklearn.datasets import load_digits as _sk_load_digits
-  from sklearn.model_selection import train_test_split
+  caller = "jaxdiff.models.load_digits"
+  _sk_load_digits = import_extra("sklearn.datasets", caller=caller).load_digits
+  train_test_split = import_extra("sklearn.model_selection", caller=caller).train_test_split
 
   check_scalar(
     "load_digits: test_fraction", test_fraction, lo=0.0, hi=1.0, lo_open=True, hi_open=True
@@ -454,7 +455,7 @@ def train(
   end = steps if stop_after is None else min(steps, stop_after)
   bar = None
   if progress and start < end:
-    from tqdm.auto import tqdm
+    tqdm = import_extra("tqdm.auto", caller="jaxdiff.models.train (progress=True)").tqdm
 
     desc = progress if isinstance(progress, str) else "train"
     bar = tqdm(total=steps, initial=start, desc=desc, unit="step", leave=False)

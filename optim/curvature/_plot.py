@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from optim._validation import check_scalar
+from optim._validation import check_scalar, import_extra
 from optim.curvature._slq import SpectralDensity
 
 __all__ = ["plot_density"]
@@ -56,7 +56,7 @@ def plot_density(
     Ghorbani, Krishnan & Xiao, "An Investigation into Neural Net Optimization via Hessian
     Eigenvalue Density", arXiv:1901.10159 (Fig. 1 style).
   """
-  import matplotlib.pyplot as plt
+  plt = import_extra("matplotlib.pyplot", caller="optim.curvature.plot_density")
 
   if not isinstance(density, SpectralDensity):
     raise TypeError(

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optim._validation import check_flag
+from optim._validation import check_flag, import_extra
 from optim.curvature._eigen import top_eigenvalues
 from optim.curvature._hutchinson import hutchinson_trace
 from optim.curvature._operators import hessian_matvec, softmax_nll
@@ -204,7 +204,7 @@ def run_tour(out_dir: str | pathlib.Path, *, small: bool = False) -> dict[str, A
     Sagun, Evci, Guney, Dauphin & Bottou, "Empirical Analysis of the Hessian of
     Over-Parametrized Neural Networks", arXiv:1706.04454.
   """
-  from matplotlib.figure import Figure
+  Figure = import_extra("matplotlib.figure", caller="optim.curvature.run_tour").Figure
 
   # Checked before minutes of training: a bad destination fails now, naming the argument.
   if not isinstance(out_dir, (str, os.PathLike)):

@@ -1,4 +1,9 @@
-"""The bad-input policy of every guidance rule: labels, null conditions, traced hyperparameters."""
+"""The bad-input policy of every guidance rule: labels, null conditions, traced hyperparameters.
+
+Property tests over the guidance testbed (tests/jaxdiff/guidance/testbed.py), with its
+float64 batch and unguided reference trajectories (as its conftest's fixtures); the
+one-line reproducers of the guidance rules are in test_guidance.py here.
+"""
 
 import math
 
@@ -16,9 +21,22 @@ from tests.jaxdiff.guidance.testbed import (
   ctx,
   gmm_denoise,
   grid,
+  make_batch,
   run,
   step,
+  unguided_refs,
 )
+
+
+@pytest.fixture(scope="module")
+def batch():
+  return make_batch()
+
+
+@pytest.fixture(scope="module")
+def refs(batch):
+  return unguided_refs(batch)
+
 
 CLASSIFIER_RULES = {
   "noisy": lambda: guidance.classifier(class_logits, 3, 2.0, variant="noisy"),

@@ -1,4 +1,5 @@
-"""Bad input over the shared optimizer table: the guard, zero-size leaves, non-finite gradients.
+"""Bad input over the shared optimizer table (tests/optim/cases*.py): the guard, zero-size
+leaves, non-finite gradients. The one-line reproducers of each optimizer are in test_optim.py.
 
 Every case of ``FIRST_ORDER_CASES + CURVATURE_CASES`` must reject integer parameters and
 gradients, gradients shaped unlike the parameters and a state built for other parameters

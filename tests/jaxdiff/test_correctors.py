@@ -17,11 +17,6 @@ from jaxdiff.testing import GaussianMixture
 SCHED = schedules.vp_cosine()
 
 
-@pytest.fixture(scope="module")
-def gmm():
-  return GaussianMixture(np.array([[-2.0, 0.0], [2.0, 1.0], [0.0, -2.0]]), 0.2, classes=[0, 1, 1])
-
-
 def _manual_ddim_langevin(den, x, ts, key, snr):
   """DDIM + one Langevin move per sigma > 0 point, written out (float64 reference)."""
   for i in range(ts.num_steps):

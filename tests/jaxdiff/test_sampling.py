@@ -14,11 +14,6 @@ from jaxdiff.testing import GaussianMixture
 SCHED = schedules.vp_cosine()
 
 
-@pytest.fixture(scope="module")
-def gmm():
-  return GaussianMixture(np.array([[-2.0, 0.0], [2.0, 1.0], [0.0, -2.0]]), 0.2, classes=[0, 1, 1])
-
-
 def _manual_ddim(den, x, ts, cond):
   for i in range(ts.num_steps):
     x0 = den(x, jnp.full((x.shape[0],), ts.t[i]), cond)

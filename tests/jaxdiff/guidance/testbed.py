@@ -101,3 +101,20 @@ def counting(denoise):
     return denoise(x, t, c)
 
   return den, rows
+
+
+def make_batch():
+  """``(x_T, cond)``: a float64 batch of ``B`` starting points and labels ``0, 1, 2, 0, ...``."""
+  with jax.enable_x64(True):
+    x_T = jax.random.normal(jax.random.key(0), (B, 2), jnp.float64)
+    cond = jnp.arange(B, dtype=jnp.int32) % 3
+  return x_T, cond
+
+
+def unguided_refs(batch):
+  """Conditional and unconditional DDIM trajectories of ``batch`` (no guidance rule)."""
+  x_T, cond = batch
+  with jax.enable_x64(True):
+    cond_traj, _ = run(None, batch)
+    uncond_traj, _ = run(None, (x_T, -jnp.ones_like(cond)))
+  return cond_traj, uncond_traj
