@@ -261,7 +261,10 @@ class Fora(_Reuse):
 class TaylorSeer(CacheRule):
   r"""TaylorSeer: features at skipped steps forecast by a Taylor expansion of order ``m``.
 
-  Full steps are :math:`i \bmod N = 0`. At a full step :math:`k` with fresh features
+  Full steps are the official code's (TaylorSeer-DiT's ``cal_type``): the first ``warmup``
+  steps (its ``first_enhance = 2``), then every ``interval``-th step counted from the last
+  of them, :math:`i < w` or :math:`(i - w + 1) \bmod N = 0` (``[0, 1, 5, 9, ...]`` for
+  :math:`N = 4`, :math:`w = 2`; ``warmup=1`` gives :math:`i \bmod N = 0`). At a full step :math:`k` with fresh features
   :math:`F(k)` and the previous full step :math:`k'`, the derivative estimates are
   updated by divided differences of the previous ones (the official code's recursion;
   for a constant interval it is the paper's :math:`\Delta^j F / N^j`, Eq. 8):
@@ -278,14 +281,16 @@ class TaylorSeer(CacheRule):
   .. math:: \hat F(i) = \sum_{j=0}^{m} \frac{\mathcal D^j(k)}{j!}\,(p_i - p_k)^j .
 
   ``variant="step"`` expands in the step index :math:`p_i = i` (the official DiT code);
-  ``variant="t"`` in the grid time :math:`p_i = t_i`. ``order=0`` is FORA; ``interval=1``
-  the base sampler.
+  ``variant="t"`` in the grid time :math:`p_i = t_i`. ``order=0`` is plain reuse;
+  ``interval=1`` the base sampler.
 
   Example:
     >>> from jaxdiff import caching
     >>> rule = caching.taylorseer(interval=4, order=2)
-    >>> rule.full_steps(6).astype(int).tolist()
-    [1, 0, 0, 0, 1, 0]
+    >>> rule.full_steps(7).astype(int).tolist()
+    [1, 1, 0, 0, 0, 1, 0]
+    >>> caching.taylorseer(interval=4, order=2, warmup=1).full_steps(7).astype(int).tolist()
+    [1, 0, 0, 0, 1, 0, 0]
 
   References:
     Liu et al., "From Reusing to Forecasting: Accelerating Diffusion Models with
@@ -295,15 +300,18 @@ class TaylorSeer(CacheRule):
   interval: int = static(4)
   order: int = static(2)
   variant: str = static("step")
+  warmup: int = static(2)
 
   def __post_init__(self):
     set_ = lambda name, v: setfield(self, name, v)
     set_("interval", check_scalar("interval", self.interval, lo=1, integer=True, static=True))
     set_("order", check_scalar("order", self.order, lo=0, integer=True, static=True))
     check_choice("variant", self.variant, ("step", "t"))
+    set_("warmup", check_scalar("warmup", self.warmup, lo=1, integer=True, static=True))
 
   def full_steps(self, num_steps: int) -> np.ndarray:
-    return _every(self.interval, num_steps)
+    i = np.arange(num_steps)
+    return (i < self.warmup) | ((i - self.warmup + 1) % self.interval == 0)
 
   def position(self, step, t):
     return t if self.variant == "t" else step
@@ -342,15 +350,20 @@ def fora(interval: int = 2) -> Fora:
   return Fora(interval)
 
 
-def taylorseer(interval: int = 4, order: int = 2, *, variant: str = "step") -> TaylorSeer:
+def taylorseer(
+  interval: int = 4, order: int = 2, *, variant: str = "step", warmup: int = 2
+) -> TaylorSeer:
   """TaylorSeer (Taylor forecast of order ``order``); see :class:`TaylorSeer`.
+
+  ``warmup`` (>= 1) steps are computed in full first, as the official code's
+  ``first_enhance = 2``; ``warmup=1`` is the schedule :math:`i \bmod N = 0`.
 
   Example:
     >>> from jaxdiff import caching
     >>> caching.taylorseer(interval=3, order=1).order
     1
   """
-  return TaylorSeer(interval, order, variant)
+  return TaylorSeer(interval, order, variant, warmup)
 
 
 def check_rule(cache) -> None:

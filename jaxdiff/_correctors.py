@@ -167,7 +167,7 @@ class Langevin(Corrector):
 
 
 class LMLState(NamedTuple):
-  """LML's carried state: the running average of the noise predictions (``kappa``)."""
+  """LML's carried state: the previous noise prediction (what ``kappa`` blends in)."""
 
   g: Array
   started: Array  # bool: whether g holds a prediction yet
@@ -181,8 +181,10 @@ class LML(Langevin):
   With :math:`s = -\hat\epsilon/\sigma` the score, LML approximates the negative
   log-density Hessian at ``x`` by the Gauss-Newton outer product of the noise
   prediction, :math:`H \approx g g^\top / \lambda` (rank one, in units where the damping
-  is the identity), with :math:`g = \kappa g_{\text{prev}} + (1 - \kappa)\hat\epsilon` an
-  exponential average of the predictions (``kappa = 0``: the current one). The damped
+  is the identity), with :math:`g = \kappa\,\hat\epsilon_{\text{prev}} + (1 - \kappa)\hat\epsilon`
+  the current prediction blended with the previous one (the official code's
+  ``kappa * prev_noise + (1 - kappa) * noise_pred``, where ``prev_noise`` is the previous
+  raw prediction, not a running average; ``kappa = 0``: the current one). The damped
   preconditioner and its square root are closed-form (Sherman-Morrison):
 
   .. math::
@@ -243,8 +245,9 @@ class LML(Langevin):
 
   def _precondition(self, eps, drift, z, state):
     g = jnp.where(state.started, self.kappa * state.g + (1.0 - self.kappa) * eps, eps)
+    new = LMLState(eps, jnp.ones((), bool))  # the official code keeps the raw prediction
     if self.undamped:  # no damping term: exactly the plain Langevin move
-      return drift, z, LMLState(g, jnp.ones((), bool))
+      return drift, z, new
     g2 = _sum_ps(jnp.square(g))
     lamb = jnp.asarray(self.lamb, eps.dtype)
     p_drift = drift - g * (_sum_ps(g * drift) / (lamb + g2))
@@ -255,7 +258,7 @@ class LML(Langevin):
       n0 = jnp.sqrt(_sum_ps(jnp.square(drift)))
       n1 = jnp.maximum(jnp.sqrt(_sum_ps(jnp.square(p_drift))), _tiny(eps.dtype))
       p_drift = p_drift * (n0 / n1)
-    return p_drift, p_noise, LMLState(g, jnp.ones((), bool))
+    return p_drift, p_noise, new
 
 
 def langevin(snr: float = 0.16, *, steps: int = 1) -> Langevin:
@@ -297,7 +300,7 @@ def lml(
   Args:
     lamb: damping :math:`\lambda > 0` (``inf`` allowed: the plain Langevin corrector).
     snr: Song et al.'s ``r`` for the step size.
-    kappa: weight in [0, 1) of the previous average in the rank-one factor.
+    kappa: weight in [0, 1) of the previous noise prediction in the rank-one factor.
     steps: Langevin iterations per grid point (each one network evaluation).
     variant: ``"damped"`` (keep :math:`P s`) or ``"normalized"`` (rescale it to
       :math:`\|s\|`, the official code's normalization).

@@ -64,11 +64,32 @@ def _official_taylorseer(features, full, order):
   return out
 
 
+def _official_full_steps(num_steps, interval, first_enhance):
+  """TaylorSeer-DiT's cal_type, in sampling order: the first ``first_enhance`` steps are
+  full (the counter resets), then a step is full when the counter reaches interval - 1."""
+  full, counter = [], 0
+  for k in range(num_steps):
+    if k < first_enhance or counter == interval - 1:
+      full.append(True)
+      counter = 0
+    else:
+      full.append(False)
+      counter += 1
+  return np.array(full)
+
+
+@pytest.mark.parametrize("interval, warmup", [(4, 2), (3, 2), (5, 3), (2, 1), (1, 2)])
+def test_taylorseer_full_steps_are_the_official_schedule(interval, warmup):
+  rule = caching.taylorseer(interval, 1, warmup=warmup)
+  np.testing.assert_array_equal(rule.full_steps(23), _official_full_steps(23, interval, warmup))
+  assert caching.taylorseer(4, 1).full_steps(10).nonzero()[0].tolist() == [0, 1, 5, 9]
+
+
 def test_taylorseer_forecast_equals_the_official_recursion_in_float64(x64):
   # Full at 0, 3, 6, 9: the third derivative is formed at step 9 (the ramp-up) and used
   # at steps 10, 11.
   order = 3
-  rule = caching.taylorseer(interval=3, order=order)
+  rule = caching.taylorseer(interval=3, order=order, warmup=1)
   full = rule.full_steps(12)
   feats = np.random.default_rng(order).normal(size=(12, 5))
   want = _official_taylorseer(feats, full, order)
@@ -83,7 +104,7 @@ def test_taylorseer_forecast_equals_the_official_recursion_in_float64(x64):
   np.testing.assert_allclose(np.stack(got), np.stack(want), rtol=1e-13, atol=1e-13)
 
 
-def _ddim_with_taylorseer(den, x, ts, order, interval):
+def _ddim_with_taylorseer(den, x, ts, order, interval, warmup):
   """DDIM with the network run piece by piece (its encode / residual_branches / readout),
   the branch features at skipped steps from the float64 transcription above."""
   net, n = den.net, ts.num_steps
@@ -98,7 +119,7 @@ def _ddim_with_taylorseer(den, x, ts, order, interval):
     return net.readout(h, c, aux, x), feats
 
   full_pass, reuse_pass = jax.jit(lambda x, t: run(x, t, None)), jax.jit(run)
-  full = np.arange(n) % interval == 0
+  full = _official_full_steps(n, interval, warmup)
   history = []  # per step: the branch features (full steps) or None
   for i in range(n):
     t = jnp.full((x.shape[0],), ts.t[i])
@@ -120,13 +141,14 @@ def _ddim_with_taylorseer(den, x, ts, order, interval):
 
 
 def test_sampler_with_taylorseer_equals_the_hand_written_cached_loop(den, x_T):
-  # Full at steps 0, 2, 4; the reuse steps 1, 3, 5 forecast at order 0, 1, 2 (ramp-up).
+  # The official schedule: full at steps 0, 1 (warm-up), 3, 5; the reuse steps 2 and 4
+  # forecast at order 1 and 2 (ramp-up).
   out = jaxdiff.sample(
     den, solvers.ddim(), x_T, TS6, key=0, cond=LABELS, cache=caching.taylorseer(2, 2)
   )
-  want = _ddim_with_taylorseer(den, x_T, TS6, order=2, interval=2)
+  want = _ddim_with_taylorseer(den, x_T, TS6, order=2, interval=2, warmup=2)
   np.testing.assert_allclose(out.x, want, rtol=2e-4, atol=2e-5)
-  assert (int(out.nfe), int(out.stats["full_nfe"])) == (6, 3)
+  assert (int(out.nfe), int(out.stats["full_nfe"])) == (6, 4)
 
 
 def test_cache_none_is_the_base_sampler_bit_for_bit():
@@ -158,7 +180,8 @@ def test_caches_compose_with_cfg_pag_heun_and_a_corrector_counting_full_and_part
   cfg = run(solvers.dpmpp_2m(), caching.fora(2), guidance=guidance.cfg(2.0))
   assert (int(cfg.nfe), int(cfg.stats["full_nfe"])) == (8, 4)
   pag = run(solvers.ddim(), caching.taylorseer(2, 1), guidance=guidance.pag(1.0))
-  assert (int(pag.nfe), int(pag.stats["full_nfe"])) == (8, 4) and np.isfinite(pag.x).all()
+  # TaylorSeer at interval 2 is full at 0, 1 (warm-up) and 3: 3 of 4 steps.
+  assert (int(pag.nfe), int(pag.stats["full_nfe"])) == (8, 6) and np.isfinite(pag.x).all()
   # Heun (2 stages) + a Langevin move after each step (sigma > 0 at every grid point):
   # 3 calls (slots) per step, full at steps 0 and 2.
   heun = run(solvers.heun(), caching.fora(2), corrector=correctors.langevin(0.1))

@@ -67,8 +67,8 @@ def test_lml_preconditioner_matches_the_dense_damped_inverse_and_its_square_root
   np.testing.assert_allclose(p_drift[0], np.linalg.solve(m, drift[0]), rtol=1e-12)
   w, v = np.linalg.eigh(np.linalg.inv(m))
   np.testing.assert_allclose(p_noise[0], (v * np.sqrt(w)) @ v.T @ z[0], rtol=1e-10)
-  np.testing.assert_allclose(state.g[0], g, rtol=1e-14)
-  # Before any prediction the average starts at the current one.
+  np.testing.assert_array_equal(state.g, eps)  # the raw prediction is what is kept
+  # Before any prediction the blend is the current one.
   _, _, first = corr._precondition(eps, drift, z, corr.init(eps))
   np.testing.assert_allclose(first.g, eps, rtol=0)
   # variant="normalized" keeps the direction of P s and the plain drift's norm.
@@ -77,6 +77,27 @@ def test_lml_preconditioner_matches_the_dense_damped_inverse_and_its_square_root
   )
   np.testing.assert_allclose(np.linalg.norm(nd), np.linalg.norm(drift), rtol=1e-12)
   np.testing.assert_allclose(nd / np.linalg.norm(nd), p_drift / np.linalg.norm(p_drift), rtol=1e-12)
+
+
+def _official_lm_correct(prev, noise, lamb, kappa):
+  """The official code's lm_correct (zituitui/LML-diffusion-sampler, scheduler/), in NumPy."""
+  ema = noise if prev is None else kappa * prev + (1 - kappa) * noise
+  inverted = noise - ema * np.sum(noise * ema) / (lamb + np.sum(ema * ema))
+  return inverted * np.linalg.norm(noise) / np.linalg.norm(inverted)
+
+
+def test_lml_kappa_blends_the_previous_raw_prediction_as_the_official_code(x64):
+  # Three iterations at kappa = 0.5: the direction of the normalized variant applied to the
+  # noise prediction equals the official lm_correct with prev_noise = the previous raw one
+  # (a running average differs by ~1e-2 here).
+  d, lamb, kappa = 6, 0.8, 0.5
+  preds = np.asarray(jax.random.normal(jax.random.key(1), (3, 1, d), jnp.float64))
+  corr = correctors.lml(lamb, kappa=kappa, variant="normalized")
+  state, prev = corr.init(jnp.asarray(preds[0])), None
+  for eps in preds:
+    out, _, state = corr._precondition(jnp.asarray(eps), jnp.asarray(eps), jnp.zeros((1, d)), state)
+    np.testing.assert_allclose(out[0], _official_lm_correct(prev, eps[0], lamb, kappa), rtol=1e-12)
+    prev = eps[0]
 
 
 # Statistical (a few seconds each); the float64 predictor-corrector transcription above is
