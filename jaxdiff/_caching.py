@@ -264,10 +264,11 @@ class TaylorSeer(CacheRule):
   Full steps are the official code's (TaylorSeer-DiT's ``cal_type``): the first ``warmup``
   steps (its ``first_enhance = 2``), then every ``interval``-th step counted from the last
   of them, :math:`i < w` or :math:`(i - w + 1) \bmod N = 0` (``[0, 1, 5, 9, ...]`` for
-  :math:`N = 4`, :math:`w = 2`; ``warmup=1`` gives :math:`i \bmod N = 0`). At a full step :math:`k` with fresh features
-  :math:`F(k)` and the previous full step :math:`k'`, the derivative estimates are
-  updated by divided differences of the previous ones (the official code's recursion;
-  for a constant interval it is the paper's :math:`\Delta^j F / N^j`, Eq. 8):
+  :math:`N = 4`, :math:`w = 2`; ``warmup=1`` gives :math:`i \bmod N = 0`). At a full
+  step :math:`k` with fresh features :math:`F(k)` and the previous full step :math:`k'`,
+  the derivative estimates are updated by divided differences of the previous ones (the
+  official code's recursion; for a constant interval it is the paper's
+  :math:`\Delta^j F / N^j`, Eq. 8):
 
   .. math::
     \mathcal D^0(k) = F(k),\qquad
