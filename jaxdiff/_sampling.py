@@ -93,7 +93,7 @@ def _unbox(tree):
   return jax.tree.map(lambda leaf: leaf.value if is_static(leaf) else leaf, tree, is_leaf=is_static)
 
 
-def _check_addons(guidance, corrector, time_shift, cache, ts, denoise) -> None:
+def _check_addons(guidance, corrector, time_shift, cache, ts, denoise, solver) -> None:
   if not isinstance(guidance, GuidanceRule):
     raise TypeError(
       f"guidance must be a GuidanceRule (e.g. guidance.cfg(3.0)), got {type(guidance).__name__}"
@@ -112,6 +112,7 @@ def _check_addons(guidance, corrector, time_shift, cache, ts, denoise) -> None:
     from jaxdiff._caching import cacheable_net
 
     cacheable_net(denoise)
+  time_shift.check_solver(solver)
   if all(not isinstance(v, jax.core.Tracer) for v in ts):
     time_shift.check_grid(ts)
 
@@ -324,7 +325,7 @@ def sample(
   time_shift = NoShift() if time_shift is None else time_shift
   cache = NoCache() if cache is None else cache
   _check_inputs(denoise, solver, x_T, ts, cond, guidance, return_trajectory)
-  _check_addons(guidance, corrector, time_shift, cache, ts, denoise)
+  _check_addons(guidance, corrector, time_shift, cache, ts, denoise, solver)
   key = as_key(key)
   addons = _box_addons((guidance, corrector, time_shift, cache))
   x, nfe, traj, stats = _sample_jit(

@@ -38,11 +38,62 @@ def _ts_ddim_reference(den, x, ts, window, cutoff, resolution=1000):
   return x
 
 
+def _official_ts_ddim(den, x, ts, window, cutoff, resolution=1000):
+  """The official TS-DPM pnm_solver (sample / apply_time_shift / euler_solver + transfer)
+  in float64 NumPy, on a continuous grid: the network at the grid time t_i, the landing
+  time matched to var(x_i) in a window around t_{i+1} (clipped to the grid's span), no
+  shift at the first step (len(img_list) > 1) or at or below the cutoff."""
+  x = np.asarray(x, np.float64)
+  t = np.asarray(ts.t, np.float64)
+  delta = (t[0] - t[-1]) / resolution
+  for i in range(ts.num_steps):
+    a_i, s_i = float(ts.alpha[i]), float(ts.sigma[i])
+    x0 = np.asarray(den(jnp.asarray(x), jnp.full((x.shape[0],), t[i]), None), np.float64)
+    eps = (x - a_i * x0) / s_i
+    t_next = np.full(x.shape[0], t[i + 1])
+    if i > 0 and t[i + 1] > cutoff:
+      var = x.var(axis=1, ddof=1)
+      cand = np.clip(t[i + 1] + np.arange(-window, window + 1) * delta, t[-1], t[0])
+      table = np.asarray(SCHED.sigma(jnp.asarray(cand))) ** 2  # 1 - alphas_cumprod
+      t_next = cand[np.argmin((var[:, None] - table[None, :]) ** 2, axis=1)]
+    a_n = np.asarray(SCHED.alpha(jnp.asarray(t_next)))[:, None]
+    s_n = np.asarray(SCHED.sigma(jnp.asarray(t_next)))[:, None]
+    x = a_n * x0 + s_n * eps  # transfer(x, t, t_next, et): the DDIM step
+  return x
+
+
+def test_official_ts_ddim_lands_at_the_matched_time_and_never_shifts_the_first_step(x64, gmm):
+  ts = schedules.timesteps(SCHED, 8)
+  x_T = jax.random.normal(jax.random.key(0), (6, D), jnp.float64)
+  den = gmm.denoiser(SCHED)
+  out = jaxdiff.sample(
+    den, solvers.ddim(), x_T, ts, key=0, time_shift=jaxdiff.time_shift(SCHED, 60, 0.3)
+  )
+  np.testing.assert_allclose(
+    out.x, _official_ts_ddim(den, x_T, ts, 60, 0.3), rtol=1e-10, atol=1e-10
+  )
+  base = jaxdiff.sample(den, solvers.ddim(), x_T, ts, key=0)
+  assert np.abs(np.asarray(out.x) - np.asarray(base.x)).max() > 1e-4  # the shift acted
+  # The first step is never shifted: one step alone is the base sampler.
+  one = schedules.timesteps_from(SCHED, ts.t[:2])
+  first = jaxdiff.sample(
+    den, solvers.ddim(), x_T, one, key=0, time_shift=jaxdiff.time_shift(SCHED, 60, 0.0)
+  )
+  np.testing.assert_allclose(
+    first.x, jaxdiff.sample(den, solvers.ddim(), x_T, one, key=0).x, rtol=1e-12
+  )
+  # It moves the DDIM step itself: another solver is refused.
+  with pytest.raises(ValueError, match="variant='evaluate'"):
+    jaxdiff.sample(
+      den, solvers.dpmpp_2m(), x_T, ts, key=0, time_shift=jaxdiff.time_shift(SCHED, 60, 0.3)
+    )
+
+
 def test_ts_ddim_equals_the_reference_transcription_and_shifts_some_steps(x64, gmm):
   ts = schedules.timesteps(SCHED, 8)
   x_T = jax.random.normal(jax.random.key(0), (6, D), jnp.float64)
   den = gmm.denoiser(SCHED)
-  rule = jaxdiff.time_shift(SCHED, 60, 0.3)
+  rule = jaxdiff.time_shift(SCHED, 60, 0.3, variant="evaluate")
   out = jaxdiff.sample(den, solvers.ddim(), x_T, ts, key=0, time_shift=rule)
   want = _ts_ddim_reference(den, x_T, ts, 60, 0.3)
   np.testing.assert_allclose(out.x, want, rtol=1e-10, atol=1e-10)
@@ -72,7 +123,7 @@ def test_time_shift_composes_with_solvers_and_guidance_without_retracing(gmm):
   ts = schedules.timesteps(SCHED, 5)
   x_T = jax.random.normal(jax.random.key(2), (4, D))
   den = gmm.denoiser(SCHED)
-  rule = jaxdiff.time_shift(SCHED, 50, 0.2)
+  rule = jaxdiff.time_shift(SCHED, 50, 0.2, variant="evaluate")
   for solver in (solvers.ddpm(), solvers.dpmpp_2m(), solvers.unipc()):
     out = jaxdiff.sample(den, solver, x_T, ts, key=1, time_shift=rule)
     assert np.isfinite(out.x).all() and int(out.nfe) == 5
@@ -90,7 +141,12 @@ def test_time_shift_composes_with_solvers_and_guidance_without_retracing(gmm):
   before = jaxdiff._sampling._sample_jit._cache_size()
   jaxdiff.sample(den, solvers.unipc(), x_T + 1.0, ts, key=2, time_shift=rule)
   jaxdiff.sample(
-    den, solvers.unipc(), x_T, ts, key=2, time_shift=jaxdiff.time_shift(SCHED, 50, 0.2)
+    den,
+    solvers.unipc(),
+    x_T,
+    ts,
+    key=2,
+    time_shift=jaxdiff.time_shift(SCHED, 50, 0.2, variant="evaluate"),
   )
   assert jaxdiff._sampling._sample_jit._cache_size() == before
   xs = x_T.reshape(2, 2, D)
