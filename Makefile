@@ -25,9 +25,10 @@ $(DEMO_STAMP): pyproject.toml optim/_version.py
 demo: $(DEMO_STAMP)
 	$(BIN)/python -m jaxdiff demo
 
-# Tests run on both cores, handed out one at a time to whichever worker is free
-# (worksteal). Compiled programs go to JAX's persistent cache in .cache/jax (set up in
-# tests/conftest.py), shared by the workers and the subprocesses and kept between runs.
+# Tests run on both cores: split between the two workers, a worker that runs out taking
+# half of the other's remaining tests (worksteal), so that neither idles at the end.
+# Compiled programs go to JAX's persistent cache in .cache/jax (set up in tests/conftest.py),
+# shared by the workers and the subprocesses and kept between runs.
 PYTEST   := $(BIN)/python -m pytest -n 2 --dist worksteal
 DOCTESTS := --doctest-modules optim jaxdiff --ignore=jaxdiff/__main__.py
 
@@ -41,8 +42,11 @@ test: $(STAMP)
 # the notebooks as a Colab user runs them, the curvature tour, two processes joined by
 # jax.distributed, the built wheel and sdist installed in fresh virtual environments
 # (these download the dependencies: PyPI), the documentation build (the `docs` extra).
+# A few long tests behind module-scoped fixtures (the demo run, the notebooks' environment):
+# whole files to a worker, so that no fixture is built twice.
 test-integration: $(STAMP) $(VENV)/.docs-installed
-	$(PYTEST) -m "integration and not slow" -q -rs --durations=15 tests --ignore=tests/peers
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "integration and not slow" -q -rs \
+	  --durations=15 tests --ignore=tests/peers
 
 # Parity against the PyTorch peers (the `peers` extra; .ci/run installs it after `make test`).
 # Each test skips, naming what is missing, where a peer is not installed.

@@ -412,10 +412,14 @@ def dice_sgd(
     >>> x = jnp.linspace(-1, 1, 8)[:, None]; y = 2.0 * x[:, 0]
     >>> loss = lambda w, xi, yi: (xi @ w - yi) ** 2
     >>> tx = dice_sgd(0.5, clip1=0.1, clip2=0.1, noise_multiplier=0.1, key=0)
+    >>> @jax.jit
+    ... def step(w, s):
+    ...   g = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(w, x, y)
+    ...   u, s = tx.update(g, s, w)
+    ...   return optax.apply_updates(w, u), s
     >>> w = jnp.zeros(1); s = tx.init(w)
     >>> for _ in range(300):
-    ...   g = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(w, x, y)
-    ...   u, s = tx.update(g, s, w); w = optax.apply_updates(w, u)
+    ...   w, s = step(w, s)
     >>> bool(abs(w[0] - 2.0) < 0.1)
     True
 

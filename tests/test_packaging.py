@@ -179,10 +179,13 @@ def test_the_quick_tour_is_found_by_its_heading():
 # --- integration: the distribution as a user installs it -------------------------------
 
 # Runs in the fresh environment, outside the checkout: the installed wheel's version,
-# where it was imported from, that the demo extra stayed out, then the quick tour.
+# where it was imported from, that every public module imports on the core dependencies
+# with the demo extra left out, that a call needing the extra says how to install it,
+# then the quick tour.
 _CHECK_INSTALLED = """
 import importlib.metadata, json, pathlib, sys
 import optim, jaxdiff
+import jaxdiff.cli, jaxdiff.demo, jaxdiff.models, optim.curvature, optim.quant
 report = {
   "versions": [optim.__version__, jaxdiff.__version__,
                importlib.metadata.version("optim-jaxdiff")],
@@ -195,6 +198,10 @@ for name in %r:
     report.setdefault("importable", []).append(name)
   except ImportError:
     pass
+try:
+  jaxdiff.models.load_digits()
+except ImportError as e:
+  report["load_digits"] = str(e)
 print("REPORT", json.dumps(report))
 exec(compile(pathlib.Path(sys.argv[1]).read_text(), "README quick tour", "exec"), {})
 """
@@ -257,4 +264,5 @@ def test_wheel_and_sdist_build_pass_twine_and_the_wheel_alone_runs_the_quick_tou
   assert report["versions"] == [version] * 3
   assert all(pathlib.Path(f).is_relative_to(venv) for f in report["files"]), report["files"]
   assert report["demo_extra"] == [] and "importable" not in report, report
+  assert report["load_digits"].endswith(INSTALL), report
   assert QUICK_TOUR_PRINTS in out, out[-2000:]
