@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -200,6 +202,7 @@ def gppo_loss(
   *,
   epsilon_low: float = 0.2,
   epsilon_high: float = 0.28,
+  dual_clip: float | None = 3.0,
   mask: jax.Array | None = None,
 ) -> jax.Array:
   r"""GPPO: PPO clipping that keeps a bounded gradient on the clipped tokens (Klear-Reasoner).
@@ -208,21 +211,35 @@ def gppo_loss(
   the stop-gradient, the paper's objective (Su et al., Section 3.2) is
 
   .. math::
-    \mathcal{L}(\theta) = -\frac{1}{\sum_t m_t}\sum_t m_t
-      \min\Big(\delta_t A_t,\ \operatorname{clip}\Big(\delta_t,
+    \ell_t = -\min\Big(\delta_t A_t,\ \operatorname{clip}\Big(\delta_t,
         \frac{1-\epsilon_l}{\operatorname{sg}(\delta_t)}\delta_t,
-        \frac{1+\epsilon_h}{\operatorname{sg}(\delta_t)}\delta_t\Big) A_t\Big).
+        \frac{1+\epsilon_h}{\operatorname{sg}(\delta_t)}\delta_t\Big) A_t\Big),
 
-  Its value equals :func:`ppo_clip_loss` exactly (the bounds evaluate to
-  :math:`1 \mp \epsilon`); only the backward pass differs. A token in the clipped branch
-  contributes :math:`-(1+\epsilon_h) A_t \nabla\log\pi_\theta(a_t)` (if :math:`A_t > 0,\
+  and the official code (``compute_gppo_loss``) also applies dual-clip PPO (Ye et al.) to
+  the negative-advantage tokens, with :math:`c` = ``dual_clip``:
+
+  .. math::
+    \ell^{\text{dual}}_t = \begin{cases} \min(\ell_t,\ -c A_t) & A_t < 0 \\
+      \ell_t & A_t \ge 0 \end{cases}, \qquad
+    \mathcal{L}(\theta) = \frac{1}{\sum_t m_t}\sum_t m_t\, \ell^{\text{dual}}_t.
+
+  The bounds of the clip evaluate to :math:`1 \mp \epsilon`, so :math:`\ell_t` has PPO's
+  value; only the backward pass differs. A token in the clipped branch contributes
+  :math:`-(1+\epsilon_h) A_t \nabla\log\pi_\theta(a_t)` (if :math:`A_t > 0,\
   \delta_t > 1+\epsilon_h`) or :math:`-(1-\epsilon_l) A_t \nabla\log\pi_\theta(a_t)` (if
   :math:`A_t < 0,\ \delta_t < 1-\epsilon_l`) instead of PPO's zero: the gradient is
   kept, with its magnitude capped at the clip boundary (it no longer grows with
-  :math:`\delta_t`). Other tokens get PPO's :math:`-\delta_t A_t \nabla\log\pi_\theta`.
+  :math:`\delta_t`). A token with :math:`A_t < 0,\ \delta_t > c` is dual-clipped: its
+  loss is the constant :math:`-c A_t` and its gradient zero. Other tokens get PPO's
+  :math:`-\delta_t A_t \nabla\log\pi_\theta`.
 
-  Defaults :math:`\epsilon_l = 0.2,\ \epsilon_h = 0.28` are DAPO's clip-higher values; the
-  stored copy of the Klear-Reasoner paper did not state its own, so this is an assumption.
+  **Which is which.** The default ``dual_clip=3.0`` is the official code (the default of
+  its ``compute_gppo_loss`` and of its ``ppo_trainer.yaml``; the paper's training scripts
+  pass 10). ``dual_clip=None`` is the paper's Section 3.2 objective without the dual clip
+  (this function's only form before the official one became the default); its value then
+  equals :func:`ppo_clip_loss`'s exactly. The defaults :math:`\epsilon_l = 0.2,\
+  \epsilon_h = 0.28` are the official training scripts' ``clip_ratio_low`` /
+  ``clip_ratio_high`` (DAPO's clip-higher values).
 
   Args:
     log_probs: :math:`\log\pi_\theta(a_t)` of the sampled tokens, any shape (differentiated).
@@ -230,11 +247,13 @@ def gppo_loss(
     advantages: :math:`A_t`, broadcastable to ``log_probs``.
     epsilon_low: :math:`\epsilon_l \in [0, 1)`.
     epsilon_high: :math:`\epsilon_h \ge 0`.
+    dual_clip: :math:`c > 1`, the dual-clip bound on the ratio of negative-advantage
+      tokens (official default 3), or ``None`` (or ``inf``) for none.
     mask: optional 0/1 token mask of ``log_probs``' shape.
 
   Returns:
-    The scalar loss (to minimize); its value is :func:`ppo_clip_loss`'s. No valid token
-    gives 0.
+    The scalar loss (to minimize); with ``dual_clip=None`` its value is
+    :func:`ppo_clip_loss`'s. No valid token gives 0.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -244,23 +263,46 @@ def gppo_loss(
     >>> f = lambda loss: jax.grad(lambda x: loss(x, old, jnp.array([1.0])))(lp)
     >>> float(f(ppo_clip_loss)[0]), round(float(f(gppo_loss)[0]), 4)  # ratio 1.5: clipped
     (-0.0, -1.28)
+    >>> lp4, neg = jnp.log(jnp.array([1.6])), jnp.array([-1.0])  # ratio 4, A < 0
+    >>> float(gppo_loss(lp4, old, neg)), float(gppo_loss(lp4, old, neg, dual_clip=None))
+    (3.0, 4.0)
 
   References:
     Su, Pan, Bai, Liu, Dong, Huang, Hu, Zhang, Gai, Zhou, "Klear-Reasoner: Advancing
     Reasoning Capability via Gradient-Preserving Clipping Policy Optimization",
-    arXiv:2508.07629 (2025), Section 3.2.
+    arXiv:2508.07629 (2025), Section 3.2; official code: github.com/Kwai-Klear/KlearReasoner,
+    ``verl/trainer/ppo/core_algos.py`` (``compute_gppo_loss``). Ye et al., "Mastering
+    Complex Control in MOBA Games with Deep Reinforcement Learning", AAAI 2020,
+    arXiv:1912.09729 (dual clip).
   """
   log_ratio, adv, w = _policy_inputs(
     log_probs, old_log_probs, advantages, mask, epsilon_low, epsilon_high, "gppo_loss"
   )
-  ratio = jnp.exp(log_ratio)
-  sg = jax.lax.stop_gradient(ratio)
-  # delta / sg(delta) written as exp(l - sg(l)): value exactly 1, derivative d log pi, and no
-  # 0/0 when the ratio underflows. `where`, not jnp.clip, so unclipped tokens keep delta.
-  unit = jnp.exp(log_ratio - jax.lax.stop_gradient(log_ratio))
-  bound = jnp.where(
-    sg > 1.0 + epsilon_high,
-    (1.0 + epsilon_high) * unit,
-    jnp.where(sg < 1.0 - epsilon_low, (1.0 - epsilon_low) * unit, ratio),
-  )
-  return -_token_mean(jnp.minimum(ratio * adv, bound * adv), w)
+  if dual_clip is not None:
+    c = check_scalar("gppo_loss: dual_clip", dual_clip, lo=1.0, lo_open=True, allow_inf=True)
+    dual_clip = None if c == math.inf else dual_clip
+
+  def gppo_tokens(log_ratio):
+    ratio = jnp.exp(log_ratio)
+    sg = jax.lax.stop_gradient(ratio)
+    # delta / sg(delta) written as exp(l - sg(l)): value exactly 1, derivative d log pi, and
+    # no 0/0 when the ratio underflows. `where`, not jnp.clip, so unclipped tokens keep delta.
+    unit = jnp.exp(log_ratio - jax.lax.stop_gradient(log_ratio))
+    bound = jnp.where(
+      sg > 1.0 + epsilon_high,
+      (1.0 + epsilon_high) * unit,
+      jnp.where(sg < 1.0 - epsilon_low, (1.0 - epsilon_low) * unit, ratio),
+    )
+    return -jnp.minimum(ratio * adv, bound * adv)
+
+  if dual_clip is None:
+    return _token_mean(gppo_tokens(log_ratio), w)
+  # The official loss: min(-A c, loss) on A < 0, so a token above the dual clip has the
+  # constant loss -A c. Its ratio is then replaced by 1 (log-ratio 0) in the PPO branch:
+  # its gradient is zero either way, and an overflowing ratio cannot give 0 * inf = NaN.
+  cap = -adv * dual_clip
+  capped = (adv < 0) & (jax.lax.stop_gradient(gppo_tokens(log_ratio)) > cap)
+  per_token = gppo_tokens(jnp.where(capped, 0.0, log_ratio))
+  per_token = jnp.where(adv < 0, jnp.minimum(per_token, cap), per_token)  # ties: 1/2 each
+  per_token = jnp.where(capped, cap, per_token)
+  return _token_mean(per_token, w)

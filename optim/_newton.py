@@ -142,14 +142,15 @@ _MATH = r"""
 
   accepted when :math:`f(x_k) - f(x_{k+1}) \ge \|\nabla f(x_{k+1})\|^2 / (8\lambda_k)`;
   then :math:`\gamma_{k+1} = \max(2\gamma_k, \gamma_{\min})`, otherwise :math:`\gamma_k`
-  is halved and the step recomputed (at most ``search_max_iterations`` trials; after the last
-  failure the last trial is taken and :math:`\gamma` halved once more, as in the official
-  code). :math:`\gamma` estimates the gradient-normalized smoothness radius: the ball
-  in which :math:`H_k` linearizes the gradient field to relative accuracy. The linear
-  system is solved by conjugate gradients on pytrees (``jax.scipy.sparse.linalg.cg``),
-  never by a dense inverse; CG needs :math:`H_k + \lambda_k I \succ 0`, so an indefinite
-  :math:`H_k` (the exact Hessian of a non-convex loss) should be replaced by a Gauss-Newton
-  or Fisher operator. ``variant="fixed"`` keeps :math:`\gamma_k = \gamma_0` (no search).
+  is halved and the step recomputed (at most ``search_max_iterations`` trials, 41 by default
+  as in the official code; after the last failure the last trial's step is taken and
+  :math:`\gamma` halved once more, also as there). :math:`\gamma` estimates the
+  gradient-normalized smoothness radius: the ball in which :math:`H_k` linearizes the
+  gradient field to relative accuracy. The linear system is solved by conjugate gradients
+  on pytrees (``jax.scipy.sparse.linalg.cg``), never by a dense inverse; CG needs
+  :math:`H_k + \lambda_k I \succ 0`, so an indefinite :math:`H_k` (the exact Hessian of a
+  non-convex loss) should be replaced by a Gauss-Newton or Fisher operator.
+  ``variant="fixed"`` keeps :math:`\gamma_k = \gamma_0` (no search).
 """
 
 
@@ -172,7 +173,7 @@ def scale_by_reg_newton(
   gamma: float = 1.0,
   variant: Literal["adaptive", "fixed"] = "adaptive",
   gamma_min: float = 1e-9,
-  search_max_iterations: int = 40,
+  search_max_iterations: int = 41,
   cg_tol: float = 1e-10,
   cg_max_iterations: int = 100,
 ) -> optax.GradientTransformationExtraArgs:
@@ -191,7 +192,13 @@ def scale_by_reg_newton(
       variant: ``"adaptive"`` (Algorithm 1's search) or ``"fixed"``.
       gamma_min: floor of :math:`\gamma` after an accepted step.
       search_max_iterations: the most trials (linear solves) of the search per step
-        (static; official value 40; formerly ``max_search``).
+        (static; formerly ``max_search``). The default 41 is the official code's: its
+        ``adaptive_search_max_iter = 40`` bounds a loop ``range(40 + 1)`` that stops at
+        the 41st pass only with ``warnings=True``, so by default it makes 40 trials + 1
+        final one (which this default counts); when all 41 fail it takes the last
+        trial's step (:math:`\gamma_k 2^{-40}`) and leaves
+        :math:`\gamma_{k+1} = \gamma_k 2^{-41}`. 40 is the official ``warnings=True``
+        run (and this function's default before).
       cg_tol: CG relative residual tolerance.
       cg_max_iterations: the most CG iterations per solve (static; formerly
         ``cg_maxiter``).
@@ -212,7 +219,8 @@ def scale_by_reg_newton(
 
     References:
       Semenov, Jaggi, Doikov, "Gradient-Normalized Smoothness for Optimization with
-      Approximate Hessians", arXiv:2506.13710 (Algorithm 1).
+      Approximate Hessians", arXiv:2506.13710 (Algorithm 1); official code:
+      github.com/epfml/grad-norm-smooth, ``src/methods.py`` (``grad_norm_smooth``).
   """
   variant, search_max_iterations, cg_max_iterations = _check_common(
     variant, gamma, gamma_min, search_max_iterations, cg_tol, cg_max_iterations
@@ -256,7 +264,7 @@ def reg_newton(
   gamma: float = 1.0,
   variant: Literal["adaptive", "fixed"] = "adaptive",
   gamma_min: float = 1e-9,
-  search_max_iterations: int = 40,
+  search_max_iterations: int = 41,
   cg_tol: float = 1e-10,
   cg_max_iterations: int = 100,
 ) -> optax.GradientTransformationExtraArgs:
@@ -348,7 +356,7 @@ def reg_newton_minimize(
   gamma: float = 1.0,
   variant: Literal["adaptive", "fixed"] = "adaptive",
   gamma_min: float = 1e-9,
-  search_max_iterations: int = 40,
+  search_max_iterations: int = 41,
   cg_tol: float = 1e-10,
   cg_max_iterations: int = 100,
 ) -> RegNewtonResult:

@@ -164,6 +164,13 @@ CASES = [
   Case("gppo_loss(LP, LP, 1.0, mask=jnp.ones(2))", raises(ValueError, "mask shape")),
   Case("gppo_loss(jnp.array([1, 2]), LP[:2], 1.0)", raises(TypeError, "log_probs must be a")),
   Case("ppo_clip_loss(LP[:0], LP[:0], 1.0)", raises(ValueError, "log_probs is empty")),
+  Case("gppo_loss(LP, LP, -1.0, dual_clip=1.0)", raises(ValueError, r"dual_clip must lie in \(1")),
+  Case("gppo_loss(LP, LP, -1.0, dual_clip=nan)", raises(ValueError, "dual_clip must be a number")),
+  Case("gppo_loss(LP, LP, -1.0, dual_clip='3')", raises(TypeError, "dual_clip must be a real")),
+  Case(
+    "gppo_loss(LP + jnp.log(4.0), LP, -1.0, dual_clip=inf)",
+    returns(lambda r: abs(float(r) - 4.0) < 1e-5, "dual_clip=inf: no dual clip (loss 4, not 3)"),
+  ),
   Case(
     "gppo_loss(LP.at[0].set(nan), LP, 1.0)",
     returns(_nan, "a NaN log-probability propagates to the loss", nan_ok=True),
@@ -171,6 +178,10 @@ CASES = [
   Case(
     "jax.grad(lambda x: gppo_loss(x, LP, -1.0))(LP - 300.0)",
     returns(None, "an underflowing ratio keeps a finite, bounded gradient (docstring)"),
+  ),
+  Case(
+    "jax.grad(lambda x: gppo_loss(x, LP, -1.0))(LP + 300.0)",
+    returns(lambda g: bool(jnp.all(g == 0.0)), "an overflowing ratio is dual-clipped: zero grad"),
   ),
   # -- weight EMA ----------------------------------------------------------------------------
   Case("O.weight_ema(1.0)", raises(ValueError, "weight_ema: decay")),

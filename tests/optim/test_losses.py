@@ -195,3 +195,79 @@ def test_gppo_gradient_is_finite_when_the_ratio_underflows():
   )
   assert bool(jnp.all(jnp.isfinite(g))), g
   np.testing.assert_allclose(float(g[0]), 0.8 / 2, rtol=1e-6)  # (1 - eps_l) * |A| / n
+
+
+def _klear_gppo_reference(log_prob, old_log_prob, advantages, mask, eps_l, eps_h, c):
+  """Klear-Reasoner's ``compute_gppo_loss`` (github.com/Kwai-Klear/KlearReasoner, README.md
+  lines 167-244 = verl/trainer/ppo/core_algos.py lines 444-529 with ``only_high=False``,
+  token-mean), float64 NumPy: the forward pass op by op, then the backward pass that torch's
+  autograd takes through it (``ratio.detach()`` a constant; ``maximum``/``minimum`` give a
+  tie half the gradient each, ``clamp`` gives it to the input). Returns the loss and its
+  gradient with respect to ``log_prob``."""
+  ratio = np.exp(log_prob - old_log_prob)
+  sg = ratio.copy()  # ratio.detach()
+  pg_losses1 = -advantages * ratio
+  lo, hi = (1 - eps_l) / sg * ratio, (1 + eps_h) / sg * ratio
+  clamped = np.minimum(np.maximum(ratio, lo), hi)  # torch.clamp(ratio, lo, hi)
+  pg_losses2 = -advantages * clamped
+  clip_pg_losses1 = np.maximum(pg_losses1, pg_losses2)
+  pg_losses3 = -advantages * c
+  clip_pg_losses2 = np.minimum(pg_losses3, clip_pg_losses1)
+  pg_losses = np.where(advantages < 0, clip_pg_losses2, clip_pg_losses1)
+  loss = np.sum(pg_losses * mask) / np.sum(mask)  # agg_loss "token-mean" (masked_mean)
+  # Backward: d/d log_prob of each term (ratio and the detach-scaled bounds all carry d log pi).
+  d_pl = mask / np.sum(mask)
+  d_clip1 = np.where(advantages < 0, 0.0, d_pl)
+  d_clip2 = np.where(advantages < 0, d_pl, 0.0)
+  d_clip1 = d_clip1 + d_clip2 * np.where(
+    clip_pg_losses1 < pg_losses3, 1.0, np.where(clip_pg_losses1 == pg_losses3, 0.5, 0.0)
+  )
+  w1 = np.where(pg_losses1 > pg_losses2, 1.0, np.where(pg_losses1 == pg_losses2, 0.5, 0.0))
+  d_l1, d_l2 = d_clip1 * w1, d_clip1 * (1 - w1)
+  in_range = (ratio >= lo) & (ratio <= hi)
+  d_clamped = -advantages * d_l2
+  d_ratio = -advantages * d_l1 + d_clamped * in_range
+  d_lo = d_clamped * (ratio < lo) * (1 - eps_l) / sg
+  d_hi = d_clamped * (ratio > hi) * (1 + eps_h) / sg
+  return loss, (d_ratio + d_lo + d_hi) * ratio
+
+
+def test_gppo_default_is_the_official_dual_clipped_loss_at_ratio_4(x64):
+  """A negative-advantage token at ratio 4 (> c = 3): the official loss is dual-clipped to
+  -c A = 3 with zero gradient; the paper's Eq. without the dual clip (dual_clip=None, the
+  old default) gives 4 and gradient 4."""
+  from optim.losses import gppo_loss
+
+  lp, old, adv = np.log([1.6]), np.log([0.4]), np.array([-1.0])
+  want, want_g = _klear_gppo_reference(lp, old, adv, np.ones(1), 0.2, 0.28, 3.0)
+  assert (want, want_g[0]) == pytest.approx((3.0, 0.0))
+  f = jax.value_and_grad(lambda x, **kw: gppo_loss(x, jnp.asarray(old), jnp.asarray(adv), **kw))
+  v, g = f(jnp.asarray(lp))
+  np.testing.assert_allclose([float(v), float(g[0])], [want, want_g[0]], rtol=1e-14, atol=0)
+  v, g = f(jnp.asarray(lp), dual_clip=None)
+  np.testing.assert_allclose([float(v), float(g[0])], [4.0, 4.0], rtol=1e-14)
+
+
+@pytest.mark.parametrize("c", [3.0, 10.0])
+def test_gppo_matches_float64_transcription_of_the_official_loss(x64, c):
+  """Ratios 0.05..30, advantages of both signs, a padding mask, the official c = 3 (default)
+  and the training scripts' c = 10: value and gradient equal the official code's."""
+  from optim.losses import gppo_loss
+
+  rng = np.random.default_rng(3)
+  shape = (6, 40)
+  old = np.log(rng.uniform(0.05, 0.9, size=shape))
+  lp = old + rng.uniform(np.log(0.05), np.log(30.0), size=shape)
+  adv = rng.normal(size=(6, 1)) * np.where(rng.uniform(size=shape) < 0.5, -1.0, 1.0)
+  mask = (rng.uniform(size=shape) < 0.85).astype(np.float64)
+  want, want_g = _klear_gppo_reference(lp, old, adv, mask, 0.2, 0.28, c)
+  v, g = jax.value_and_grad(
+    lambda x: gppo_loss(x, jnp.asarray(old), jnp.asarray(adv), mask=jnp.asarray(mask), dual_clip=c)
+  )(jnp.asarray(lp))
+  np.testing.assert_allclose(float(v), want, rtol=1e-13)
+  np.testing.assert_allclose(np.asarray(g), want_g, rtol=1e-12, atol=1e-15)
+  ratio = np.exp(lp - old)
+  assert ((adv < 0) & (ratio > c) & (mask > 0)).sum() >= 5, "the dual clip must be exercised"
+  default = gppo_loss(jnp.asarray(lp), jnp.asarray(old), jnp.asarray(adv), mask=jnp.asarray(mask))
+  if c == 3.0:
+    assert float(default) == float(v)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import scipy.linalg
 
 import optim
 from optim.curvature import LinearOperator
@@ -35,29 +36,40 @@ def _logreg(rng, n=40, d=5, mu=1e-3):
   return f, grad, hess, x
 
 
-def _transcription(f, grad, hess, x0, steps, gamma0=1.0, adaptive=True, hess_fixed=None):
-  """Algorithm 1 as in the official code (methods.grad_norm_smooth), float64 NumPy."""
+def _transcription(
+  f, grad, hess, x0, steps, gamma0=1.0, adaptive=True, hess_fixed=None, warnings=False
+):
+  """Algorithm 1 as the official code runs it, float64 NumPy: ``grad_norm_smooth`` of
+  github.com/epfml/grad-norm-smooth, ``src/methods.py`` lines 11-122 (search: lines 83-120),
+  with its defaults ``eps=1e-8``, ``gamma_min=1e-9`` and ``warnings=False``. Its search loop
+  runs ``range(40 + 1)`` and stops early at ``i == 40`` only when ``warnings`` is set, so by
+  default a step makes up to 41 trials; when all fail it takes the last trial's step and
+  leaves gamma halved once more (``gamma0 * 2**-41``). Returns the iterates, the gammas and
+  the trials of each step."""
   x, fk, gk, gamma = x0.copy(), f(x0, np), grad(x0), gamma0
-  xs, gammas = [x.copy()], [gamma]
+  xs, gammas, tries = [x.copy()], [gamma], []
   for _ in range(steps):
     h = hess(x) if hess_fixed is None else hess_fixed
     gnorm = np.linalg.norm(gk)
-    for i in range(41):
-      if i == 40:
+    adaptive_search_max_iter, n = 40, 0
+    for i in range(adaptive_search_max_iter + 1):
+      if i == adaptive_search_max_iter and warnings:
         break
       lam = gnorm / (gamma + 1e-8)
-      delta = np.linalg.solve(h + lam * np.eye(len(x)), -gk)
+      delta = scipy.linalg.cho_solve(scipy.linalg.cho_factor(h + lam * np.eye(len(x))), -gk)
+      n += 1
       fn, gn = f(x + delta, np), grad(x + delta)
       if not adaptive:
         break
       if fk - fn >= gn @ gn / (8 * lam):
-        gamma = max(2 * gamma, 1e-9)
+        gamma = max(gamma * 2.0, 1e-9)
         break
       gamma *= 0.5
     x, fk, gk = x + delta, fn, gn
     xs.append(x.copy())
     gammas.append(gamma)
-  return np.array(xs), np.array(gammas)
+    tries.append(n)
+  return np.array(xs), np.array(gammas), np.array(tries)
 
 
 @pytest.mark.parametrize(
@@ -73,7 +85,7 @@ def test_minimize_matches_float64_transcription_over_20_steps(x64, variant, gamm
   rng = np.random.default_rng(0)
   f, grad, hess, _ = _logreg(rng)
   x0 = rng.normal(size=5) * 3
-  want, want_gamma = _transcription(f, grad, hess, x0, STEPS, gamma0, variant == "adaptive")
+  want, want_gamma, _ = _transcription(f, grad, hess, x0, STEPS, gamma0, variant == "adaptive")
   res = optim.loops.reg_newton_minimize(
     f, jnp.asarray(x0), max_iterations=STEPS, gamma=gamma0, variant=variant, cg_tol=1e-14
   )
@@ -95,7 +107,7 @@ def test_optax_form_follows_the_same_path_with_approximate_hessian(x64):
   bound = x.T @ x / (4 * len(x)) + 1e-3 * np.eye(5)  # the fixed logistic-loss upper bound
   op = lambda p: LinearOperator(lambda v: jnp.asarray(bound) @ v, p)
   x0 = rng.normal(size=5)
-  want, want_gamma = _transcription(f, grad, hess, x0, STEPS, hess_fixed=bound)
+  want, want_gamma, _ = _transcription(f, grad, hess, x0, STEPS, hess_fixed=bound)
   opt = optim.reg_newton(1.0, cg_tol=1e-14)
   step = jax.jit(lambda p, s: opt.update(jax.grad(f)(p), s, p, obj_fn=f, hessian_fn=op))
   p, state = jnp.asarray(x0), opt.init(jnp.asarray(x0))
@@ -130,3 +142,34 @@ def test_zero_gradient_takes_the_zero_step():
   res = optim.loops.reg_newton_minimize(f, jnp.ones(3), max_iterations=3)
   np.testing.assert_array_equal(np.asarray(res.params), np.ones(3))
   assert np.isfinite(np.asarray(res.values[: int(res.n_iters) + 1])).all()
+
+
+def _exhausted_search_problem():
+  """f = ||x||^2 / 2 with the zero matrix as its approximate Hessian and gamma0 = 1e15: the
+  step -gamma g / ||g|| overshoots for every gamma in [1e15 * 2**-40, 1e15], so the first
+  search fails all its trials; the later steps are accepted."""
+  f = lambda w, xp=jnp: 0.5 * xp.sum(w**2)
+  grad, hess = lambda w: w, lambda w: np.zeros((len(w), len(w)))
+  return f, grad, hess, np.array([0.6, -0.8]), 1e15
+
+
+def test_exhausted_search_makes_the_official_41_trials_and_takes_the_last(x64):
+  f, grad, hess, x0, gamma0 = _exhausted_search_problem()
+  want, want_gamma, want_tries = _transcription(f, grad, hess, x0, 6, gamma0)
+  assert want_tries[0] == 41 and want_gamma[1] == gamma0 * 2.0**-41
+  # The official code with warnings=True stops at 40 (this module's behaviour before).
+  _, old_gamma, old_tries = _transcription(f, grad, hess, x0, 1, gamma0, warnings=True)
+  assert old_tries[0] == 40 and old_gamma[1] == gamma0 * 2.0**-40
+  zero = lambda p: LinearOperator(lambda v: 0.0 * v, p)
+  res = optim.loops.reg_newton_minimize(
+    f, jnp.asarray(x0), max_iterations=6, gamma=gamma0, hessian_fn=zero
+  )
+  np.testing.assert_array_equal(np.asarray(res.tries)[:6], want_tries)
+  np.testing.assert_allclose(np.asarray(res.gammas), want_gamma, rtol=1e-12)
+  np.testing.assert_allclose(np.asarray(res.params), want[-1], rtol=1e-10)
+  # The optax form: the same first step, trial count and gamma.
+  opt = optim.scale_by_reg_newton(gamma=gamma0)
+  p = jnp.asarray(x0)
+  u, state = opt.update(p, opt.init(p), p, obj_fn=f, hessian_fn=zero)
+  np.testing.assert_allclose(np.asarray(p + u), want[1], rtol=1e-12)
+  assert int(state.tries) == 41 and float(state.gamma) == gamma0 * 2.0**-41
