@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
+from jaxdiff._module import module, setfield, static
 from jaxdiff._types import GuidanceRule, Prediction
 from jaxdiff._validation import check_choice, is_traced
 from jaxdiff.guidance._common import (
-  Hyper,
   as_array,
   batch_t,
   bcast,
@@ -20,8 +19,9 @@ from jaxdiff.guidance._common import (
   compute_dtype,
   eps,
   evaluate,
-  nfe,
+  hypers,
   null_fn,
+  poison,
   sum_ps,
 )
 
@@ -50,7 +50,59 @@ def _cosine(a: Array, b: Array) -> Array:
   return jnp.where(denom > 0, cos, jnp.where((na == 0) & (nb == 0), 1.0, 0.0))
 
 
-def adaptive(scale, threshold, *, variant="eps", null_cond=-1) -> GuidanceRule:
+@module
+class AdaptiveGuidance(GuidanceRule):
+  """Adaptive Guidance; built by :func:`adaptive`.
+
+  ``scale`` and ``threshold`` are leaves; ``variant`` is static. Every network call is
+  inside the rule's own ``lax.cond`` (:meth:`~jaxdiff.Network.cond`), so ``calls = ()``.
+
+  Example:
+    >>> from jaxdiff import guidance
+    >>> rule = guidance.adaptive(3.0, 0.99)
+    >>> isinstance(rule, guidance.AdaptiveGuidance), rule.calls
+    (True, ())
+  """
+
+  scale: Any
+  threshold: Any
+  variant: str = static("eps")
+  null_cond: Any = -1
+  traced: tuple = static(())
+
+  calls = ()
+
+  def __post_init__(self):
+    setfield(self, "traced", hypers("adaptive", self, scale={}, threshold={}))
+    check_choice("adaptive: variant", self.variant, AG_VARIANTS)
+    null_fn(self.null_cond, "adaptive")
+
+  def init(self, x_T, cond):
+    del cond
+    return AdaptiveState(jnp.zeros((x_T.shape[0],), jnp.bool_))
+
+  def guide(self, net, x, cond, ctx, state):
+    t = batch_t(ctx, x)
+    null = null_fn(self.null_cond, "adaptive")
+
+    def conditional_only(net, done):
+      x_c, net = net(x, t, cond)
+      return (x_c, done), net
+
+    def guided(net, done):
+      (x_c, x_u), net = evaluate(net, x, t, [cond, null(cond)])
+      x0 = jnp.where(bcast(done, x_c), x_c, cfg_combine(x_c, x_u, self.scale))
+      if self.variant == "eps":
+        gamma = _cosine(eps(x, x_c, ctx), eps(x, x_u, ctx))
+      else:
+        gamma = _cosine(x_c, x_u)
+      return (x0, done | (gamma > self.threshold)), net
+
+    (x0, done), net = net.cond(jnp.all(state.done), conditional_only, guided, state.done)
+    return Prediction.of(poison(self, x0, self.traced)), AdaptiveState(done), net
+
+
+def adaptive(scale, threshold, *, variant="eps", null_cond=-1) -> AdaptiveGuidance:
   r"""Adaptive Guidance (AG): CFG until the two predictions agree, then conditional only.
 
   .. math::
@@ -93,7 +145,7 @@ def adaptive(scale, threshold, *, variant="eps", null_cond=-1) -> GuidanceRule:
   ``threshold`` would otherwise never switch, silently giving plain CFG.
 
   Returns:
-    A :class:`~jaxdiff.GuidanceRule` with state :class:`AdaptiveState`.
+    An :class:`AdaptiveGuidance` rule with state :class:`AdaptiveState`.
 
   Example:
     >>> import jax.numpy as jnp
@@ -113,36 +165,7 @@ def adaptive(scale, threshold, *, variant="eps", null_cond=-1) -> GuidanceRule:
     Castillo, Kumar, Bilen, et al., "Adaptive Guidance: Training-free Acceleration of
     Conditional Diffusion Models", arXiv:2312.12487 (Sec. 4).
   """
-  h = Hyper("adaptive")
-  h("scale", scale)
-  h("threshold", threshold)
-  check_choice("adaptive: variant", variant, AG_VARIANTS)
-  null = null_fn(null_cond, "adaptive")
-
-  def init(x_T, cond):
-    del cond
-    return AdaptiveState(jnp.zeros((x_T.shape[0],), jnp.bool_))
-
-  def apply(denoise, x, cond, ctx, state):
-    t = batch_t(ctx, x)
-
-    def conditional_only(done):
-      x_c = denoise(x, t, cond)
-      return x_c, done, nfe(1)
-
-    def guided(done):
-      x_c, x_u = evaluate(denoise, x, t, [cond, null(cond)])
-      x0 = jnp.where(bcast(done, x_c), x_c, cfg_combine(x_c, x_u, scale))
-      if variant == "eps":
-        gamma = _cosine(eps(x, x_c, ctx), eps(x, x_u, ctx))
-      else:
-        gamma = _cosine(x_c, x_u)
-      return x0, done | (gamma > threshold), nfe(2)
-
-    x0, done, n = lax.cond(jnp.all(state.done), conditional_only, guided, state.done)
-    return Prediction.of(h.poison(x0)), AdaptiveState(done), n
-
-  return GuidanceRule(init, apply)
+  return AdaptiveGuidance(scale, threshold, variant, null_cond)
 
 
 class LinearAGState(NamedTuple):
@@ -153,7 +176,127 @@ class LinearAGState(NamedTuple):
   prev_uncond: Array
 
 
-def linear_ag(scale, coefficients, estimate, *, variant="x0", null_cond=-1) -> GuidanceRule:
+@module
+class LinearAG(GuidanceRule):
+  """LinearAG; built by :func:`linear_ag`.
+
+  ``scale``, ``coefficients`` and ``estimate`` are leaves (new fitted coefficients do not
+  recompile); ``variant`` and the number of steps (``estimate``'s length, a shape) are
+  static. Every network call is inside the rule's own ``lax.cond``: ``calls = ()``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxdiff import guidance
+    >>> rule = guidance.linear_ag(3.0, jnp.zeros((4, 3)), jnp.zeros(4, bool))
+    >>> isinstance(rule, guidance.LinearAG), rule.num_steps, rule.calls
+    (True, 4, ())
+  """
+
+  scale: Any
+  coefficients: Any
+  estimate: Any
+  variant: str = static("x0")
+  null_cond: Any = -1
+  num_steps: int = static(0)
+  # What was traced at construction (cannot raise; poisons the output instead).
+  traced: tuple = static(())
+  traced_coefficients: bool = static(False)
+  traced_estimate: bool = static(False)
+
+  calls = ()
+
+  def __post_init__(self):
+    setfield(self, "traced", hypers("linear_ag", self, scale={}))
+    coefficients = as_array(self.coefficients, "linear_ag: coefficients")
+    estimate = as_array(self.estimate, "linear_ag: estimate")
+    if not any(jnp.issubdtype(coefficients.dtype, k) for k in (jnp.floating, jnp.integer)):
+      raise TypeError(f"linear_ag: coefficients must be real numbers, got {coefficients.dtype}.")
+    if coefficients.ndim != 2 or coefficients.shape[1] != 3 or coefficients.shape[0] < 1:
+      raise ValueError(
+        "linear_ag: coefficients must have shape (num_steps, 3) with num_steps >= 1, got "
+        f"{coefficients.shape}."
+      )
+    if estimate.shape != coefficients.shape[:1] or estimate.dtype != jnp.bool_:
+      raise ValueError(
+        f"linear_ag: estimate must be a bool array of shape {coefficients.shape[:1]} (one "
+        f"flag per step of coefficients), got {estimate.dtype}{estimate.shape}."
+      )
+    traced_coefficients = is_traced(coefficients)
+    if not traced_coefficients and not np.isfinite(np.asarray(coefficients)).all():
+      raise ValueError("linear_ag: coefficients must be finite (no NaN or inf).")
+    traced_estimate = is_traced(estimate)
+    if not traced_estimate and bool(np.asarray(estimate)[0]):
+      raise ValueError(
+        "linear_ag: estimate[0] must be False: step 0 cannot be estimated (no previous step)."
+      )
+    check_choice("linear_ag: variant", self.variant, LINEAR_AG_VARIANTS)
+    null_fn(self.null_cond, "linear_ag")
+    setfield(self, "coefficients", coefficients)
+    setfield(self, "estimate", estimate)
+    setfield(self, "num_steps", estimate.shape[0])
+    setfield(self, "traced_coefficients", traced_coefficients)
+    setfield(self, "traced_estimate", traced_estimate)
+
+  def init(self, x_T, cond):
+    del cond
+    z = jnp.zeros(x_T.shape, x_T.dtype)
+    return LinearAGState(z, z)
+
+  def _poison(self, x0):
+    """Poisons ``x0`` where what was traced at construction is invalid (NaN or out of range
+    hyperparameters, non-finite coefficients, an estimated step 0)."""
+    flags = []
+    if self.traced_coefficients:
+      flags.append(jnp.all(jnp.isfinite(self.coefficients)))
+    if self.traced_estimate:
+      flags.append(~self.estimate[0])
+    x0 = poison(self, x0, self.traced)
+    if not flags:
+      return x0
+    return jnp.where(jnp.all(jnp.stack(flags)), x0, jnp.asarray(jnp.nan, x0.dtype))
+
+  def guide(self, net, x, cond, ctx, state):
+    t = batch_t(ctx, x)
+    num_steps, coefficients = self.num_steps, self.coefficients
+    in_eps = self.variant == "eps"
+    if not is_traced(ctx.num_steps) and int(ctx.num_steps) != num_steps:
+      raise ValueError(
+        f"linear_ag: built for {num_steps} steps, sampling uses {int(ctx.num_steps)}."
+      )
+    null = null_fn(self.null_cond, "linear_ag")
+    i = jnp.clip(ctx.step, 0, num_steps - 1)
+
+    # The regression space: x0 itself, or eps = (x - alpha x0) / sigma.
+    space = (lambda x0: eps(x, x0, ctx)) if in_eps else (lambda x0: x0)
+
+    def estimated(net):
+      x_c, net = net(x, t, cond)
+      a, b, c = (coefficients[i, k].astype(x_c.dtype) for k in range(3))
+      f_c = space(x_c)
+      f_u = (
+        a * f_c + b * state.prev_cond.astype(x_c.dtype) + c * state.prev_uncond.astype(x_c.dtype)
+      )
+      if in_eps:  # back to x0 at this x_t: x_u - x_c = -(sigma / alpha)(eps_u - eps_c)
+        alpha = jnp.asarray(ctx.alpha, x_c.dtype)
+        ratio = jnp.asarray(ctx.sigma, x_c.dtype) / jnp.maximum(alpha, jnp.finfo(x_c.dtype).tiny)
+        x_u = x_c - ratio * (f_u - f_c)
+      else:
+        x_u = f_u
+      return (x_c, x_u, f_c, f_u), net
+
+    def evaluated(net):
+      (x_c, x_u), net = evaluate(net, x, t, [cond, null(cond)])
+      return (x_c, x_u, space(x_c), space(x_u)), net
+
+    (x_c, x_u, f_c, f_u), net = net.cond(self.estimate[i], estimated, evaluated)
+    new = LinearAGState(f_c.astype(state.prev_cond.dtype), f_u.astype(state.prev_uncond.dtype))
+    x0 = cfg_combine(x_c, x_u, self.scale)
+    # A traced step count cannot raise: a trajectory of another length is poisoned.
+    x0 = jnp.where(ctx.num_steps == num_steps, self._poison(x0), jnp.asarray(jnp.nan, x0.dtype))
+    return Prediction.of(x0), new, net
+
+
+def linear_ag(scale, coefficients, estimate, *, variant="x0", null_cond=-1) -> LinearAG:
   r"""LinearAG: replace the unconditional evaluation by a linear estimate from the past.
 
   .. math::
@@ -189,7 +332,7 @@ def linear_ag(scale, coefficients, estimate, *, variant="x0", null_cond=-1) -> G
   range poisons the output (NaN), see :mod:`jaxdiff.guidance._common`.
 
   Returns:
-    A :class:`~jaxdiff.GuidanceRule` with state :class:`LinearAGState`.
+    A :class:`LinearAG` rule with state :class:`LinearAGState`.
 
   Example:
     >>> import jax.numpy as jnp
@@ -203,80 +346,7 @@ def linear_ag(scale, coefficients, estimate, *, variant="x0", null_cond=-1) -> G
     Castillo, Kumar, Bilen, et al., "Adaptive Guidance: Training-free Acceleration of
     Conditional Diffusion Models", arXiv:2312.12487 (LinearAG, Sec. 5).
   """
-  h = Hyper("linear_ag")
-  h("scale", scale)
-  coefficients = as_array(coefficients, "linear_ag: coefficients")
-  estimate = as_array(estimate, "linear_ag: estimate")
-  if not any(jnp.issubdtype(coefficients.dtype, k) for k in (jnp.floating, jnp.integer)):
-    raise TypeError(f"linear_ag: coefficients must be real numbers, got {coefficients.dtype}.")
-  if coefficients.ndim != 2 or coefficients.shape[1] != 3 or coefficients.shape[0] < 1:
-    raise ValueError(
-      "linear_ag: coefficients must have shape (num_steps, 3) with num_steps >= 1, got "
-      f"{coefficients.shape}."
-    )
-  if estimate.shape != coefficients.shape[:1] or estimate.dtype != jnp.bool_:
-    raise ValueError(
-      f"linear_ag: estimate must be a bool array of shape {coefficients.shape[:1]} (one flag "
-      f"per step of coefficients), got {estimate.dtype}{estimate.shape}."
-    )
-  if is_traced(coefficients):
-    h.require(lambda: jnp.all(jnp.isfinite(coefficients)))
-  elif not np.isfinite(np.asarray(coefficients)).all():
-    raise ValueError("linear_ag: coefficients must be finite (no NaN or inf).")
-  if is_traced(estimate):
-    h.require(lambda: ~estimate[0])
-  elif bool(np.asarray(estimate)[0]):
-    raise ValueError(
-      "linear_ag: estimate[0] must be False: step 0 cannot be estimated (no previous step)."
-    )
-  check_choice("linear_ag: variant", variant, LINEAR_AG_VARIANTS)
-  null = null_fn(null_cond, "linear_ag")
-  num_steps = estimate.shape[0]
-  in_eps = variant == "eps"
-
-  def init(x_T, cond):
-    del cond
-    z = jnp.zeros(x_T.shape, x_T.dtype)
-    return LinearAGState(z, z)
-
-  def apply(denoise, x, cond, ctx, state):
-    t = batch_t(ctx, x)
-    if not is_traced(ctx.num_steps) and int(ctx.num_steps) != num_steps:
-      raise ValueError(
-        f"linear_ag: built for {num_steps} steps, sampling uses {int(ctx.num_steps)}."
-      )
-    i = jnp.clip(ctx.step, 0, num_steps - 1)
-
-    # The regression space: x0 itself, or eps = (x - alpha x0) / sigma.
-    space = (lambda x0: eps(x, x0, ctx)) if in_eps else (lambda x0: x0)
-
-    def estimated(_):
-      x_c = denoise(x, t, cond)
-      a, b, c = (coefficients[i, k].astype(x_c.dtype) for k in range(3))
-      f_c = space(x_c)
-      f_u = (
-        a * f_c + b * state.prev_cond.astype(x_c.dtype) + c * state.prev_uncond.astype(x_c.dtype)
-      )
-      if in_eps:  # back to x0 at this x_t: x_u - x_c = -(sigma / alpha)(eps_u - eps_c)
-        alpha = jnp.asarray(ctx.alpha, x_c.dtype)
-        ratio = jnp.asarray(ctx.sigma, x_c.dtype) / jnp.maximum(alpha, jnp.finfo(x_c.dtype).tiny)
-        x_u = x_c - ratio * (f_u - f_c)
-      else:
-        x_u = f_u
-      return x_c, x_u, f_c, f_u, nfe(1)
-
-    def evaluated(_):
-      x_c, x_u = evaluate(denoise, x, t, [cond, null(cond)])
-      return x_c, x_u, space(x_c), space(x_u), nfe(2)
-
-    x_c, x_u, f_c, f_u, n = lax.cond(estimate[i], estimated, evaluated, None)
-    new = LinearAGState(f_c.astype(state.prev_cond.dtype), f_u.astype(state.prev_uncond.dtype))
-    x0 = cfg_combine(x_c, x_u, scale)
-    # A traced step count cannot raise: a trajectory of another length is poisoned.
-    x0 = jnp.where(ctx.num_steps == num_steps, h.poison(x0), jnp.asarray(jnp.nan, x0.dtype))
-    return Prediction.of(x0), new, n
-
-  return GuidanceRule(init, apply)
+  return LinearAG(scale, coefficients, estimate, variant, null_cond)
 
 
 def fit_linear_ag(cond_preds: Array, uncond_preds: Array) -> Array:

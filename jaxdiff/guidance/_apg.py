@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from jaxdiff._module import module, setfield, static
 from jaxdiff._types import GuidanceRule, Prediction
 from jaxdiff._validation import static_equal
 from jaxdiff.guidance._common import (
-  Hyper,
   batch_t,
   bcast,
   compute_dtype,
   evaluate,
-  nfe,
+  hypers,
   null_fn,
+  poison,
   sum_ps,
 )
 
@@ -30,7 +31,69 @@ class APGState(NamedTuple):
   running: Array
 
 
-def apg(scale, *, eta=0.0, norm_threshold=math.inf, momentum=0.0, null_cond=-1) -> GuidanceRule:
+@module
+class APG(GuidanceRule):
+  """Adaptive Projected Guidance; built by :func:`apg`.
+
+  ``scale``, ``eta``, ``norm_threshold`` and ``momentum`` are leaves (a new value does not
+  recompile ``sample``); ``clip`` (whether ``norm_threshold`` was given finite) is static.
+
+  Example:
+    >>> from jaxdiff import guidance
+    >>> rule = guidance.apg(5.0, momentum=-0.5)
+    >>> isinstance(rule, guidance.APG), rule.calls
+    (True, (2,))
+  """
+
+  scale: Any
+  eta: Any = 0.0
+  norm_threshold: Any = math.inf
+  momentum: Any = 0.0
+  null_cond: Any = -1
+  clip: bool = static(False)
+  traced: tuple = static(())
+
+  calls = (2,)
+
+  def __post_init__(self):
+    traced = hypers(
+      "apg",
+      self,
+      scale={},
+      eta={},
+      norm_threshold=dict(lo=0.0, lo_open=True, allow_inf=True),
+      momentum=dict(lo=-1.0, hi=0.0, lo_open=True),
+    )
+    setfield(self, "traced", traced)
+    null_fn(self.null_cond, "apg")
+    setfield(self, "clip", not static_equal(self.norm_threshold, math.inf))
+
+  def init(self, x_T, cond):
+    del cond
+    return APGState(jnp.zeros(x_T.shape, compute_dtype(x_T)))
+
+  def guide(self, net, x, cond, ctx, state):
+    null = null_fn(self.null_cond, "apg")
+    (x_c, x_u), net = evaluate(net, x, batch_t(ctx, x), [cond, null(cond)])
+    dt = compute_dtype(x_c)
+    xc, xu = x_c.astype(dt), x_u.astype(dt)
+    running = (xc - xu) + jnp.asarray(self.momentum, dt) * state.running
+    diff = running
+    if self.clip:
+      norm = jnp.sqrt(sum_ps(diff * diff))
+      r = jnp.asarray(self.norm_threshold, dt)
+      factor = jnp.where(norm > r, r / jnp.where(norm > 0, norm, 1), 1)
+      diff = diff * bcast(factor, diff)
+    cnorm = jnp.sqrt(sum_ps(xc * xc))
+    unit = xc / bcast(jnp.where(cnorm > 0, cnorm, 1), xc)
+    parallel = bcast(sum_ps(diff * unit), diff) * unit
+    update = (diff - parallel) + jnp.asarray(self.eta, dt) * parallel
+    x0 = xc + (jnp.asarray(self.scale, dt) - 1) * update
+    x0 = poison(self, x0.astype(x_c.dtype), self.traced)
+    return Prediction.of(x0), APGState(running), net
+
+
+def apg(scale, *, eta=0.0, norm_threshold=math.inf, momentum=0.0, null_cond=-1) -> APG:
   r"""Adaptive Projected Guidance (APG) on the denoised prediction.
 
   .. math::
@@ -62,7 +125,7 @@ def apg(scale, *, eta=0.0, norm_threshold=math.inf, momentum=0.0, null_cond=-1) 
   (NaN), see :mod:`jaxdiff.guidance._common`.
 
   Returns:
-    A :class:`~jaxdiff.GuidanceRule` with state :class:`APGState` (``nfe = 2``).
+    An :class:`APG` rule with state :class:`APGState` (``nfe = 2``).
 
   Example:
     >>> import jax.numpy as jnp
@@ -80,34 +143,4 @@ def apg(scale, *, eta=0.0, norm_threshold=math.inf, momentum=0.0, null_cond=-1) 
     Sadat, Hilliges & Weber, "Eliminating Oversaturation and Artifacts of High Guidance
     Scales in Diffusion Models", arXiv:2410.02416 (Sec. 4, Algorithm 1).
   """
-  h = Hyper("apg")
-  h("scale", scale)
-  h("eta", eta)
-  h("norm_threshold", norm_threshold, lo=0.0, lo_open=True, allow_inf=True)
-  h("momentum", momentum, lo=-1.0, hi=0.0, lo_open=True)
-  null = null_fn(null_cond, "apg")
-  clip = not static_equal(norm_threshold, math.inf)
-
-  def init(x_T, cond):
-    del cond
-    return APGState(jnp.zeros(x_T.shape, compute_dtype(x_T)))
-
-  def apply(denoise, x, cond, ctx, state):
-    x_c, x_u = evaluate(denoise, x, batch_t(ctx, x), [cond, null(cond)])
-    dt = compute_dtype(x_c)
-    xc, xu = x_c.astype(dt), x_u.astype(dt)
-    running = (xc - xu) + jnp.asarray(momentum, dt) * state.running
-    diff = running
-    if clip:
-      norm = jnp.sqrt(sum_ps(diff * diff))
-      r = jnp.asarray(norm_threshold, dt)
-      factor = jnp.where(norm > r, r / jnp.where(norm > 0, norm, 1), 1)
-      diff = diff * bcast(factor, diff)
-    cnorm = jnp.sqrt(sum_ps(xc * xc))
-    unit = xc / bcast(jnp.where(cnorm > 0, cnorm, 1), xc)
-    parallel = bcast(sum_ps(diff * unit), diff) * unit
-    update = (diff - parallel) + jnp.asarray(eta, dt) * parallel
-    x0 = xc + (jnp.asarray(scale, dt) - 1) * update
-    return Prediction.of(h.poison(x0.astype(x_c.dtype))), APGState(running), nfe(2)
-
-  return GuidanceRule(init, apply)
+  return APG(scale, eta, norm_threshold, momentum, null_cond)

@@ -2,11 +2,58 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from jaxdiff._module import module, setfield, static
 from jaxdiff._types import Denoiser, GuidanceRule, Prediction
-from jaxdiff.guidance._common import Hyper, batch_t, cfg_combine, nfe, stateless_init, weak_output
+from jaxdiff.guidance._common import (
+  batch_t,
+  cfg_combine,
+  count_evaluations,
+  hypers,
+  poison,
+  weak_output,
+)
 
 
-def autoguidance(weak_denoise: Denoiser, scale) -> GuidanceRule:
+@module
+class Autoguidance(GuidanceRule):
+  """Autoguidance; built by :func:`autoguidance`.
+
+  ``scale`` is a leaf; ``weak_denoise`` is static (part of the compilation key, as a
+  denoiser closure is). The network makes one call per step (``calls = (1,)``); the weak
+  model's evaluation is counted too (``nfe = 2``).
+
+  Example:
+    >>> from jaxdiff import guidance
+    >>> rule = guidance.autoguidance(lambda x, t, c: 0.5 * x, 2.0)
+    >>> isinstance(rule, guidance.Autoguidance), rule.calls
+    (True, (1,))
+  """
+
+  weak_denoise: Denoiser = static()
+  scale: Any
+  traced: tuple = static(())
+
+  calls = (1,)
+
+  def __post_init__(self):
+    if not callable(self.weak_denoise):
+      raise TypeError(
+        "autoguidance: weak_denoise must be a denoiser callable, got "
+        f"{type(self.weak_denoise).__name__}."
+      )
+    setfield(self, "traced", hypers("autoguidance", self, scale={}))
+
+  def guide(self, net, x, cond, ctx, state):
+    t = batch_t(ctx, x)
+    x_1, net = net(x, t, cond)
+    x_0 = weak_output(self.weak_denoise, x, t, cond, x_1, "autoguidance")
+    x0 = poison(self, cfg_combine(x_1, x_0, self.scale), self.traced)
+    return Prediction.of(x0), state, count_evaluations(net, 1)
+
+
+def autoguidance(weak_denoise: Denoiser, scale) -> Autoguidance:
   r"""Autoguidance: guide the model away from a weaker version of itself.
 
   .. math::
@@ -27,7 +74,7 @@ def autoguidance(weak_denoise: Denoiser, scale) -> GuidanceRule:
   (NaN), see :mod:`jaxdiff.guidance._common`.
 
   Returns:
-    A stateless :class:`~jaxdiff.GuidanceRule` (``nfe = 2``).
+    A stateless :class:`Autoguidance` rule (``nfe = 2``).
 
   Example:
     >>> import jax.numpy as jnp
@@ -42,17 +89,4 @@ def autoguidance(weak_denoise: Denoiser, scale) -> GuidanceRule:
     Karras, Aittala, Kynkäänniemi, Lehtinen, Aila & Laine, "Guiding a Diffusion Model with
     a Bad Version of Itself", arXiv:2406.02507 (Eq. 1).
   """
-  if not callable(weak_denoise):
-    raise TypeError(
-      f"autoguidance: weak_denoise must be a denoiser callable, got {type(weak_denoise).__name__}."
-    )
-  h = Hyper("autoguidance")
-  h("scale", scale)
-
-  def apply(denoise, x, cond, ctx, state):
-    t = batch_t(ctx, x)
-    x_1 = denoise(x, t, cond)
-    x_0 = weak_output(weak_denoise, x, t, cond, x_1, "autoguidance")
-    return Prediction.of(h.poison(cfg_combine(x_1, x_0, scale))), state, nfe(2)
-
-  return GuidanceRule(stateless_init, apply)
+  return Autoguidance(weak_denoise, scale)

@@ -2,19 +2,42 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from jaxdiff._module import module, setfield, static
 from jaxdiff._types import GuidanceRule, Prediction
-from jaxdiff.guidance._common import (
-  Hyper,
-  batch_t,
-  cfg_combine,
-  evaluate,
-  nfe,
-  null_fn,
-  stateless_init,
-)
+from jaxdiff.guidance._common import batch_t, cfg_combine, evaluate, hypers, null_fn, poison
 
 
-def cfgpp(scale, *, null_cond=-1) -> GuidanceRule:
+@module
+class CFGPP(GuidanceRule):
+  """CFG++; built by :func:`cfgpp`. ``scale`` is a leaf (a new value does not recompile).
+
+  Example:
+    >>> from jaxdiff import guidance
+    >>> rule = guidance.cfgpp(0.6)
+    >>> isinstance(rule, guidance.CFGPP), rule.calls
+    (True, (2,))
+  """
+
+  scale: Any
+  null_cond: Any = -1
+  traced: tuple = static(())
+
+  calls = (2,)
+
+  def __post_init__(self):
+    setfield(self, "traced", hypers("cfgpp", self, scale=dict(lo=0.0, hi=1.0)))
+    null_fn(self.null_cond, "cfgpp")
+
+  def guide(self, net, x, cond, ctx, state):
+    null = null_fn(self.null_cond, "cfgpp")
+    (x_c, x_u), net = evaluate(net, x, batch_t(ctx, x), [cond, null(cond)])
+    x0 = poison(self, cfg_combine(x_c, x_u, self.scale), self.traced)
+    return Prediction(x0, x_u), state, net
+
+
+def cfgpp(scale, *, null_cond=-1) -> CFGPP:
   r"""CFG++: guidance interpolated on the manifold, re-noised with the unconditional noise.
 
   .. math::
@@ -40,7 +63,7 @@ def cfgpp(scale, *, null_cond=-1) -> GuidanceRule:
   (NaN), see :mod:`jaxdiff.guidance._common`.
 
   Returns:
-    A stateless :class:`~jaxdiff.GuidanceRule` (``nfe = 2``).
+    A stateless :class:`CFGPP` rule (``nfe = 2``).
 
   Example:
     >>> import jax.numpy as jnp
@@ -55,12 +78,4 @@ def cfgpp(scale, *, null_cond=-1) -> GuidanceRule:
     Chung, Kim, Park, Nam & Ye, "CFG++: Manifold-constrained Classifier Free Guidance for
     Diffusion Models", arXiv:2406.08070 (Eq. 11, Algorithms 1-3).
   """
-  h = Hyper("cfgpp")
-  h("scale", scale, lo=0.0, hi=1.0)
-  null = null_fn(null_cond, "cfgpp")
-
-  def apply(denoise, x, cond, ctx, state):
-    x_c, x_u = evaluate(denoise, x, batch_t(ctx, x), [cond, null(cond)])
-    return Prediction(h.poison(cfg_combine(x_c, x_u, scale)), x_u), state, nfe(2)
-
-  return GuidanceRule(stateless_init, apply)
+  return CFGPP(scale, null_cond)

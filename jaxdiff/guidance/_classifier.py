@@ -3,25 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxdiff._module import module, setfield, static
 from jaxdiff._types import GuidanceRule, Prediction
-from jaxdiff._validation import check_choice, check_flag, check_scalar, poison, renamed_kwargs
+from jaxdiff._validation import check_choice, check_flag, check_scalar, renamed_kwargs
+from jaxdiff._validation import poison as poison_rows
 from jaxdiff.guidance._common import (
-  Hyper,
   batch_t,
   bcast,
   check_classifier,
   check_num_classes,
   compute_dtype,
+  hypers,
   labels,
   logits,
-  nfe,
   null_fn,
-  stateless_init,
+  poison,
 )
 
 Array = jax.Array
@@ -53,6 +55,80 @@ def smooth_relu(x: Array, beta=1.0) -> Array:
   return jax.nn.softplus(beta * x) / beta
 
 
+@module
+class ClassifierGuidance(GuidanceRule):
+  """Classifier guidance (classic or EluCD); built by :func:`classifier`.
+
+  ``scale``, the temperatures and ``schedule_amplitude`` are leaves; ``classifier_fn``,
+  ``num_classes``, ``variant`` and ``guide_conditional`` are static.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxdiff import guidance
+    >>> rule = guidance.classifier(lambda z: jnp.stack([z.sum(-1), -z.sum(-1)], -1), 2, 1.0)
+    >>> isinstance(rule, guidance.ClassifierGuidance), rule.calls, rule.num_classes
+    (True, (1,), 2)
+  """
+
+  classifier_fn: Callable[..., Array] = static()
+  num_classes: int = static()
+  scale: Any
+  variant: str = static("denoised")
+  joint_temperature: Any = 1.0
+  marginal_temperature: Any = None
+  schedule_amplitude: Any = 0.0
+  guide_conditional: bool = static(False)
+  null_cond: Any = -1
+  traced: tuple = static(())
+
+  calls = (1,)
+
+  def __post_init__(self):
+    check_choice("classifier: variant", self.variant, VARIANTS)
+    check_classifier(self.classifier_fn, "classifier")
+    setfield(self, "num_classes", check_num_classes("classifier: num_classes", self.num_classes))
+    flag = check_flag("classifier: guide_conditional", self.guide_conditional)
+    setfield(self, "guide_conditional", flag)
+    if self.marginal_temperature is None:
+      setfield(self, "marginal_temperature", self.joint_temperature)
+    traced = hypers(
+      "classifier",
+      self,
+      scale=dict(lo=0.0),
+      joint_temperature=dict(lo=0.0, lo_open=True),
+      marginal_temperature=dict(lo=0.0),
+      schedule_amplitude=dict(lo=0.0),
+    )
+    setfield(self, "traced", traced)
+    null_fn(self.null_cond, "classifier")
+
+  def guide(self, net, x, cond, ctx, state):
+    num_classes, noisy = self.num_classes, self.variant == "noisy"
+    y, active, valid = labels(cond, num_classes, "classifier")
+    b = x.shape[0]
+    t = batch_t(ctx, x)
+    null = null_fn(self.null_cond, "classifier")
+    x0, net = net(x, t, cond if self.guide_conditional else null(cond))
+
+    def log_p(z):
+      f = logits(self.classifier_fn, (z, t) if noisy else (z,), b, num_classes, "classifier")
+      f = f.astype(compute_dtype(z))
+      sel = jnp.take_along_axis(f, y[:, None], axis=1)[:, 0]
+      term = self.joint_temperature * sel - jax.nn.logsumexp(self.marginal_temperature * f, axis=1)
+      return jnp.sum(jnp.where(active, term, 0))  # null labels: no classifier term
+
+    z = x if noisy else lax.stop_gradient(x0)
+    g = jnp.where(bcast(active, x0), jax.grad(log_p)(z).astype(x0.dtype), 0)
+    alpha = jnp.asarray(ctx.alpha, x0.dtype)
+    sigma = jnp.asarray(ctx.sigma, x0.dtype)
+    coef = jnp.where(alpha > 0, sigma**2 / jnp.where(alpha > 0, alpha, 1), 0)
+    n = jnp.asarray(ctx.num_steps, x0.dtype)
+    u = (n - 1 - jnp.asarray(ctx.step, x0.dtype)) / n
+    coef = coef * (1 + jnp.asarray(self.schedule_amplitude, x0.dtype) * jnp.sin(jnp.pi * u))
+    out = poison(self, x0 + jnp.asarray(self.scale, x0.dtype) * coef * g, self.traced)
+    return Prediction.of(poison_rows(out, valid)), state, net
+
+
 @renamed_kwargs(input="variant")
 def classifier(
   classifier_fn: Callable[..., Array],
@@ -65,7 +141,7 @@ def classifier(
   schedule_amplitude=0.0,
   guide_conditional: bool = False,
   null_cond=-1,
-) -> GuidanceRule:
+) -> ClassifierGuidance:
   r"""Classifier guidance; EluCD-style with an off-the-shelf classifier on ``x0``.
 
   .. math::
@@ -126,7 +202,7 @@ def classifier(
   (NaN), see :mod:`jaxdiff.guidance._common`.
 
   Returns:
-    A stateless :class:`~jaxdiff.GuidanceRule` (``nfe = 1``).
+    A stateless :class:`ClassifierGuidance` rule (``nfe = 1``).
 
   Example:
     >>> import jax.numpy as jnp
@@ -144,42 +220,14 @@ def classifier(
     Dhariwal & Nichol, "Diffusion Models Beat GANs on Image Synthesis", arXiv:2105.05233
     (Sec. 4, Algorithm 1).
   """
-  check_choice("classifier: variant", variant, VARIANTS)
-  check_classifier(classifier_fn, "classifier")
-  num_classes = check_num_classes("classifier: num_classes", num_classes)
-  guide_conditional = check_flag("classifier: guide_conditional", guide_conditional)
-  h = Hyper("classifier")
-  h("scale", scale, lo=0.0)
-  h("joint_temperature", joint_temperature, lo=0.0, lo_open=True)
-  if marginal_temperature is None:
-    marginal_temperature = joint_temperature
-  h("marginal_temperature", marginal_temperature, lo=0.0)
-  h("schedule_amplitude", schedule_amplitude, lo=0.0)
-  null = null_fn(null_cond, "classifier")
-  noisy = variant == "noisy"
-
-  def apply(denoise, x, cond, ctx, state):
-    y, active, valid = labels(cond, num_classes, "classifier")
-    b = x.shape[0]
-    t = batch_t(ctx, x)
-    x0 = denoise(x, t, cond if guide_conditional else null(cond))
-
-    def log_p(z):
-      f = logits(classifier_fn, (z, t) if noisy else (z,), b, num_classes, "classifier")
-      f = f.astype(compute_dtype(z))
-      sel = jnp.take_along_axis(f, y[:, None], axis=1)[:, 0]
-      term = joint_temperature * sel - jax.nn.logsumexp(marginal_temperature * f, axis=1)
-      return jnp.sum(jnp.where(active, term, 0))  # null labels: no classifier term
-
-    z = x if noisy else lax.stop_gradient(x0)
-    g = jnp.where(bcast(active, x0), jax.grad(log_p)(z).astype(x0.dtype), 0)
-    alpha = jnp.asarray(ctx.alpha, x0.dtype)
-    sigma = jnp.asarray(ctx.sigma, x0.dtype)
-    coef = jnp.where(alpha > 0, sigma**2 / jnp.where(alpha > 0, alpha, 1), 0)
-    n = jnp.asarray(ctx.num_steps, x0.dtype)
-    u = (n - 1 - jnp.asarray(ctx.step, x0.dtype)) / n
-    coef = coef * (1 + jnp.asarray(schedule_amplitude, x0.dtype) * jnp.sin(jnp.pi * u))
-    out = poison(h.poison(x0 + jnp.asarray(scale, x0.dtype) * coef * g), valid)
-    return Prediction.of(out), state, nfe(1)
-
-  return GuidanceRule(stateless_init, apply, num_classes)
+  return ClassifierGuidance(
+    classifier_fn,
+    num_classes,
+    scale,
+    variant,
+    joint_temperature,
+    marginal_temperature,
+    schedule_amplitude,
+    guide_conditional,
+    null_cond,
+  )

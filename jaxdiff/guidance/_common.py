@@ -6,15 +6,17 @@ Conventions of all rules (see :mod:`jaxdiff.guidance`):
 * Class labels are integers; the unconditional ("null") label is ``-1`` unless a rule
   gets ``null_cond`` (an array broadcast over the batch, or a callable ``cond -> null``).
 * The evaluations a step needs are concatenated along the batch axis into one network
-  call wherever the inputs allow it; ``nfe`` counts evaluations *per sample*.
+  call wherever the inputs allow it; the :class:`~jaxdiff.Network` counts evaluations
+  *per sample* (``nfe``).
 
 Bad input (one policy for every rule):
 
-* Hyperparameters are checked at construction when concrete (:class:`Hyper`): finite
-  unless ``inf`` is documented, in range, real scalars (``None``, strings, bools and
-  arrays raise naming the argument). Traced ones (a ``jit``-compiled sweep) cannot raise:
-  a traced scalar outside its range, or NaN, *poisons* the rule's output with NaN
-  instead of giving a plausible wrong sample (:meth:`Hyper.poison`).
+* Hyperparameters are checked in the rule's ``__post_init__`` when concrete
+  (:func:`hypers`): finite unless ``inf`` is documented, in range, real scalars (``None``,
+  strings, bools and arrays raise naming the argument). Traced ones (a rule built inside a
+  ``jit``-compiled sweep) cannot raise: a traced scalar outside its range, or NaN,
+  *poisons* the rule's output with NaN instead of giving a plausible wrong sample
+  (:func:`poison`).
 * ``null_cond`` is a number/array (broadcast over the batch, castable to the condition's
   dtype without truncation) or a callable whose result has the structure, shapes and
   dtypes of ``cond``; anything else raises naming ``null_cond``.
@@ -32,8 +34,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff._module import replace
 from jaxdiff._parameterization import eps_from_x0
-from jaxdiff._types import Denoiser, StepContext
+from jaxdiff._types import StepContext
 from jaxdiff._validation import check_labels, check_scalar
 
 Array = jax.Array
@@ -108,38 +111,33 @@ def _check_like_cond(out, cond, rule: str) -> None:
       )
 
 
-class Hyper:
-  """Checks one rule's scalar hyperparameters (the bad-input policy of the module doc).
+def hypers(rule: str, obj, **bounds: dict) -> tuple:
+  """Checks the scalar hyperparameter fields of the rule ``obj`` (the module's policy).
 
-  ``h("scale", v, lo=0.0)`` validates a concrete ``v`` with
-  :func:`~jaxdiff._validation.check_scalar` (naming ``"rule: scale"``) and rejects bools;
-  a traced scalar is recorded instead, and :meth:`poison` turns the rule's output into
-  NaN when any recorded value is NaN or outside its range.
+  ``bounds`` maps each field name to its :func:`~jaxdiff._validation.check_scalar` bounds.
+  Concrete values are validated now (naming ``"rule: name"``); the traced ones (a rule
+  built inside the user's ``jit``) are returned as ``((name, bounds), ...)``, a hashable
+  tuple the rule keeps as a static field for :func:`poison`.
   """
-
-  def __init__(self, rule: str):
-    self.rule = rule
-    self._flags: list[Callable[[], Array]] = []
-
-  def __call__(self, name: str, value, **bounds):
-    label = f"{self.rule}: {name}"
+  traced = []
+  for name, spec in bounds.items():
+    value = getattr(obj, name)
+    label = f"{rule}: {name}"
     if isinstance(value, jax.core.Tracer):
       if jnp.ndim(value) != 0:
         raise TypeError(f"{label} must be a scalar, got a traced array of shape {value.shape}")
-      self.require(lambda: _in_range(value, **bounds))
-    check_scalar(label, value, **bounds)
-    return value
+      traced.append((name, tuple(sorted(spec.items()))))
+    check_scalar(label, value, **spec)
+  return tuple(traced)
 
-  def require(self, flag: Callable[[], Array]) -> None:
-    """Adds a traced validity condition (evaluated inside ``apply``) to :meth:`poison`."""
-    self._flags.append(flag)
 
-  def poison(self, x: Array) -> Array:
-    """``x``, or NaN everywhere if a traced hyperparameter is invalid (nothing if none)."""
-    if not self._flags:
-      return x
-    ok = jnp.all(jnp.stack([f() for f in self._flags]))
-    return jnp.where(ok, x, jnp.asarray(jnp.nan, x.dtype))
+def poison(obj, x: Array, traced: tuple) -> Array:
+  """``x``, or NaN everywhere if a hyperparameter that was traced at construction (see
+  :func:`hypers`) is NaN or out of its range; nothing is traced when none was."""
+  if not traced:
+    return x
+  ok = jnp.all(jnp.stack([_in_range(getattr(obj, name), **dict(b)) for name, b in traced]))
+  return jnp.where(ok, x, jnp.asarray(jnp.nan, x.dtype))
 
 
 def as_array(value, name: str) -> Array:
@@ -186,14 +184,37 @@ def batch_t(ctx: StepContext, x: Array) -> Array:
   return jnp.broadcast_to(jnp.asarray(ctx.t), (x.shape[0],))
 
 
-def evaluate(denoise: Denoiser, x: Array, t: Array, conds: list, **kwargs) -> list[Array]:
-  """Evaluates ``denoise`` at the same ``(x, t)`` for several conditions in ONE call."""
+def evaluate(net, x: Array, t: Array, conds: list, **kwargs) -> tuple[list[Array], Any]:
+  """Evaluates the :class:`~jaxdiff.Network` ``net`` at the same ``(x, t)`` for several
+  conditions in ONE call; returns the outputs and the network after the call."""
   n = len(conds)
   if n == 1:
-    return [denoise(x, t, conds[0], **kwargs)]
+    out, net = net(x, t, conds[0], **kwargs)
+    return [out], net
   cat = jax.tree.map(lambda *a: jnp.concatenate(a, axis=0), *conds)
-  out = denoise(jnp.concatenate([x] * n, axis=0), jnp.concatenate([t] * n, axis=0), cat, **kwargs)
-  return list(jnp.split(out, n, axis=0))
+  out, net = net(jnp.concatenate([x] * n, axis=0), jnp.concatenate([t] * n, axis=0), cat, **kwargs)
+  return list(jnp.split(out, n, axis=0)), net
+
+
+def count_evaluations(net, n: int):
+  """``net`` with ``n`` more evaluations per sample counted: evaluations the rule makes
+  directly, not through ``net`` (autoguidance's and GFCG's weak model, STSL's
+  Jacobian-vector products inside the Hutchinson estimator). ``nfe`` counts them, and so
+  does a feature cache's ``"full_nfe"`` (they run a whole network), as the cached
+  denoiser did; they are no calls of the network (no slot, no denoiser stats)."""
+  n = jnp.asarray(n, jnp.int32)
+  stats = dict(net.stats)
+  if "full_nfe" in stats:
+    stats["full_nfe"] = stats["full_nfe"] + n
+  return replace(net, nfe=net.nfe + n, stats=stats)
+
+
+def call_uncached(net, x: Array, t: Array, cond, **kwargs) -> tuple[Array, Any]:
+  """``net(x, t, cond)`` outside the feature cache (the full network, no slot), counted as
+  any call: for a call inside a transformation of the rule's own (DPS's ``jax.vjp``),
+  which the cached denoiser always ran in full."""
+  out, inner = replace(net, live=False)(x, t, cond, **kwargs)
+  return out, replace(inner, live=net.live)
 
 
 def bcast(v: Array, x: Array) -> Array:
@@ -206,17 +227,8 @@ def sum_ps(a: Array) -> Array:
   return jnp.sum(a, axis=tuple(range(1, a.ndim)))
 
 
-def nfe(n) -> Array:
-  return jnp.asarray(n, jnp.int32)
-
-
 def compute_dtype(x: Array):
   return jnp.promote_types(x.dtype, jnp.float32)
-
-
-def stateless_init(x_T, cond):
-  del x_T, cond
-  return ()
 
 
 def cfg_combine(x_c: Array, x_u: Array, scale) -> Array:

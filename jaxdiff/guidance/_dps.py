@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from jaxdiff._module import module, setfield, static
 from jaxdiff._operators import Operator, check_operator, residual_norm
 from jaxdiff._types import GuidanceRule, Prediction, StepContext
 from jaxdiff._validation import check_choice, check_scalar
-from jaxdiff.guidance._common import Hyper, batch_t, bcast, nfe, stateless_init
+from jaxdiff.guidance._common import (
+  batch_t,
+  bcast,
+  call_uncached,
+  count_evaluations,
+  hypers,
+  poison,
+)
 
 Array = jax.Array
 
@@ -41,47 +51,80 @@ def check_inverse_args(rule: str, operator, y, variant, noise_std) -> Array:
   return operator.check_measurement(y, None, rule)
 
 
-def measurement_step(
-  rule: str,
-  operator: Operator,
-  y: Array,
-  scale,
-  variant: str,
-  noise_std,
-  extra: Callable | None = None,
-) -> Callable:
-  r"""The ``apply`` shared by DPS and STSL: ``x0 - (sigma^2/alpha) w grad_x L``.
+def gaussian_weight(rule) -> Any:
+  """``scale / noise_std^2`` of the ``"gaussian"`` step, formed at construction (in Python
+  arithmetic for Python numbers, as the closures did) and kept as a leaf."""
+  if rule.variant != "gaussian":
+    return None
+  return rule.scale / rule.noise_std**2
+
+
+def measurement_guide(rule, name: str, net, x, cond, ctx, extra: Callable | None = None):
+  r"""The ``guide`` shared by DPS and STSL: ``x0 - (sigma^2/alpha) w grad_x L``.
 
   ``L = 1/2 ||A x0_hat(x) - y||^2 (+ extra(x, ...))``, its gradient w.r.t. the noisy
-  ``x`` taken with ``jax.vjp`` through the denoiser; ``w = scale / ||A x0_hat - y||``
+  ``x`` taken with ``jax.vjp`` through the network; ``w = scale / ||A x0_hat - y||``
   (``"normalized"``) or ``scale / noise_std^2`` (``"gaussian"``). ``extra(f, x, ctx)``
-  returns ``(grad of the extra loss, its network evaluations)``.
+  returns ``(grad of the extra loss, its evaluations)``, with ``f`` the plain denoiser at
+  this step's ``t`` and ``cond``.
   """
-  h = Hyper(rule)
-  h("scale", scale, lo=0.0)
+  operator = rule.operator
+  yb = operator.check_measurement(rule.y, x.shape[0], name).astype(x.dtype)
+  t = batch_t(ctx, x)
+  # Differentiated through, so outside the feature cache (as the cached denoiser ran it).
+  call, fn = net, net.fn
+  x0, pull, net = jax.vjp(lambda z: call_uncached(call, z, t, cond), x, has_aux=True)
+  r = operator(x0) - yb
+  (g,) = pull(operator.T(r))
+  if extra is not None:
+    g_extra, n_extra = extra(lambda z: fn(z, t, cond), x, ctx)
+    g, net = g + g_extra, count_evaluations(net, n_extra)
+  norm = residual_norm(r)
+  if rule.variant == "normalized":
+    # ||r|| = 0 (the measurement is met): no pull, instead of 0/0.
+    w = jnp.where(norm > 0, rule.scale / jnp.where(norm > 0, norm, 1), 0)
+  else:
+    w = jnp.full_like(norm, rule.gaussian_weight)
+  coef = score_coefficient(ctx, x0.dtype)
+  out = x0 - coef * bcast(w.astype(x0.dtype), x0) * g
+  return Prediction.of(poison(rule, out, rule.traced)), net
 
-  def apply(denoise, x, cond, ctx, state):
-    yb = operator.check_measurement(y, x.shape[0], rule).astype(x.dtype)
-    t = batch_t(ctx, x)
-    f = lambda z: denoise(z, t, cond)
-    x0, pull = jax.vjp(f, x)
-    r = operator(x0) - yb
-    (g,) = pull(operator.T(r))
-    evals = 1
-    if extra is not None:
-      g_extra, n_extra = extra(f, x, ctx)
-      g, evals = g + g_extra, evals + n_extra
-    norm = residual_norm(r)
-    if variant == "normalized":
-      # ||r|| = 0 (the measurement is met): no pull, instead of 0/0.
-      w = jnp.where(norm > 0, scale / jnp.where(norm > 0, norm, 1), 0)
-    else:
-      w = jnp.full_like(norm, scale / noise_std**2)
-    coef = score_coefficient(ctx, x0.dtype)
-    out = x0 - coef * bcast(w.astype(x0.dtype), x0) * g
-    return Prediction.of(h.poison(out)), state, nfe(evals)
 
-  return apply
+@module
+class DPS(GuidanceRule):
+  """Diffusion posterior sampling; built by :func:`dps`.
+
+  ``y``, ``scale`` and ``noise_std`` are leaves (new measurements or a new step size do
+  not recompile); the operator and ``variant`` are static. One network call per step,
+  differentiated by ``jax.vjp`` and therefore outside a feature cache: ``calls = ()``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxdiff import guidance, inverse
+    >>> rule = guidance.dps(inverse.matrix(jnp.eye(2)), jnp.ones((4, 2)), 0.5)
+    >>> isinstance(rule, guidance.DPS), rule.calls
+    (True, ())
+  """
+
+  operator: Operator = static()
+  y: Any
+  scale: Any = 1.0
+  variant: str = static("normalized")
+  noise_std: Any = None
+  traced: tuple = static(())
+  gaussian_weight: Any = dataclasses.field(init=False, default=None)
+
+  calls = ()
+
+  def __post_init__(self):
+    y = check_inverse_args("dps", self.operator, self.y, self.variant, self.noise_std)
+    setfield(self, "y", y)
+    setfield(self, "traced", hypers("dps", self, scale=dict(lo=0.0)))
+    setfield(self, "gaussian_weight", gaussian_weight(self))
+
+  def guide(self, net, x, cond, ctx, state):
+    pred, net = measurement_guide(self, "dps", net, x, cond, ctx)
+    return pred, state, net
 
 
 def dps(
@@ -91,7 +134,7 @@ def dps(
   *,
   variant: str = "normalized",
   noise_std=None,
-) -> GuidanceRule:
+) -> DPS:
   r"""Diffusion posterior sampling: follow the measurement gradient through the denoiser.
 
   .. math::
@@ -131,7 +174,7 @@ def dps(
     noise_std: measurement noise ``s > 0``, required by ``"gaussian"``.
 
   Returns:
-    A stateless :class:`~jaxdiff.GuidanceRule`.
+    A stateless :class:`DPS` rule.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -151,7 +194,4 @@ def dps(
     Chung, Kim, Mccann, Klasky & Ye, "Diffusion Posterior Sampling for General Noisy
     Inverse Problems", ICLR 2023, arXiv:2209.14687 (Eq. 16, Alg. 1-2, App. C.2).
   """
-  y = check_inverse_args("dps", operator, y, variant, noise_std)
-  return GuidanceRule(
-    stateless_init, measurement_step("dps", operator, y, scale, variant, noise_std)
-  )
+  return DPS(operator, y, scale, variant, noise_std)

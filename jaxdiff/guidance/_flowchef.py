@@ -3,18 +3,79 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxdiff._module import module, setfield, static
 from jaxdiff._types import GuidanceRule, Prediction
 from jaxdiff._validation import check_choice, check_flag
-from jaxdiff.guidance._common import Hyper, batch_t, nfe, stateless_init
+from jaxdiff.guidance._common import batch_t, hypers, poison
 
 Array = jax.Array
 
 VARIANTS = ("state", "x0")
+
+
+@module
+class FlowChef(GuidanceRule):
+  """FlowChef; built by :func:`flowchef`.
+
+  ``scale`` is a leaf; ``loss_fn``, ``variant`` and ``last_step`` are static. One network
+  call per step (``calls = (1,)``); the gradient is the loss's, never the network's.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxdiff import guidance
+    >>> rule = guidance.flowchef(lambda x0, c: jnp.sum(x0**2, -1), 0.5)
+    >>> isinstance(rule, guidance.FlowChef), rule.calls
+    (True, (1,))
+  """
+
+  loss_fn: Callable[..., Array] = static()
+  scale: Any = 1.0
+  variant: str = static("state")
+  last_step: bool = static(False)
+  traced: tuple = static(())
+
+  calls = (1,)
+
+  def __post_init__(self):
+    check_choice("flowchef: variant", self.variant, VARIANTS)
+    setfield(self, "last_step", check_flag("flowchef: last_step", self.last_step))
+    if not callable(self.loss_fn):
+      raise TypeError(
+        f"flowchef: loss_fn must be callable (x0, cond) -> (B,), got {self.loss_fn!r}"
+      )
+    setfield(self, "traced", hypers("flowchef", self, scale=dict(lo=0.0)))
+
+  def guide(self, net, x, cond, ctx, state):
+    x0, net = net(x, batch_t(ctx, x), cond)
+
+    def total(z):
+      losses = self.loss_fn(z, cond)
+      if jnp.shape(losses) != (x.shape[0],):
+        raise ValueError(
+          f"flowchef: loss_fn must return one loss per sample, shape ({x.shape[0]},), "
+          f"got {jnp.shape(losses)}"
+        )
+      return jnp.sum(losses)
+
+    g = jax.grad(total)(lax.stop_gradient(x0)).astype(x0.dtype)
+    on = jnp.asarray(True) if self.last_step else ctx.step < ctx.num_steps - 1
+    step = jnp.where(on, jnp.asarray(self.scale, x0.dtype), 0) * g
+    if self.variant == "x0":
+      return Prediction.of(poison(self, x0 - step, self.traced)), state, net
+    alpha = jnp.asarray(ctx.alpha, x0.dtype)
+    ratio = jnp.where(
+      alpha > 0, jnp.asarray(ctx.sigma, x0.dtype) / jnp.where(alpha > 0, alpha, 1), 0
+    )
+    pred = Prediction(
+      poison(self, x0 - step, self.traced), poison(self, x0 + ratio * step, self.traced)
+    )
+    return pred, state, net
 
 
 def flowchef(
@@ -23,7 +84,7 @@ def flowchef(
   *,
   variant: str = "state",
   last_step: bool = False,
-) -> GuidanceRule:
+) -> FlowChef:
   r"""FlowChef: gradient-free steering of a (rectified-flow) sampler in the vector field.
 
   .. math::
@@ -59,7 +120,7 @@ def flowchef(
     last_step: also steer at the last step.
 
   Returns:
-    A stateless :class:`~jaxdiff.GuidanceRule` (``nfe = 1``).
+    A stateless :class:`FlowChef` rule (``nfe = 1``).
 
   Example:
     >>> import jax.numpy as jnp
@@ -75,34 +136,4 @@ def flowchef(
     Patel, Wen, Metaxas & Yang, "Steering Rectified Flow Models in the Vector Field for
     Controlled Image Generation", arXiv:2412.00100 (Sec. 4, Alg. 1).
   """
-  check_choice("flowchef: variant", variant, VARIANTS)
-  last_step = check_flag("flowchef: last_step", last_step)
-  if not callable(loss_fn):
-    raise TypeError(f"flowchef: loss_fn must be callable (x0, cond) -> (B,), got {loss_fn!r}")
-  h = Hyper("flowchef")
-  h("scale", scale, lo=0.0)
-
-  def apply(denoise, x, cond, ctx, state):
-    x0 = denoise(x, batch_t(ctx, x), cond)
-
-    def total(z):
-      losses = loss_fn(z, cond)
-      if jnp.shape(losses) != (x.shape[0],):
-        raise ValueError(
-          f"flowchef: loss_fn must return one loss per sample, shape ({x.shape[0]},), "
-          f"got {jnp.shape(losses)}"
-        )
-      return jnp.sum(losses)
-
-    g = jax.grad(total)(lax.stop_gradient(x0)).astype(x0.dtype)
-    on = jnp.asarray(True) if last_step else ctx.step < ctx.num_steps - 1
-    step = jnp.where(on, jnp.asarray(scale, x0.dtype), 0) * g
-    if variant == "x0":
-      return Prediction.of(h.poison(x0 - step)), state, nfe(1)
-    alpha = jnp.asarray(ctx.alpha, x0.dtype)
-    ratio = jnp.where(
-      alpha > 0, jnp.asarray(ctx.sigma, x0.dtype) / jnp.where(alpha > 0, alpha, 1), 0
-    )
-    return Prediction(h.poison(x0 - step), h.poison(x0 + ratio * step)), state, nfe(1)
-
-  return GuidanceRule(stateless_init, apply)
+  return FlowChef(loss_fn, scale, variant, last_step)

@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxdiff._module import module, setfield, static
 from jaxdiff._types import Denoiser, GuidanceRule, Prediction
-from jaxdiff._validation import check_choice, poison, renamed_kwargs, static_equal
+from jaxdiff._validation import check_choice, renamed_kwargs, static_equal
+from jaxdiff._validation import poison as poison_rows
 from jaxdiff.guidance._common import (
-  Hyper,
   batch_t,
   bcast,
   check_classifier,
   check_num_classes,
   compute_dtype,
+  count_evaluations,
   evaluate,
+  hypers,
   labels,
   logits,
-  nfe,
   null_fn,
-  stateless_init,
+  poison,
   weak_output,
 )
 
@@ -31,6 +34,89 @@ Array = jax.Array
 # The adaptive scale's form (see gfcg's docstring): only the paper's abstract could be read,
 # so both are assumptions about its Sec. 3.
 GFCG_VARIANTS = ("ratio", "complement")
+
+
+@module
+class GFCG(GuidanceRule):
+  """Gradient-free classifier guidance; built by :func:`gfcg`.
+
+  ``scale`` and ``cfg_scale`` are leaves; ``classifier_fn``, ``num_classes``,
+  ``weak_denoise``, ``variant`` and ``use_w`` (``cfg_scale`` given other than 1) are
+  static. The network calls: the conditional one (batched with the null label when the
+  ``w`` term is CFG), then the reference class: ``calls = (2, 1)`` or ``(1, 1)``; the weak
+  model's evaluation is counted in ``nfe`` but is not a network call.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxdiff import guidance
+    >>> clf = lambda z: jnp.stack([-z[:, 0], z[:, 0], 0 * z[:, 0]], axis=-1)
+    >>> guidance.gfcg(clf, 3, 2.0).calls, guidance.gfcg(clf, 3, 2.0, cfg_scale=3.0).calls
+    ((1, 1), (2, 1))
+  """
+
+  classifier_fn: Callable[[Array], Array] = static()
+  num_classes: int = static()
+  scale: Any
+  cfg_scale: Any = 1.0
+  weak_denoise: Denoiser | None = static(None)
+  variant: str = static("ratio")
+  null_cond: Any = -1
+  use_w: bool = static(False)
+  traced: tuple = static(())
+
+  def __post_init__(self):
+    check_classifier(self.classifier_fn, "gfcg")
+    setfield(self, "num_classes", check_num_classes("gfcg: num_classes", self.num_classes))
+    setfield(self, "traced", hypers("gfcg", self, scale=dict(lo=0.0), cfg_scale={}))
+    weak = self.weak_denoise
+    if weak is not None and not callable(weak):
+      raise TypeError(
+        f"gfcg: weak_denoise must be a denoiser callable or None, got {type(weak).__name__}."
+      )
+    check_choice("gfcg: variant", self.variant, GFCG_VARIANTS)
+    null_fn(self.null_cond, "gfcg")
+    setfield(self, "use_w", not static_equal(self.cfg_scale, 1.0))
+
+  @property
+  def _with_null(self) -> bool:
+    return self.use_w and self.weak_denoise is None
+
+  @property
+  def calls(self) -> tuple[int, ...]:
+    return (2, 1) if self._with_null else (1, 1)
+
+  def guide(self, net, x, cond, ctx, state):
+    num_classes = self.num_classes
+    y, active, valid = labels(cond, num_classes, "gfcg")
+    b = x.shape[0]
+    t = batch_t(ctx, x)
+    with_null = self._with_null
+    null = null_fn(self.null_cond, "gfcg")
+    outs, net = evaluate(net, x, t, [cond] + ([null(cond)] if with_null else []))
+    x_c = outs[0]
+    f = lax.stop_gradient(logits(self.classifier_fn, (x_c,), b, num_classes, "gfcg"))
+    p = jax.nn.softmax(f.astype(compute_dtype(f)), axis=-1)
+    p_y = jnp.take_along_axis(p, y[:, None], axis=1)[:, 0]
+    others = jnp.where(jax.nn.one_hot(y, num_classes, dtype=jnp.bool_), -jnp.inf, p)
+    # A null (or invalid) target has no reference class: it is evaluated on the null label
+    # and gets scale 0, so it never borrows another class's direction.
+    c_ref = jnp.where(active, jnp.argmax(others, axis=-1).astype(y.dtype), -1)
+    p_r = jnp.max(others, axis=-1)
+    if self.variant == "ratio":
+      confusion = p_r / jnp.maximum(p_y + p_r, jnp.finfo(p.dtype).tiny)
+    else:
+      confusion = 1 - p_y
+    s_t = jnp.asarray(self.scale, p.dtype) * confusion
+    x_r, net = net(x, t, c_ref)
+    x0 = x_c + jnp.where(bcast(active, x_c), bcast(s_t.astype(x_c.dtype), x_c) * (x_c - x_r), 0)
+    if self.use_w:
+      if with_null:
+        x_g = outs[1]
+      else:
+        x_g = weak_output(self.weak_denoise, x, t, cond, x_c, "gfcg")
+        net = count_evaluations(net, 1)
+      x0 = x0 + (jnp.asarray(self.cfg_scale, x_c.dtype) - 1) * (x_c - x_g)
+    return Prediction.of(poison_rows(poison(self, x0, self.traced), valid)), state, net
 
 
 @renamed_kwargs(ref_scale="scale")
@@ -43,7 +129,7 @@ def gfcg(
   weak_denoise: Denoiser | None = None,
   variant: str = "ratio",
   null_cond=-1,
-) -> GuidanceRule:
+) -> GFCG:
   r"""Gradient-free classifier guidance (GFCG), optionally with CFG or autoguidance.
 
   .. math::
@@ -93,7 +179,7 @@ def gfcg(
   (NaN), see :mod:`jaxdiff.guidance._common`.
 
   Returns:
-    A stateless :class:`~jaxdiff.GuidanceRule`.
+    A stateless :class:`GFCG` rule.
 
   Example:
     >>> import jax.numpy as jnp
@@ -110,46 +196,4 @@ def gfcg(
     Shenoy, Pan, Balakrishnan, Cheng, Jeon, Yang & Kim, "Gradient-Free Classifier Guidance
     for Diffusion Model Sampling", arXiv:2411.15393.
   """
-  check_classifier(classifier_fn, "gfcg")
-  num_classes = check_num_classes("gfcg: num_classes", num_classes)
-  h = Hyper("gfcg")
-  h("scale", scale, lo=0.0)
-  h("cfg_scale", cfg_scale)
-  if weak_denoise is not None and not callable(weak_denoise):
-    raise TypeError(
-      f"gfcg: weak_denoise must be a denoiser callable or None, got {type(weak_denoise).__name__}."
-    )
-  check_choice("gfcg: variant", variant, GFCG_VARIANTS)
-  null = null_fn(null_cond, "gfcg")
-  use_w = not static_equal(cfg_scale, 1.0)
-
-  def apply(denoise, x, cond, ctx, state):
-    y, active, valid = labels(cond, num_classes, "gfcg")
-    b = x.shape[0]
-    t = batch_t(ctx, x)
-    with_null = use_w and weak_denoise is None
-    outs = evaluate(denoise, x, t, [cond] + ([null(cond)] if with_null else []))
-    x_c = outs[0]
-    f = lax.stop_gradient(logits(classifier_fn, (x_c,), b, num_classes, "gfcg"))
-    p = jax.nn.softmax(f.astype(compute_dtype(f)), axis=-1)
-    p_y = jnp.take_along_axis(p, y[:, None], axis=1)[:, 0]
-    others = jnp.where(jax.nn.one_hot(y, num_classes, dtype=jnp.bool_), -jnp.inf, p)
-    # A null (or invalid) target has no reference class: it is evaluated on the null label
-    # and gets scale 0, so it never borrows another class's direction.
-    c_ref = jnp.where(active, jnp.argmax(others, axis=-1).astype(y.dtype), -1)
-    p_r = jnp.max(others, axis=-1)
-    if variant == "ratio":
-      confusion = p_r / jnp.maximum(p_y + p_r, jnp.finfo(p.dtype).tiny)
-    else:
-      confusion = 1 - p_y
-    s_t = jnp.asarray(scale, p.dtype) * confusion
-    x_r = denoise(x, t, c_ref)
-    x0 = x_c + jnp.where(bcast(active, x_c), bcast(s_t.astype(x_c.dtype), x_c) * (x_c - x_r), 0)
-    n = 2
-    if use_w:
-      x_g = outs[1] if with_null else weak_output(weak_denoise, x, t, cond, x_c, "gfcg")
-      x0 = x0 + (jnp.asarray(cfg_scale, x_c.dtype) - 1) * (x_c - x_g)
-      n = 3
-    return Prediction.of(poison(h.poison(x0), valid)), state, nfe(n)
-
-  return GuidanceRule(stateless_init, apply, num_classes)
+  return GFCG(classifier_fn, num_classes, scale, cfg_scale, weak_denoise, variant, null_cond)

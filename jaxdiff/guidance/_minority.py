@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff._module import module, setfield, static
 from jaxdiff._types import GuidanceRule, Prediction
 from jaxdiff._validation import as_key, check_scalar
 from jaxdiff.guidance._common import (
-  Hyper,
   batch_t,
   check_classifier,
   check_num_classes,
+  hypers,
   logits,
-  nfe,
-  stateless_init,
+  poison,
 )
 from jaxdiff.guidance._dps import score_coefficient
 
@@ -99,12 +100,61 @@ def minority_levels(scores, num_levels: int) -> tuple[np.ndarray, np.ndarray]:
   return np.searchsorted(thresholds, s, side="right").astype(np.int32), thresholds
 
 
+@module
+class MinorityGuidance(GuidanceRule):
+  """Minority guidance; built by :func:`minority`.
+
+  ``scale`` is a leaf; ``classifier_fn``, ``num_levels`` (the logits' shape) and
+  ``level`` are static. One network call per step (``calls = (1,)``).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxdiff import guidance
+    >>> clf = lambda x, t: jnp.stack([-x.sum(-1), x.sum(-1)], axis=-1)
+    >>> rule = guidance.minority(clf, 2, 1, 1.0)
+    >>> isinstance(rule, guidance.MinorityGuidance), rule.calls
+    (True, (1,))
+  """
+
+  classifier_fn: Callable[[Array, Array], Array] = static()
+  num_levels: int = static()
+  level: int = static()
+  scale: Any = 1.0
+  traced: tuple = static(())
+
+  calls = (1,)
+
+  def __post_init__(self):
+    check_classifier(self.classifier_fn, "minority")
+    num_levels = check_num_classes("minority: num_levels", self.num_levels)
+    setfield(self, "num_levels", num_levels)
+    level = check_scalar(
+      "minority: level", self.level, lo=0, hi=num_levels - 1, integer=True, static=True
+    )
+    setfield(self, "level", level)
+    setfield(self, "traced", hypers("minority", self, scale=dict(lo=0.0)))
+
+  def guide(self, net, x, cond, ctx, state):
+    t = batch_t(ctx, x)
+    x0, net = net(x, t, cond)
+
+    def log_p(z):
+      f = logits(self.classifier_fn, (z, t), x.shape[0], self.num_levels, "minority")
+      return jnp.sum(
+        jax.nn.log_softmax(f.astype(jnp.promote_types(z.dtype, jnp.float32)))[:, self.level]
+      )
+
+    g = jax.grad(log_p)(x).astype(x0.dtype)
+    out = x0 + jnp.asarray(self.scale, x0.dtype) * score_coefficient(ctx, x0.dtype) * g
+    return Prediction.of(poison(self, out, self.traced)), state, net
+
+
 def minority(
   classifier_fn: Callable[[Array, Array], Array],
   num_levels: int,
   level: int,
   scale=1.0,
-) -> GuidanceRule:
+) -> MinorityGuidance:
   r"""Minority guidance: classifier guidance toward minority level ``level``.
 
   .. math::
@@ -123,7 +173,7 @@ def minority(
     scale: ``w >= 0``.
 
   Returns:
-    A stateless :class:`~jaxdiff.GuidanceRule` (``nfe = 1``).
+    A stateless :class:`MinorityGuidance` rule (``nfe = 1``).
 
   Example:
     >>> import jax.numpy as jnp
@@ -139,24 +189,4 @@ def minority(
     Um, Lee & Ye, "Don't Play Favorites: Minority Guidance for Diffusion Models", ICLR
     2024, arXiv:2301.12334 (Sec. 3.2, Eq. 9).
   """
-  check_classifier(classifier_fn, "minority")
-  num_levels = check_num_classes("minority: num_levels", num_levels)
-  level = check_scalar("minority: level", level, lo=0, hi=num_levels - 1, integer=True, static=True)
-  h = Hyper("minority")
-  h("scale", scale, lo=0.0)
-
-  def apply(denoise, x, cond, ctx, state):
-    t = batch_t(ctx, x)
-    x0 = denoise(x, t, cond)
-
-    def log_p(z):
-      f = logits(classifier_fn, (z, t), x.shape[0], num_levels, "minority")
-      return jnp.sum(
-        jax.nn.log_softmax(f.astype(jnp.promote_types(z.dtype, jnp.float32)))[:, level]
-      )
-
-    g = jax.grad(log_p)(x).astype(x0.dtype)
-    out = x0 + jnp.asarray(scale, x0.dtype) * score_coefficient(ctx, x0.dtype) * g
-    return Prediction.of(h.poison(out)), state, nfe(1)
-
-  return GuidanceRule(stateless_init, apply)
+  return MinorityGuidance(classifier_fn, num_levels, level, scale)

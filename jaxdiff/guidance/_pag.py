@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from jaxdiff._module import module, setfield, static
 from jaxdiff._types import GuidanceRule, Prediction
 from jaxdiff._validation import renamed_kwargs, static_equal
-from jaxdiff.guidance._common import Hyper, batch_t, evaluate, nfe, null_fn, stateless_init
+from jaxdiff.guidance._common import batch_t, evaluate, hypers, null_fn, poison
 
 _NO_FLAG = (
   "pag: the denoiser does not accept the keyword argument `perturb` (bool (B,)). "
@@ -62,8 +64,52 @@ def _check_pag_denoiser(denoise, x, t, cond) -> None:
   )
 
 
+@module
+class PAG(GuidanceRule):
+  """Perturbed-Attention Guidance; built by :func:`pag`.
+
+  ``scale`` and ``cfg_scale`` are leaves; ``use_cfg`` (``cfg_scale`` given other than 1)
+  is static and sets the one batched call's rows: ``calls = (2,)``, or ``(3,)`` with CFG.
+
+  Example:
+    >>> from jaxdiff import guidance
+    >>> guidance.pag(3.0).calls, guidance.pag(3.0, cfg_scale=2.0).calls
+    ((2,), (3,))
+  """
+
+  scale: Any
+  cfg_scale: Any = 1.0
+  null_cond: Any = -1
+  use_cfg: bool = static(False)
+  traced: tuple = static(())
+
+  def __post_init__(self):
+    setfield(self, "traced", hypers("pag", self, scale=dict(lo=0.0), cfg_scale={}))
+    null_fn(self.null_cond, "pag")
+    setfield(self, "use_cfg", not static_equal(self.cfg_scale, 1.0))
+
+  @property
+  def calls(self) -> tuple[int, ...]:
+    return (3,) if self.use_cfg else (2,)
+
+  def guide(self, net, x, cond, ctx, state):
+    t = batch_t(ctx, x)
+    b = x.shape[0]
+    _check_pag_denoiser(net.fn, x, t, cond)
+    null = null_fn(self.null_cond, "pag")
+    conds = [cond, cond] + ([null(cond)] if self.use_cfg else [])
+    n = len(conds)
+    flags = jnp.zeros((n, b), jnp.bool_).at[1].set(True).reshape(-1)
+    outs, net = evaluate(net, x, t, conds, perturb=flags)
+    x_c, x_p = outs[0], outs[1]
+    x0 = x_c + jnp.asarray(self.scale, x_c.dtype) * (x_c - x_p)
+    if self.use_cfg:
+      x0 = x0 + (jnp.asarray(self.cfg_scale, x_c.dtype) - 1) * (x_c - outs[2])
+    return Prediction.of(poison(self, x0, self.traced)), state, net
+
+
 @renamed_kwargs(pag_scale="scale")
-def pag(scale, *, cfg_scale=1.0, null_cond=-1) -> GuidanceRule:
+def pag(scale, *, cfg_scale=1.0, null_cond=-1) -> PAG:
   r"""Perturbed-Attention Guidance, optionally combined with CFG.
 
   .. math::
@@ -94,7 +140,7 @@ def pag(scale, *, cfg_scale=1.0, null_cond=-1) -> GuidanceRule:
   (NaN), see :mod:`jaxdiff.guidance._common`.
 
   Returns:
-    A stateless :class:`~jaxdiff.GuidanceRule`.
+    A stateless :class:`PAG` rule.
 
   Example:
     >>> import jax.numpy as jnp
@@ -110,24 +156,4 @@ def pag(scale, *, cfg_scale=1.0, null_cond=-1) -> GuidanceRule:
     Ahn, Cho, Min, Jang, Kim, Kim, Park, Jin & Kim, "Self-Rectifying Diffusion Sampling
     with Perturbed-Attention Guidance", arXiv:2403.17377 (Eqs. 10-12).
   """
-  h = Hyper("pag")
-  h("scale", scale, lo=0.0)
-  h("cfg_scale", cfg_scale)
-  null = null_fn(null_cond, "pag")
-  use_cfg = not static_equal(cfg_scale, 1.0)
-
-  def apply(denoise, x, cond, ctx, state):
-    t = batch_t(ctx, x)
-    b = x.shape[0]
-    _check_pag_denoiser(denoise, x, t, cond)
-    conds = [cond, cond] + ([null(cond)] if use_cfg else [])
-    n = len(conds)
-    flags = jnp.zeros((n, b), jnp.bool_).at[1].set(True).reshape(-1)
-    outs = evaluate(denoise, x, t, conds, perturb=flags)
-    x_c, x_p = outs[0], outs[1]
-    x0 = x_c + jnp.asarray(scale, x_c.dtype) * (x_c - x_p)
-    if use_cfg:
-      x0 = x0 + (jnp.asarray(cfg_scale, x_c.dtype) - 1) * (x_c - outs[2])
-    return Prediction.of(h.poison(x0)), state, nfe(n)
-
-  return GuidanceRule(stateless_init, apply)
+  return PAG(scale, cfg_scale, null_cond)

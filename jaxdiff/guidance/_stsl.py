@@ -2,17 +2,95 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
+from jaxdiff._module import module, setfield, static
 from jaxdiff._operators import Operator
 from jaxdiff._types import GuidanceRule
 from jaxdiff._validation import check_choice, check_scalar
-from jaxdiff.guidance._common import stateless_init
-from jaxdiff.guidance._dps import check_inverse_args, measurement_step, score_coefficient
+from jaxdiff.guidance._common import hypers
+from jaxdiff.guidance._dps import (
+  check_inverse_args,
+  gaussian_weight,
+  measurement_guide,
+  score_coefficient,
+)
 from optim.curvature import LinearOperator, hutchinson_trace
 
 TRACES = ("measurement", "denoiser")
+
+
+@module
+class STSL(GuidanceRule):
+  """Second-order Tweedie surrogate loss; built by :func:`stsl`.
+
+  ``y``, ``scale``, ``trace_weight`` and ``noise_std`` are leaves; the operator,
+  ``num_probes`` (a loop length), ``probe``, ``trace`` and ``variant`` are static. The
+  one network call per step is differentiated (outside a feature cache, as DPS's:
+  ``calls = ()``); the ``num_probes`` Jacobian-vector products of the trace estimate use
+  the plain denoiser (counted in ``nfe``).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxdiff import guidance, inverse
+    >>> rule = guidance.stsl(inverse.matrix(jnp.eye(2)), jnp.ones((4, 2)), num_probes=2)
+    >>> isinstance(rule, guidance.STSL), rule.calls, rule.num_probes
+    (True, (), 2)
+  """
+
+  operator: Operator = static()
+  y: Any
+  scale: Any = 1.0
+  trace_weight: Any = 1.0
+  num_probes: int = static(1)
+  probe: str = static("rademacher")
+  trace: str = static("measurement")
+  variant: str = static("normalized")
+  noise_std: Any = None
+  traced: tuple = static(())
+  gaussian_weight: Any = dataclasses.field(init=False, default=None)
+
+  calls = ()
+
+  def __post_init__(self):
+    y = check_inverse_args("stsl", self.operator, self.y, self.variant, self.noise_std)
+    setfield(self, "y", y)
+    check_choice("stsl: trace", self.trace, TRACES)
+    check_scalar("stsl: trace_weight", self.trace_weight, lo=0.0)
+    num_probes = check_scalar("stsl: num_probes", self.num_probes, lo=1, integer=True, static=True)
+    setfield(self, "num_probes", num_probes)
+    check_choice("stsl: probe", self.probe, ("rademacher", "gaussian"))
+    setfield(self, "traced", hypers("stsl", self, scale=dict(lo=0.0)))
+    setfield(self, "gaussian_weight", gaussian_weight(self))
+
+  def _trace_grad(self, f, x, ctx):
+    operator, num_probes, probe = self.operator, self.num_probes, self.probe
+    measured = self.trace == "measurement"
+    coef = score_coefficient(ctx, x.dtype)
+
+    def total_trace(z):
+      if measured:
+        matvec = lambda u: operator(jax.jvp(f, (z,), (operator.T(u),))[1])
+        like = jax.ShapeDtypeStruct((x.shape[0], *operator.out_shape), x.dtype)
+      else:
+        matvec = lambda u: jax.jvp(f, (z,), (u,))[1]
+        like = jax.ShapeDtypeStruct(x.shape, x.dtype)
+      op = LinearOperator(matvec, like)
+      # The batch's operator is block diagonal (one block per sample), so the gradient of
+      # the batch trace w.r.t. sample b is that of its own trace.
+      return hutchinson_trace(op, key=ctx.key, num_probes=num_probes, probe=probe).trace
+
+    _, pull = jax.vjp(total_trace, x)
+    (g,) = pull(jnp.ones((), x.dtype))
+    return 0.5 * jnp.asarray(self.trace_weight, x.dtype) * coef * g, num_probes
+
+  def guide(self, net, x, cond, ctx, state):
+    pred, net = measurement_guide(self, "stsl", net, x, cond, ctx, self._trace_grad)
+    return pred, state, net
 
 
 def stsl(
@@ -26,7 +104,7 @@ def stsl(
   trace: str = "measurement",
   variant: str = "normalized",
   noise_std=None,
-) -> GuidanceRule:
+) -> STSL:
   r"""Second-order Tweedie surrogate loss (STSL): DPS plus the posterior-covariance trace.
 
   Tweedie's second-order formula gives the posterior covariance from the denoiser's
@@ -68,7 +146,7 @@ def stsl(
     noise_std: measurement noise, required by ``variant="gaussian"``.
 
   Returns:
-    A stateless :class:`~jaxdiff.GuidanceRule` (``nfe = 1 + num_probes``).
+    A stateless :class:`STSL` rule (``nfe = 1 + num_probes``).
 
   Example:
     >>> import jax.numpy as jnp
@@ -87,31 +165,4 @@ def stsl(
     Hutchinson, "A stochastic estimator of the trace of the influence matrix for
     Laplacian smoothing splines", 1989.
   """
-  y = check_inverse_args("stsl", operator, y, variant, noise_std)
-  check_choice("stsl: trace", trace, TRACES)
-  check_scalar("stsl: trace_weight", trace_weight, lo=0.0)
-  num_probes = check_scalar("stsl: num_probes", num_probes, lo=1, integer=True, static=True)
-  check_choice("stsl: probe", probe, ("rademacher", "gaussian"))
-  measured = trace == "measurement"
-
-  def trace_grad(f, x, ctx):
-    coef = score_coefficient(ctx, x.dtype)
-
-    def total_trace(z):
-      if measured:
-        matvec = lambda u: operator(jax.jvp(f, (z,), (operator.T(u),))[1])
-        like = jax.ShapeDtypeStruct((x.shape[0], *operator.out_shape), x.dtype)
-      else:
-        matvec = lambda u: jax.jvp(f, (z,), (u,))[1]
-        like = jax.ShapeDtypeStruct(x.shape, x.dtype)
-      op = LinearOperator(matvec, like)
-      # The batch's operator is block diagonal (one block per sample), so the gradient of
-      # the batch trace w.r.t. sample b is that of its own trace.
-      return hutchinson_trace(op, key=ctx.key, num_probes=num_probes, probe=probe).trace
-
-    _, pull = jax.vjp(total_trace, x)
-    (g,) = pull(jnp.ones((), x.dtype))
-    return 0.5 * jnp.asarray(trace_weight, x.dtype) * coef * g, num_probes
-
-  apply = measurement_step("stsl", operator, y, scale, variant, noise_std, trace_grad)
-  return GuidanceRule(stateless_init, apply)
+  return STSL(operator, y, scale, trace_weight, num_probes, probe, trace, variant, noise_std)

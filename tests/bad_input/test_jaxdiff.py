@@ -17,7 +17,7 @@ import jaxdiff
 from jaxdiff import metrics, solvers  # noqa: F401 - used by the reproducers
 from jaxdiff import parameterization as P  # noqa: F401 - used by the reproducers
 from jaxdiff import schedules as S
-from jaxdiff._types import GuidanceRule, Prediction
+from jaxdiff._types import Prediction
 from jaxdiff._validation import check_labels
 from jaxdiff.testing import GaussianMixture
 from tests.bad_input.harness import Case, params, raises, returns, run
@@ -48,7 +48,7 @@ def _rule(make_pred):
     x0 = denoise(x, jnp.broadcast_to(ctx.t, x.shape[:1]), cond)
     return make_pred(x0), state, jnp.ones((), jnp.int32)
 
-  return GuidanceRule(lambda x, c: (), apply)
+  return jaxdiff.guidance.from_functions(lambda x, c: (), apply)
 
 
 rule_short = _rule(lambda x0: Prediction.of(x0[:1]))

@@ -8,7 +8,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jaxdiff
-from jaxdiff import GuidanceRule, Prediction, schedules, solvers
+from jaxdiff import Prediction, guidance, schedules, solvers
 from jaxdiff.testing import GaussianMixture
 
 SCHED = schedules.vp_cosine()
@@ -55,7 +55,7 @@ def _recording_rule(cost):
     ts = state["ts"].at[state["calls"]].set(ctx.t)
     return Prediction.of(x0), {"calls": state["calls"] + 1, "ts": ts}, nfe
 
-  return GuidanceRule(init, apply)
+  return guidance.from_functions(init, apply)
 
 
 def test_heun_routes_both_evaluations_through_the_rule_and_nfe_is_summed(gmm):
@@ -86,7 +86,7 @@ def test_rule_state_resets_per_call(gmm):
     jax.debug.callback(lambda c: calls.append(int(c)), state["calls"])
     return pred, state, n
 
-  wrapped = GuidanceRule(rule.init, apply)
+  wrapped = guidance.from_functions(rule.init, apply)
   for _ in range(2):
     jaxdiff.sample(
       gmm.denoiser(SCHED),

@@ -57,3 +57,22 @@ def test_rcfg_bad_input_raises_clear_errors():
   rule = guidance.rcfg(2.0, reference=jnp.zeros((3, 2)))
   with pytest.raises(ValueError, match="reference has shape"):
     rule.init(jnp.zeros((2, 2)), None)
+
+
+def test_rcfg_built_inside_jit_checks_a_concrete_reference():
+  # A traced scale (a sweep inside the user's jit) with a concrete reference: the finiteness
+  # check reads the concrete array (it raised a TracerBoolConversionError before).
+  x, ref = jnp.ones((2, 2)), jnp.zeros((2, 2))
+
+  @jax.jit
+  def guided(w):
+    rule = guidance.rcfg(w, reference=ref)
+    return rule.apply(gmm_denoise, x, jnp.array([0, 1]), ctx(), rule.init(x, None))[0].x0
+
+  want = guidance.rcfg(2.0, reference=ref).apply(
+    gmm_denoise, x, jnp.array([0, 1]), ctx(), guidance.rcfg(2.0, reference=ref).init(x, None)
+  )[0]
+  np.testing.assert_allclose(guided(2.0), want.x0, rtol=1e-6)
+  bad = ref.at[0, 0].set(jnp.nan)
+  with pytest.raises(ValueError, match="reference must be finite"):
+    jax.jit(lambda w: guidance.rcfg(w, reference=bad).scale)(2.0)
