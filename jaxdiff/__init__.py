@@ -13,10 +13,10 @@ from jaxdiff import (
   testing,
   training,
 )
+from jaxdiff._grids import Grid, timesteps, timesteps_from
 from jaxdiff._network import Network
 from jaxdiff._parameterization import from_eps, from_flow, from_v, from_x0
 from jaxdiff._sampling import LoopState, SampleResult, sample
-from jaxdiff._schedules import Grid, timesteps, timesteps_from
 from jaxdiff._timeshift import NoShift, Shift, TimeShift, time_shift
 from jaxdiff._types import GuidanceRule, Prediction, StepContext
 from optim._version import __version__ as __version__

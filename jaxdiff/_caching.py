@@ -139,6 +139,10 @@ class CacheRule:
   def stat_names(self) -> tuple[str, ...]:
     return ("full_nfe",)
 
+  def external_stats(self, n) -> dict:
+    """Evaluations made outside the network ran a whole network: full ones."""
+    return {"full_nfe": n}
+
   def init(self, fn, x_T, ts, cond, calls) -> dict:
     """The cache's state for a loop whose steps make calls on ``m * B`` rows for each ``m``
     in ``calls`` (in order): each slot's per-feature state, the full-step mask and the

@@ -55,6 +55,11 @@ class NoCache:
   def stat_names(self) -> tuple[str, ...]:
     return ()
 
+  def external_stats(self, n) -> dict:
+    """The counters ``n`` evaluations made outside the network add (none here)."""
+    del n
+    return {}
+
 
 @module
 class Network:
@@ -121,6 +126,26 @@ class Network:
     nfe = self.nfe + jnp.int32(self.evaluations(x))
     return out, replace(self, nfe=nfe, stats=new_stats, cache_state=cache_state, slot=slot)
 
+  def uncached(self) -> Network:
+    """The network whose calls bypass the cache (the full network, no slot), counted as
+    any call: for calls inside a transformation of the rule's own (``jax.vjp``) or its
+    control flow. Hand the result's counts back with :meth:`restore`."""
+    return replace(self, live=False)
+
+  def restore(self, like: Network) -> Network:
+    """This network's counts and state, with ``like``'s cache participation and slot."""
+    return replace(self, live=like.live, slot=like.slot)
+
+  def count(self, n) -> Network:
+    """The network with ``n`` more evaluations per sample counted that were made outside
+    it (a weak model, Jacobian-vector probes): ``nfe`` and the cache's counters
+    (``"full_nfe"``: they ran a whole network), no slot and no denoiser counters."""
+    n = jnp.asarray(n, jnp.int32)
+    stats = dict(self.stats)
+    for name, value in self.cache.external_stats(n).items():
+      stats[name] = stats[name] + value
+    return replace(self, nfe=self.nfe + n, stats=stats)
+
   def at_step(self, step) -> Network:
     """The network for the calls of step ``step`` (the slots start again)."""
     return replace(self, step=jnp.asarray(step, jnp.int32), slot=0)
@@ -133,13 +158,13 @@ class Network:
     """``lax.cond`` over functions ``f(net, *operands) -> (out, net)`` that call the
     network: inside, calls are uncached (both branches then return the same state
     structure); the counts they make are kept."""
-    inner = replace(self, live=False)
+    inner = self.uncached()
 
     def branch(fn):
       return lambda ops: fn(inner, *ops)
 
     out, net = jax.lax.cond(pred, branch(true_fn), branch(false_fn), operands)
-    return out, replace(net, live=self.live, slot=self.slot)
+    return out, net.restore(self)
 
 
 def as_network(denoise, x) -> Network:

@@ -9,10 +9,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxdiff._grids import Grid, validate_grid
 from jaxdiff._operators import Operator, check_operator
 from jaxdiff._parameterization import eps_from_x0
 from jaxdiff._sampling import _box, _unbox
-from jaxdiff._schedules import Grid, validate_grid
 from jaxdiff._validation import as_key, check_choice, check_scalar
 
 Array = jax.Array

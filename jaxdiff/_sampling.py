@@ -13,8 +13,8 @@ import numpy as np
 
 from jaxdiff._caching import check_rule
 from jaxdiff._correctors import Corrector, NoCorrector
+from jaxdiff._grids import Grid, validate_grid
 from jaxdiff._network import Network, NoCache
-from jaxdiff._schedules import Grid, validate_grid
 from jaxdiff._solvers._base import Solver
 from jaxdiff._timeshift import NoShift, Shift
 from jaxdiff._types import Conditional, GuidanceRule, Prediction, StepContext
@@ -198,7 +198,9 @@ def _check_prediction(pred, x) -> None:
   """The rule's prediction is shaped like the state (trace time; no broadcasting)."""
   if not isinstance(pred, Prediction):
     raise TypeError(
-      f"guidance.guide must return (Prediction, state, net), got {type(pred).__name__}"
+      "guidance: the rule's guide must return (Prediction, state, net) (a rule built "
+      "from functions: its apply must return (Prediction, state, nfe)), got "
+      f"{type(pred).__name__}"
     )
   for name, leaf in pred._asdict().items():
     if getattr(leaf, "shape", None) != x.shape:

@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff._grids import Grid
 from jaxdiff._module import module, setfield, static
-from jaxdiff._schedules import Grid
 from jaxdiff._solvers._ddim import DDIM
 from jaxdiff._types import StepContext
 from jaxdiff._validation import check_choice, check_scalar

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxdiff._schedules import Grid, timesteps_from
+from jaxdiff._grids import Grid, timesteps_from
 from jaxdiff._search._grid import Table, numpy_rng, repair, uniform
 from jaxdiff._solvers._usf import DERIVATIVES, PREDICTIONS, USF, StepChoice, usf, usf_steps
 from jaxdiff._validation import as_key, check_choice, check_flag, check_scalar

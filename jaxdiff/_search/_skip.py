@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff._blocks import apply_blocks, block_network
-from jaxdiff._schedules import Grid, timesteps_from
+from jaxdiff._grids import Grid, timesteps_from
 from jaxdiff._search._grid import numpy_rng, random_grid, repair, uniform
 from jaxdiff._search._population import Genome, check_evolution, evolve
 from jaxdiff._validation import check_choice, check_scalar, is_traced

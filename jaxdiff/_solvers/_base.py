@@ -42,8 +42,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxdiff._grids import Grid
 from jaxdiff._parameterization import eps_from_x0
-from jaxdiff._schedules import Grid
 from jaxdiff._types import Prediction
 from jaxdiff._validation import check_flag
 

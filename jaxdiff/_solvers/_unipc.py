@@ -9,7 +9,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxdiff._schedules import Grid
+from jaxdiff._grids import Grid
 from jaxdiff._solvers._base import (
   Solver,
   cast,

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff._schedules import Grid
+from jaxdiff._grids import Grid
 from jaxdiff._solvers._base import Solver, cast, ddim_terms, noise, phi, push, set_field, switch
 from jaxdiff._solvers._unipc import _unic, _unipc_pred
 from jaxdiff._validation import check_choice, check_flag, check_scalar, is_traced

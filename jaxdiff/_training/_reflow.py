@@ -44,13 +44,13 @@ def reflow_pairs(denoise, noise, *, cond=None, steps: int = 20, solver=None, key
     Liu et al., "Flow Straight and Fast", arXiv:2209.03003 (Alg. 1, reflow); Lee, Lin &
     Fanti, "Improving the Training of Rectified Flows", arXiv:2405.20320 (Sec. 3).
   """
-  from jaxdiff import _sampling, _schedules, solvers
+  from jaxdiff import _grids, _sampling, _schedules, solvers
 
   steps = check_scalar("reflow_pairs: steps", steps, lo=1, integer=True, static=True)
   noise = jnp.asarray(noise)
   if not jnp.issubdtype(noise.dtype, jnp.floating) or noise.ndim < 2:
     raise TypeError(f"reflow_pairs: noise must be a floating (N, ...) array, got {noise.dtype}")
   solver = solvers.euler() if solver is None else solver
-  ts = _schedules.timesteps(_schedules.flow(), steps)
+  ts = _grids.timesteps(_schedules.flow(), steps)
   x = _sampling.sample(denoise, solver, noise, ts, key=key, cond=cond).x
   return jnp.stack([x, noise], axis=1)

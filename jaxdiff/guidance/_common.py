@@ -34,7 +34,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff._module import replace
 from jaxdiff._parameterization import eps_from_x0
 from jaxdiff._types import StepContext
 from jaxdiff._validation import check_labels, check_scalar
@@ -202,19 +201,15 @@ def count_evaluations(net, n: int):
   Jacobian-vector products inside the Hutchinson estimator). ``nfe`` counts them, and so
   does a feature cache's ``"full_nfe"`` (they run a whole network), as the cached
   denoiser did; they are no calls of the network (no slot, no denoiser stats)."""
-  n = jnp.asarray(n, jnp.int32)
-  stats = dict(net.stats)
-  if "full_nfe" in stats:
-    stats["full_nfe"] = stats["full_nfe"] + n
-  return replace(net, nfe=net.nfe + n, stats=stats)
+  return net.count(n)
 
 
 def call_uncached(net, x: Array, t: Array, cond, **kwargs) -> tuple[Array, Any]:
   """``net(x, t, cond)`` outside the feature cache (the full network, no slot), counted as
   any call: for a call inside a transformation of the rule's own (DPS's ``jax.vjp``),
   which the cached denoiser always ran in full."""
-  out, inner = replace(net, live=False)(x, t, cond, **kwargs)
-  return out, replace(inner, live=net.live)
+  out, inner = net.uncached()(x, t, cond, **kwargs)
+  return out, inner.restore(net)
 
 
 def bcast(v: Array, x: Array) -> Array:

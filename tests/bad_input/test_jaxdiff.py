@@ -268,7 +268,7 @@ CASES = [
   Case("jrun(bad)", returns(poisoned_last, POISON, nan_ok=True)),
   Case("run_sample(guidance='cfg')", raises(TypeError, "guidance")),
   Case("run_sample(guidance=rule_short)", raises(ValueError, r"guidance.*Prediction.x0")),
-  Case("run_sample(guidance=rule_tuple)", raises(TypeError, "guidance.apply")),
+  Case("run_sample(guidance=rule_tuple)", raises(TypeError, "its apply must return")),
   # --- solvers -----------------------------------------------------------------------
   Case("solvers.make('foo')", raises(ValueError, "unknown solver 'foo'")),
   Case("solvers.make('ddim', bogus=1)", raises(TypeError, "no option bogus")),
