@@ -1,10 +1,11 @@
 """Guidance study on the exact Gaussian mixture: CFG overshoot vs APG, and AG's NFE savings.
 
-Run: .venv/bin/python bench/guidance_study.py [--quick] [--only mixture|digits]    (prints the
-tables, writes bench/results/guidance.json; ``--quick``: 200 mixture samples and 3 digits per
-class, written to the temporary directory). The mixture part runs on CPU in float64 in about a
-minute; the digits part restores the demo's cached models (``DemoConfig.full()``, trained first
-if absent) and takes a few minutes. Rules are built by name from ``jaxdiff.guidance.REGISTRY``.
+Run: .venv/bin/python bench/guidance_study.py [--quick] [--only mixture|digits|classifier]
+(prints the tables, writes bench/results/guidance.json; ``--quick``: 200 mixture samples and
+3 digits per class, written to the temporary directory). The mixture part runs on CPU in
+float64 in about a minute; the digits part restores the demo's cached models
+(``DemoConfig.full()``, trained first if absent) and takes a few minutes. Rules are built by
+name from ``jaxdiff.guidance.REGISTRY``.
 
 Part 1 (Sadat et al., APG): class-0 samples at growing guidance scale w. "overshoot" is the
 mean signed distance past the class mean along the class-mean direction,
@@ -18,6 +19,8 @@ class): the same APG ablation vs CFG at w in a range (FD of classifier features,
 saturation), and AG (both ``variant``s, several gamma_bar) vs CFG at *equal quality*: the NFE
 plain CFG needs, on a coarser grid, to be as close to full CFG's samples (same noise; FD of
 classifier features) as AG is.
+Part 4 (``--only classifier``, about 2 minutes): classifier guidance (EluCD) on the same
+models, see :func:`digits_classifier`.
 """
 
 import argparse
@@ -257,10 +260,122 @@ def digits(quick):
   }
 
 
+def digits_classifier(quick):
+  """Part 4, classifier guidance (EluCD) on the demo's digits: why the demo's samples were
+  noisy at its former scale 0.3 (FD 75-107). The rule guides the *unconditional* model, so
+  its baseline is that model alone (``s = 0``), not conditional sampling. Rows: the scale
+  with the factory's temperatures (tau_2 = tau_1, no schedule) and with the official DDPM
+  script's (tau_2 = 0.5 tau_1, sine schedule 0.3), each part alone, the three solvers; every
+  row also scored by an independently trained classifier (same recipe, another seed), since
+  the guiding classifier is the demo's evaluator. Then, per step time of the 20-step grid,
+  the classifier on the denoiser's x0_hat of noised held-out digits: accuracy, mean
+  confidence, the norm of grad log p(y | x0_hat) and the guidance coefficient sigma^2/alpha.
+  """
+  from _digits import class_labels, demo_models
+  from flax import nnx
+
+  import optim
+  from jaxdiff import from_v
+  from jaxdiff.demo._evaluation import Evaluator
+  from jaxdiff.demo._sampling import Sampler
+  from jaxdiff.demo._training import _lr
+  from jaxdiff.models import DigitClassifier, classifier_loss, train
+
+  config, data, models, evaluator = demo_models()
+  labels = class_labels(3 if quick else config.samples_per_class)
+  key = jax.random.key(config.seed + 100)  # the demo's sampling noise
+  steps = config.steps_for("classifier", config.sweep_solver)  # 20: one evaluation a step
+  c = config
+  second = train(
+    DigitClassifier(rngs=nnx.Rngs(c.seed + 12)),
+    classifier_loss(),
+    optim.diffgrad(_lr(c.classifier_lr, c.classifier_steps), weight_decay=1e-4),
+    (data.train_x, data.train_y),
+    steps=c.classifier_steps,
+    batch_size=c.batch_size,
+    key=c.seed + 12,
+    chunk=c.chunk,
+    progress=False,
+    compiler_options=c.compiler_options,
+  ).model
+  test_acc = float(np.mean(np.asarray(second(jnp.asarray(data.test_x))).argmax(-1) == data.test_y))
+  judge = Evaluator(second, data.test_x, config.seed)
+  print(f"\nindependent classifier: held-out accuracy {test_acc:.3f}")
+  sampler = Sampler(models, labels, {}, config.compiler_options)  # the factory's defaults
+  official = dict(marginal_temperature=0.5, schedule_amplitude=0.3)
+  settings = [("none", "conditional model, no guidance", "none", 0.0, {})]
+  settings += [("default", f"s={s:g}", "classifier", s, {}) for s in (0.0, 0.03, 0.1, 0.3, 1.0)]
+  settings += [
+    ("official", f"s={s:g}", "classifier", s, official) for s in (0.05, 0.1, 0.15, 0.2, 0.3, 1.0)
+  ]
+  settings += [
+    ("tau_2 = 0.5 only", "s=0.1", "classifier", 0.1, dict(marginal_temperature=0.5)),
+    ("schedule 0.3 only", "s=0.1", "classifier", 0.1, dict(schedule_amplitude=0.3)),
+  ]
+  rows = []
+  for solver in ("dpmpp_2m", "ddim", "unipc"):
+    for temps, setting, rule, s, hyper in settings:
+      if solver != "dpmpp_2m" and not (s in (0.0, 0.1, 0.3) and temps in ("default", "official")):
+        continue
+      x = sampler(rule, solver, steps, key, scale=s, **hyper)["x"]
+      r = {"solver": solver, "temperatures": temps, "setting": setting, "scale": s}
+      r.update(evaluator(x, labels))
+      r["independent"] = judge(x, labels)
+      rows.append(r)
+      print(
+        f"{solver:>8} {temps:<18} {setting:<30} | fd {r['fd']:8.3f} | acc {r['accuracy']:.3f}"
+        f" | prec {r['precision']:.3f} | rec {r['recall']:.3f} | sat {r['saturation']:.4f}"
+        f" | independent: fd {r['independent']['fd']:8.3f}, acc {r['independent']['accuracy']:.3f}"
+      )
+
+  grid = jaxdiff.timesteps(models.schedule, steps, spacing="logsnr")
+  denoise = from_v(models.denoiser, models.schedule)
+  clf = models.classifier
+  x0, y = jnp.asarray(data.test_x), jnp.asarray(data.test_y)
+  null = jnp.full(y.shape, -1, jnp.int32)
+  grad = jax.jit(jax.grad(lambda z: jax.nn.log_softmax(clf(z))[jnp.arange(y.shape[0]), y].sum()))
+  norm = lambda v: float(jnp.mean(jnp.linalg.norm(v.reshape(v.shape[0], -1), axis=-1)))  # noqa: E731
+  per_step = []
+  print(
+    f"\n{'t':>6} | {'sig^2/alpha':>11} | {'acc':>5} | {'conf':>5} | {'|grad|':>6} | {'|x0_hat|':>8}"
+  )
+  for i in range(steps):
+    t, a, sg = (float(np.asarray(v)[i]) for v in (grid.t, grid.alpha, grid.sigma))
+    xt = a * x0 + sg * jax.random.normal(jax.random.key(i), x0.shape)
+    xh = denoise(xt, jnp.full(y.shape, t), null)
+    logits = clf(xh)
+    r = {
+      "t": t,
+      "coefficient": sg**2 / a,
+      "accuracy": float(jnp.mean(logits.argmax(-1) == y)),
+      "confidence": float(jnp.mean(jax.nn.softmax(logits).max(-1))),
+      "grad_norm": norm(grad(xh)),
+      "x0_hat_norm": norm(xh),
+    }
+    per_step.append(r)
+    print(
+      f"{t:6.3f} | {r['coefficient']:11.2f} | {r['accuracy']:5.3f} | {r['confidence']:5.3f} | "
+      f"{r['grad_norm']:6.2f} | {r['x0_hat_norm']:8.2f}"
+    )
+  return {
+    "setup": {
+      "models": "demo cache, DemoConfig.full(); guides the unconditional model (label -1)",
+      "steps": steps,
+      "samples": int(labels.size),
+      "official": official,
+      "independent_classifier_test_accuracy": test_acc,
+    },
+    "rows": rows,
+    "per_step": per_step,
+  }
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--quick", action="store_true", help="few samples: proves the script runs")
-  ap.add_argument("--only", choices=("mixture", "digits"), help="run one part")
+  ap.add_argument(
+    "--only", choices=("mixture", "digits", "classifier"), help="run one part (classifier: part 4)"
+  )
   args = ap.parse_args()
   out = {}
   if args.only in (None, "mixture"):
@@ -268,6 +383,9 @@ def main():
   if args.only in (None, "digits"):
     with jax.enable_x64(False):  # the demo's models run in float32
       out["digits"] = digits(args.quick)
+  if args.only in (None, "classifier"):
+    with jax.enable_x64(False):
+      out["digits_classifier"] = digits_classifier(args.quick)
   path = output_path("guidance.json", args.quick)
   path.parent.mkdir(parents=True, exist_ok=True)
   if args.only is not None and path.exists():  # one part: keep the other's results

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff import guidance
 from jaxdiff._validation import import_extra
 from jaxdiff.demo import _evaluation as ev
 from jaxdiff.demo import _figures as fig
@@ -80,7 +81,9 @@ def _guidance_ablation(config, models, sampler, evaluator, labels, key) -> list[
   AG (Castillo et al.) claims to keep CFG's samples while skipping evaluations, so its
   quality is its closeness to full CFG's samples from the same noise (``fd_to_cfg``: the FD
   of classifier features to them); CFG on the coarser grids of ``config.ag_cfg_steps`` is
-  the cheap alternative it must beat. Both AG variants run (``guidance.adaptive``).
+  the cheap alternative it must beat, and full CFG (the reference) the most expensive one.
+  Both AG variants run (``guidance.adaptive``): the configured one (the demo's ``"x0"``)
+  with the grid's sampler, the other with its own.
   """
   rows: list[dict] = []
   solver = ev.sweep_solver_of(config)
@@ -102,19 +105,20 @@ def _guidance_ablation(config, models, sampler, evaluator, labels, key) -> list[
     steps = config.steps_for("cfg", solver)
     full = sampler("cfg", solver, steps, key, scale=w)["x"]
     to_cfg = ev.Evaluator(models.classifier, np.clip(full, -1.0, 1.0), config.seed)
-    kw = {**config.rule_kwargs.get("adaptive", {}), "variant": "x0"}
-    x0_sampler = Sampler(
-      models, labels, {**config.rule_kwargs, "adaptive": kw}, config.compiler_options
-    )
-    runs = [(f"CFG, {k} steps", sampler, "cfg", k) for k in config.ag_cfg_steps if k < steps]
-    runs += [
-      (f"AG {v}, {steps} steps", smp, "adaptive", steps)
-      for v, smp in (("eps", sampler), ("x0", x0_sampler))
-    ]
-    for setting, smp, rule, k in runs:
+    ag_kwargs = config.rule_kwargs.get("adaptive", {})
+    configured = ev._setting(config, "adaptive", guidance.adaptive, "variant")
+    runs = [(f"CFG, {k} steps", sampler, "cfg", k, {}) for k in config.ag_cfg_steps if k < steps]
+    runs.append((f"CFG, {steps} steps (the reference)", sampler, "cfg", steps, {}))
+    for v in ("eps", "x0"):  # the grid's sampler serves the configured variant
+      smp = sampler
+      if v != configured:
+        kw = {**config.rule_kwargs, "adaptive": {**ag_kwargs, "variant": v}}
+        smp = Sampler(models, labels, kw, config.compiler_options)
+      runs.append((f"AG {v}, {steps} steps", smp, "adaptive", steps, {"variant": v}))
+    for setting, smp, rule, k, extra in runs:
       res = smp(rule, solver, k, key, scale=w)
       r = row(f"AG vs CFG at equal quality, w = {w:g}", setting, res)
-      rows.append({**r, "fd_to_cfg": to_cfg(res["x"], labels)["fd"]})
+      rows.append({**r, **extra, "fd_to_cfg": to_cfg(res["x"], labels)["fd"]})
   return rows
 
 
