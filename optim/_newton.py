@@ -253,6 +253,12 @@ def scale_by_reg_newton(
       cg_max_iterations=cg_max_iterations,
     )
     delta = otu.tree_cast_like(t.delta, updates)
+    # A non-finite gradient or objective poisons the step (never a finite step on NaN)
+    # and leaves gamma as it was, so the next finite step recovers.
+    finite = [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(updates)]
+    ok = jnp.all(jnp.stack([jnp.isfinite(value), *finite]))
+    delta = jax.tree.map(lambda d: jnp.where(ok, d, jnp.asarray(jnp.nan, d.dtype)), delta)
+    gamma_next = jnp.where(ok, gamma_next, state.gamma)
     return delta, ScaleByRegNewtonState(optax.safe_increment(state.count), gamma_next, tries)
 
   return guard(optax.GradientTransformationExtraArgs(init_fn, update_fn), "scale_by_reg_newton")

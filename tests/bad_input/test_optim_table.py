@@ -81,6 +81,7 @@ NO_PARAMS_STATE = {
   "normalized_gd",
   "dp_sgd",
   "hesso_sgd_groups_b_rows",  # group masks and counters; the SGD base is optax's
+  "reg_newton",  # count, gamma and the trial count: scalars, whatever the params
 }
 
 
@@ -229,6 +230,7 @@ POLICY = {
   "mfac": "poison",
   "hesso_sgd_groups_b_rows": "poison",  # the SGD momentum keeps the NaN
   "weight_ema_sgd": "average",
+  "reg_newton": "recover",  # the step is NaN, gamma and the counts stay as they were
 }
 
 
