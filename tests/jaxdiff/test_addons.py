@@ -122,7 +122,9 @@ def test_a_corrector_is_a_pytree_with_traced_leaves():
   c = correctors.lml(2.0, snr=0.2, kappa=0.5, steps=2)
   leaves = jax.tree.leaves(c)
   assert leaves == [0.2, 2.0, 0.5]  # snr, lamb, kappa; steps and variant are static
-  assert jax.tree.structure(c) == jax.tree.structure(correctors.lml(3.0, snr=0.1, kappa=0.2, steps=2))
+  assert jax.tree.structure(c) == jax.tree.structure(
+    correctors.lml(3.0, snr=0.1, kappa=0.2, steps=2)
+  )
   assert jax.tree.structure(c) != jax.tree.structure(correctors.lml(3.0, steps=3))
 
 
