@@ -1,6 +1,7 @@
 """Inverse problems with a diffusion or flow prior: DPS, STSL, FlowChef, RED-diff.
 
-Run: .venv/bin/python bench/inverse_problems.py [--quick] [--part gmm|digits|minority|all]
+Run: .venv/bin/python bench/inverse_problems.py [--quick]
+[--part gmm|stsl_probes|digits|minority|all]
 (prints tables, writes bench/results/inverse_problems.json and the image grid
 bench/results/inverse_problems_digits.png; ``--quick``: fewer samples and steps, written
 to the temporary directory).
@@ -13,6 +14,9 @@ under-determined random projection (3 x 8). The exact posterior is a mixture
 with exact posterior samples by the sliced Wasserstein distance (SW2), next to the prior's
 distance and the data-vs-data floor (two independent exact draws). Every sampler takes
 100 network evaluations per sample (STSL: 50 steps x (1 evaluation + 1 probe)).
+
+``--part stsl_probes`` (not in ``all``): STSL on the same mixture problems with 1, 2, 4 and 8
+Hutchinson probes per step, at DPS's 100 evaluations and at 50 steps.
 
 Part 2, the digits (the demo's cached networks: the v-prediction denoiser on
 ``vp_cosine`` and the rectified flow of ``prepare_flow_model``): box inpainting (the
@@ -161,6 +165,55 @@ def part_gmm(quick):
       "samples": n,
       "steps": steps,
     },
+    "problems": out,
+  }
+
+
+def part_stsl_probes(quick):
+  """STSL's probe count on the mixture problems of :func:`part_gmm` (same prior, operators,
+  measurement, noise and reference samples): num_probes in (1, 2, 4, 8), zeta in (3, 10,
+  30), at DPS's budget of 100 evaluations (steps = 100 // (1 + probes)) and at part gmm's
+  STSL step count (50 steps, 50 (1 + probes) evaluations)."""
+  jax.config.update("jax_enable_x64", True)
+  n, nfe, dim = (300, 40, 8) if quick else (1000, 100, 8)
+  probes = (1, 4) if quick else (1, 2, 4, 8)
+  scales = (10.0,) if quick else (3.0, 10.0, 30.0)
+  rng = np.random.default_rng(0)
+  gmm = GaussianMixture(rng.normal(size=(4, dim)) * 1.5, 0.25)
+  ops = {
+    "mask": inverse.random_mask((dim,), 0.5, key=1),
+    "blur": inverse.gaussian_blur((dim,), 1.0),
+    "projection": inverse.matrix(jnp.asarray(rng.normal(size=(3, dim)) / np.sqrt(3))),
+  }
+  x_mid = 0.5 * (gmm.means[0] + gmm.means[1])[None]
+  den_vp, vp, ddpm = gmm.denoiser(schedules.vp_cosine()), schedules.vp_cosine(), solvers.ddpm()
+  x_T = jax.random.normal(jax.random.key(1), (n, dim))
+  out = {}
+  for name, op in ops.items():
+    y = inverse.measure(op, x_mid, NOISE_GMM, key=5)
+    ref = gmm.posterior(op.matrix(), y[0], NOISE_GMM).sample(11, n)
+    sw = lambda a: float(metrics.sliced_wasserstein(a, ref, key=7, num_projections=256))
+    yb = jnp.broadcast_to(y, (n, *op.out_shape))
+    rows = {}
+    for p in probes:
+      for steps in sorted({nfe // (1 + p), nfe // 2}):
+        for s in scales:
+          rule = guidance.stsl(op, yb, s, num_probes=p)
+          x, used = _sample(den_vp, vp, ddpm, x_T, steps, rule)
+          x = np.asarray(x)
+          d = sw(x) if np.all(np.isfinite(x)) else float("nan")
+          rows[f"probes={p}_steps={steps}_zeta={s:g}"] = {
+            "probes": p,
+            "steps": steps,
+            "zeta": s,
+            "nfe": used,
+            "sw2": d,
+          }
+          print(f"  [{name}] probes {p} steps {steps:>3} zeta {s:>4g}: SW2 {d:.3f}  NFE {used}")
+    out[name] = rows
+  jax.config.update("jax_enable_x64", False)
+  return {
+    "setting": {"samples": n, "dps_nfe": nfe, "probes": probes, "zeta": scales},
     "problems": out,
   }
 
@@ -379,7 +432,9 @@ def part_minority(quick, ctx):
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--quick", action="store_true", help="small sizes: proves the script runs")
-  ap.add_argument("--part", choices=("gmm", "digits", "minority", "all"), default="all")
+  ap.add_argument(
+    "--part", choices=("gmm", "stsl_probes", "digits", "minority", "all"), default="all"
+  )
   args = ap.parse_args()
   path = output_path("inverse_problems.json", args.quick)
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -394,6 +449,11 @@ def main():
     t = time.perf_counter()
     results["gmm"] = part_gmm(args.quick)
     results["gmm"]["wall_s"] = time.perf_counter() - t
+    save()
+  if args.part == "stsl_probes":  # not in "all": a sweep over part gmm's STSL rows
+    t = time.perf_counter()
+    results["stsl_probes"] = part_stsl_probes(args.quick)
+    results["stsl_probes"]["wall_s"] = time.perf_counter() - t
     save()
   ctx = None
   if args.part in ("digits", "all"):

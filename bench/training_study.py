@@ -1,7 +1,7 @@
 """Training study on the 8x8 digits: timestep samplers and curriculum, reflow, Smooth
 Diffusion, memorisation and locality, all through ``jaxdiff.training``.
 
-Run: .venv/bin/python bench/training_study.py [--quick] [--parts 1,2,3,4]   (prints
+Run: .venv/bin/python bench/training_study.py [--quick] [--parts 1,2,3,4] [--premetric]  (prints
 tables, writes bench/results/training_study.json after each part; ``--quick``: a few
 steps, written to the temporary directory; ``--parts``: rerun some parts and keep the
 others' results; part 3 reruns part 1, whose uniform run it compares against). The demo's
@@ -23,6 +23,14 @@ uniform ``schedules.flow()`` grid.
    and 20 Euler steps.
 3. Smooth Diffusion: the flow trained with and without the step-wise variation term; ISTD
    of 11-frame slerp interpolations between noises (20 Euler steps), and FD.
+5. (``--parts 5``, not in the default) The U-shaped density alone in Lee et al.'s setting:
+   part 2's reflow with uniform vs U-shaped t and the same premetric (``--premetric``,
+   default l2), 3 training seeds, FD on 500 samples (50 per class); mean and spread.
+6. (``--parts 6``, not in the default) Part 1's uniform and curriculum runs at 2000 steps
+   with 20 steps per stage (the curriculum's partial coverage 80 steps, 4% of the run,
+   inside the 100-step learning-rate warm-up), FD on 500 samples every 500 steps, and the
+   uniform run's per-group held-out loss; training seeds ``--seeds-6`` (default 3, 4, 5;
+   part 1's seed is 3), each merged into the JSON beside the seeds already there.
 4. Memorisation: the demo's denoiser vs the empirical (memorising) and the Wiener
    denoiser of the training set at several t, on noised held-out digits; nearest-training-
    image distance of samples vs held-out digits. Locality: the 90%-mass receptive-field
@@ -33,6 +41,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import tempfile
 import time
 
@@ -59,11 +68,33 @@ GROUPS = 5
 
 def _settings(quick):
   if quick:
-    return dict(steps=40, eval_every=20, stage=4, reflow_steps=20, pairs=256, chunk=10, per_class=3)
+    return dict(
+      steps=40,
+      eval_every=20,
+      stage=4,
+      reflow_steps=20,
+      pairs=256,
+      chunk=10,
+      per_class=3,
+      seeds=(5, 6),
+      per_class_5=3,
+      steps_6=80,
+      stage_6=2,
+    )
   # Sized for 15 minutes on 2 cores shared with other work: 600 steps per run (the demo's
   # flow model has 1500), 200 samples per evaluation.
   return dict(
-    steps=600, eval_every=200, stage=40, reflow_steps=400, pairs=2048, chunk=50, per_class=20
+    steps=600,
+    eval_every=200,
+    stage=40,
+    reflow_steps=400,
+    pairs=2048,
+    chunk=50,
+    per_class=20,
+    seeds=(5, 6, 7),
+    per_class_5=50,
+    steps_6=2000,
+    stage_6=20,
   )
 
 
@@ -137,7 +168,7 @@ def _slerp(z0, z1, w):
   return (jnp.sin((1 - w) * om) * z0 + jnp.sin(w * om) * z1) / jnp.sin(om)
 
 
-def study_samplers(c, s, data, ev, labels, workdir, fs, log):
+def study_samplers(c, s, data, ev, labels, workdir, fs, log, keep=None, key=3):
   xy = (data.train_x, data.train_y)
   stops = tuple(range(s["eval_every"], s["steps"], s["eval_every"]))
   groups = training.curriculum_groups(FLOW, GROUPS)
@@ -148,6 +179,8 @@ def study_samplers(c, s, data, ev, labels, workdir, fs, log):
       groups, stage_steps=s["stage"]
     ),
   }
+  if keep is not None:  # part 6: a subset of the samplers
+    samplers = {k: v for k, v in samplers.items() if k.split("(")[0] in keep}
   # the observational part: per-group loss on a fixed held-out batch (fixed noise and t)
   k_e, k_t = jax.random.split(jax.random.key(11))
   x_ho = jnp.asarray(data.test_x[:256])
@@ -162,7 +195,7 @@ def study_samplers(c, s, data, ev, labels, workdir, fs, log):
     )
     t0 = time.perf_counter()
     for step, model, _ in _fit(
-      name.split("(")[0], loss, c, xy, s["steps"], workdir, stop_points=stops
+      name.split("(")[0], loss, c, xy, s["steps"], workdir, stop_points=stops, key=key
     ):
       x = fs(_params(model), 20)
       row = {"sampler": name, "step": step, **ev(x, labels)}
@@ -226,6 +259,76 @@ def study_reflow(c, s, data, ev, labels, flow, workdir, fs, log):
     )
     evaluate(name, _params(model), {"train_s": time.perf_counter() - t0})
   return rows, {"pairs": n, "pair_solver": "heun, 16 steps", "pair_s": pair_s}
+
+
+def study_reflow_seeds(c, s, data, ev, flow, workdir, log, premetric="l2"):
+  """Part 5: the U-shaped density alone in Lee et al.'s setting (reflow): uniform vs
+  U-shaped t with the same premetric, ``s["seeds"]`` training seeds (batch order, t and
+  label dropout), FD on ``s["per_class_5"]`` samples per class; pairs and initialisation
+  as in part 2."""
+  gd, p1 = nnx.split(flow.net)
+  n = s["pairs"]
+  kz, ky = jax.random.split(jax.random.key(21))
+  z = jax.random.normal(kz, (n, 8, 8))
+  y = jax.random.randint(ky, (n,), 0, 10)
+  pairs = np.asarray(
+    training.reflow_pairs(flow.denoise, z, cond=y, steps=16, solver=solvers.heun())
+  )
+  labels = np.repeat(np.arange(10), s["per_class_5"]).astype(np.int32)
+  fs = FlowSampler(gd, labels, jax.random.key(c.seed + 200))
+  rows = []
+  densities = (
+    ("uniform", "uni", training.uniform()),
+    ("u_shaped(a=4)", "ush", training.u_shaped(4.0)),
+  )
+  for name, tag, ts in densities:
+    loss = training.denoising_loss(
+      FLOW,
+      prediction="velocity",
+      label_dropout=0.1,
+      coupled=True,
+      timesteps=ts,
+      premetric=premetric,
+    )
+    for seed in s["seeds"]:
+      init = nnx.merge(gd, jax.tree.map(jnp.copy, p1))
+      t0 = time.perf_counter()
+      ((_, model, _),) = _fit(
+        f"seeds_{tag}_{premetric}_{seed}",  # one checkpoint folder per run
+        loss,
+        c,
+        (pairs, np.asarray(y)),
+        s["reflow_steps"],
+        workdir,
+        init=init,
+        key=seed,
+      )
+      train_s = time.perf_counter() - t0
+      for k in (1, 2, 20):
+        row = {
+          "timesteps": name,
+          "premetric": premetric,
+          "seed": seed,
+          "euler_steps": k,
+          "train_s": train_s,
+          **ev(fs(_params(model), k), labels),
+        }
+        rows.append(row)
+        log(
+          f"  {name:<14} {premetric} seed {seed} {k:>2} steps: fd {row['fd']:.3f}"
+          f"  acc {row['accuracy']:.3f}"
+        )
+  summary = {}
+  for name in ("uniform", "u_shaped(a=4)"):
+    for k in (1, 2, 20):
+      fd = np.array([r["fd"] for r in rows if r["timesteps"] == name and r["euler_steps"] == k])
+      summary[f"{name}_{k}"] = {
+        "fd_mean": float(fd.mean()),
+        "fd_std": float(fd.std(ddof=1)),
+        "fd": fd.tolist(),
+      }
+      log(f"  {name:<14} {k:>2} steps: FD {fd.mean():.2f} +- {fd.std(ddof=1):.2f} (n={len(fd)})")
+  return rows, summary
 
 
 def study_smooth(c, s, data, ev, labels, workdir, fs, uniform_model, log):
@@ -339,6 +442,10 @@ def main():
     default="1,2,3,4",
     help="comma-separated parts to run; the others' results are kept from the JSON",
   )
+  ap.add_argument(
+    "--premetric", default="l2", help="part 5's premetric for both densities (l2, pseudo_huber)"
+  )
+  ap.add_argument("--seeds-6", default="3,4,5", help="part 6's training seeds")
   args = ap.parse_args()
   quick, parts = args.quick, {int(v) for v in args.parts.split(",")}
   s = _settings(quick)
@@ -357,12 +464,17 @@ def main():
   path = output_path("training_study.json", quick)
   path.parent.mkdir(parents=True, exist_ok=True)
   results = json.loads(path.read_text()) if parts != {1, 2, 3, 4} and path.exists() else {}
-  results["settings"] = s
+  results["settings"] = {**results.get("settings", {}), **s}
   ref_idx = np.random.default_rng(c.seed).permutation(len(data.train_x))[: len(labels)]
   results["reference (real training digits)"] = ev(data.train_x[ref_idx], data.train_y[ref_idx])
 
+  # a rerun of some parts keeps the full run's wall time and records its own beside it
+  wall_key = (
+    "wall_s" if parts == {1, 2, 3, 4} else "wall_s_parts_" + "_".join(map(str, sorted(parts)))
+  )
+
   def save():
-    results["wall_s"] = time.perf_counter() - t_start
+    results[wall_key] = time.perf_counter() - t_start
     path.write_text(json.dumps(results, indent=2))
 
   with tempfile.TemporaryDirectory() as workdir:
@@ -386,6 +498,33 @@ def main():
         "uniform", loss_u, c, (data.train_x, data.train_y), s["steps"], workdir
       )
       results["smooth"] = study_smooth(c, s, data, ev, labels, workdir, fs, uniform_final, log)
+      save()
+    if 6 in parts:
+      s6 = {**s, "steps": s["steps_6"], "eval_every": s["steps_6"] // 4, "stage": s["stage_6"]}
+      log(f"[6] curriculum vs uniform, {s6['steps']} steps, {s6['stage']} steps/stage")
+      labels6 = np.repeat(np.arange(10), s["per_class_5"]).astype(np.int32)
+      fs6 = FlowSampler(nnx.split(flow.net)[0], labels6, jax.random.key(c.seed + 100))
+      old = results.get("curriculum_long", {}).get("seeds", {})
+      results["curriculum_long"] = {
+        "steps": s6["steps"],
+        "stage": s6["stage"],
+        "samples": len(labels6),
+        "seeds": old,  # training seed -> rows, per-group loss; other seeds' runs are kept
+      }
+      for seed in map(int, args.seeds_6.split(",")):
+        long_dir = f"{workdir}/long{seed}"  # apart from part 1's checkpoints of the same names
+        os.makedirs(long_dir, exist_ok=True)
+        rows6, per_group6, _ = study_samplers(
+          c, s6, data, ev, labels6, long_dir, fs6, log, keep=("uniform", "curriculum"), key=seed
+        )
+        old[str(seed)] = {"rows": rows6, "per_group_loss": per_group6}
+        save()
+    if 5 in parts:
+      log(f"[5] reflow: uniform vs U-shaped t, {args.premetric}, seeds {s['seeds']}")
+      rows5, summary5 = study_reflow_seeds(
+        c, s, data, ev, flow, workdir, log, premetric=args.premetric
+      )
+      results[f"reflow_seeds_{args.premetric}"] = {"rows": rows5, "summary": summary5}
       save()
   if 4 in parts:
     log("[4] memorisation and locality")
