@@ -3,8 +3,11 @@ JAX's persistent compilation cache.
 
 The XLA flag must be set before JAX initialises its backends, hence at import time here.
 
-The compilation cache (``.cache/jax`` in the checkout, gitignored; ``make clean`` removes
-it) is shared by both xdist workers and by the subprocesses the tests start (the
+The compilation cache (``$XDG_CACHE_HOME/optim-jaxdiff/jax``, by default
+``~/.cache/optim-jaxdiff/jax``; ``make clean-cache`` removes it) lives outside the checkout,
+so that every clone on a machine reuses it: a fresh clone that CI tests after a developer's
+run compiles only what changed (JAX keys each entry by the program, the JAX and XLA
+versions and the flags, so a stale entry is never loaded). It is shared by both xdist workers and by the subprocesses the tests start (the
 notebooks, the CLI, the two-process run), which inherit its ``JAX_*`` variables: a
 program that one of them compiled is loaded, not compiled again, by the others and by the
 next run. Every program is cached, however small or quick to compile (compilation is most
@@ -19,7 +22,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
   os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
-_JAX_CACHE = pathlib.Path(__file__).resolve().parent.parent / ".cache" / "jax"
+_CACHE_HOME = os.environ.get("XDG_CACHE_HOME") or str(pathlib.Path.home() / ".cache")
+_JAX_CACHE = pathlib.Path(_CACHE_HOME) / "optim-jaxdiff" / "jax"
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_JAX_CACHE))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
