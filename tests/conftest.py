@@ -7,8 +7,9 @@ The compilation cache (``$XDG_CACHE_HOME/optim-jaxdiff/jax``, by default
 ``~/.cache/optim-jaxdiff/jax``; ``make clean-cache`` removes it) lives outside the checkout,
 so that every clone on a machine reuses it: a fresh clone that CI tests after a developer's
 run compiles only what changed (JAX keys each entry by the program, the JAX and XLA
-versions and the flags, so a stale entry is never loaded). It is shared by both xdist workers and by the subprocesses the tests start (the
-notebooks, the CLI, the two-process run), which inherit its ``JAX_*`` variables: a
+versions and the flags, so a stale entry is never loaded). It is shared by both xdist
+workers and by the subprocesses the tests start (the notebooks, the CLI, the two-process
+run), which inherit its ``JAX_*`` variables: a
 program that one of them compiled is loaded, not compiled again, by the others and by the
 next run. Every program is cached, however small or quick to compile (compilation is most
 of what the small-size tests spend). Set ``JAX_COMPILATION_CACHE_DIR`` to move it, or
