@@ -31,7 +31,7 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
-from jaxdiff._module import module, replace, static
+from jaxdiff._module import module, static
 from jaxdiff._network import as_network
 
 Array = jax.Array
@@ -191,7 +191,7 @@ class FunctionRule(GuidanceRule):
 
   def guide(self, net, x, cond, ctx, state):
     pred, state, used = self.apply_fn(net.fn, x, cond, ctx, state)
-    return pred, state, replace(net, nfe=net.nfe + jnp.asarray(used, jnp.int32))
+    return pred, state, net.count(used)  # the full network, called outside `net`
 
 
 @module
