@@ -53,9 +53,6 @@ def cacheable_net(denoise):
     ) from e
 
 
-check_cacheable = cacheable_net
-
-
 def _append(items: list, value):
   items.append(value)
   return value
@@ -86,10 +83,6 @@ class _Rows:
   """The rows of each slot's call (static: part of the state's structure)."""
 
   rows: tuple
-
-
-def _perturb(perturb) -> dict:
-  return {} if perturb is None else {"perturb": perturb}
 
 
 def _tile(cond, m: int):
@@ -162,12 +155,13 @@ class CacheRule:
 
   def call(self, network, x, t, cond, kwargs):
     """One call of the network through the cache (see the module docstring)."""
+    if not network.live:  # inside a rule's own control flow: the full network
+      out, stats = network.plain(x, t, cond, kwargs)
+      return out, network.cache_state, {**stats, "full_nfe": network.evaluations(x)}
+    kwargs = dict(kwargs)
     perturb = kwargs.pop("perturb", None)
     if kwargs:
       raise TypeError(f"cache: the cached denoiser takes only `perturb`, got {sorted(kwargs)}")
-    if not network.live:  # inside a rule's own control flow: the full network
-      out, stats = network.plain(x, t, cond, {**kwargs, **_perturb(perturb)})
-      return out, network.cache_state, {**stats, "full_nfe": network.evaluations(x)}
     state = network.cache_state
     k = network.slot
     rows = state["rows"].rows

@@ -85,7 +85,6 @@ class Network:
   step: Array
   slot: int = static(0)
   live: bool = static(True)
-  stat_names: tuple = static(())
 
   @classmethod
   def of(cls, fn, *, batch: int, cache=None, cache_state=(), step=0, live=True) -> Network:
@@ -104,7 +103,6 @@ class Network:
       jnp.asarray(step, jnp.int32),
       0,
       bool(live),
-      names,
     )
 
   def evaluations(self, x) -> int:

@@ -9,7 +9,6 @@ from jaxdiff._types import Denoiser, GuidanceRule, Prediction
 from jaxdiff.guidance._common import (
   batch_t,
   cfg_combine,
-  count_evaluations,
   hypers,
   poison,
   weak_output,
@@ -50,7 +49,7 @@ class Autoguidance(GuidanceRule):
     x_1, net = net(x, t, cond)
     x_0 = weak_output(self.weak_denoise, x, t, cond, x_1, "autoguidance")
     x0 = poison(self, cfg_combine(x_1, x_0, self.scale), self.traced)
-    return Prediction.of(x0), state, count_evaluations(net, 1)
+    return Prediction.of(x0), state, net.count(1)
 
 
 def autoguidance(weak_denoise: Denoiser, scale) -> Autoguidance:

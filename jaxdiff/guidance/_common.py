@@ -195,23 +195,6 @@ def evaluate(net, x: Array, t: Array, conds: list, **kwargs) -> tuple[list[Array
   return list(jnp.split(out, n, axis=0)), net
 
 
-def count_evaluations(net, n: int):
-  """``net`` with ``n`` more evaluations per sample counted: evaluations the rule makes
-  directly, not through ``net`` (autoguidance's and GFCG's weak model, STSL's
-  Jacobian-vector products inside the Hutchinson estimator). ``nfe`` counts them, and so
-  does a feature cache's ``"full_nfe"`` (they run a whole network), as the cached
-  denoiser did; they are no calls of the network (no slot, no denoiser stats)."""
-  return net.count(n)
-
-
-def call_uncached(net, x: Array, t: Array, cond, **kwargs) -> tuple[Array, Any]:
-  """``net(x, t, cond)`` outside the feature cache (the full network, no slot), counted as
-  any call: for a call inside a transformation of the rule's own (DPS's ``jax.vjp``),
-  which the cached denoiser always ran in full."""
-  out, inner = net.uncached()(x, t, cond, **kwargs)
-  return out, inner.restore(net)
-
-
 def bcast(v: Array, x: Array) -> Array:
   """Reshapes a per-sample ``(B,)`` array to broadcast against ``x`` of shape ``(B, ...)``."""
   return jnp.reshape(v, v.shape + (1,) * (x.ndim - v.ndim))

@@ -16,8 +16,6 @@ from jaxdiff._validation import check_choice, check_scalar
 from jaxdiff.guidance._common import (
   batch_t,
   bcast,
-  call_uncached,
-  count_evaluations,
   hypers,
   poison,
 )
@@ -73,12 +71,13 @@ def measurement_guide(rule, name: str, net, x, cond, ctx, extra: Callable | None
   t = batch_t(ctx, x)
   # Differentiated through, so outside the feature cache (as the cached denoiser ran it).
   call, fn = net, net.fn
-  x0, pull, net = jax.vjp(lambda z: call_uncached(call, z, t, cond), x, has_aux=True)
+  x0, pull, inner = jax.vjp(lambda z: call.uncached()(z, t, cond), x, has_aux=True)
+  net = inner.restore(call)
   r = operator(x0) - yb
   (g,) = pull(operator.T(r))
   if extra is not None:
     g_extra, n_extra = extra(lambda z: fn(z, t, cond), x, ctx)
-    g, net = g + g_extra, count_evaluations(net, n_extra)
+    g, net = g + g_extra, net.count(n_extra)
   norm = residual_norm(r)
   if rule.variant == "normalized":
     # ||r|| = 0 (the measurement is met): no pull, instead of 0/0.

@@ -19,7 +19,6 @@ from jaxdiff.guidance._common import (
   check_classifier,
   check_num_classes,
   compute_dtype,
-  count_evaluations,
   evaluate,
   hypers,
   labels,
@@ -114,7 +113,7 @@ class GFCG(GuidanceRule):
         x_g = outs[1]
       else:
         x_g = weak_output(self.weak_denoise, x, t, cond, x_c, "gfcg")
-        net = count_evaluations(net, 1)
+        net = net.count(1)
       x0 = x0 + (jnp.asarray(self.cfg_scale, x_c.dtype) - 1) * (x_c - x_g)
     return Prediction.of(poison_rows(poison(self, x0, self.traced), valid)), state, net
 
