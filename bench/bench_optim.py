@@ -1,4 +1,4 @@
-"""Step time of the first-order optimizers on a 10M-parameter pytree, as ratios in one run.
+"""Step time of the first-order optimizers on 10M parameters, as ratios in one run.
 
 For each optimizer a full step (``update`` + ``apply_updates``, jitted, params and state
 donated) is timed next to ``optax.adam`` and next to the byte roofline: the measured copy
@@ -17,11 +17,18 @@ biases all of its rounds alike, by up to 30% on this CPU, so the whole measureme
 repeated ``--runs`` times (5 by default), each in a fresh process, and the median and range
 over the runs are reported (``_timing.over_runs``).
 
+Two settings a user meets are measured side by side in the same rounds: each step jitted
+as a user writes it (no option: what one gets by default) and jitted with
+``optim.xla.compiler_options()`` (``jax.jit(..., compiler_options=...)``, one computation;
+no process-wide ``XLA_FLAGS``). And four layouts of the 10M parameters: 10 leaves of
+1000x1000 (every optimizer), one 1000x10000 leaf, one 10000x1000 leaf and one flat 10M
+vector (the optimizers with a project goal, ``LAYOUT_ROWS``, and ``optax.adam``).
+
 The comparison with the PyTorch peers (torch-optimizer, pytorch_optimizer) is
 ``bench/bench_peers.py`` (``make bench-peers``); the second-order optimizers are
 ``bench/bench_optim_second_order.py``. ``make bench`` runs both scripts.
 
-    .venv/bin/python bench/bench_optim.py [--quick] [--runs N]
+    .venv/bin/python bench/bench_optim.py [--quick] [--runs N] [--layouts NAME ...]
 
 Writes ``bench/results/optim.json`` (``--quick``: a smoke run, written to the temporary
 directory instead).
@@ -37,23 +44,9 @@ import pathlib
 import platform
 import sys
 
-# diffGrad stores the incoming gradient as next step's ``prev_grad``: a copy of a buffer the
-# step does not own into the donated state buffer. XLA:CPU's copy insertion then also saves
-# the *old* ``prev_grad`` to a temporary (the final fusion still reads it), one extra read
-# and write of the array; its region analysis proves the save unnecessary. A library
-# cannot set compiler flags for its users, so the bench sets it (for every row, printed and
-# stored in the JSON); ``--no-copy-flag`` measures without it.
-COPY_FLAG = "--xla_cpu_copy_insertion_use_region_analysis=true"
-if (
-  __name__ == "__main__"
-  and "--no-copy-flag" not in sys.argv
-  and COPY_FLAG not in os.environ.get("XLA_FLAGS", "")
-):
-  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {COPY_FLAG}".strip()
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
+import jax
+import jax.numpy as jnp
+import optax
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -62,6 +55,7 @@ if str(ROOT) not in sys.path:
 from _timing import Stateful, compare, output_path, over_runs  # noqa: E402
 
 import optim  # noqa: E402
+import optim.xla  # noqa: E402
 
 GOAL = 1.3
 PER_EXAMPLE_BATCH = 4
@@ -76,6 +70,19 @@ ISSUE_GOALS = {
   "dp_sgd": 8.0,
   "dice_sgd": 10.0,
 }
+
+
+# name -> (number of leaves, leaf shape): 10M parameters each.
+LAYOUTS = {
+  "10x1000x1000": (10, (1000, 1000)),
+  "1x1000x10000": (1, (1000, 10000)),
+  "1x10000x1000": (1, (10000, 1000)),
+  "flat 10M": (1, (10_000_000,)),
+}
+# Timed on every layout (the first layout times every optimizer).
+LAYOUT_ROWS = ("optax.adam", "diffgrad", "adamp", "sgdp")
+# The suffix of the rows jitted with optim.xla.compiler_options().
+OPTS = " +xla opts"
 
 
 def _noise_alone():
@@ -136,8 +143,16 @@ def _params(n_leaves: int, shape):
   return {f"layer{i}": jax.random.normal(k, shape) * 0.02 for i, k in enumerate(keys)}
 
 
-def measure(n_leaves=10, shape=(1000, 1000), rounds=15, reps=5, only=None):
-  """Times the optimizers (``only``: a subset of names; ``optax.adam`` is always timed)."""
+def measure(layout="10x1000x1000", rounds=15, reps=5, only=None, n_leaves=None, shape=None):
+  """Times the optimizers on one layout, each jitted without and with the XLA options.
+
+  ``only``: a subset of names (``optax.adam`` is always timed); ``n_leaves``/``shape``
+  override the layout (``--quick``). Rows ``name`` are jitted as a user writes it, rows
+  ``name +xla opts`` with ``compiler_options=optim.xla.compiler_options()``; every ratio is
+  to ``optax.adam`` jitted without options, in the same rounds.
+  """
+  if n_leaves is None:
+    n_leaves, shape = LAYOUTS[layout]
   optimizers = {
     name: v for name, v in _optimizers().items() if only is None or name in (*only, "optax.adam")
   }
@@ -146,6 +161,7 @@ def measure(n_leaves=10, shape=(1000, 1000), rounds=15, reps=5, only=None):
   grads = jax.tree.map(lambda x: 1e-3 * jnp.sin(x * 50.0), params)
   pe_grads = jax.tree.map(lambda g: jnp.broadcast_to(g, (PER_EXAMPLE_BATCH, *g.shape)) * 1.0, grads)
   value = jnp.float32(1.0)
+  options = optim.xla.compiler_options()
 
   # Copy bandwidth: donated x + 1 over the same bytes (read once, write once).
   copy = jax.jit(lambda p: jax.tree.map(lambda x: x + 1.0, p), donate_argnums=0)
@@ -159,30 +175,37 @@ def measure(n_leaves=10, shape=(1000, 1000), rounds=15, reps=5, only=None):
 
     # Gradients and loss are arguments (not closed-over constants XLA would fold); params
     # and state are donated, so each optimizer steps on its own copy.
-    jitted = jax.jit(step, donate_argnums=(0, 1))
-    p = jax.tree.map(jnp.copy, params)
-    timed[name] = Stateful(lambda ps, _f=jitted, _g=g: _f(*ps, _g, value), (p, tx.init(p)))
+    for suffix, opts in (("", None), (OPTS, options)):
+      jitted = jax.jit(step, donate_argnums=(0, 1), compiler_options=opts)
+      p = jax.tree.map(jnp.copy, params)
+      timed[name + suffix] = Stateful(
+        lambda ps, _f=jitted, _g=g: _f(*ps, _g, value), (p, tx.init(p))
+      )
 
   timings = compare(timed, baseline="optax.adam", rounds=rounds, calls_per_round=reps)
   bandwidth = 2 * 4 * n / timings["copy"].seconds  # bytes / s
   b_adam = _bytes_per_step(n, 2, False)
   rows = {}
   for name, (_, state_arrays, per_ex, note) in optimizers.items():
-    t, vs_adam = timings[name].seconds, timings[name].ratio
-    b = _bytes_per_step(n, state_arrays, per_ex)
-    share = vs_adam * b_adam / b
-    rows[name] = {
-      "ms_per_step": 1e3 * t,
-      "vs_adam": vs_adam,
-      "bytes_per_step": b,
-      "vs_bytes_share_of_adam": share,
-      "roofline_ms": 1e3 * b / bandwidth,
-      "vs_roofline": t / (b / bandwidth),
-      "issue_goal_vs_adam": ISSUE_GOALS.get(name),
-      "meets_goal": bool(vs_adam <= ISSUE_GOALS[name] if name in ISSUE_GOALS else share <= GOAL),
-      "note": note,
-    }
+    for suffix in ("", OPTS):
+      t, vs_adam = timings[name + suffix].seconds, timings[name + suffix].ratio
+      b = _bytes_per_step(n, state_arrays, per_ex)
+      share = vs_adam * b_adam / b
+      rows[name + suffix] = {
+        "ms_per_step": 1e3 * t,
+        "vs_adam": vs_adam,
+        "bytes_per_step": b,
+        "vs_bytes_share_of_adam": share,
+        "roofline_ms": 1e3 * b / bandwidth,
+        "vs_roofline": t / (b / bandwidth),
+        "issue_goal_vs_adam": ISSUE_GOALS.get(name),
+        "meets_goal": bool(vs_adam <= ISSUE_GOALS[name] if name in ISSUE_GOALS else share <= GOAL),
+        "note": note,
+      }
   return {
+    "layout": layout
+    if shape is None or (n_leaves, shape) == LAYOUTS.get(layout)
+    else (f"{n_leaves}x{'x'.join(map(str, shape))}"),
     "n_params": n,
     "copy_bandwidth_GBps": bandwidth / 1e9,
     "rounds": rounds,
@@ -191,9 +214,19 @@ def measure(n_leaves=10, shape=(1000, 1000), rounds=15, reps=5, only=None):
     "device": str(jax.devices()[0]),
     "cpu": platform.processor() or platform.machine(),
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "compiler_options": options,
     "torch": _torch_comparison(),
     "optimizers": rows,
   }
+
+
+def measure_layouts(layouts, rounds=15, reps=5, only=None):
+  """:func:`measure` on each layout: every optimizer on the first, ``LAYOUT_ROWS`` on the rest."""
+  out = {}
+  for i, layout in enumerate(layouts):
+    rows = only if i == 0 else [r for r in LAYOUT_ROWS if only is None or r in only]
+    out[layout] = measure(layout, rounds=rounds, reps=reps, only=rows)
+  return out
 
 
 def _torch_comparison():
@@ -207,11 +240,12 @@ def _torch_comparison():
 
 def _print(out):
   print(
-    f"\n{out['n_params'] / 1e6:.1f}M params, copy bandwidth {out['copy_bandwidth_GBps']:.2f}"
-    f" GB/s on {out['device']} ({out['rounds']}x{out['reps_per_round']} timed steps)"
+    f"\n{out['layout']}: {out['n_params'] / 1e6:.1f}M params, copy bandwidth"
+    f" {out['copy_bandwidth_GBps']:.2f} GB/s on {out['device']}"
+    f" ({out['rounds']}x{out['reps_per_round']} timed steps)"
   )
   hdr = (
-    f"{'optimizer':<34}{'ms/step':>9}{'vs adam':>9}{'vs share':>10}{'roofline':>10}"
+    f"{'optimizer':<44}{'ms/step':>9}{'vs adam':>9}{'vs share':>10}{'roofline':>10}"
     f"{'goal':>8}{'':>6}"
   )
   print(hdr + "  note")
@@ -220,51 +254,73 @@ def _print(out):
     goal = r.get("issue_goal_vs_adam")
     goal = f"{goal:.1f}x" if goal else f"{GOAL:.1f}sh"
     print(
-      f"{name:<34}{r['ms_per_step']:9.2f}{r['vs_adam']:9.2f}{r['vs_bytes_share_of_adam']:10.2f}"
+      f"{name:<44}{r['ms_per_step']:9.2f}{r['vs_adam']:9.2f}{r['vs_bytes_share_of_adam']:10.2f}"
       f"{r['vs_roofline']:9.2f}x{goal:>8}{'ok' if r['meets_goal'] else 'MISS':>6}  {r['note']}"
     )
-  print(
-    f"goal: the project's ratio to optax.adam (x) where it sets one, else {GOAL} times the bytes"
-    " share of optax.adam (sh)"
-  )
-  print(f"XLA_FLAGS: {out['xla_flags'] or '(none)'}")
-  print(f"torch: {out['torch']}")
+
+
+def _ratios(out):
+  return {
+    f"{layout} | {name}": r["vs_adam"]
+    for layout, o in out["layouts"].items()
+    for name, r in o["optimizers"].items()
+  }
 
 
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--quick", action="store_true", help="1M parameters, fewer rounds")
   ap.add_argument("--only", nargs="+", help="time only these optimizers (and optax.adam)")
-  ap.add_argument("--no-copy-flag", action="store_true", help=f"do not set XLA_FLAGS={COPY_FLAG}")
   ap.add_argument(
-    "--runs", type=int, default=5, help="fresh processes; the median over them is reported"
+    "--layouts",
+    nargs="+",
+    choices=list(LAYOUTS),
+    default=list(LAYOUTS),
+    metavar="LAYOUT",
+    help=f"which layouts (default: all of {list(LAYOUTS)})",
+  )
+  ap.add_argument(
+    "--runs", type=int, default=3, help="fresh processes; the median over them is reported"
   )
   ap.add_argument("--json-to", help=argparse.SUPPRESS)  # a single run's output (for --runs)
   args = ap.parse_args()
-  kw = dict(n_leaves=4, shape=(500, 500), rounds=3, reps=3) if args.quick else {}
-  if args.quick or args.runs <= 1:
-    out = measure(**kw, only=args.only)
+  if args.quick:
+    out = {
+      "layouts": {
+        "quick 4x500x500": measure(
+          "quick 4x500x500", rounds=3, reps=3, only=args.only, n_leaves=4, shape=(500, 500)
+        )
+      }
+    }
+  elif args.runs <= 1:
+    out = {"layouts": measure_layouts(args.layouts, only=args.only)}
     if args.json_to:
       pathlib.Path(args.json_to).write_text(json.dumps(out))
       return
-    _print(out)
   else:
-    argv = ["--only", *args.only] if args.only else []
-    argv += ["--no-copy-flag"] if args.no_copy_flag else []
-    out, summary = over_runs(
-      __file__, args.runs, argv, lambda o: {k: r["vs_adam"] for k, r in o["optimizers"].items()}
-    )
-    for name, r in summary.items():
-      goal = out["optimizers"][name]["issue_goal_vs_adam"]
+    argv = (["--only", *args.only] if args.only else []) + ["--layouts", *args.layouts]
+    out, summary = over_runs(__file__, args.runs, argv, _ratios)
+    for row, r in summary.items():
+      layout, name = row.split(" | ")
+      goal = out["layouts"][layout]["optimizers"][name]["issue_goal_vs_adam"]
       r.update(goal=goal, meets_goal=None if goal is None else bool(r["median"] <= goal))
     out.update(runs=args.runs, summary_over_runs=summary)
-    _print(out)
+  for o in out["layouts"].values():
+    _print(o)
+  first = next(iter(out["layouts"].values()))
+  print(
+    f"\ngoal: the project's ratio to optax.adam (x) where it sets one, else {GOAL} times the"
+    f" bytes share of optax.adam (sh). Rows '{OPTS.strip()}': jitted with"
+    f" compiler_options={first['compiler_options']}; XLA_FLAGS: {first['xla_flags'] or '(none)'}"
+  )
+  print(f"torch: {first['torch']}")
+  if "summary_over_runs" in out:
     print(f"\nover {args.runs} runs (fresh processes): median ratio to optax.adam [range]")
-    for name, r in summary.items():
+    for row, r in out["summary_over_runs"].items():
       (lo, hi), goal = r["min_max"], r["goal"]
       verdict = "" if goal is None else ("ok" if r["meets_goal"] else "MISS")
       goal = "" if goal is None else f"goal {goal:.1f}x"
-      print(f"{name:<34}{r['median']:7.2f} [{lo:.2f}, {hi:.2f}]  {goal:>10} {verdict}")
+      print(f"{row:<58}{r['median']:7.2f} [{lo:.2f}, {hi:.2f}]  {goal:>10} {verdict}")
   path = output_path("optim.json", args.quick or args.only is not None)
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(out, indent=2))

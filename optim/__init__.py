@@ -11,6 +11,7 @@ from optim import (
   pruning,
   quant,
   schedules,
+  xla,
 )
 from optim._adahessian import ScaleByAdaHessianState, adahessian, scale_by_adahessian
 from optim._adamp import (
@@ -53,6 +54,7 @@ __all__ = [
   "losses",
   "quant",
   "schedules",
+  "xla",
   "CoordinateClipState",
   "DPSGDState",
   "DiceSGDState",

@@ -35,6 +35,7 @@ MODULES = (
   "optim.pruning",
   "optim.quant",
   "optim.schedules",
+  "optim.xla",
   "jaxdiff",
   "jaxdiff.correctors",
   "jaxdiff.caching",
