@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff._validation import as_key, check_labels, check_scalar, poison
+from jaxdiff._validation import as_key, check_finite, check_labels, check_scalar, poison
 
 Array = jax.Array
 
@@ -42,8 +42,7 @@ def _finite_array(name: str, value) -> np.ndarray:
     arr = np.asarray(value, dtype=np.float64)
   except (TypeError, ValueError) as err:
     raise TypeError(f"{name} must be a real array, got {type(value).__name__}") from err
-  if not np.all(np.isfinite(arr)):
-    raise ValueError(f"{name} must be finite, got {arr}")
+  check_finite(name, arr)
   return arr
 
 

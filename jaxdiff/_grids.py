@@ -51,7 +51,9 @@ def _is_concrete(x) -> bool:
 def validate_grid(grid: Grid) -> Grid:
   """Checks a grid: 1-D, same lengths, finite, noise strictly decreasing, sigma > 0 but last.
 
-  Raises ``ValueError`` with the offending index. Traced grids (built inside ``jit``)
+  Raises ``ValueError`` with the offending index; for a bfloat16 or float16 grid the
+  message names the dtype (its points collide or its small sigmas round to 0 long before
+  float32's) and says to build the grid in float32. Traced grids (built inside ``jit``)
   are checked for shapes only.
 
   Example:
@@ -79,6 +81,23 @@ def validate_grid(grid: Grid) -> Grid:
     raise ValueError(f"a grid needs at least 2 points (1 step), got {n[0]}")
   if not all(_is_concrete(v) for v in grid):
     return grid
+  try:
+    _check_values(grid)
+  except ValueError as err:
+    dtype = jnp.result_type(grid.t)
+    if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
+      # Low precision is the usual cause: name it and what to do, in the same sentence.
+      raise ValueError(
+        f"{err} (the grid is {dtype}: with a {jnp.finfo(dtype).nmant + 1}-bit significand "
+        f"its {n[0]} points collide or its small sigmas round to 0; build it in float32, "
+        "e.g. timesteps(..., dtype=jnp.float32): sample keeps x_T's dtype whatever the "
+        "grid's)"
+      ) from None
+    raise
+  return grid
+
+
+def _check_values(grid: Grid) -> None:
   g = {k: np.asarray(v, dtype=np.float64) for k, v in grid._asdict().items()}
   for name in ("t", "alpha", "sigma"):
     bad = ~np.isfinite(g[name])
@@ -101,7 +120,6 @@ def validate_grid(grid: Grid) -> Grid:
       "noise must strictly decrease along the grid: sigma/alpha at index "
       f"{i} is {ratio[i]:.6g} and at {i + 1} is {ratio[i + 1]:.6g}"
     )
-  return grid
 
 
 def _check_schedule(schedule) -> None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxdiff._validation import as_key, check_choice, check_scalar, renamed_kwargs
+from jaxdiff._validation import as_key, check_choice, check_scalar, poison, renamed_kwargs
 
 Array = jax.Array
 
@@ -86,11 +87,17 @@ def gaussian_frechet_distance(mean_a, cov_a, mean_b, cov_b) -> Array:
   residue FID code must discard) is needed. Singular covariances (fewer samples than
   features) are handled the same way. The result is clamped at zero.
 
+  The covariances must be symmetric positive semi-definite up to roundoff (SciPy's
+  tolerance: an asymmetry or a negative eigenvalue beyond ``1e3 eps`` of float32 input,
+  ``1e6 eps`` of float64, relative to the largest entry or eigenvalue): a concrete one
+  that is not raises a ``ValueError`` naming it, a traced one (under ``jit``) makes the
+  result NaN, never the distance of its symmetric part or of its clamped spectrum.
+
   Args:
     mean_a: mean, shape ``(D,)``.
     cov_a: covariance, shape ``(D, D)``, symmetric positive semi-definite.
     mean_b: mean, shape ``(D,)``.
-    cov_b: covariance, shape ``(D, D)``.
+    cov_b: covariance, shape ``(D, D)``, symmetric positive semi-definite.
 
   Returns:
     The squared Frechet distance, a scalar in the widest enabled float dtype.
@@ -108,6 +115,58 @@ def gaussian_frechet_distance(mean_a, cov_a, mean_b, cov_b) -> Array:
     Rule Converge to a Local Nash Equilibrium", arXiv:1706.08500 (Eq. 6, the FID).
   """
   fn = "gaussian_frechet_distance"
+  tols = (_covariance_tol(cov_a), _covariance_tol(cov_b))
+  dist = _gaussian_frechet(fn, mean_a, cov_a, mean_b, cov_b)
+  cov_a, cov_b = _wide(cov_a), _wide(cov_b)
+  if not (isinstance(cov_a, jax.core.Tracer) or isinstance(cov_b, jax.core.Tracer)):
+    for name, cov, tol in (("cov_a", cov_a, tols[0]), ("cov_b", cov_b, tols[1])):
+      _check_covariance(fn, name, cov, tol)
+    return dist
+  ok = _covariance_ok(cov_a, tols[0]) & _covariance_ok(cov_b, tols[1])
+  return poison(dist, ok)
+
+
+def _covariance_tol(cov) -> float:
+  """SciPy's tolerance for a PSD check (``scipy.stats._multivariate._eigvalsh_to_eps``):
+  ``1e3 eps`` for float32 and narrower input, ``1e6 eps`` for float64, relative to the
+  largest magnitude (eigenvalue, or entry for the symmetry check)."""
+  dtype = jnp.result_type(cov) if hasattr(cov, "dtype") else jnp.result_type(float)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    dtype = jnp.result_type(float)
+  eps = float(jnp.finfo(dtype).eps)
+  return (1e6 if jnp.finfo(dtype).bits >= 64 else 1e3) * eps
+
+
+def _covariance_ok(cov: Array, tol: float) -> Array:
+  """Traced: symmetric and positive semi-definite within ``tol`` (a bool scalar)."""
+  scale = jnp.max(jnp.abs(cov))
+  sym = jnp.max(jnp.abs(cov - cov.T)) <= tol * scale
+  eig = jnp.linalg.eigvalsh(0.5 * (cov + cov.T))
+  return sym & (jnp.min(eig) >= -tol * jnp.max(jnp.abs(eig)))
+
+
+def _check_covariance(fn: str, name: str, cov: Array, tol: float) -> None:
+  """Concrete: a ``ValueError`` naming ``name`` unless symmetric and PSD within ``tol``."""
+  c = np.asarray(cov, np.float64)
+  scale = float(np.max(np.abs(c)))
+  asym = np.abs(c - c.T)
+  if asym.max() > tol * scale:
+    i, j = np.unravel_index(int(np.argmax(asym)), c.shape)
+    raise ValueError(
+      f"{fn}: {name} must be a symmetric covariance matrix, got {name}[{i}, {j}] = "
+      f"{c[i, j]:.6g} but {name}[{j}, {i}] = {c[j, i]:.6g}"
+    )
+  eig = np.linalg.eigvalsh(0.5 * (c + c.T))
+  if eig.min() < -tol * np.abs(eig).max():
+    raise ValueError(
+      f"{fn}: {name} must be positive semi-definite (a covariance), got the eigenvalue "
+      f"{eig.min():.6g} (largest {np.abs(eig).max():.6g})"
+    )
+
+
+def _gaussian_frechet(fn: str, mean_a, cov_a, mean_b, cov_b) -> Array:
+  """The distance of :func:`gaussian_frechet_distance` without the covariance check
+  (:func:`frechet_distance`'s sample covariances are PSD by construction)."""
   mean_a, mean_b = _wide_finite(fn, "mean_a", mean_a), _wide_finite(fn, "mean_b", mean_b)
   cov_a, cov_b = _wide_finite(fn, "cov_a", cov_a), _wide_finite(fn, "cov_b", cov_b)
   d = mean_a.shape[0] if mean_a.ndim == 1 else -1
@@ -159,8 +218,12 @@ def frechet_distance(features_a, features_b) -> Array:
     Equilibrium", arXiv:1706.08500 (Eq. 6).
   """
   a, b = _check_features("frechet_distance", features_a, features_b, min_rows=2)
-  return gaussian_frechet_distance(
-    a.mean(0), jnp.cov(a, rowvar=False), b.mean(0), jnp.cov(b, rowvar=False)
+  return _gaussian_frechet(
+    "gaussian_frechet_distance",
+    a.mean(0),
+    jnp.cov(a, rowvar=False),
+    b.mean(0),
+    jnp.cov(b, rowvar=False),
   )
 
 

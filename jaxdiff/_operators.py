@@ -5,6 +5,11 @@ to a batch with ``jax.vmap``, like a layer. Each factory gives the forward map a
 exact transpose as pure functions (a gather and its scatter, a pooling and its spreading,
 a convolution and its correlation), so no solver differentiates through them to get
 ``A^T``; the adjoint identity ``<A x, y> = <x, A^T y>`` is tested for every factory.
+
+Dtypes: an operator computes in floating point. A floating batch keeps its dtype (the
+operator's constants are cast to it, as a layer's weights are); an integer or bool batch
+(e.g. a ``uint8`` image) is promoted to the default float dtype first (float32, float64
+under x64), so ``matrix(A)(x_int)`` is ``A x``, never ``A`` truncated to integers.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.signal import convolve
 
-from jaxdiff._validation import as_key, check_scalar
+from jaxdiff._validation import as_key, check_finite, check_scalar
 
 Array = jax.Array
 
@@ -39,8 +44,9 @@ class Operator:
 
   ``op(x)`` maps a batch ``(B, *in_shape) -> (B, *out_shape)``, ``op.T(y)`` back; a batch
   of the wrong per-example shape raises a ``ValueError`` naming the operator (no silent
-  broadcast). Operators are static objects (equality is identity), so a rule built from
-  one compiles :func:`jaxdiff.sample` once.
+  broadcast); an integer or bool batch is promoted to the default float dtype (a floating
+  one keeps its dtype). Operators are static objects (equality is identity), so a rule
+  built from one compiles :func:`jaxdiff.sample` once.
 
   Attributes:
     name: what the operator is, for messages and tables.
@@ -60,6 +66,9 @@ class Operator:
     v = jnp.asarray(v)
     if v.ndim != len(shape) + 1 or v.shape[1:] != shape:
       raise ValueError(f"{self.name}: {what} must have shape (B, *{shape}), got {v.shape}")
+    if not jnp.issubdtype(v.dtype, jnp.inexact):
+      # Casting the operator to an integer batch's dtype would truncate it (A x = 0).
+      v = v.astype(jnp.result_type(float))
     return jax.vmap(fn)(v)
 
   def __call__(self, x) -> Array:
@@ -80,8 +89,15 @@ class Operator:
     return self(eye).reshape(d, -1).T
 
   def check_measurement(self, y, batch: int | None, where: str) -> Array:
-    """``y`` as an array ``(batch, *out_shape)`` (any batch if ``None``), else a ``ValueError``."""
+    """``y`` as an array ``(batch, *out_shape)`` (any batch if ``None``), else a ``ValueError``.
+
+    A concrete ``y`` must also be finite (:func:`~jaxdiff._validation.check_finite`, the
+    check the exact posterior makes): a NaN measurement would turn every sample guided by
+    it into NaN. A traced ``y`` cannot be checked; its NaN or inf reaches the samples of
+    its rows as NaN (documented in each sampler)."""
     y = jnp.asarray(y)
+    y = jnp.asarray(y)
+    check_finite(f"{where}: y", y)
     if batch is None:
       if y.ndim < 1 or y.shape[1:] != self.out_shape:
         raise ValueError(
@@ -214,7 +230,9 @@ def gaussian_blur(shape, sigma: float = 1.0, size: int | None = None) -> Operato
     A^\top y = \tilde k * y,\ \tilde k_u = k_{-u},
 
   on every axis of ``shape`` (1-D vectors and 2-D images alike); ``size = 2r + 1``
-  (default the odd number nearest ``6 sigma``, at least 3).
+  (default the odd number nearest ``6 sigma``, at least 3). Any kernel size works with any
+  image shape, including a kernel longer than some image axes (the zero padding is then
+  all the kernel sees beyond them).
 
   Example:
     >>> import jax.numpy as jnp
@@ -240,9 +258,23 @@ def gaussian_blur(shape, sigma: float = 1.0, size: int | None = None) -> Operato
   for _ in shape[1:]:
     kernel = np.multiply.outer(kernel, k1)
   flipped = kernel[(slice(None, None, -1),) * kernel.ndim]
+  # jax.scipy.signal.convolve needs one input no larger than the other along every axis.
+  # Where the kernel is longer than some image axes but not all, those axes are padded with
+  # zeros (the boundary convention) to the kernel's length and cropped back afterwards:
+  # exact, since a centred odd kernel's "same" output at an original pixel only reads
+  # zeros there. Other shapes take the plain call, as before.
+  mixed = not (all(n >= size for n in shape) or all(n <= size for n in shape))
+  pads = [(0, 0) if n >= size else ((size - n) // 2, size - n - (size - n) // 2) for n in shape]
+  crop = tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, shape))
 
   def conv(k):
-    return lambda x: convolve(x, jnp.asarray(k, x.dtype), mode="same")
+    def apply(x):
+      k_x = jnp.asarray(k, x.dtype)
+      if not mixed:
+        return convolve(x, k_x, mode="same")
+      return convolve(jnp.pad(x, pads), k_x, mode="same")[crop]
+
+    return apply
 
   return Operator(f"gaussian_blur(sigma={sigma:g})", conv(kernel), conv(flipped), shape, shape)
 

@@ -73,7 +73,8 @@ def red_diff(
   Args:
     denoise: ``denoise(x, t, cond) -> x0_hat``.
     operator: the measurement :class:`Operator`.
-    y: measurements ``(B, *operator.out_shape)``.
+    y: measurements ``(B, *operator.out_shape)``; a concrete NaN or inf raises, a traced
+      one (``red_diff`` inside ``jit``) makes the rows it belongs to NaN.
     ts: a grid from :func:`jaxdiff.schedules.timesteps`; its first ``N`` points are used.
     key: PRNG key of the noise draws.
     learning_rate: step size of the default Adam.

@@ -29,7 +29,8 @@ def measurement_loss(operator: Operator, y):
   r"""The per-sample data-fit loss ``x0 -> 1/2 ||A x0 - y||^2`` (FlowChef's measurement loss).
 
   Returns ``loss_fn(x0, cond=None) -> (B,)``; a batch whose size differs from ``y``'s
-  raises a ``ValueError`` at trace time.
+  raises a ``ValueError`` at trace time. A concrete ``y`` holding NaN or inf raises; a
+  traced one makes the losses (and their gradients) of its non-finite rows NaN.
 
   Example:
     >>> import jax.numpy as jnp

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from jaxdiff._grids import Grid, timesteps_from
+from jaxdiff._search._files import read_object, records, times
 from jaxdiff._search._grid import Table, numpy_rng, repair, uniform
 from jaxdiff._solvers._usf import DERIVATIVES, PREDICTIONS, USF, StepChoice, usf, usf_steps
 from jaxdiff._validation import as_key, check_choice, check_flag, check_scalar
@@ -49,13 +50,24 @@ class SolverSchedule(NamedTuple):
     return json.dumps({"steps": steps, "t": [float(v) for v in self.t]})
 
   @classmethod
-  def from_json(cls, text: str) -> SolverSchedule:
-    """The schedule :meth:`to_json` wrote (validated as :func:`~jaxdiff.solvers.usf` does)."""
-    data = json.loads(text)
-    steps = usf([StepChoice(**s) for s in data["steps"]]).steps
-    t = np.asarray(data["t"], np.float64)
+  def from_json(cls, text) -> SolverSchedule:
+    """The schedule :meth:`to_json` wrote, from its text or a file (``pathlib.Path``).
+
+    Validated against the schema: exactly the fields ``steps`` (objects with exactly
+    :class:`~jaxdiff.solvers.StepChoice`'s fields, checked as :func:`~jaxdiff.solvers.usf`
+    checks them) and ``t`` (``len(steps) + 1`` finite times, strictly decreasing). Any
+    problem is one ``ValueError`` naming the file (or "JSON text") and the field; a
+    :class:`SkipSchedule`'s JSON is recognised and named.
+    """
+    data, src = read_object(text, "SolverSchedule")
+    found = records(data, "steps", StepChoice._fields, src)
+    steps = src.wrap("steps", lambda: usf([StepChoice(**s) for s in found]).steps)
+    t = times(data, src)
     if t.shape != (len(steps) + 1,):
-      raise ValueError(f"t must have {len(steps) + 1} times for {len(steps)} steps, got {t.shape}")
+      raise src.error(
+        f"field 't': t must have {len(steps) + 1} times (len(steps) + 1) for "
+        f"{len(steps)} steps, got {t.shape[0]}"
+      )
     return cls(steps, t)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from jaxdiff._blocks import apply_blocks, block_network
 from jaxdiff._grids import Grid, timesteps_from
+from jaxdiff._search._files import block_mask, read_object, times
 from jaxdiff._search._grid import numpy_rng, random_grid, repair, uniform
 from jaxdiff._search._population import Genome, check_evolution, evolve
 from jaxdiff._validation import check_choice, check_scalar, is_traced
@@ -213,14 +214,18 @@ class SkipSchedule(NamedTuple):
     return json.dumps({"t": [float(v) for v in self.t], "mask": mask})
 
   @classmethod
-  def from_json(cls, text: str) -> SkipSchedule:
-    """The schedule :meth:`to_json` wrote (validated as :func:`skip_blocks` validates)."""
-    data = json.loads(text)
-    mask = np.asarray(data["mask"])
-    if mask.size and not np.isin(mask, (0, 1)).all():
-      raise ValueError("mask entries must be 0 or 1")
-    mask = mask.astype(bool).reshape(mask.shape if mask.ndim == 2 else (-1, 0))
-    mask, t = _check_masks(mask, data["t"], mask.shape[1])
+  def from_json(cls, text) -> SkipSchedule:
+    """The schedule :meth:`to_json` wrote, from its text or a file (``pathlib.Path``).
+
+    Validated against the schema: exactly the fields ``t`` (finite times, strictly
+    decreasing) and ``mask`` (``len(t) - 1`` rows of equal length, entries 0/1), then as
+    :func:`skip_blocks` validates. Any problem is one ``ValueError`` naming the file (or
+    "JSON text") and the field; a :class:`SolverSchedule`'s JSON is recognised and named.
+    """
+    data, src = read_object(text, "SkipSchedule")
+    t = times(data, src)
+    mask = block_mask(data, src)
+    mask, t = src.wrap("mask", lambda: _check_masks(mask, t, mask.shape[1]))
     return cls(t, mask)
 
 

@@ -157,9 +157,12 @@ def dps(
   the solver and of the number of steps; the paper's ``zeta'`` over ``N = 1000`` DDPM
   steps corresponds to a larger ``scale`` here (about ``zeta' / beta``).
   At ``alpha_t = 0`` the correction is 0; where the measurement is met exactly
-  (``||r|| = 0``) the normalized step is 0 (not 0/0). The step length of the normalized
-  rule is bounded by ``scale`` times the norm of the posterior covariance, so large scales
-  overshoot but stay finite; the ``"gaussian"`` step grows as ``1/noise_std^2``.
+  (``||r|| = 0``) the normalized step is 0 (not 0/0). A concrete ``y`` holding NaN or inf
+  raises (the check the exact posterior makes); a traced one (the rule built or passed
+  inside ``jit``) makes the samples of its non-finite rows NaN (the residual carries it
+  into their gradient). The step length of the normalized rule is bounded by ``scale``
+  times the norm of the posterior covariance, so large scales overshoot but stay finite;
+  the ``"gaussian"`` step grows as ``1/noise_std^2``.
 
   ``cond`` goes to the denoiser unchanged (label ``-1`` for an unconditional model).
   ``nfe`` = 1 forward evaluation per step; its ``vjp`` costs about two more.

@@ -11,7 +11,7 @@ import numpy as np
 
 from jaxdiff._module import module, setfield, static
 from jaxdiff._types import GuidanceRule, Prediction
-from jaxdiff._validation import as_key, check_scalar
+from jaxdiff._validation import as_key, check_finite, check_scalar
 from jaxdiff.guidance._common import (
   batch_t,
   check_classifier,
@@ -39,7 +39,8 @@ def minority_score(denoise, schedule, x0, t=0.5, *, key, num_draws: int = 1, con
   Args:
     denoise: ``denoise(x, t, cond) -> x0_hat``.
     schedule: the denoiser's schedule (``alpha(t)``, ``sigma(t)``).
-    x0: clean samples ``(B, ...)``.
+    x0: clean samples ``(B, ...)``, finite when concrete (a traced NaN or inf gives a NaN
+      score for its row, which :func:`minority_levels` rejects).
     t: the re-noising time (the paper perturbs to an intermediate time).
     key: PRNG key of the noise draws.
     num_draws: noise draws averaged per sample (static, ``>= 1``).
@@ -64,6 +65,7 @@ def minority_score(denoise, schedule, x0, t=0.5, *, key, num_draws: int = 1, con
     2024, arXiv:2301.12334 (Sec. 3.1, Eq. 7).
   """
   num_draws = check_scalar("minority_score: num_draws", num_draws, lo=1, integer=True, static=True)
+  check_finite("minority_score: x0", x0)
   x0 = jnp.asarray(x0)
   b = x0.shape[0]
   tt = jnp.full((b,), t, x0.dtype)

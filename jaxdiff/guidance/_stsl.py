@@ -132,7 +132,8 @@ def stsl(
 
   ``nfe`` = 1 + ``num_probes`` per step (the evaluation and one Jacobian-vector product
   per probe; their ``vjp`` costs more). Probes are drawn from the step's key, so the
-  trace noise differs per step and per sample batch.
+  trace noise differs per step and per sample batch. A non-finite ``y`` is handled as by
+  DPS: concrete raises, traced gives NaN samples in its rows.
 
   Args:
     operator: the measurement :class:`jaxdiff.inverse.Operator`.

@@ -25,6 +25,7 @@ from flax import nnx
 
 from jaxdiff._training._loss import denoising_loss
 from jaxdiff._validation import as_key, check_scalar, import_extra, renamed_kwargs
+from jaxdiff.models._checkpoints import verify_digests, write_digests
 from jaxdiff.models._checks import check_size
 from optim._tree import data_to_keys, keys_to_data
 
@@ -303,6 +304,13 @@ def _check_checkpoint_dir(checkpoint_dir) -> pathlib.Path | None:
   return path
 
 
+def _first_line(e: BaseException) -> str:
+  """The first line of an exception's message (orbax's run to pages), at most 200 chars."""
+  lines = str(e).strip().splitlines()
+  line = lines[0] if lines else type(e).__name__
+  return line if len(line) <= 200 else line[:197] + "..."
+
+
 class TrainResult(NamedTuple):
   """What :func:`train` returns.
 
@@ -424,13 +432,26 @@ def train(
         "opt_state": keys_to_data(opt_state),
         "losses": np.zeros((latest,), np.float32),
       }
+      where = f"train: checkpoint_dir {str(checkpoint_dir)!r} holds a checkpoint (step {latest})"
+      try:
+        # Damaged files are named here, before orbax reads (and fails on) them.
+        intact = verify_digests(checkpoint_dir / str(latest), f"{where} that is damaged")
+      except ValueError:
+        manager.close()
+        raise
       try:
         restored = manager.restore(latest, args=ocp.args.StandardRestore(like))
-      except (ValueError, TypeError, KeyError) as e:
+      except Exception as e:  # noqa: BLE001 - orbax/TensorStore raise bare Exceptions too
         manager.close()
+        if intact:
+          raise ValueError(
+            f"{where} that does not match this model/optimizer (its files are intact); "
+            "use a fresh directory."
+          ) from e
         raise ValueError(
-          f"train: checkpoint_dir {str(checkpoint_dir)!r} holds a checkpoint (step {latest}) "
-          "that does not match this model/optimizer; use a fresh directory."
+          f"{where} that could not be restored: it does not match this model/optimizer or "
+          f"a file of it is damaged (it predates integrity digests; orbax: "
+          f"{_first_line(e)}); use a fresh directory."
         ) from e
       params = data_to_keys(restored["params"], params)
       opt_state = data_to_keys(restored["opt_state"], opt_state)
@@ -450,6 +471,7 @@ def train(
       }
       manager.save(step, args=ocp.args.StandardSave(tree))
       manager.wait_until_finished()
+      write_digests(checkpoint_dir / str(step))
 
   resumed_from = start
   end = steps if stop_after is None else min(steps, stop_after)
