@@ -96,7 +96,6 @@ class Operator:
     it into NaN. A traced ``y`` cannot be checked; its NaN or inf reaches the samples of
     its rows as NaN (documented in each sampler)."""
     y = jnp.asarray(y)
-    y = jnp.asarray(y)
     check_finite(f"{where}: y", y)
     if batch is None:
       if y.ndim < 1 or y.shape[1:] != self.out_shape:
