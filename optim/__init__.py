@@ -4,6 +4,7 @@ from optim import (
   compander,
   curvature,
   data_scores,
+  layers,
   layouts,
   loops,
   losses,
@@ -35,6 +36,7 @@ from optim._dp import (
 )
 from optim._ema import WeightEMAState, ema_params, weight_ema
 from optim._hesso import HessoState, hesso, scale_by_hesso
+from optim._mask_sparsity import mask_sparsity
 from optim._mfac import ScaleByMFACState, mfac, scale_by_mfac
 from optim._newton import ScaleByRegNewtonState, reg_newton, scale_by_reg_newton
 from optim._normalized_gd import ScaleByLossState, normalized_gd, scale_by_inverse_loss
@@ -47,6 +49,7 @@ from optim._version import __version__ as __version__
 __all__ = [
   "compander",
   "curvature",
+  "layers",
   "layouts",
   "loops",
   "pruning",
@@ -94,6 +97,7 @@ __all__ = [
   "HessoState",
   "hesso",
   "scale_by_hesso",
+  "mask_sparsity",
   "ScaleByRegNewtonState",
   "reg_newton",
   "scale_by_reg_newton",

@@ -1,5 +1,12 @@
 """optim.losses (public namespace; implementation in private modules)."""
 
 from optim._losses import gppo_loss, ppo_clip_loss, stablemax_cross_entropy
+from optim._pskd import pskd_alpha, pskd_targets
 
-__all__: list[str] = ["gppo_loss", "ppo_clip_loss", "stablemax_cross_entropy"]
+__all__: list[str] = [
+  "gppo_loss",
+  "ppo_clip_loss",
+  "stablemax_cross_entropy",
+  "pskd_alpha",
+  "pskd_targets",
+]

@@ -6,5 +6,6 @@ from its state and :func:`prune_groups` slices the parameters down to them.
 """
 
 from optim._hesso import hesso_structure, prune_groups
+from optim._mask_sparsity import smallest_groups
 
-__all__ = ["hesso_structure", "prune_groups"]
+__all__ = ["hesso_structure", "prune_groups", "smallest_groups"]

@@ -28,6 +28,7 @@ MODULES = (
   "optim.compander",
   "optim.curvature",
   "optim.data_scores",
+  "optim.layers",
   "optim.layouts",
   "optim.loops",
   "optim.losses",
@@ -353,7 +354,9 @@ def test_accumulator_dtype_is_mu_dtype(name):
 @pytest.mark.parametrize("name,obj,is_method", PUBLIC, ids=IDS)
 def test_no_other_dtype_parameter_in_optimizers(name, obj, is_method):
   # Accumulator dtypes are ``mu_dtype`` (optax's name); a curvature estimator has none.
-  if not name.startswith("optim."):
+  # The flax layers of optim.layers keep flax's ``dtype`` / ``param_dtype`` (drop-in
+  # replacements of nnx.BatchNorm and nnx.Dropout's call), not optimizer accumulators.
+  if not name.startswith("optim.") or name.startswith("optim.layers."):
     return
   other = [p for p in _params(obj) if p.endswith("_dtype") and p != "mu_dtype"]
   assert not other, f"{name}: dtype parameter(s) {other}; the accumulator dtype is mu_dtype"

@@ -82,6 +82,7 @@ NO_PARAMS_STATE = {
   "dp_sgd",
   "hesso_sgd_groups_b_rows",  # group masks and counters; the SGD base is optax's
   "reg_newton",  # count, gamma and the trial count: scalars, whatever the params
+  "mask_sparsity_sgd",  # optax.EmptyState, and plain SGD's
 }
 
 
@@ -231,6 +232,7 @@ POLICY = {
   "hesso_sgd_groups_b_rows": "poison",  # the SGD momentum keeps the NaN
   "weight_ema_sgd": "average",
   "reg_newton": "recover",  # the step is NaN, gamma and the counts stay as they were
+  "mask_sparsity_sgd": "stateless",
 }
 
 

@@ -21,6 +21,11 @@ def _parabola_per_example_grads(params):
   return PARABOLA.grads(params, True)
 
 
+def _even_rows_of_b(params):
+  """MaskSparsity's mask as a callable: every other row of 'b' (whatever its length)."""
+  return [jnp.arange(params["b"].shape[0]) % 2 == 0]
+
+
 # First-layer inputs for TrAct on the parabola's (8, 2) leaf: 16 rows of fan-in 8.
 _TRACT_INPUTS = jnp.linspace(-1.0, 1.0, 128).reshape(16, 8) ** 3
 
@@ -178,6 +183,17 @@ FIRST_ORDER_CASES: list[OptCase] = [
     note=(
       "the rows of 'b' declared as groups, no pruning target (pruning moves the optimum): "
       "checks the contract (dtypes, inject_hyperparams, state, no retrace) of the projection"
+    ),
+  ),
+  OptCase(
+    name="mask_sparsity_sgd",
+    make=lambda learning_rate: optax.chain(
+      optim.mask_sparsity(1e-3, [{"b": 0}], _even_rows_of_b), optax.sgd(learning_rate)
+    ),
+    lr=0.3,
+    note=(
+      "L1 1e-3 on every other row of 'b' moves those coordinates' optimum by 1e-3: inside "
+      "the tolerance; no Rosenbrock entry (no 'b' leaf there, and plain SGD crawls)"
     ),
   ),
 ]
