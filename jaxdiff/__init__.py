@@ -12,10 +12,12 @@ from jaxdiff import (
   solvers,
   testing,
   training,
+  wavelets,
 )
 from jaxdiff._grids import Grid, timesteps, timesteps_from
 from jaxdiff._network import Network
 from jaxdiff._parameterization import from_eps, from_flow, from_v, from_x0
+from jaxdiff._progressive import ProgressiveResult, progressive_sample
 from jaxdiff._sampling import LoopState, SampleResult, sample
 from jaxdiff._timeshift import NoShift, Shift, TimeShift, time_shift
 from jaxdiff._types import GuidanceRule, Prediction, StepContext
@@ -32,6 +34,8 @@ __all__ = [
   "from_v",
   "from_x0",
   "sample",
+  "progressive_sample",
+  "ProgressiveResult",
   "NoShift",
   "Shift",
   "TimeShift",
@@ -51,6 +55,7 @@ __all__ = [
   "solvers",
   "testing",
   "training",
+  "wavelets",
 ]
 
 

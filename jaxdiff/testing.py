@@ -8,15 +8,25 @@ from jaxdiff._analytic import (
   wiener_denoiser,
 )
 from jaxdiff._gmm import GaussianMixture, GMMDenoiser
+from jaxdiff._lowrank import (
+  LowRankDenoiser,
+  LowRankGaussianMixture,
+  LowRankGMMDenoiser,
+  low_rank_denoiser,
+)
 from jaxdiff._reference import probability_flow_reference
 
 __all__ = [
   "EmpiricalDenoiser",
   "GMMDenoiser",
   "GaussianMixture",
+  "LowRankDenoiser",
+  "LowRankGMMDenoiser",
+  "LowRankGaussianMixture",
   "WienerDenoiser",
   "empirical_denoiser",
   "locality",
+  "low_rank_denoiser",
   "probability_flow_reference",
   "wiener_denoiser",
 ]

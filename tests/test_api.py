@@ -49,6 +49,7 @@ MODULES = (
   "jaxdiff.parameterization",
   "jaxdiff.testing",
   "jaxdiff.training",
+  "jaxdiff.wavelets",
   "jaxdiff.models",
 )
 
@@ -129,6 +130,8 @@ WITH_ACCUMULATOR = tuple(
 POSITIONAL_KEY_OK = {
   "jaxdiff.testing.GaussianMixture.sample": "jax.random convention: sample(key, n), like "
   "jax.random.normal(key, shape)",
+  "jaxdiff.testing.LowRankGaussianMixture.sample": "GaussianMixture.sample's signature "
+  "(a drop-in testbed): sample(key, n)",
   "jaxdiff.models.batch_indices": "jax.random convention: a pure function of (key, step) "
   "that the training loop calls inside jit",
   "jaxdiff.solvers.*.step": "the solver protocol step(state, x, i, pred, key) that "

@@ -44,11 +44,13 @@ from jaxdiff.guidance._autoguidance import Autoguidance, autoguidance
 from jaxdiff.guidance._cfg import CFG, cfg
 from jaxdiff.guidance._cfgpp import CFGPP, cfgpp
 from jaxdiff.guidance._classifier import ClassifierGuidance, classifier, smooth_relu
+from jaxdiff.guidance._diffusehigh import DiffuseHigh, diffusehigh
 from jaxdiff.guidance._dps import DPS, dps
 from jaxdiff.guidance._flowchef import FlowChef, flowchef
 from jaxdiff.guidance._functions import conditional, from_functions
 from jaxdiff.guidance._gfcg import GFCG, gfcg
 from jaxdiff.guidance._minority import MinorityGuidance, minority, minority_levels, minority_score
+from jaxdiff.guidance._oneactor import OneActor, oneactor
 from jaxdiff.guidance._pag import PAG, pag
 from jaxdiff.guidance._rcfg import RCFG, RCFGState, rcfg
 from jaxdiff.guidance._registry import RESOURCES, RuleSpec
@@ -93,6 +95,14 @@ REGISTRY = MappingProxyType(
       lambda s, variant="onetime", **kw: rcfg(s, variant=variant, **kw),
       1.2,
       lambda variant="onetime", **_: 1 if variant == "self" else 2,
+    ),
+    # OneActor's official inference uses eta_1 = 7.5 on SDXL; 3.0 is CFG's digits default
+    # (without target_cond/aux_cond the rule is CFG, the demo's resources hold no clusters).
+    "oneactor": RuleSpec(
+      "OneActor",
+      oneactor,
+      3.0,
+      lambda aux_cond=None, aux_scale=0.0, **_: 2 if aux_cond is None or aux_scale == 0 else 3,
     ),
   }
 )
@@ -146,6 +156,8 @@ __all__ = [
   "STSL",
   "FlowChef",
   "MinorityGuidance",
+  "DiffuseHigh",
+  "OneActor",
   "Conditional",
   "FunctionRule",
   "conditional",
@@ -164,6 +176,7 @@ __all__ = [
   "cfg",
   "cfgpp",
   "classifier",
+  "diffusehigh",
   "dps",
   "flowchef",
   "fit_linear_ag",
@@ -172,6 +185,7 @@ __all__ = [
   "minority",
   "minority_levels",
   "minority_score",
+  "oneactor",
   "pag",
   "rcfg",
   "smooth_relu",
