@@ -19,6 +19,7 @@ from optim._validation import (
   check_floating,
   check_learning_rate,
   check_scalar,
+  is_traced,
 )
 
 PyTree = Any
@@ -30,7 +31,8 @@ class BatchTest(NamedTuple):
   Attributes:
     passed: whether the batch was large enough (bool scalar).
     batch_size: the smallest batch size the test asks for (float scalar, rounded up;
-      ``inf`` when the mean gradient is zero but the examples disagree); at most the
+      ``inf`` when the mean gradient is zero but the examples disagree; NaN, with
+      ``passed=False``, when traced per-example gradients are not finite); at most the
       current size when ``passed``.
     statistic: the test's left-hand side over its right-hand side (<= 1 passes).
   """
@@ -64,8 +66,21 @@ def _ratio(num, den):
   return jnp.where(num > 0, jnp.where(den > 0, num / safe, jnp.inf), 0.0)
 
 
-def _outcome(b, required):
-  required = jnp.ceil(required)
+def _outcome(b, required, stats, where):
+  """The :class:`BatchTest` for the batch size ``required``; poisoned if ``stats`` are not finite.
+
+  A NaN or inf per-example gradient (or a square that overflows) makes the statistics
+  non-finite, and the ratios' ``0/0 = 0`` convention would then read it as "no spread":
+  a passed test with batch size 0. Concrete statistics raise instead; traced ones give
+  ``passed=False`` and NaN ``batch_size`` and ``statistic``.
+  """
+  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in stats]))
+  if not is_traced(finite) and not bool(finite):
+    raise ValueError(
+      f"{where}: per_example_grads gave non-finite statistics (a NaN or inf gradient, or "
+      "squares that overflow the dtype): the test cannot decide, so no batch size is given"
+    )
+  required = jnp.where(finite, jnp.ceil(required), jnp.nan)
   return BatchTest(passed=required <= b, batch_size=required, statistic=required / b)
 
 
@@ -82,6 +97,11 @@ def norm_test(per_example_grads: PyTree, *, eta: float = 0.5) -> BatchTest:
   and when it fails the next batch should be
   :math:`b' = \big\lceil \frac{1}{b-1}\sum_i\|g_i - \bar g\|^2 / (\eta^2\|\bar g\|^2)\big\rceil`
   (the size at which the same sample variance would pass).
+
+  Non-finite per-example gradients (NaN, inf, or squares that overflow the dtype) make the
+  statistics non-finite: concrete ones raise a ``ValueError``; traced ones (under ``jit``)
+  give the poison ``passed=False`` with NaN ``batch_size`` and ``statistic``, never a passed
+  test.
 
   Variant note: the default :math:`\eta = 0.5` is an assumption (the stored sources did not
   give the paper's tuned value); smaller :math:`\eta` asks for larger batches.
@@ -109,7 +129,7 @@ def norm_test(per_example_grads: PyTree, *, eta: float = 0.5) -> BatchTest:
   check_scalar("eta", eta, lo=0.0, lo_open=True)
   b, sq_mean, _, dev = _stats(per_example_grads)
   var = jnp.sum(dev) / (b - 1)
-  return _outcome(b, _ratio(var, eta**2 * sq_mean))
+  return _outcome(b, _ratio(var, eta**2 * sq_mean), (sq_mean, dev), "norm_test")
 
 
 def augmented_inner_product_test(
@@ -132,6 +152,9 @@ def augmented_inner_product_test(
 
   Defaults :math:`\theta = 0.9`, :math:`\nu = 5.84` (:math:`\tan 80^\circ`) are Bollapragada
   et al.'s.
+
+  Non-finite per-example gradients: as in :func:`norm_test` (concrete: ``ValueError``;
+  traced: ``passed=False``, NaN ``batch_size`` and ``statistic``).
 
   Args:
     per_example_grads: a pytree, every leaf with a leading batch axis :math:`b \ge 2`.
@@ -162,7 +185,7 @@ def augmented_inner_product_test(
   proj = jnp.where(sq_mean > 0, proj, 0.0)
   var_orth = jnp.sum(jnp.maximum(dev - proj, 0.0)) / (b - 1)
   need = jnp.maximum(_ratio(var_ip, theta**2 * sq_mean**2), _ratio(var_orth, nu**2 * sq_mean))
-  return _outcome(b, need)
+  return _outcome(b, need, (sq_mean, inner, dev), "augmented_inner_product_test")
 
 
 class AdaptiveBatchResult(NamedTuple):
@@ -215,6 +238,9 @@ def adaptive_batch_train(
   :func:`optim.schedules.scale_for_batch_size` (``lr_scaling="adaptive"``: square root,
   for AdaGrad/Adam; ``"sgd"``: linear; ``None``: kept), through
   ``optax.inject_hyperparams``, so the optimizer's state carries over.
+
+  A step whose per-example gradients are not finite is a ``ValueError`` naming the step
+  (the test cannot choose a batch size from them).
 
   Args:
     per_example_loss: ``(params, example) -> scalar`` for one example of ``data``.
@@ -301,6 +327,11 @@ def adaptive_batch_train(
     if callback is not None and (k % every == 0 or k == num_steps - 1):
       calls.append(callback(k, params))
     want = float(want)
+    if math.isnan(want):
+      raise ValueError(
+        f"adaptive_batch_train: at step {k} the per-example gradients of per_example_loss "
+        f"(batch of {b}) are not finite, so the {variant} test cannot choose a batch size"
+      )
     if want > b:
       new_b = cap if not math.isfinite(want) else min(cap, b0 * math.ceil(want / b0))
       if new_b > b and lr_scaling is not None:

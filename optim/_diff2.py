@@ -13,7 +13,10 @@ from optim._dp import _batch_size, _check_clip_and_noise, _clipped_mean, _noise
 from optim._validation import (
   as_key,
   check_dtype,
+  check_floating,
   check_learning_rate,
+  check_like,
+  check_per_example,
   check_scalar,
   guard,
   require_fn,
@@ -42,6 +45,18 @@ class DIFF2State(NamedTuple):
 
 def _wide(x):
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _check_previous(prev, updates, params):
+  """``grad_fn``'s output has the incoming per-example gradients' structure, batch and shapes.
+
+  A mean gradient (shaped like params) or another batch would broadcast against the
+  per-example gradients in the difference :math:`g_{p,i}(x_t) - g_{p,i}(x_{t-1})`.
+  """
+  where, what = "scale_by_diff2", "grad_fn(prev_params)"
+  check_floating(prev, what, where)
+  check_per_example(prev, params, what, where)
+  check_like(prev, updates, what, "updates (the per-example gradients)", where)
 
 
 def _client_messages(per_example, key, clip, noise_multiplier, num_clients):
@@ -127,6 +142,10 @@ def scale_by_diff2(
 
   Numerical hazards: zero gradients or differences are left at zero (no 0/0); an empty
   batch or one that does not split into ``num_clients`` equal parts is a ``ValueError``.
+  Per-example shapes are checked while tracing, on every step (restart steps included):
+  ``updates`` shaped like the params (a mean gradient), or ``grad_fn`` returning a mean
+  gradient, another batch or another structure than ``updates``, is a ``ValueError``
+  naming it, never a broadcast in the difference.
 
   Non-finite gradients: propagate into the update and into the estimator
   :math:`v_t` (so every step until the next restart is NaN too).
@@ -198,6 +217,7 @@ def scale_by_diff2(
 
     def difference(_):
       prev = grad_fn(state.prev_params)
+      _check_previous(prev, updates, params)
       diffs = jax.tree.map(lambda g, h: _wide(g) - _wide(h), updates, prev)
       msg = _client_messages(diffs, sub, diff_clip, diff_noise_multiplier, num_clients)
       return jax.tree.map(lambda v, m: v.astype(m.dtype) + m, state.estimate, msg)

@@ -53,6 +53,10 @@ def scale_by_diffgrad(
     u_t &= \frac{\sqrt{1 - \beta_2^t}}{1 - \beta_1^t}\,
            \frac{\xi_t\, m_t}{\sqrt{v_t} + \epsilon}.
 
+  Where :math:`\sqrt{v_t} + \epsilon = 0` (``eps=0`` and a coordinate whose gradients
+  have all been 0, or whose squares underflow) the update is defined as 0, the usual
+  safe-division convention (:math:`0/0 = 0`), never NaN.
+
   The bias corrections and the placement of :math:`\epsilon` (added to the
   *uncorrected* :math:`\sqrt{v_t}`) follow the authors' corrected code
   ``diffGrad_v2.py``; the first published code overwrote :math:`g_{t-1}` with
@@ -78,7 +82,8 @@ def scale_by_diffgrad(
   Args:
     b1: decay of the first moment, in [0, 1).
     b2: decay of the second moment, in [0, 1).
-    eps: added to :math:`\sqrt{v_t}`, finite and >= 0 (> 0 guards a zero second moment).
+    eps: added to :math:`\sqrt{v_t}`, finite and >= 0 (with 0, a zero second moment
+      gives a zero update).
     mu_dtype: optional dtype of the accumulators ``mu``, ``nu`` and ``prev_grad``
       (e.g. ``jnp.float32`` for bf16 parameters); ``None`` keeps the gradients' dtype.
 
@@ -102,7 +107,11 @@ def scale_by_diffgrad(
   """
   check_scalar("b1", b1, lo=0.0, hi=1.0, hi_open=True)
   check_scalar("b2", b2, lo=0.0, hi=1.0, hi_open=True)
-  check_scalar("eps", eps, lo=0.0)
+  eps_value = check_scalar("eps", eps, lo=0.0)
+  # eps = 0 (or a traced eps, which may be 0) divides 0 by 0 where the second moment is 0:
+  # that update is defined as 0. With a concrete eps > 0 the division is never by 0 and
+  # the select is left out (the same program as before).
+  safe = eps_value is None or eps_value == 0.0
   mu_dtype = check_dtype("mu_dtype", mu_dtype)
 
   def init_fn(params):
@@ -131,7 +140,10 @@ def scale_by_diffgrad(
       m = otu.tree_update_moment(gc, m.astype(ct), b1, 1)
       v = otu.tree_update_moment_per_elem_norm(gc, v.astype(ct), b2, 2)
       xi = jax.nn.sigmoid(jnp.abs(gp.astype(ct) - gc))
-      u = step * xi * m / (jnp.sqrt(v) + eps)
+      denom = jnp.sqrt(v) + eps
+      u = step * xi * m / denom
+      if safe:
+        u = jnp.where(denom > 0, u, jnp.zeros((), u.dtype))
       return u.astype(g.dtype), m.astype(acc), v.astype(acc), gc.astype(acc)
 
     out = jax.tree.map(leaf, updates, state.mu, state.nu, state.prev_grad)

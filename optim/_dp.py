@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -133,6 +134,34 @@ def _noise(key, like, noise_multiplier, clip, b):
   return jax.tree.map(lambda z: (std * z).astype(z.dtype), tree_probe(key, like32, "gaussian"))
 
 
+def _check_without_params(updates) -> None:
+  """``scale_by_dp_sgd``'s ``update`` without params: its state (a key) has no shapes to check.
+
+  A mean gradient would then be read as a batch: its first axis averaged away (a 1-D
+  leaf gives a scalar update). A 1-D leaf is therefore an error (it is either that or the
+  per-example gradients of a scalar parameter, which only params can tell apart); any
+  other call still works for this release, with a ``DeprecationWarning``.
+  """
+  leaves = jax.tree_util.tree_leaves_with_path(updates)
+  for path, g in leaves:
+    if jnp.ndim(g) == 1:
+      raise ValueError(
+        f"scale_by_dp_sgd: update got no params, and updates{jax.tree_util.keystr(path)} "
+        f"has shape {jnp.shape(g)}: a mean gradient (whose update would be a scalar) or "
+        "the per-example gradients of a scalar parameter. Pass the params, "
+        "update(per_example_grads, state, params), so the shapes can be checked"
+      )
+  if leaves:
+    warnings.warn(
+      "scale_by_dp_sgd: update(updates, state) without params is deprecated (a mean "
+      "gradient cannot be told from per-example gradients without them); pass "
+      "update(per_example_grads, state, params). Calls without params will be removed in "
+      "the next release",
+      DeprecationWarning,
+      stacklevel=4,
+    )
+
+
 class DPSGDState(NamedTuple):
   """State of :func:`scale_by_dp_sgd`: the PRNG key of the next step's noise."""
 
@@ -191,14 +220,19 @@ def scale_by_dp_sgd(
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``init`` takes the (batch-free) params,
-    ``update`` the per-example gradients and returns batch-free updates.
+    ``update(per_example_grads, state, params)`` the per-example gradients and the params
+    (to check the gradients' shapes against: a mean gradient is a ``ValueError``) and
+    returns batch-free updates. Without params (deprecated, removed in the next release)
+    a 1-D gradient leaf is a ``ValueError`` (a mean gradient would give a scalar update)
+    and anything else works with a ``DeprecationWarning``.
 
   Example:
     >>> import jax, jax.numpy as jnp
     >>> from optim import scale_by_dp_sgd
     >>> tx = scale_by_dp_sgd(l2_norm_clip=1.0, noise_multiplier=0.0)
     >>> per_example = {"w": jnp.array([[3.0, 4.0], [0.3, 0.4]])}  # batch of 2
-    >>> u, _ = tx.update(per_example, tx.init({"w": jnp.zeros(2)}))
+    >>> params = {"w": jnp.zeros(2)}
+    >>> u, _ = tx.update(per_example, tx.init(params), params)
     >>> [round(float(x), 4) for x in u["w"]]
     [0.45, 0.6]
 
@@ -215,6 +249,8 @@ def scale_by_dp_sgd(
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
+    if params is None:
+      _check_without_params(updates)
     del params
     b = _batch_size(updates, "dp_sgd")
     mean = _clipped_mean(updates, l2_norm_clip)

@@ -287,6 +287,27 @@ def scale_by_hesso(
   return guard(optax.GradientTransformation(init_fn, update_fn), where)
 
 
+def _scale_by_adam(b1, b2, eps, mu_dtype) -> optax.GradientTransformation:
+  r"""``optax.scale_by_adam``, where ``eps = 0`` gives 0 (not 0/0) on a zero second moment.
+
+  With a concrete ``eps > 0`` it is optax's transformation itself; otherwise (``eps = 0``
+  or traced) the update is 0 wherever the denominator :math:`\sqrt{\hat v} + \epsilon` is
+  (second moment 0 and ``eps`` 0), the state unchanged: the same state structure.
+  """
+  tx = optax.scale_by_adam(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype)
+  e = check_scalar("eps", eps, lo=0.0)
+  if e is not None and e > 0.0:
+    return tx
+
+  def update_fn(updates, state, params=None):
+    out, new = tx.update(updates, state, params)
+    zero_div = lambda v: (v == 0) & (jnp.asarray(eps) == 0)
+    out = jax.tree.map(lambda u, v: jnp.where(zero_div(v), jnp.zeros((), u.dtype), u), out, new.nu)
+    return out, new
+
+  return optax.GradientTransformation(tx.init, update_fn)
+
+
 def hesso(
   learning_rate: optax.ScalarOrSchedule,
   groups: Sequence[Mapping[str, int]],
@@ -323,7 +344,9 @@ def hesso(
       importance_weights: see :func:`scale_by_hesso`.
     variant: the base optimizer, ``"sgd"``, ``"adam"`` or ``"adamw"``.
     momentum: SGD momentum (``"sgd"`` only).
-    b1, b2, eps: Adam's moments and stabilizer.
+    b1, b2, eps: Adam's moments and stabilizer; with ``eps = 0`` a coordinate whose
+      second moment is 0 (all its gradients 0, as on a pruned group) gets update 0
+      (:math:`0/0 = 0`), never NaN.
     weight_decay: :math:`\lambda \ge 0` (coupled for sgd/adam, decoupled for adamw).
     weight_decay_mask: optional mask (pytree or callable) of the parameters to decay.
     mu_dtype: dtype of the base optimizer's momentum / first moment (``None``: the
@@ -367,10 +390,14 @@ def hesso(
     sgd = optax.sgd(learning_rate, momentum=momentum or None, accumulator_dtype=mu_dtype)
     base = optax.chain(decay, sgd)
   elif variant == "adam":
-    base = optax.chain(decay, optax.adam(learning_rate, b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype))
+    # optax.adam is this chain; with eps = 0 the scaling defines 0/0 = 0 (_scale_by_adam).
+    adam = optax.chain(
+      _scale_by_adam(b1, b2, eps, mu_dtype), optax.scale_by_learning_rate(learning_rate)
+    )
+    base = optax.chain(decay, adam)
   else:
     base = optax.chain(
-      optax.scale_by_adam(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype),
+      _scale_by_adam(b1, b2, eps, mu_dtype),
       decay,
       optax.scale_by_learning_rate(learning_rate),
     )

@@ -18,6 +18,7 @@ from optim._validation import (
   check_objective,
   check_scalar,
   guard,
+  is_traced,
   renamed_field,
   renamed_kwargs,
   require_fn,
@@ -186,6 +187,10 @@ def scale_by_reg_newton(
     :math:`x_{k+1} - x_k`.
 
     Non-finite gradients: propagate (NaN step); compose with ``optax.apply_if_finite``.
+    A non-finite objective value at ``params`` gives the same NaN step (never a finite
+    one), and in both cases :math:`\gamma` keeps its value, so the next finite step
+    recovers. bfloat16/float16 params: the search and the CG solve run in float32 and the
+    step is cast back to the params' dtype.
 
     Args:
       gamma: :math:`\gamma_0 > 0`, the initial radius (official default 1).
@@ -372,6 +377,14 @@ def reg_newton_minimize(
     costs one gradient and one CG solve per trial. Stops after ``max_iterations`` steps or
     when :math:`\|\nabla f(x_k)\| \le` ``tol``.
 
+    Non-finite objective: the loop stops at the first iterate whose value or gradient
+    norm is not finite, without a step from it. Called eagerly (concrete result), that is
+    a ``ValueError`` naming the iterate; traced (under ``jit``), the result has
+    ``converged=False``, the non-finite ``value`` and ``errors[n_iters]``, and the
+    history stops there. bfloat16/float16 params: the value, the search and the CG solve
+    run in float32 (every trial point is cast to the params' dtype before it is
+    evaluated) and the iterates keep the params' dtype.
+
     Args:
       obj_fn: ``params -> scalar loss``.
       params: the starting point :math:`x_0` (a pytree of floating arrays).
@@ -424,8 +437,11 @@ def reg_newton_minimize(
   )
 
   def cond(s):
-    k, _, _, grad, _, _ = s
-    return (k < max_iterations) & (gnorm(grad) > tol)
+    k, _, value, grad, _, _ = s
+    norm = gnorm(grad)
+    # A non-finite value or gradient stops the loop before it steps (a NaN value would
+    # fail every acceptance test, and the search would then take a ~1e-12 step).
+    return (k < max_iterations) & (norm > tol) & jnp.isfinite(value) & jnp.isfinite(norm)
 
   def body(s):
     k, x, value, grad, gamma, (vals, norms, gammas, tries) = s
@@ -455,7 +471,15 @@ def reg_newton_minimize(
 
   init = (jnp.zeros((), jnp.int32), params, value, grad, jnp.asarray(gamma, dtype), hist)
   k, x, value, grad, _, (vals, norms, gammas, tries) = jax.lax.while_loop(cond, body, init)
-  return RegNewtonResult(x, value, k, vals, norms, gammas, tries, gnorm(grad) <= tol)
+  norm = gnorm(grad)
+  finite = jnp.isfinite(value) & jnp.isfinite(norm)
+  if not is_traced(finite) and not bool(finite):
+    raise ValueError(
+      f"{where}: obj_fn is not finite at iterate {int(k)} (value {float(value)}, gradient "
+      f"norm {float(norm)}); stopped there without a step"
+      + (" (the starting params)" if int(k) == 0 else "")
+    )
+  return RegNewtonResult(x, value, k, vals, norms, gammas, tries, (norm <= tol) & finite)
 
 
 for _fn in (scale_by_reg_newton, reg_newton_minimize):

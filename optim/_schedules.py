@@ -118,6 +118,33 @@ def _norms_array(grad_norms) -> np.ndarray:
   return g
 
 
+def _refined_shape(g: np.ndarray, power: float) -> tuple[np.ndarray, float]:
+  r"""``(eta, top)``: :math:`\eta_t = w_t \sum_{s>t} w_s` (:math:`w_t = g_t^{-p}`) and its max.
+
+  In float64; the schedule is ``peak_value * eta / top`` (the order it always had).
+
+  Directly when every weight and product is a normal float64 (no overflow, no underflow:
+  the common case, computed as it always was); otherwise in log space (a reverse
+  cumulative ``logaddexp``), which is exact up to rounding for any positive finite norms:
+  norms of 1e-160 or 1e160 (or 1e-30 with a large power) overflow :math:`w` or the
+  products, which gave NaN.
+  """
+  tiny, big = np.finfo(np.float64).tiny, np.finfo(np.float64).max
+  with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+    w = g**-power
+    tail = np.concatenate([np.cumsum(w[::-1])[::-1][1:], [0.0]])  # sum_{s>t} w_s
+    eta = w * tail
+    top = eta.max()
+    body = eta[:-1]  # the last entry is 0 by definition (nothing after T)
+    normal = lambda x: bool(np.all((x >= tiny) & (x <= big)))
+    if normal(w) and normal(tail[:-1]) and normal(body) and normal(body / top):
+      return eta, top
+  logw = -power * np.log(g)
+  log_tail = np.append(np.logaddexp.accumulate(logw[::-1])[::-1][1:], -np.inf)
+  log_eta = logw + log_tail
+  return np.exp(log_eta - log_eta.max()), 1.0
+
+
 def refined(
   grad_norms,
   peak_value: float,
@@ -141,6 +168,11 @@ def refined(
   median of width ``smoothing * T`` (the paper's :math:`\tau`; rounded up to an odd width,
   edges padded with the nearest norm). Step ``count = 0`` of the
   returned schedule is :math:`t = 1`; counts past :math:`T - 1` return 0.
+
+  The table is computed in float64, in log space when a weight or product would leave
+  float64's normal range (norms near 1e-160 or 1e160, or 1e±30 with a large ``power``), so
+  any positive finite norms give a finite schedule; the schedule depends only on the
+  norms' ratios (scaling every norm by a constant leaves it unchanged).
 
   Args:
     grad_norms: 1-D sequence of :math:`T \ge 2` positive, finite norms (host data).
@@ -173,10 +205,8 @@ def refined(
   smoothing = check_scalar("smoothing", smoothing, lo=0.0, hi=1.0, static=True)
   width = int(smoothing * g.size)
   g = _median_filter(g, width + 1 - width % 2)  # odd, so the window is centered
-  w = g**-power
-  tail = np.concatenate([np.cumsum(w[::-1])[::-1][1:], [0.0]])  # sum_{s>t} w_s
-  eta = w * tail
-  table = jnp.asarray(peak_value * eta / eta.max(), dtype=jnp.float32)
+  eta, top = _refined_shape(g, power)
+  table = jnp.asarray(peak_value * eta / top, dtype=jnp.float32)
   last = table.size - 1
 
   def schedule(count):

@@ -513,6 +513,25 @@ def add_decayed_weights(weight_decay: Any, mask: Any, method: str) -> Any:
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def check_per_example(tree: Any, params: Any, what: str, method: str) -> None:
+  """``tree`` is not shaped like ``params`` itself: a mean gradient where per-example ones go.
+
+  Per-example gradients have one more (leading batch) axis than the params on every leaf,
+  so a tree whose leaves have exactly the params' shapes is a mean (or single-example)
+  gradient; read as a batch, its first axis would be averaged away or broadcast. The
+  shapes after the batch axis are :func:`check_like`'s to compare.
+  """
+  if jax.tree.structure(tree) != jax.tree.structure(params):
+    return  # check_like names the structures
+  leaves = jax.tree.leaves(tree)
+  if leaves and all(jnp.shape(a) == jnp.shape(b) for a, b in zip(leaves, jax.tree.leaves(params))):
+    raise ValueError(
+      f"{method}: {what} (per example) must be per-example gradients with a leading batch "
+      f"axis (params' shapes after it), but every leaf of {what} has the params' shape: a "
+      "mean gradient? Compute them with jax.vmap(jax.grad(loss), in_axes=(None, 0))."
+    )
+
+
 def guard(tx: Any, method: str, *, per_example: bool = False) -> Any:
   """Wraps a transformation so that ``init``/``update`` check their arguments at trace time.
 
@@ -536,6 +555,8 @@ def guard(tx: Any, method: str, *, per_example: bool = False) -> Any:
       what = "updates (per example)"
     if params is not None:
       check_floating(params, "params", method)
+      if per_example:
+        check_per_example(updates, params, "updates", method)
       check_like(like, params, what, "params", method)
     # Without params the updates stand in for them: the state must fit init either way.
     expected = jax.eval_shape(tx.init, like if params is None else params)

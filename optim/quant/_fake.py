@@ -40,26 +40,54 @@ def _check_axis(axis: Any, ndim: int, where: str) -> int | None:
   return axis % ndim
 
 
+def _fold(extent, qmax, dtype):
+  r"""1, or :math:`2^{-32}` where the grid's extent would overflow or its scale be too large.
+
+  ``extent`` is :math:`\max|x|` (symmetric) or :math:`\max - \min` (asymmetric, inf when
+  it overflows). XLA divides by multiplying with the reciprocal, which flushes to zero for
+  a scale above :math:`\approx 2^{126}` in float32, so a scale that large would quantize
+  everything to 0: the grid is then built for :math:`2^{-32}x` (exact, as any power of 2)
+  and the dequantized values scaled back. Below the threshold (every range that is not
+  near the dtype's largest value) the fold is 1 and every product with it exact.
+  """
+  info = jnp.finfo(dtype)
+  limit = min(2.0 ** (info.maxexp - 28) * qmax, float(info.max))
+  ok = jnp.isfinite(extent) & (extent <= limit)
+  return jnp.where(ok, 1.0, 2.0**-32).astype(dtype)
+
+
 def _grid(x: jax.Array, bits: int, symmetric: bool, axis: int | None):
-  """``(scale, zero_point, qmin, qmax)`` of the uniform grid, broadcastable against ``x``."""
+  r"""``(wide, scale, zero, qmin, qmax, fold)`` of the grid, broadcastable against ``x``.
+
+  The range is taken over the finite entries only, and ``wide`` is ``x`` clipped to it
+  (so ``±inf`` lands on the grid's ends, NaN stays NaN), then multiplied by ``fold``
+  (:func:`_fold`); the caller divides the dequantized values by ``fold``.
+  """
   reduce = None if axis is None else tuple(i for i in range(x.ndim) if i != axis)
   wide = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  finite = jnp.where(jnp.isfinite(wide), wide, jnp.zeros((), wide.dtype))
   if symmetric:
     qmax = 2 ** (bits - 1) - 1
-    amax = jnp.max(jnp.abs(wide), axis=reduce, keepdims=True)
-    scale = amax / qmax
+    amax = jnp.max(jnp.abs(finite), axis=reduce, keepdims=True)
+    fold = _fold(amax, qmax, wide.dtype)
+    wide = jnp.clip(wide, -amax, amax) * fold
+    scale = (amax * fold) / qmax
     zero = jnp.zeros_like(scale)
     qmin = -qmax
   else:
-    qmin, qmax = 0, 2**bits - 1
+    # A float: 2**32 - 1 does not fit the int32 a Python int becomes (bits=32 raised).
+    qmin, qmax = 0, float(2**bits - 1)
     # The range always contains 0 so that zero (padding, pruned weights) is exact.
-    lo = jnp.minimum(jnp.min(wide, axis=reduce, keepdims=True), 0.0)
-    hi = jnp.maximum(jnp.max(wide, axis=reduce, keepdims=True), 0.0)
+    lo = jnp.minimum(jnp.min(finite, axis=reduce, keepdims=True), 0.0)
+    hi = jnp.maximum(jnp.max(finite, axis=reduce, keepdims=True), 0.0)
+    fold = _fold(hi - lo, qmax, wide.dtype)
+    wide = jnp.clip(wide, lo, hi) * fold
+    lo, hi = lo * fold, hi * fold
     scale = (hi - lo) / qmax
     zero = jnp.round(-lo / jnp.where(scale > 0, scale, 1.0))
   # An all-zero channel has scale 0: any positive scale represents it exactly.
   scale = jnp.where(scale > 0, scale, jnp.ones_like(scale))
-  return wide, scale, zero, qmin, qmax
+  return wide, scale, zero, qmin, qmax, fold
 
 
 def fake_quant(
@@ -85,6 +113,14 @@ def fake_quant(
   gradient is masked. An all-zero tensor or channel is returned exactly (scale 0 is
   replaced by 1). ``Q`` is idempotent: a tensor already on its grid is returned unchanged
   (up to one rounding of the scale).
+
+  Non-finite and extreme entries: the range (:math:`\\max|x|`, or :math:`\\min` and
+  :math:`\\max`) is taken over the finite entries of the tensor or channel, so one bad
+  entry never changes the others. ``±inf`` is clipped to that range (it lands on the
+  grid's end; the range always contains 0, so an all-inf channel gives 0) and NaN stays NaN
+  where it is; both get gradient 0. A range near the dtype's largest value (finite input
+  up to ``±finfo.max``, where :math:`\\max - \\min` overflows) is quantized exactly as
+  :math:`2^{32} Q(2^{-32} x)`, and a grid point past ``finfo(x.dtype).max`` saturates there.
 
   Args:
     x: a floating-point array.
@@ -123,10 +159,15 @@ def fake_quant(
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def _fake_quant(x: jax.Array, bits: int, symmetric: bool, axis: int | None) -> jax.Array:
-  wide, scale, zero, qmin, qmax = _grid(x, bits, symmetric, axis)
+  wide, scale, zero, qmin, qmax, fold = _grid(x, bits, symmetric, axis)
   q = jnp.clip(jnp.round(wide / scale) + zero, qmin, qmax)
-  deq = ((q - zero) * scale).astype(x.dtype)
-  return x + jax.lax.stop_gradient(deq - x)
+  # A grid end past the dtype's largest value (rounding at the top of the range, or a range
+  # folded by 1/2) saturates there instead of turning into inf.
+  top = jnp.finfo(x.dtype).max
+  deq = jnp.clip((q - zero) * scale / fold, -top, top).astype(x.dtype)
+  # Straight through where x is finite; a non-finite entry's output is its clipped value
+  # (x + (deq - x) would be inf - inf there), with gradient 0.
+  return jnp.where(jnp.isfinite(x), x + jax.lax.stop_gradient(deq - x), jax.lax.stop_gradient(deq))
 
 
 def _leaf_axis(axis: int | None, leaf: jax.Array) -> int | None:

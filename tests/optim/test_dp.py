@@ -106,8 +106,9 @@ def test_noise_std_is_sigma_times_clip_over_batch(which):
   else:
     tx = optim.scale_by_dice_sgd(c, 2 * c, sigma, key=7)
   update = jax.jit(tx.update)
-  u1, s = update(g, tx.init({"w": jnp.zeros(4000)}))
-  u2, _ = update(g, s)
+  params = {"w": jnp.zeros(4000)}
+  u1, s = update(g, tx.init(params), params)
+  u2, _ = update(g, s, params)
   std = float(jnp.std(u1["w"]))
   # 4000 samples: the sample std is within ~5% of the truth with overwhelming probability.
   np.testing.assert_allclose(std, sigma * c / b, rtol=0.05)
@@ -119,7 +120,8 @@ def test_same_key_gives_same_noise_and_int_seed_equals_typed_and_raw_keys():
   g = {"w": jnp.zeros((4, 10))}
   keys = (5, jax.random.key(5), jax.random.PRNGKey(5))
   txs = [optim.dp_sgd(0.1, 1.0, 1.0, key=k) for k in keys]
-  us = [tx.update(g, tx.init({"w": jnp.zeros(10)}))[0] for tx in txs]
+  params = {"w": jnp.zeros(10)}
+  us = [tx.update(g, tx.init(params), params)[0] for tx in txs]
   chex.assert_trees_all_equal(*us)
   assert float(jnp.std(us[0]["w"])) > 0
 
@@ -127,7 +129,8 @@ def test_same_key_gives_same_noise_and_int_seed_equals_typed_and_raw_keys():
 def test_scalar_leaf_without_batch_axis_is_a_clear_error():
   tx = optim.dp_sgd(0.1, 1.0, 0.0)
   with pytest.raises(ValueError, match="batch axis"):
-    tx.update({"w": jnp.ones((4, 2)), "s": jnp.float32(1.0)}, tx.init(None))
+    params = {"w": jnp.ones(2), "s": jnp.float32(1.0)}
+    tx.update({"w": jnp.ones((4, 2)), "s": jnp.float32(1.0)}, tx.init(params), params)
 
 
 def test_inconsistent_batch_sizes_are_a_clear_error():
@@ -212,7 +215,8 @@ def test_key_is_keyword_only_and_checked_at_construction():
 def test_nan_gradient_propagates_to_the_update_as_documented(which):
   g = {"w": jnp.array([[1.0, jnp.nan], [0.5, 0.5]])}
   tx = optim.dp_sgd(0.1, 1.0, 0.0) if which == "dp_sgd" else optim.dice_sgd(0.1, 1.0, 1.0, 0.0)
-  u, _ = tx.update(g, tx.init({"w": jnp.zeros(2)}))
+  params = {"w": jnp.zeros(2)}
+  u, _ = tx.update(g, tx.init(params), params)
   assert bool(jnp.all(jnp.isnan(u["w"])))
 
 
