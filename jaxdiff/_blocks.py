@@ -21,7 +21,7 @@ A feature cache also needs each block as its gated residual branches
 
 :class:`jaxdiff.models.DigitDenoiser` implements both. A parameterization wrapper
 (:func:`jaxdiff.from_v`, ...) exposes its network as ``.net``; :func:`block_network` looks
-there too.
+there too, through every wrapper that leaves the blocks alone (:mod:`jaxdiff._wrappers`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import jax
+
+from jaxdiff._wrappers import inner, opaque, through_blocks
 
 Array = jax.Array
 
@@ -70,10 +72,12 @@ def _has_interface(net, branches: bool) -> bool:
 def find_block_network(denoise, *, branches: bool = False):
   """The network with the block interface behind ``denoise``, or ``None``.
 
-  ``denoise`` itself, or the ``net`` of a parameterization wrapper; with
+  ``denoise`` itself, or the network inside the wrappers around it that leave its blocks
+  alone (a parameterization's ``net``; :func:`jaxdiff._wrappers.through_blocks`), never
+  through a wrapper that runs the blocks itself (block skipping, early exit); with
   ``branches=True`` every block must also expose ``residual_branches``.
   """
-  for net in (denoise, getattr(denoise, "net", None)):
+  for net in through_blocks(denoise):
     if _has_interface(net, branches):
       return net
   return None
@@ -92,6 +96,12 @@ def block_network(denoise, *, who: str, branches: bool = False):
   """
   net = find_block_network(denoise, branches=branches)
   if net is None:
+    stop = opaque(denoise)
+    if stop is not None and find_block_network(inner(stop), branches=branches) is not None:
+      raise TypeError(
+        f"{who}: {type(stop).__name__} runs its network's blocks itself (it skips or exits "
+        f"early), so {who} cannot run them through it; apply {who} to the network inside"
+      )
     need = " (each block with residual_branches(c))" if branches else ""
     raise TypeError(
       f"{who}: the network has no block interface: it needs encode(x, t, cond) -> "

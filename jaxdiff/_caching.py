@@ -29,6 +29,7 @@ from jaxdiff._blocks import block_network, branch_block_fn, run_blocks
 from jaxdiff._module import module, setfield, static
 from jaxdiff._parameterization import Wrapped
 from jaxdiff._validation import check_choice, check_scalar
+from jaxdiff._wrappers import through_blocks
 
 Array = jax.Array
 
@@ -70,11 +71,20 @@ def _features(net, x, t, cond, perturb) -> list:
 
 
 def _output(denoise, net, out, x, t):
-  """The network output as the denoiser's (through its parameterization wrapper)."""
-  inner = getattr(denoise, "__wrapped__", denoise)
-  if inner is net:
-    return out.astype(x.dtype)
-  return Wrapped(lambda *_, **__: out, inner.schedule, inner.prediction)(x, t)
+  """The network output as the denoiser's: through each wrapper between them, innermost
+  first (a parameterization's ``blocks_output``; a user's ``.net`` wrapper with
+  ``schedule`` and ``prediction`` as :class:`Wrapped` converts)."""
+  layers = []
+  for obj in through_blocks(getattr(denoise, "__wrapped__", denoise)):
+    if obj is net:
+      break
+    layers.append(obj)
+  for layer in reversed(layers):
+    convert = getattr(layer, "blocks_output", None)
+    if convert is None and hasattr(layer, "prediction"):
+      convert = Wrapped(layer, layer.schedule, layer.prediction).blocks_output
+    out = out if convert is None else convert(out, x, t)
+  return out.astype(x.dtype)
 
 
 @jax.tree_util.register_static

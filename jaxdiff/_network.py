@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiff._module import module, replace, static
+from jaxdiff._wrappers import wrapper
 
 Array = jax.Array
 
@@ -61,6 +62,7 @@ class NoCache:
     return {}
 
 
+@wrapper(inner="fn", blocks=True)
 @module
 class Network:
   """A denoiser with explicit call state (see the module docstring).

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.signal import convolve
 
-from jaxdiff._validation import as_key, check_finite, check_scalar
+from jaxdiff._validation import as_key, check_finite, check_output, check_scalar
 
 Array = jax.Array
 
@@ -44,9 +44,11 @@ class Operator:
 
   ``op(x)`` maps a batch ``(B, *in_shape) -> (B, *out_shape)``, ``op.T(y)`` back; a batch
   of the wrong per-example shape raises a ``ValueError`` naming the operator (no silent
-  broadcast); an integer or bool batch is promoted to the default float dtype (a floating
-  one keeps its dtype). Operators are static objects (equality is identity), so a rule
-  built from one compiles :func:`jaxdiff.sample` once.
+  broadcast), and so does a ``forward`` or ``transpose_fn`` of one's own whose output is
+  not one array of the declared per-example shape (checked at trace time); an integer or
+  bool batch is promoted to the default float dtype (a floating one keeps its dtype).
+  Operators are static objects (equality is identity), so a rule built from one compiles
+  :func:`jaxdiff.sample` once.
 
   Attributes:
     name: what the operator is, for messages and tables.
@@ -62,21 +64,25 @@ class Operator:
   in_shape: tuple[int, ...]
   out_shape: tuple[int, ...]
 
-  def _batched(self, fn, v, shape, what):
+  def _batched(self, fn, v, shape, what, out_shape, fn_name):
     v = jnp.asarray(v)
     if v.ndim != len(shape) + 1 or v.shape[1:] != shape:
       raise ValueError(f"{self.name}: {what} must have shape (B, *{shape}), got {v.shape}")
     if not jnp.issubdtype(v.dtype, jnp.inexact):
       # Casting the operator to an integer batch's dtype would truncate it (A x = 0).
       v = v.astype(jnp.result_type(float))
-    return jax.vmap(fn)(v)
+    # A user's forward/transpose: one example in, one example of the declared shape out.
+    out = jax.vmap(fn)(v)
+    return check_output(out, shape=(v.shape[0], *out_shape), name=fn_name, where=self.name)
 
   def __call__(self, x) -> Array:
-    return self._batched(self.forward, x, self.in_shape, "x")
+    return self._batched(self.forward, x, self.in_shape, "x", self.out_shape, "forward(x)")
 
   def transpose(self, y) -> Array:
     """``A^T y`` for a batch of measurements ``(B, *out_shape)``."""
-    return self._batched(self.transpose_fn, y, self.out_shape, "y")
+    return self._batched(
+      self.transpose_fn, y, self.out_shape, "y", self.in_shape, "transpose_fn(y)"
+    )
 
   @property
   def T(self) -> Callable[[Array], Array]:  # noqa: N802 - the matrix convention

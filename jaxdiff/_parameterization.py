@@ -29,13 +29,21 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxdiff._validation import check_choice, renamed_kwargs
+from jaxdiff._validation import check_choice, check_output, renamed_kwargs
+from jaxdiff._wrappers import wrapper
 
 Array = jax.Array
 
 PREDICTIONS = ("x0", "eps", "v", "score", "velocity")
+# The factory of each prediction's wrapper, for messages.
+_NAMES = {
+  "x0": "from_x0",
+  "eps": "from_eps",
+  "v": "from_v",
+  "score": "Wrapped(prediction='score')",
+  "velocity": "from_flow",
+}
 KINDS = PREDICTIONS  # deprecated alias (the vocabulary's name is ``prediction``)
 
 
@@ -130,6 +138,7 @@ def convert(value: Array, x: Array, alpha: Array, sigma: Array, *, src: str, dst
   return _from_x0(_to_x0(value, x, alpha, sigma, src), x, alpha, sigma, dst)
 
 
+@wrapper(inner="net", blocks=True)
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True, eq=False)
 class Wrapped:
@@ -138,10 +147,12 @@ class Wrapped:
   ``prediction`` is one of :data:`PREDICTIONS`; the spellings ``Wrapped(..., kind=...)`` and
   ``Wrapped.kind`` are deprecated (one release, ``DeprecationWarning``).
 
-  The wrapper forwards what the network declares: ``num_classes`` (the label range check
-  of :func:`jaxdiff.sample`), and ``stats_names`` with ``with_stats`` (the counters a
-  network reports per call, e.g. an early-exit network's blocks), so an error or a count
-  the bare network gives is the one the wrapped network gives.
+  The wrapper forwards what the network declares (:mod:`jaxdiff._wrappers`: ``num_classes``,
+  the label range check of :func:`jaxdiff.sample`, and ``check_grid``), its block interface
+  (a feature cache runs ``net``'s blocks and converts their output with
+  :meth:`blocks_output`), and ``stats_names`` with ``with_stats`` (the counters a network
+  reports per call, e.g. an early-exit network's blocks), so an error or a count the bare
+  network gives is the one the wrapped network gives.
   """
 
   net: Any
@@ -162,11 +173,6 @@ class Wrapped:
     return self.prediction
 
   @property
-  def num_classes(self):
-    """The network's ``num_classes`` (``None`` if it declares none)."""
-    return getattr(self.net, "num_classes", None)
-
-  @property
   def stats_names(self) -> tuple:
     """The counters the network reports per call (``()`` if none)."""
     return tuple(getattr(self.net, "stats_names", ()))
@@ -179,11 +185,15 @@ class Wrapped:
   def __call__(self, x, t, cond=None, **kwargs):
     return self._to_x0(self.net(x, t, cond, **kwargs), x, t)
 
+  def blocks_output(self, out, x, t):
+    """The denoiser's output from the network's output ``out`` (run block by block)."""
+    return self._to_x0(out, x, t)
+
   def _to_x0(self, out, x, t):
-    if not isinstance(out, (jax.Array, np.ndarray)):
-      raise TypeError(f"net(x, t, cond) must return one array, got {type(out).__name__}")
-    if out.shape != x.shape:
-      raise ValueError(f"net(x, t, cond) output shape {out.shape} does not match x shape {x.shape}")
+    # Any floating dtype: the conversion runs in it and casts to x's (a bf16 network).
+    check_output(
+      out, like=x, dtype="floating", name="net(x, t, cond)", where=_NAMES[self.prediction]
+    )
     t = jnp.asarray(t)
     expand = (slice(None),) + (None,) * (x.ndim - 1) if t.ndim == 1 else ()
     alpha = self.schedule.alpha(t)[expand].astype(x.dtype)

@@ -13,7 +13,13 @@ from jaxdiff._grids import Grid, validate_grid
 from jaxdiff._operators import Operator, check_operator
 from jaxdiff._parameterization import eps_from_x0
 from jaxdiff._sampling import _box, _unbox
-from jaxdiff._validation import as_key, check_choice, check_scalar
+from jaxdiff._validation import (
+  as_key,
+  check_batch,
+  check_choice,
+  check_output,
+  check_scalar,
+)
 
 Array = jax.Array
 
@@ -82,7 +88,11 @@ def red_diff(
     variant: the weighting, see above.
     optimizer: an ``optax.GradientTransformation`` (then ``learning_rate`` is unused).
     init: initial mean ``(B, *operator.in_shape)``; default :math:`A^\top y`.
-    cond: passed to ``denoise``.
+    cond: passed to ``denoise``; batch-first like ``y`` (or ``None``).
+
+  The denoiser's output is checked when the loop is traced, as :func:`jaxdiff.sample`
+  checks it: one array of ``x``'s shape and dtype (an error naming ``denoise``, never a
+  broadcast into the residual).
 
   Returns:
     A :class:`RedDiffResult` ``(x, nfe, loss)``.
@@ -121,6 +131,7 @@ def red_diff(
       f"red_diff: init must have shape {(y.shape[0], *operator.in_shape)} (one per "
       f"measurement), got {mu0.shape}"
     )
+  check_batch(cond, y.shape[0], name="cond", like_name="y", where="red_diff")
   parts = _box((denoise, operator, optimizer, variant))
   return _red_diff_jit(parts, y, mu0, ts, as_key(key), jnp.asarray(lam), cond)
 
@@ -150,6 +161,7 @@ def _red_diff_jit(parts, y, mu0, ts, key, lam, cond):
     eps = jax.random.normal(jax.random.fold_in(key, i), mu.shape, mu.dtype)
     x_t = alpha * mu + sigma * eps
     x0 = denoise(x_t, jnp.full((mu.shape[0],), ts.t[i]), cond)
+    check_output(x0, like=x_t, name="denoise(x, t, cond)", where="red_diff")
     resid = jax.lax.stop_gradient(eps_from_x0(x_t, x0, alpha, sigma) - eps)
 
     def loss(m):

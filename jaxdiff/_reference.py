@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiff._parameterization import eps_from_x0
+from jaxdiff._validation import check_output
 
 
 def probability_flow_reference(
@@ -66,6 +67,7 @@ def probability_flow_reference(
     a, da = jax.jvp(schedule.alpha, (t,), (ones,))
     s, ds = jax.jvp(schedule.sigma, (t,), (ones,))
     x0 = denoise(x, jnp.full((x.shape[0],), t), cond)
+    check_output(x0, like=x, name="denoise(x, t, cond)", where="probability_flow_reference")
     return da * x0 + ds * eps_from_x0(x, x0, a, s)
 
   sol = diffrax.diffeqsolve(

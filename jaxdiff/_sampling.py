@@ -18,7 +18,8 @@ from jaxdiff._network import Network, NoCache
 from jaxdiff._solvers._base import Solver
 from jaxdiff._timeshift import NoShift, Shift
 from jaxdiff._types import Conditional, GuidanceRule, Prediction, StepContext
-from jaxdiff._validation import as_key, check_flag, check_labels
+from jaxdiff._validation import as_key, check_batch, check_flag, check_labels, check_output
+from jaxdiff._wrappers import wrapper
 
 Array = jax.Array
 
@@ -115,6 +116,12 @@ def _check_addons(guidance, corrector, time_shift, cache, ts, denoise, solver) -
   time_shift.check_solver(solver)
   if all(not isinstance(v, jax.core.Tracer) for v in ts):
     time_shift.check_grid(ts)
+  # Components built for one grid check it (the guidance rule; a denoiser or the network
+  # inside its wrappers, which forward check_grid: jaxdiff._wrappers).
+  guidance.check_grid(ts)
+  check_grid = getattr(denoise, "check_grid", None)
+  if callable(check_grid):
+    check_grid(ts)
 
 
 def _check_inputs(denoise, solver, x_T, ts, cond, guidance, return_trajectory):
@@ -142,14 +149,7 @@ def _check_inputs(denoise, solver, x_T, ts, cond, guidance, return_trajectory):
     raise TypeError(f"x_T must be floating point, got {x_T.dtype}")
   if x_T.size == 0:
     raise ValueError(f"x_T must hold at least one sample of non-zero size, got shape {x_T.shape}")
-  batch = x_T.shape[0]
-  for path, leaf in jax.tree_util.tree_leaves_with_path(cond):
-    shape = jnp.shape(leaf)
-    if len(shape) < 1 or shape[0] != batch:
-      raise ValueError(
-        f"cond{jax.tree_util.keystr(path)} must be batch-first with leading size {batch} "
-        f"(like x_T), got shape {shape}"
-      )
+  check_batch(cond, x_T.shape[0], name="cond", like_name="x_T")
   # The denoiser and the guidance rule may each declare num_classes (jaxdiff._types).
   for num_classes in (
     getattr(denoise, "num_classes", None),
@@ -159,6 +159,7 @@ def _check_inputs(denoise, solver, x_T, ts, cond, guidance, return_trajectory):
       check_labels("cond", cond, num_classes, allow_null=True)
 
 
+@wrapper(inner="_denoise", blocks=True)
 class _Checked:
   """``denoise`` wrapped so that every call's output is checked against its ``x`` (trace time)."""
 
@@ -171,17 +172,7 @@ class _Checked:
 
   @staticmethod
   def check_output(out, x) -> None:
-    if not isinstance(out, jax.Array):
-      raise TypeError(
-        f"denoise(x, t, cond) must return one array shaped like x {tuple(x.shape)}, got "
-        f"{type(out).__name__}"
-        + ("" if jax.tree_util.treedef_is_leaf(jax.tree.structure(out)) else " (a pytree)")
-      )
-    if out.shape != x.shape or out.dtype != x.dtype:
-      raise ValueError(
-        f"denoise(x, t, cond) must return x's shape and dtype {tuple(x.shape)} {x.dtype} "
-        f"(no broadcasting), got {tuple(out.shape)} {out.dtype}"
-      )
+    check_output(out, like=x, name="denoise(x, t, cond)")
 
   def __call__(self, x, t, cond=None, **kwargs):
     out = self._denoise(x, t, cond, **kwargs)

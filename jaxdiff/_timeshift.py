@@ -160,15 +160,40 @@ class TimeShift(Shift):
     return self.window > 0
 
   def check_grid(self, grid: Grid) -> None:
-    """Raises ``ValueError`` if the window exceeds the (concrete) grid's steps or ``t`` rises."""
+    """Raises ``ValueError`` if the window exceeds the (concrete) grid's steps, ``t`` rises,
+    or the grid was built with another schedule than the rule's.
+
+    A grid carries its schedule's ``alpha(t)`` and ``sigma(t)``: the rule's schedule must
+    give the same values at the grid's times (to the grid dtype's rounding; an appended
+    ``sigma = 0`` point is not compared), or the matched times would be another
+    schedule's.
+    """
     t = np.asarray(grid.t, np.float64)
     if not (np.diff(t) < 0).all():
       raise ValueError("time_shift needs a grid whose t strictly decreases (noise decreasing)")
+    self._check_schedule(grid)
     if self.window > self.resolution * grid.num_steps:
       raise ValueError(
         f"time_shift window {self.window} is larger than the grid ({grid.num_steps} steps "
         f"of resolution {self.resolution})"
       )
+
+  def _check_schedule(self, grid: Grid) -> None:
+    t = jnp.asarray(grid.t)
+    keep = np.asarray(grid.sigma) > 0  # an appended denoise-to-zero point is the grid's own
+    tol = max(1e-5, 4 * float(jnp.finfo(t.dtype).eps))
+    for name, values in (("alpha", grid.alpha), ("sigma", grid.sigma)):
+      mine = np.asarray(getattr(self.schedule, name)(t), np.float64)[keep]
+      theirs = np.asarray(values, np.float64)[keep]
+      bad = ~np.isclose(mine, theirs, rtol=tol, atol=tol)
+      if bad.any():
+        i = int(np.flatnonzero(keep)[np.argmax(bad)])
+        raise ValueError(
+          f"time_shift was built for another schedule than the grid ts: at ts.t[{i}] = "
+          f"{float(t[i]):.6g} the grid has {name} = {float(values[i]):.6g} but the rule's "
+          f"{type(self.schedule).__name__} gives {float(getattr(self.schedule, name)(t[i])):.6g}; "
+          "build time_shift(schedule, ...) with the schedule of the grid"
+        )
 
   def shifted_context(self, x: Array, ctx: StepContext, grid: Grid):
     """``(ctx_s, moved)``: the per-sample evaluation context and where it moved off the grid."""
@@ -255,7 +280,9 @@ def time_shift(
   r"""The Time-Shift rule for :func:`jaxdiff.sample`'s ``time_shift=`` (see :class:`TimeShift`).
 
   Args:
-    schedule: the schedule the grid was built with (candidate times' alpha and sigma).
+    schedule: the schedule the grid was built with (candidate times' alpha and sigma);
+      :func:`jaxdiff.sample` raises before compiling when the grid's ``alpha``/``sigma``
+      are another schedule's.
     window: half-width ``w >= 0`` of the search, in steps of the fine table (``0``: off,
       the base sampler bit for bit). At most ``resolution``.
     cutoff: shift only while the grid time is above this (schedule units; the official

@@ -19,7 +19,9 @@ the null label ``-1`` (unconditional), else a ``ValueError`` naming ``cond``. La
 are traced (``sample`` inside the user's ``jit``) cannot be checked; a denoiser that
 declares ``num_classes`` must then poison (NaN) the rows with invalid labels, as
 :class:`jaxdiff.testing.GMMDenoiser` does, via
-``jaxdiff._validation.check_labels``'s validity mask.
+``jaxdiff._validation.check_labels``'s validity mask. Every wrapper of a network
+(parameterizations, block skipping, early exit) forwards what the network declares
+(:mod:`jaxdiff._wrappers`), so the check is the same through any stack of wrappers.
 """
 
 from __future__ import annotations
@@ -98,7 +100,9 @@ class GuidanceRule:
     Calls inside the rule's own ``lax.cond`` go through :meth:`Network.cond` and are
     not counted here;
   * ``num_classes`` (optional): a rule that indexes class labels declares how many there
-    are, so :func:`jaxdiff.sample` range-checks concrete ``cond`` before compiling.
+    are, so :func:`jaxdiff.sample` range-checks concrete ``cond`` before compiling;
+  * ``check_grid(grid)`` (optional): a rule built for one grid (LinearAG's per-step
+    coefficients) raises when :func:`jaxdiff.sample` runs it on another, before compiling.
 
   :meth:`apply` is the same step for a plain denoiser, returning the number of
   evaluations instead of the network: what a user calls by hand.
@@ -139,6 +143,10 @@ class GuidanceRule:
   def init(self, x_T: Array, cond: PyTree) -> PyTree:
     del x_T, cond
     return ()
+
+  def check_grid(self, grid) -> None:
+    """Raises if the rule cannot serve ``grid`` (every grid, unless a rule says otherwise)."""
+    del grid
 
   def guide(self, net, x: Array, cond: PyTree, ctx: StepContext, state: PyTree):
     raise NotImplementedError

@@ -3,9 +3,11 @@
 Both packages share one API and one message style (see ``optim._validation``): scalar
 hyperparameters through :func:`check_scalar`, options through :func:`check_choice`, keys
 through :func:`as_key` (typed key, raw key or int seed), renamed keywords through
-:func:`renamed_kwargs`, class labels through :func:`check_labels` / :func:`poison`, and
-data that must be finite (measurements, the exact posterior's ``A`` and ``y``, a
-mixture's parameters) through :func:`check_finite`.
+:func:`renamed_kwargs`, class labels through :func:`check_labels` / :func:`poison`, the
+outputs of a user's callables through :func:`check_output`, per-example arguments
+against their batch through :func:`check_batch`, and data that must be finite
+(measurements, the exact posterior's ``A`` and ``y``, a mixture's parameters) through
+:func:`check_finite`.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ import numpy as np
 
 from optim._validation import (
   MISSING,
+  OutputDtypeError,
   as_key,
+  check_batch,
   check_choice,
   check_flag,
   check_labels,
+  check_output,
   check_scalar,
   concrete,
   import_extra,
@@ -31,7 +36,9 @@ from optim._validation import (
 
 __all__ = [
   "MISSING",
+  "OutputDtypeError",
   "as_key",
+  "check_batch",
   "check_choice",
   "check_finite",
   "check_flag",
@@ -42,6 +49,7 @@ __all__ = [
   "poison",
   "renamed_kwargs",
   "check_labels",
+  "check_output",
   "static_equal",
   "warn_default",
 ]

@@ -17,6 +17,10 @@ names the argument at fault:
 - :func:`check_labels` / :func:`poison`: the one label policy (concrete labels out of
   range raise; traced ones poison the outputs that depend on them with NaN).
 - :func:`require_fn` / :func:`require_params` for the extra arguments of ``update``.
+- :func:`check_output`: the one check of what a user's callable returns (a denoiser,
+  model, classifier, operator, fitness or objective), at trace time: one array shaped
+  (and typed) like a reference, or a real scalar; :func:`check_batch` for per-example
+  arguments against their batch (labels against data).
 - :func:`guard` for the ``init``/``update`` arguments of every optimizer.
 - :func:`import_extra` for the optional dependencies of the ``demo`` extra (matplotlib,
   tqdm, scikit-learn): imported where they are used, never when a package is imported.
@@ -267,11 +271,182 @@ def require_fn(extra: dict, name: str, method: str, signature: str) -> Callable:
   return fn
 
 
+class OutputDtypeError(TypeError, ValueError):
+  """A callable returned an array of the wrong dtype (:func:`check_output`).
+
+  A ``TypeError`` (the package's error for dtypes) that is also a ``ValueError``: the
+  error ``jaxdiff.sample`` raised for a wrong-dtype denoiser output before the check was
+  shared, so code that catches either keeps working.
+  """
+
+
+_KINDS = {"floating": "real floating-point", "real": "real (integer or floating-point)"}
+
+
+def _out_dtype(out):
+  if isinstance(out, (bool, np.bool_)):
+    return np.dtype(bool)
+  if isinstance(out, (int, float, complex)):
+    return np.result_type(out)
+  return getattr(out, "dtype", None)
+
+
+def _shape_of(out) -> tuple:
+  return tuple(out.shape) if hasattr(out, "shape") else tuple(np.shape(out))
+
+
+def _dtype_ok(dt, want) -> bool:
+  if want == "floating":
+    return jnp.issubdtype(dt, jnp.floating)
+  if want == "real":
+    return dt != np.bool_ and (jnp.issubdtype(dt, jnp.floating) or jnp.issubdtype(dt, jnp.integer))
+  return dt == jnp.dtype(want)
+
+
+def _dtype_text(want) -> str:
+  return _KINDS[want] if isinstance(want, str) else str(jnp.dtype(want))
+
+
+def check_output(
+  out: Any,
+  *,
+  like: Any = None,
+  shape: tuple | None = None,
+  dtype: Any = None,
+  scalar: bool = False,
+  name: str = "the function",
+  where: str = "",
+  like_name: str = "x",
+  what: str = "",
+  hint: str = "",
+) -> Any:
+  """The output of a user's callable is what the caller needs; returns ``out`` unchanged.
+
+  The one output check of both packages, run at trace time (it reads only shapes and
+  dtypes, so it costs nothing once compiled): every public function that calls a user's
+  denoiser, model, classifier, measurement operator, fitness or objective passes its
+  output here before using it, so a wrong output is an error naming the callable, never
+  a silent broadcast or an error from deep inside JAX. Two forms:
+
+  * an array: ``out`` is one array (not a pytree, not a Python number) with the shape of
+    ``like`` (or ``shape``) exactly (no broadcasting) and the dtype of ``like`` (or
+    ``dtype``);
+  * a scalar (``scalar=True``): ``out`` has shape ``()`` (a 0-d array, a NumPy scalar or
+    a Python number) and a real floating-point dtype (or ``dtype``).
+
+  Args:
+    out: the callable's output (an array, a tracer, a shape struct or a Python number).
+    like: the reference array (or ``jax.ShapeDtypeStruct``) whose shape and dtype ``out``
+      must have.
+    shape: the required shape (overrides ``like``'s).
+    dtype: the required dtype (overrides ``like``'s): a dtype (exact match), or a kind:
+      ``"floating"`` (any floating-point dtype) or ``"real"`` (integer or floating point,
+      not bool). Default: ``like``'s dtype; ``"floating"`` for a scalar; any real dtype
+      for a ``shape`` alone.
+    scalar: require a scalar (see above).
+    name: the callable as the user knows it, e.g. ``"denoise(x, t, cond)"``.
+    where: the public function that called it (the message's prefix).
+    like_name: what ``like`` is, for the message (``"x"``).
+    what: what the output is, for the message of a scalar (``"loss"``).
+    hint: a last sentence of the message (how to fix it).
+
+  Raises:
+    TypeError: ``out`` is not one array (a pytree, ``None``, a Python number where an
+      array is needed), is not a scalar where one is needed, or has the wrong dtype (an
+      :class:`OutputDtypeError`, also a ``ValueError``).
+    ValueError: ``out`` has the wrong shape.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> x = jnp.ones((4, 2))
+    >>> check_output(x[:, :1], like=x, name="denoise(x, t, cond)")
+    Traceback (most recent call last):
+    ...
+    ValueError: denoise(x, t, cond) must return x's shape and dtype (4, 2) float32 (no broadcasting), got (4, 1) float32
+    >>> check_output(jnp.ones(3), scalar=True, name="fitness(t)", where="evolve_timesteps")
+    Traceback (most recent call last):
+    ...
+    TypeError: evolve_timesteps: fitness(t) must return a real floating-point scalar, got shape (3,)
+  """  # noqa: E501 - doctest output lines
+  at = f"{where}: " if where else ""
+  tail = f"; {hint}" if hint else ""
+  if scalar:
+    want = "floating" if dtype is None else dtype
+    expected = f"a {_dtype_text(want)} scalar" + (f" {what}" if what else "")
+    dt = _out_dtype(out)
+    if isinstance(out, (bool, np.bool_)) or dt is None:
+      got = "a bool" if dt is not None else type(out).__name__
+      if dt is None and not jax.tree_util.treedef_is_leaf(jax.tree.structure(out)):
+        got += " (a pytree)"
+      raise TypeError(f"{at}{name} must return {expected}, got {got}{tail}")
+    got_shape = _shape_of(out)
+    if got_shape != ():
+      raise TypeError(f"{at}{name} must return {expected}, got shape {got_shape}{tail}")
+    if not _dtype_ok(dt, want):
+      raise OutputDtypeError(f"{at}{name} must return {expected}, got dtype {dt}{tail}")
+    return out
+  if like is not None:
+    shape = tuple(like.shape) if shape is None else shape
+    dtype = like.dtype if dtype is None else dtype
+  want_shape = None if shape is None else tuple(shape)
+  desc = (
+    f" shaped like {like_name} {want_shape}"
+    if like is not None
+    else (f" of shape {want_shape}" if want_shape is not None else "")
+  )
+  if not (isinstance(out, (jax.Array, np.ndarray)) or isinstance(out, jax.ShapeDtypeStruct)):
+    pytree = not jax.tree_util.treedef_is_leaf(jax.tree.structure(out))
+    raise TypeError(
+      f"{at}{name} must return one array{desc}, got {type(out).__name__}"
+      + (" (a pytree)" if pytree else "")
+      + tail
+    )
+  got = f"{tuple(out.shape)} {out.dtype}"
+  if like is not None and not isinstance(dtype, str):
+    expected = f"{like_name}'s shape and dtype {want_shape} {jnp.dtype(dtype)}"
+  elif dtype is not None:
+    expected = f"a {_dtype_text(dtype)} array{desc}"
+  else:
+    expected = f"shape {want_shape}"
+  msg = f"{at}{name} must return {expected} (no broadcasting), got {got}{tail}"
+  if want_shape is not None and tuple(out.shape) != want_shape:
+    raise ValueError(msg)
+  if dtype is not None and not _dtype_ok(out.dtype, dtype):
+    raise OutputDtypeError(msg)
+  if dtype is None and not _dtype_ok(out.dtype, "real") and out.dtype != np.bool_:
+    raise OutputDtypeError(f"{at}{name} must return a real array{desc}, got {got}{tail}")
+  return out
+
+
+def check_batch(tree: Any, batch: int, *, name: str, like_name: str, where: str = "") -> None:
+  """Every leaf of ``tree`` is batch-first with leading size ``batch`` (``None`` passes).
+
+  The one check of per-example arguments against the batch they go with (labels against
+  data, ``cond`` against ``x_T``): a scalar label or a batch of another size would
+  broadcast over the batch or fail deep inside the model.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> check_batch(jnp.array(3), 4, name="y", like_name="x0", where="early_exit_loss")
+    Traceback (most recent call last):
+    ...
+    ValueError: early_exit_loss: y must be batch-first with leading size 4 (like x0), got shape ()
+  """
+  at = f"{where}: " if where else ""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    leaf_shape = jnp.shape(leaf)
+    if len(leaf_shape) < 1 or leaf_shape[0] != batch:
+      raise ValueError(
+        f"{at}{name}{jax.tree_util.keystr(path)} must be batch-first with leading size "
+        f"{batch} (like {like_name}), got shape {leaf_shape}"
+      )
+
+
 def check_objective(fn: Callable, args: tuple, name: str, method: str, signature: str) -> None:
   """``fn(*args)`` (traced only, by ``jax.eval_shape``) is a real floating-point scalar.
 
   Names the extra argument (``obj_fn``, ``sampled_obj_fn``) instead of letting the error come
-  from deep inside a Hessian-vector product.
+  from deep inside a Hessian-vector product (:func:`check_output` with ``scalar=True``).
   """
   try:
     out = jax.eval_shape(fn, *args)
@@ -281,17 +456,15 @@ def check_objective(fn: Callable, args: tuple, name: str, method: str, signature
     raise TypeError(
       f"{method}: {name} must be a function {signature}; calling it failed: {err}"
     ) from err
-  shape, dtype = getattr(out, "shape", jax.tree.structure(out)), getattr(out, "dtype", None)
-  if shape != ():
-    raise TypeError(
-      f"{method}: {name} must return a real floating-point scalar loss ({signature}), got "
-      f"shape {shape}; reduce the loss (e.g. take its mean over the batch) first"
-    )
-  if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-    raise TypeError(
-      f"{method}: {name} must return a real floating-point scalar loss ({signature}), got "
-      f"dtype {dtype}"
-    )
+  reduce = "reduce the loss (e.g. take its mean over the batch) first"
+  check_output(
+    out,
+    scalar=True,
+    name=name,
+    where=method,
+    what=f"loss ({signature})",
+    hint=reduce if hasattr(out, "shape") and _shape_of(out) != () else "",
+  )
 
 
 def check_dtype(name: str, dtype: Any) -> Any:

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from jaxdiff._search._grid import Table
-from jaxdiff._validation import check_scalar
+from jaxdiff._validation import check_output, check_scalar
 
 
 class Genome(NamedTuple):
@@ -46,6 +46,21 @@ class Evolved(NamedTuple):
   fitness: float
   history: np.ndarray
   evaluations: int
+
+
+def fitness_value(out, name: str, where: str) -> float:
+  """A fitness call's value as a float: a real scalar (a Python number, a NumPy scalar or a
+  0-d array), else an error naming the fitness (never a conversion error from inside).
+  Non-finite values pass: the searches rank them last (documented in each)."""
+  check_output(
+    out,
+    scalar=True,
+    dtype="real",
+    name=name,
+    where=where,
+    hint="lower is better: one number per candidate",
+  )
+  return float(out)
 
 
 def check_evolution(num_steps, population, generations, top_k, mutation_prob, resolution, t0, t1):

@@ -21,6 +21,7 @@ import optax
 from jaxdiff._grids import Grid, timesteps_from
 from jaxdiff._search._files import read_object, records, times
 from jaxdiff._search._grid import Table, numpy_rng, repair, uniform
+from jaxdiff._search._population import fitness_value
 from jaxdiff._solvers._usf import DERIVATIVES, PREDICTIONS, USF, StepChoice, usf, usf_steps
 from jaxdiff._validation import as_key, check_choice, check_flag, check_scalar
 
@@ -227,7 +228,8 @@ def s3_search(
   3. returns the best truly evaluated schedule.
 
   Args:
-    fitness: ``fitness(schedule) -> float``, lower is better (e.g. the error against
+    fitness: ``fitness(schedule) -> float`` (a real scalar, else an error naming
+      ``fitness``; a non-finite value ranks last), lower is better (e.g. the error against
       :func:`jaxdiff.testing.probability_flow_reference`, a sliced Wasserstein distance or
       a Fréchet distance). Jit it on ``(schedule.solver(), schedule.grid(...))``: the
       :class:`~jaxdiff.solvers.USF` decisions are array leaves, so every candidate reuses
@@ -305,7 +307,8 @@ def s3_search(
   evaluated: list = []  # (steps, idx, fitness)
 
   def evaluate(steps, idx) -> float:
-    val = float(fitness(SolverSchedule(steps, table.times(idx))))
+    val = fitness(SolverSchedule(steps, table.times(idx)))
+    val = fitness_value(val, "fitness(schedule)", "s3_search")
     val = val if math.isfinite(val) else math.inf
     evaluated.append((steps, idx, val))
     seen[(steps, tuple(idx))] = val

@@ -18,8 +18,9 @@ from jaxdiff._blocks import apply_blocks, block_network
 from jaxdiff._grids import Grid, timesteps_from
 from jaxdiff._search._files import block_mask, read_object, times
 from jaxdiff._search._grid import numpy_rng, random_grid, repair, uniform
-from jaxdiff._search._population import Genome, check_evolution, evolve
+from jaxdiff._search._population import Genome, check_evolution, evolve, fitness_value
 from jaxdiff._validation import check_choice, check_scalar, is_traced
+from jaxdiff._wrappers import wrapper
 
 
 def _check_masks(mask, t, depth: int):
@@ -41,6 +42,7 @@ def _check_masks(mask, t, depth: int):
   return mask, t
 
 
+@wrapper(inner="net", blocks=False)
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True, eq=False)
 class SkipBlocks:
@@ -67,6 +69,11 @@ class SkipBlocks:
     it, so the saving is real under ``jit`` (under ``vmap`` with a batched ``t`` both
     branches run); XLA compiles a ``cond`` branch on its own, so the all-``True`` mask
     equals ``net`` only to rounding (a few ulp).
+
+  It forwards what ``net`` declares (``num_classes``; :mod:`jaxdiff._wrappers`) but not its
+  block interface (it runs the blocks itself: a feature cache of it is an error, never a
+  cache that ignores the mask), and it checks the grid it is sampled on
+  (:meth:`check_grid`).
 
   Attributes:
     net: the network (e.g. :class:`jaxdiff.models.DigitDenoiser`).
@@ -96,6 +103,27 @@ class SkipBlocks:
   mask: Any
   t: Any
   variant: str = dataclasses.field(metadata={"static": True}, default="select")
+
+  def check_grid(self, grid) -> None:
+    """Raises ``ValueError`` unless ``grid`` is the one the mask was built for: one step per
+    mask row (a shape, always checked) and, when both are concrete, the times ``t``."""
+    n = int(jnp.shape(self.mask)[0])
+    if grid.num_steps != n:
+      raise ValueError(
+        f"skip_blocks: the mask has one row per step of a {n}-step grid, but the grid ts has "
+        f"{grid.num_steps} steps; sample on timesteps_from(schedule, t) of the mask's t"
+      )
+    if is_traced(self.t) or is_traced(grid.t):
+      return
+    mine, theirs = np.asarray(self.t, np.float64), np.asarray(grid.t, np.float64)
+    tol = max(1e-5, 4 * float(jnp.finfo(jnp.asarray(grid.t).dtype).eps))
+    bad = ~np.isclose(theirs, mine, rtol=tol, atol=tol)
+    if bad.any():
+      i = int(np.argmax(bad))
+      raise ValueError(
+        f"skip_blocks: the grid ts is not the mask's grid: ts.t[{i}] = {theirs[i]:.6g} but the "
+        f"mask's t[{i}] = {mine[i]:.6g}; sample on timesteps_from(schedule, t) of the mask's t"
+      )
 
   def __call__(self, x, t, cond=None, *, perturb=None):
     net = self.net
@@ -300,7 +328,8 @@ def evolve_skips(
   with its result (``initial``) chains the two.
 
   Args:
-    fitness: ``fitness(schedule) -> float``, lower is better (e.g. a Fréchet distance of
+    fitness: ``fitness(schedule) -> float`` (a real scalar, else an error naming
+      ``fitness``; a non-finite value ranks last), lower is better (e.g. a Fréchet distance of
       samples drawn with ``schedule.denoiser_net(net)`` on ``schedule.grid(sched)``; jit it
       on the mask and times: they are array leaves, one compilation serves every candidate).
     t_start, t_end: the fixed first and last times (``t_start > t_end``).
@@ -355,7 +384,8 @@ def evolve_skips(
     for idx, mask in cands:
       k = (tuple(idx), mask.tobytes())
       if k not in seen:
-        val = float(fitness(SkipSchedule(table.times(idx), mask.copy())))
+        val = fitness(SkipSchedule(table.times(idx), mask.copy()))
+        val = fitness_value(val, "fitness(schedule)", "evolve_skips")
         seen[k] = val if math.isfinite(val) else math.inf
       out.append(seen[k])
     return np.asarray(out), len(seen) - n_seen

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff._search._grid import numpy_rng, random_grid, repair, uniform
-from jaxdiff._search._population import Genome, check_evolution, evolve
+from jaxdiff._search._population import Genome, check_evolution, evolve, fitness_value
+from jaxdiff._validation import check_output
 
 Array = jax.Array
 
@@ -61,7 +62,9 @@ def evolve_timesteps(
 
   Args:
     fitness: ``fitness(t) -> scalar`` for one ``(N + 1,)`` grid of times (``batched=True``:
-      ``fitness(ts) -> (P,)`` for a ``(P, N + 1)`` population, e.g. a ``jax.vmap``).
+      ``fitness(ts) -> (P,)`` for a ``(P, N + 1)`` population, e.g. a ``jax.vmap``): a
+      real scalar (one real ``(P,)`` array), else an error naming ``fitness``; a
+      non-finite value ranks last.
     t_start, t_end: the fixed first and last times (schedule units, ``t_start > t_end``).
     num_steps: ``N >= 1`` steps of the searched grid.
     key: PRNG key (typed key, raw key or int seed) for the evolution.
@@ -107,9 +110,15 @@ def evolve_timesteps(
   def score(pop: list[np.ndarray]) -> tuple[np.ndarray, int]:
     ts = np.stack([table.times(p) for p in pop])
     if batched:
-      vals = np.asarray(fitness(jnp.asarray(ts)), np.float64).reshape(len(pop))
+      out = fitness(jnp.asarray(ts))
+      name = "fitness(ts) (batched=True)"
+      check_output(out, shape=(len(pop),), dtype="real", name=name, where="evolve_timesteps")
+      vals = np.asarray(out, np.float64)
     else:
-      vals = np.array([float(fitness(jnp.asarray(t))) for t in ts])
+      name = "fitness(t)"
+      vals = np.array(
+        [fitness_value(fitness(jnp.asarray(t)), name, "evolve_timesteps") for t in ts]
+      )
     return np.where(np.isfinite(vals), vals, np.inf), len(pop)
 
   def crossover(rng, a, b):

@@ -19,7 +19,14 @@ import jax.numpy as jnp
 
 from jaxdiff._parameterization import PREDICTIONS, _floor, _to_x0
 from jaxdiff._training._samplers import _check_schedule, uniform
-from jaxdiff._validation import as_key, check_choice, check_flag, check_scalar
+from jaxdiff._validation import (
+  as_key,
+  check_batch,
+  check_choice,
+  check_flag,
+  check_output,
+  check_scalar,
+)
 
 Array = jax.Array
 
@@ -110,11 +117,37 @@ def step_variation_penalty(fn: Callable[[Array], Array], eps: Array, *, key, tar
   eps = jnp.asarray(eps)
   d = math.prod(eps.shape[1:])
   out, vjp = jax.vjp(fn, eps)
+  check_output(
+    out, like=eps, dtype="floating", name="fn(eps)", where="step_variation_penalty", like_name="eps"
+  )
   y = jax.random.normal(as_key(key), out.shape, out.dtype) / math.sqrt(d)
   (g,) = vjp(y)
   lengths = jnp.sqrt(jnp.sum(g.reshape(g.shape[0], -1) ** 2, axis=1))
   a = jax.lax.stop_gradient(jnp.mean(lengths)) if target is None else target
   return jnp.mean((lengths - a) ** 2), lengths
+
+
+def _check_data(x0, name: str) -> Array:
+  """The training data: a floating array with a leading batch axis."""
+  if not hasattr(x0, "shape") or not hasattr(x0, "dtype"):
+    raise TypeError(f"denoising_loss: {name} must be a floating (B, ...) array, got {x0!r}")
+  x0 = jnp.asarray(x0)
+  if x0.ndim < 1 or not jnp.issubdtype(x0.dtype, jnp.floating):
+    raise TypeError(
+      f"denoising_loss: {name} must be a floating (B, ...) array, got {x0.dtype}{x0.shape}"
+    )
+  return x0
+
+
+def _check_pairs(x0) -> None:
+  """``coupled=True``: ``x0`` holds reflow pairs ``(B, 2, *data_shape)``."""
+  if x0.ndim < 3 or x0.shape[1] != 2:
+    raise ValueError(
+      "denoising_loss: coupled=True needs x0 of paired data, shape (B, 2, *data_shape) "
+      "with at least one data axis: x0[:, 0] the samples and x0[:, 1] the noise each was "
+      f"drawn from (training.reflow_pairs); got shape {x0.shape} (unpaired data? use "
+      "coupled=False)"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +178,11 @@ class DenoisingLoss:
       return None
     if callable(self.weighting):
       w = self.weighting(self.schedule.logsnr(t))
+      name, where = "weighting(logsnr)", "denoising_loss"
+      if jnp.ndim(w) == 0:  # one weight for every example
+        check_output(w, scalar=True, dtype="real", name=name, where=where, what="or (B,) weight")
+      else:
+        check_output(w, shape=t.shape, dtype="real", name=name, where=where)
       w = _expand(jnp.asarray(w, a.dtype), a.ndim)
     else:
       w = _x0_weight(self.weighting, a, s, self.min_snr_gamma)
@@ -161,28 +199,57 @@ class DenoisingLoss:
   def per_example(self, model, x0, eps, t, y) -> Array:
     """The loss of each example at given noise ``eps`` and times ``t`` ``(B,)``, no label
     dropout and no smoothness term (for measurements: per-group loss, convergence)."""
+    x0 = _check_data(x0, "x0")
+    check_output(jnp.asarray(eps), like=x0, name="eps", where="denoising_loss.per_example")
+    t = jnp.asarray(t)
+    check_output(
+      t, shape=x0.shape[:1], dtype="floating", name="t", where="denoising_loss.per_example"
+    )
+    check_batch(y, x0.shape[0], name="y", like_name="x0", where="denoising_loss")
     return self._terms(model, x0, eps, t, y)[0]
+
+  @staticmethod
+  def _model(model, xt, t, y):
+    """``model(x_t, t, y)``, checked: one floating array shaped like ``x_t``."""
+    return check_output(
+      model(xt, t, y),
+      like=xt,
+      dtype="floating",
+      name="model(x, t, y)",
+      where="denoising_loss",
+      like_name="x_t",
+    )
 
   def _terms(self, model, x0, eps, t, y):
     a, s = self._scales(t, x0.ndim)
     xt = a * x0 + s * eps
-    out = model(xt, t, y)
+    out = self._model(model, xt, t, y)
     d = self._distance(out - _target(x0, eps, a, s, self.prediction))
     if self.perceptual is not None:
       x0_hat = _to_x0(out, xt, a, s, self.prediction)
-      f_hat, f = self.perceptual(x0_hat), jax.lax.stop_gradient(self.perceptual(x0))
+      f = jax.lax.stop_gradient(self.perceptual(x0))
+      name = "perceptual(x)"
+      check_output(f, dtype="floating", shape=jnp.shape(f), name=name, where="denoising_loss")
+      check_batch(f, x0.shape[0], name=name, like_name="x0", where="denoising_loss")
+      f_hat = check_output(self.perceptual(x0_hat), like=f, name=name, where="denoising_loss")
       d = d + jnp.mean((f_hat - f).reshape(f.shape[0], -1) ** 2, axis=1)
     w = self._weight(t, a, s)
     return (d if w is None else w * d), xt, (a, s)
 
   def __call__(self, model, x0, y, key, *, step=None) -> Array:
+    x0 = _check_data(x0, "x0")
     if self.coupled:  # reflow: x0 holds (data, noise) pairs
+      _check_pairs(x0)
       x0, eps_pair = x0[:, 0], x0[:, 1]
     keys = jax.random.split(as_key(key), 4 if self.smoothness else 3)
     kt, ke, kd = keys[0], keys[1], keys[2]
     b = x0.shape[0]
+    check_batch(y, b, name="y", like_name="x0", where="denoising_loss")
     t = self.timesteps(
       kt, (b,), t_min=float(self.schedule.t_min), t_max=float(self.schedule.t_max), step=step
+    )
+    check_output(
+      t, shape=(b,), dtype="floating", name="timesteps(key, shape)", where="denoising_loss"
     )
     eps = eps_pair if self.coupled else jax.random.normal(ke, x0.shape, x0.dtype)
     if self.label_dropout:
@@ -195,7 +262,7 @@ class DenoisingLoss:
       # The plain objective as one mean over every element (the demo's weights are
       # bit-identical to the hand-written loss this replaced).
       a, s = self._scales(t, x0.ndim)
-      out = model(a * x0 + s * eps, t, y)
+      out = self._model(model, a * x0 + s * eps, t, y)
       loss = jnp.mean((out - _target(x0, eps, a, s, self.prediction)) ** 2)
     else:
       loss = jnp.mean(self._terms(model, x0, eps, t, y)[0])
@@ -204,7 +271,7 @@ class DenoisingLoss:
 
       def x0_of_eps(e):
         xt = a * x0 + s * e
-        return _to_x0(model(xt, t, y), xt, a, s, self.prediction)
+        return _to_x0(self._model(model, xt, t, y), xt, a, s, self.prediction)
 
       penalty, _ = step_variation_penalty(x0_of_eps, eps, key=keys[3])
       loss = loss + self.smoothness * penalty
@@ -250,8 +317,17 @@ def denoising_loss(
   Smooth Diffusion's regularizer (:func:`step_variation_penalty`) with that weight.
 
   Labels are dropped to ``null_label`` with probability ``label_dropout`` (classifier-free
-  guidance training). With ``coupled=True`` the data are reflow pairs ``(B, 2, ...)``:
-  ``[:, 0]`` the sample, ``[:, 1]`` its noise (:func:`reflow_pairs`).
+  guidance training). With ``coupled=True`` the data are *paired*: reflow pairs of shape
+  ``(B, 2, *data_shape)`` with at least one data axis, ``[:, 0]`` the sample and ``[:, 1]``
+  the noise it was drawn from (:func:`reflow_pairs`); any other shape raises (an unpaired
+  batch would be split into data and noise along its second axis).
+
+  What the loss calls is checked when it is traced (an error names the callable, never a
+  broadcast): ``model`` returns one floating array shaped like ``x_t``, the timestep
+  sampler a floating ``(B,)`` array, a callable ``weighting`` a real ``(B,)`` or scalar
+  weight, ``perceptual`` batch-first floating features of one shape for data and
+  prediction; ``x0`` is a floating ``(B, ...)`` array and ``y`` is batch-first like it
+  (one label per example, ``None`` for an unconditional model).
 
   Args:
     schedule: a jaxdiff schedule (``t`` is drawn in ``[t_min, t_max]``).

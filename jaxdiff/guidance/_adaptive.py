@@ -242,6 +242,14 @@ class LinearAG(GuidanceRule):
     z = jnp.zeros(x_T.shape, x_T.dtype)
     return LinearAGState(z, z)
 
+  def check_grid(self, grid) -> None:
+    """The grid has the rule's number of steps (a shape: checked even for a traced grid)."""
+    if grid.num_steps != self.num_steps:
+      raise ValueError(
+        f"linear_ag: the coefficients were fitted for {self.num_steps} steps, but the grid "
+        f"ts has {grid.num_steps}; fit them on a grid of {grid.num_steps} steps"
+      )
+
   def _poison(self, x0):
     """Poisons ``x0`` where what was traced at construction is invalid (NaN or out of range
     hyperparameters, non-finite coefficients, an estimated step 0)."""

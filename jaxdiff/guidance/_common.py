@@ -36,7 +36,7 @@ import numpy as np
 
 from jaxdiff._parameterization import eps_from_x0
 from jaxdiff._types import StepContext
-from jaxdiff._validation import check_labels, check_scalar
+from jaxdiff._validation import check_labels, check_output, check_scalar
 
 Array = jax.Array
 PyTree = Any
@@ -150,13 +150,16 @@ def as_array(value, name: str) -> Array:
 
 
 def weak_output(weak_denoise, x: Array, t: Array, cond, like: Array, rule: str) -> Array:
-  """``weak_denoise(x, t, cond)`` in ``like``'s dtype; a different shape raises at trace time."""
-  out = weak_denoise(x, t, cond)
-  if jnp.shape(out) != like.shape:
-    raise ValueError(
-      f"{rule}: weak_denoise returned shape {jnp.shape(out)}, the denoiser {like.shape} "
-      "(it must predict x0 for the same batch)"
-    )
+  """``weak_denoise(x, t, cond)`` in ``like``'s dtype; another shape, a pytree or a
+  non-floating output raises at trace time (it must predict x0 for the same batch)."""
+  out = check_output(
+    weak_denoise(x, t, cond),
+    like=like,
+    dtype="floating",
+    name="weak_denoise(x, t, cond)",
+    where=rule,
+    like_name="the denoiser's output",
+  )
   return jnp.asarray(out).astype(like.dtype)
 
 
@@ -241,11 +244,14 @@ def labels(cond, num_classes: int, name: str) -> tuple[Array, Array, Array]:
 
 
 def logits(classifier_fn, inputs, b: int, num_classes: int, name: str) -> Array:
-  """``classifier_fn(*inputs)``, checked to be ``(B, num_classes)`` at trace time."""
-  out = classifier_fn(*inputs)
-  if jnp.shape(out) != (b, num_classes):
-    raise ValueError(
-      f"{name}: the classifier must return logits of shape (B, num_classes) = "
-      f"({b}, {num_classes}), got {jnp.shape(out)}."
-    )
-  return out
+  """``classifier_fn(*inputs)``, checked to be floating logits ``(B, num_classes)`` at trace
+  time (integer logits would have a zero gradient: no guidance, silently)."""
+  call = "classifier_fn(x0)" if len(inputs) == 1 else "classifier_fn(x, t)"
+  return check_output(
+    classifier_fn(*inputs),
+    shape=(b, num_classes),
+    dtype="floating",
+    name=call,
+    where=name,
+    hint=f"logits of shape (B, num_classes) = ({b}, {num_classes})",
+  )

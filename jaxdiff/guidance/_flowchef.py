@@ -11,7 +11,7 @@ from jax import lax
 
 from jaxdiff._module import module, setfield, static
 from jaxdiff._types import GuidanceRule, Prediction
-from jaxdiff._validation import check_choice, check_flag
+from jaxdiff._validation import check_choice, check_flag, check_output
 from jaxdiff.guidance._common import batch_t, hypers, poison
 
 Array = jax.Array
@@ -55,12 +55,14 @@ class FlowChef(GuidanceRule):
     x0, net = net(x, batch_t(ctx, x), cond)
 
     def total(z):
-      losses = self.loss_fn(z, cond)
-      if jnp.shape(losses) != (x.shape[0],):
-        raise ValueError(
-          f"flowchef: loss_fn must return one loss per sample, shape ({x.shape[0]},), "
-          f"got {jnp.shape(losses)}"
-        )
+      losses = check_output(
+        self.loss_fn(z, cond),
+        shape=(x.shape[0],),
+        dtype="floating",
+        name="loss_fn(x0, cond)",
+        where="flowchef",
+        hint="one loss per sample",
+      )
       return jnp.sum(losses)
 
     g = jax.grad(total)(lax.stop_gradient(x0)).astype(x0.dtype)

@@ -11,7 +11,7 @@ import numpy as np
 
 from jaxdiff._module import module, setfield, static
 from jaxdiff._types import GuidanceRule, Prediction
-from jaxdiff._validation import as_key, check_finite, check_scalar
+from jaxdiff._validation import as_key, check_batch, check_finite, check_output, check_scalar
 from jaxdiff.guidance._common import (
   batch_t,
   check_classifier,
@@ -44,10 +44,11 @@ def minority_score(denoise, schedule, x0, t=0.5, *, key, num_draws: int = 1, con
     t: the re-noising time (the paper perturbs to an intermediate time).
     key: PRNG key of the noise draws.
     num_draws: noise draws averaged per sample (static, ``>= 1``).
-    cond: passed to ``denoise``.
+    cond: passed to ``denoise``; batch-first like ``x0`` (or ``None``).
 
   Returns:
-    ``(B,)`` minority scores.
+    ``(B,)`` minority scores. The denoiser's output must have ``x``'s shape and dtype
+    (checked when traced, as :func:`jaxdiff.sample` checks it).
 
   Example:
     >>> import jax.numpy as jnp
@@ -68,13 +69,16 @@ def minority_score(denoise, schedule, x0, t=0.5, *, key, num_draws: int = 1, con
   check_finite("minority_score: x0", x0)
   x0 = jnp.asarray(x0)
   b = x0.shape[0]
+  check_batch(cond, b, name="cond", like_name="x0", where="minority_score")
   tt = jnp.full((b,), t, x0.dtype)
   alpha = schedule.alpha(tt).reshape((b,) + (1,) * (x0.ndim - 1))
   sigma = schedule.sigma(tt).reshape((b,) + (1,) * (x0.ndim - 1))
 
   def one(k):
     eps = jax.random.normal(k, x0.shape, x0.dtype)
-    x0_hat = denoise(alpha * x0 + sigma * eps, tt, cond)
+    x_t = alpha * x0 + sigma * eps
+    x0_hat = denoise(x_t, tt, cond)
+    check_output(x0_hat, like=x_t, name="denoise(x, t, cond)", where="minority_score")
     return jnp.mean((x0 - x0_hat).reshape(b, -1) ** 2, axis=1)
 
   return jnp.mean(jax.lax.map(one, jax.random.split(as_key(key), num_draws)), axis=0)

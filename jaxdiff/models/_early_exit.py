@@ -13,7 +13,8 @@ from flax import nnx
 
 from jaxdiff._blocks import apply_blocks
 from jaxdiff._training._loss import _target
-from jaxdiff._validation import as_key, check_choice, check_scalar
+from jaxdiff._validation import as_key, check_batch, check_choice, check_output, check_scalar
+from jaxdiff._wrappers import wrapper
 from jaxdiff.models._nets import DigitDenoiser
 
 Array = jax.Array
@@ -125,6 +126,7 @@ class ExitOutputs(NamedTuple):
   uncertainty: Array
 
 
+@wrapper(inner="net", blocks=False)
 class EarlyExit(nnx.Module):
   """A :class:`~jaxdiff.models.DigitDenoiser` that stops after the first confident block
   (DeeDiff).
@@ -146,7 +148,10 @@ class EarlyExit(nnx.Module):
   ``threshold = 0`` never exits (``u > 0``): the output is the wrapped network's,
   bit for bit. ``threshold = 1`` exits at the first exit whenever ``u < 1``. The threshold
   is a state :class:`ExitThreshold` leaf, so jitted callers (``jaxdiff.sample`` on
-  ``jaxdiff.from_v(model, schedule)``) do not retrace for a new threshold.
+  ``jaxdiff.from_v(model, schedule)``) do not retrace for a new threshold. It forwards what
+  ``net`` declares (``num_classes``: :func:`jaxdiff.sample` range-checks labels, also through
+  a parameterization wrapper; :mod:`jaxdiff._wrappers`) but not its block interface: it runs
+  the blocks itself, so a feature cache or block skipping of it is an error.
 
   Args:
     net: the denoiser.
@@ -187,7 +192,6 @@ class EarlyExit(nnx.Module):
     check_scalar("EarlyExit: threshold", threshold, lo=0.0, hi=1.0)
     self.net = net
     self.heads = heads
-    self.num_classes = net.num_classes  # lets jaxdiff.sample range-check labels
     self.threshold = ExitThreshold(jnp.asarray(threshold, jnp.float32))
 
   def apply(
@@ -242,6 +246,30 @@ class EarlyExit(nnx.Module):
     return ExitOutputs(net.readout(h, c, valid, x), jnp.stack(exits), jnp.stack(us))
 
 
+def _check_outputs(o, target: Array) -> ExitOutputs:
+  """``model.outputs``: the full output shaped like the target, ``K`` exits and ``(K, B)``
+  uncertainties (trace time; no broadcasting into the loss)."""
+  name, where = "model.outputs(x, t, cond)", "early_exit_loss"
+  if not isinstance(o, tuple) or len(o) != 3:
+    raise TypeError(
+      f"{where}: {name} must return ExitOutputs(out, exits, uncertainty), got {type(o).__name__}"
+    )
+  o = ExitOutputs(*o)
+  check_output(o.out, like=target, dtype="floating", name=f"{name}.out", where=where)
+  k = jnp.shape(o.exits)[0] if jnp.ndim(o.exits) else 0
+  check_output(
+    o.exits, shape=(k, *target.shape), dtype="floating", name=f"{name}.exits", where=where
+  )
+  check_output(
+    o.uncertainty,
+    shape=(k, target.shape[0]),
+    dtype="floating",
+    name=f"{name}.uncertainty",
+    where=where,
+  )
+  return o
+
+
 def early_exit_loss(
   schedule,
   *,
@@ -282,6 +310,11 @@ def early_exit_loss(
   uses ``stop_gradient(u_k)`` (the UEM is trained by ``L_u`` alone); ``"pseudo"`` uses the
   pseudo label ``hat u_k``, as the public reproduction (Gallo et al. 2024) does.
 
+  The loss checks when it is traced that ``y`` holds one label per example of ``x0`` (a
+  single label for the batch raises: it would broadcast) and that ``model.outputs`` returns
+  the output, ``K`` exits and ``(K, B)`` uncertainties of the target's shape (errors name
+  the output at fault).
+
   Args:
     schedule: the noise schedule the network was trained on.
     prediction: what the network predicts (``"x0"``, ``"eps"``, ``"v"``, ``"velocity"``).
@@ -316,8 +349,16 @@ def early_exit_loss(
   t_min, t_max = float(schedule.t_min), float(schedule.t_max)
 
   def loss(model: EarlyExit, x0: Array, y: Array, key) -> Array:
+    if not callable(getattr(model, "outputs", None)):
+      raise TypeError(
+        "early_exit_loss: model must be an EarlyExit (with outputs(x, t, cond)), got "
+        f"{type(model).__name__}"
+      )
+    if not hasattr(x0, "dtype") or jnp.ndim(x0) < 1 or not jnp.issubdtype(x0.dtype, jnp.floating):
+      raise TypeError(f"early_exit_loss: x0 must be a floating (B, ...) array, got {x0!r}")
     kt, ke, kd = jax.random.split(as_key(key), 3)
     b, ndim = x0.shape[0], x0.ndim
+    check_batch(y, b, name="y", like_name="x0 (one label per example)", where="early_exit_loss")
     t = jax.random.uniform(kt, (b,), minval=t_min, maxval=t_max)
     eps = jax.random.normal(ke, x0.shape, x0.dtype)
     if label_dropout:
@@ -325,7 +366,7 @@ def early_exit_loss(
     expand = (slice(None),) + (None,) * (ndim - 1)
     a, s = schedule.alpha(t)[expand], schedule.sigma(t)[expand]
     target = _target(x0, eps, a, s, prediction)
-    o = model.outputs(a * x0 + s * eps, t, y, train_backbone=train_backbone)
+    o = _check_outputs(model.outputs(a * x0 + s * eps, t, y, train_backbone=train_backbone), target)
     pixels = tuple(range(2, o.exits.ndim))
     err = o.exits - target[None]
     u_hat = jax.lax.stop_gradient(jnp.mean(jnp.tanh(jnp.abs(err)), axis=pixels))  # (K, B)

@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from jaxdiff._training._loss import denoising_loss
-from jaxdiff._validation import as_key, check_scalar, import_extra, renamed_kwargs
+from jaxdiff._validation import as_key, check_output, check_scalar, import_extra, renamed_kwargs
 from jaxdiff.models._checkpoints import verify_digests, write_digests
 from jaxdiff.models._checks import check_size
 from optim._tree import data_to_keys, keys_to_data
@@ -235,8 +235,18 @@ def _chunk_runner(
       def objective(p):
         model = nnx.merge(graphdef, p, rest)
         if takes_step:  # step-dependent losses (a curriculum's timestep sampler)
-          return loss_fn(model, x_all[idx], y_all[idx], step_key, step=step)
-        return loss_fn(model, x_all[idx], y_all[idx], step_key)
+          out = loss_fn(model, x_all[idx], y_all[idx], step_key, step=step)
+        else:
+          out = loss_fn(model, x_all[idx], y_all[idx], step_key)
+        hint = "reduce the loss (e.g. take its mean over the batch) first"
+        return check_output(
+          out,
+          scalar=True,
+          name="loss_fn(model, x, y, key)",
+          where="train",
+          what="loss",
+          hint=hint if jnp.ndim(out) else "",
+        )
 
       loss, grads = jax.value_and_grad(objective)(params)
       updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -360,8 +370,10 @@ def train(
 
   Args:
     model: an initialised nnx module (only its ``nnx.Param`` state is trained).
-    loss_fn: ``loss_fn(model, x, y, key) -> scalar``; a loss that takes a keyword
-      ``step`` (a :func:`jaxdiff.training.curriculum` sampler's) is called with the step.
+    loss_fn: ``loss_fn(model, x, y, key) -> scalar``, a real floating-point scalar (checked
+      when the chunk is traced: anything else is an error naming ``loss_fn``); a loss that
+      takes a keyword ``step`` (a :func:`jaxdiff.training.curriculum` sampler's) is called
+      with the step.
     optimizer: an optax transformation (``update`` receives ``params``).
     data: ``(x, y)`` arrays with a shared leading axis.
     steps: total number of training steps.

@@ -204,14 +204,20 @@ def test_weak_denoise_must_be_callable_and_predict_the_batch_shape(x64, batch):
     (guidance.autoguidance(weak, 2.0), "autoguidance"),
     (guidance.gfcg(clean_logits, 3, 1.0, cfg_scale=2.0, weak_denoise=weak), "gfcg"),
   ):
-    with pytest.raises(ValueError, match=f"{name}: weak_denoise returned shape"):
+    with pytest.raises(ValueError, match=rf"{name}: weak_denoise\(x, t, cond\) must return"):
       step(rule, gmm_denoise, x, cond, ctx())
 
 
-def test_linear_ag_with_a_traced_step_count_of_another_length_is_poisoned(x64, batch):
+def test_linear_ag_on_a_grid_of_another_length_raises_and_a_traced_count_is_poisoned(x64, batch):
   rule = guidance.linear_ag(2.0, jnp.zeros((3, 3)), jnp.zeros(3, bool))
-  x, _ = run(rule, batch)  # sample() runs 12 steps with a traced num_steps
-  assert np.isnan(np.asarray(x)).all()
+  # sample() knows the grid's length before compiling (a shape): it raises (issue 27).
+  with pytest.raises(ValueError, match="linear_ag: the coefficients were fitted for 3 steps"):
+    run(rule, batch)  # a 12-step grid
+  # A step count traced by the caller (apply inside jit) cannot raise: the output is NaN.
+  x_T, cond = batch
+  state = rule.init(x_T, cond)
+  apply = jax.jit(lambda n: rule.apply(gmm_denoise, x_T, cond, ctx(num_steps=n), state)[0].x0)
+  assert np.isnan(np.asarray(apply(12))).all()
 
 
 def test_linear_ag_rejects_bad_coefficients_and_estimate():

@@ -70,5 +70,5 @@ def test_eps_at_alpha_zero_stays_finite_and_bad_input_raises():
   with pytest.raises(ValueError, match="shape"):
     P.convert(jnp.ones(3), jnp.ones(2), 1.0, 1.0, src="eps", dst="x0")
   den = P.from_eps(lambda x, t, c: jnp.ones((1, 1)), schedules.flow())
-  with pytest.raises(ValueError, match=r"net\(x, t, cond\) output shape"):
+  with pytest.raises(ValueError, match=r"from_eps: net\(x, t, cond\) must return .*x \(2, 3\)"):
     den(jnp.ones((2, 3)), jnp.full((2,), 0.5), None)
