@@ -78,6 +78,9 @@ class DiffuseHigh(GuidanceRule):
   def num_classes(self):
     return getattr(self.rule, "num_classes", None)
 
+  def check_grid(self, grid) -> None:
+    self.rule.check_grid(grid)  # the wrapped rule's own grid check (e.g. LinearAG's steps)
+
   def init(self, x_T, cond):
     return self.rule.init(x_T, cond)
 

@@ -102,3 +102,16 @@ def test_bad_input_names_the_argument():
     ValueError, match=r"diffusehigh: reference must have the sample's shape \(3, 8, 8\)"
   ):
     rule.apply(lambda x, t, c: x, jnp.ones((3, 8, 8)), None, ctx(), ())
+
+
+def test_the_wrapped_rules_grid_check_is_kept():
+  # linear_ag fitted for 6 steps, wrapped, on a 4-step grid: the inner rule's error, not NaN.
+  sched = schedules.vp_cosine()
+  ts = schedules.timesteps(sched, 4)
+  inner = guidance.linear_ag(3.0, jnp.zeros((6, 3)), jnp.zeros(6, bool))
+  rule = guidance.diffusehigh(jnp.zeros((1, 8, 8)), rule=inner)
+  den = lambda x, t, c: 0.7 * x  # noqa: E731
+  with pytest.raises(ValueError, match="fitted for 6 steps"):
+    jaxdiff.sample(
+      den, solvers.ddim(), jnp.ones((2, 8, 8)), ts, key=0, guidance=rule, cond=jnp.zeros(2, int)
+    )
