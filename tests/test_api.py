@@ -46,6 +46,7 @@ MODULES = (
   "jaxdiff.schedules",
   "jaxdiff.search",
   "jaxdiff.metrics",
+  "jaxdiff.noise2score",
   "jaxdiff.parameterization",
   "jaxdiff.testing",
   "jaxdiff.training",
