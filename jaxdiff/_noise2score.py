@@ -41,9 +41,8 @@ def _operands(y, score) -> tuple[Array, Array]:
     raise ValueError(
       f"score must be broadcastable with y's shape {jnp.shape(y)}, got shape {jnp.shape(score)}"
     ) from None
-  dtype = jnp.result_type(y, score, jnp.float32 if not jax.config.jax_enable_x64 else float)
-  if not jnp.issubdtype(dtype, jnp.floating):
-    dtype = jnp.result_type(float)
+  # A weak Python float: integers promote to the default float, bf16/f32/f64 stay as they are.
+  dtype = jnp.result_type(y, score, 1.0)
   return jnp.asarray(y, dtype), jnp.asarray(score, dtype)
 
 

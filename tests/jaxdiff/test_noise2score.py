@@ -178,11 +178,25 @@ def test_tweedie_poisons_traced_entries_outside_the_domain(x64):
   assert np.isnan(grad[0]) and np.isfinite(grad[1])
 
 
-def test_tweedie_keeps_float32():
-  y = jnp.ones(3, jnp.float32)
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+def test_tweedie_keeps_the_dtype_of_its_inputs(dtype):
+  y = jnp.ones(3, dtype)
   for out in (
     noise2score.tweedie_gaussian(y, y, sigma=0.1),
     noise2score.tweedie_poisson(y, y, zeta=0.1),
     noise2score.tweedie_gamma(y, -y, k=10.0),
   ):
-    assert out.dtype == jnp.float32
+    assert out.dtype == dtype
+
+
+def test_tweedie_under_jit_and_vmap_equals_the_eager_value(x64):
+  y = jnp.linspace(0.2, 3.0, 12).reshape(4, 3)
+  s = -0.3 * y + 0.1
+  for fn in (
+    lambda y, s: noise2score.tweedie_gaussian(y, s, sigma=0.4),
+    lambda y, s: noise2score.tweedie_poisson(y, s, zeta=0.05),
+    lambda y, s: noise2score.tweedie_gamma(y, s, k=20.0),
+  ):
+    eager = fn(y, s)
+    np.testing.assert_allclose(jax.jit(fn)(y, s), eager, rtol=1e-15)
+    np.testing.assert_allclose(jax.vmap(fn)(y, s), eager, rtol=1e-15)
