@@ -30,6 +30,7 @@ MODULES = (
   "optim.data_scores",
   "optim.layers",
   "optim.layouts",
+  "optim.local",
   "optim.loops",
   "optim.losses",
   "optim.ot",
