@@ -1,5 +1,9 @@
 """optim.loops: functions that run a whole minimisation or training, not one step.
 
+:func:`boost_layer` builds a hidden layer by gradient boosting, one block of units at a
+time, each block fitted with an optax optimizer (-> :class:`BoostedLayer`, applied with
+its later blocks switched off or not by :func:`boosted_layer_apply`).
+
 Everything at ``optim``'s top level is one optax step (a ``GradientTransformation`` and
 its state) that the caller's loop drives. The functions here own the loop themselves:
 :func:`reg_newton_minimize` runs the gradient-regularized Newton method to a tolerance in
@@ -16,10 +20,14 @@ from optim._adadagrad import (
   augmented_inner_product_test,
   norm_test,
 )
+from optim._boost import BoostedLayer, boost_layer, boosted_layer_apply
 from optim._newton import RegNewtonResult, reg_newton_minimize
 
 __all__ = [
   "AdaptiveBatchResult",
+  "BoostedLayer",
+  "boost_layer",
+  "boosted_layer_apply",
   "BatchTest",
   "RegNewtonResult",
   "adaptive_batch_train",
