@@ -204,7 +204,7 @@ def boost_layer(
     blocks.append(p)
     losses.append(value)
   losses = jnp.stack(losses)
-  _check_finite(losses, "boost_layer", "pseudo-residual fit of block")
+  _check_finite(losses, "boost_layer", "pseudo-residual fit of block {i}")
   return BoostedLayer(
     w=jnp.stack([p["w"] for p in blocks], 1),
     b=jnp.stack([p["b"] for p in blocks]),

@@ -228,7 +228,7 @@ def noprop_dt_loss(
   kl = 0.5 * jnp.mean(a0 * jnp.sum(u**2, -1) - d * a0 - d * jnp.log1p(-a0))
   denoise_terms = jnp.stack(terms)
   loss = ce + kl + jnp.sum(denoise_terms)
-  _check_finite(loss[None], "noprop_dt_loss", "loss (index)")
+  _check_finite(loss, "noprop_dt_loss", "loss")
   return loss, {"denoise": denoise_terms, "cross_entropy": ce, "kl": kl}
 
 

@@ -218,12 +218,12 @@ def tpsgd_grads(
   grads.append(g)
   losses.append(loss)
   losses = jnp.stack(losses)
-  _check_finite(losses, _WHERE, "local loss of layer")
+  _check_finite(losses, _WHERE, "local loss of params[{i}]")
   if not is_traced(grads):
     for i, g in enumerate(grads):
       if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(g)):
         raise ValueError(
-          f"{_WHERE}: non-finite gradient of layer {i} (an infinite input or activation); "
+          f"{_WHERE}: non-finite gradient of params[{i}] (an infinite input or activation); "
           "check x and the parameters"
         )
   return grads, losses
@@ -287,12 +287,14 @@ def _check_layers(params, projections, x) -> int:
 
 
 def _check_finite(losses: jax.Array, where: str, what: str) -> None:
-  """Eagerly: a ValueError naming the first non-finite entry; traced: nothing."""
+  """Eagerly: a ValueError naming the first non-finite entry (``what`` formatted with its
+  index ``i``); traced: nothing."""
   if is_traced(losses):
     return
-  bad = np.flatnonzero(~np.isfinite(np.asarray(losses)))
+  values = np.atleast_1d(np.asarray(losses))
+  bad = np.flatnonzero(~np.isfinite(values))
   if bad.size:
     raise ValueError(
-      f"{where}: non-finite {what} {int(bad[0])} ({float(np.asarray(losses)[bad[0]])}); "
-      "check x, the parameters and the learning rate"
+      f"{where}: non-finite {what.format(i=int(bad[0]))} ({float(values[bad[0]])}); "
+      "check the inputs, the parameters and the learning rate"
     )
