@@ -251,10 +251,16 @@ def poison(out: jax.Array, valid: jax.Array) -> jax.Array:
   """``out`` with NaN in the rows (leading axis) where ``valid`` is false, value and gradient.
 
   A product with ``where(valid, 1, nan)`` rather than a ``where`` on ``out``: the gradient
-  of a ``where`` is zero on the unselected side, which would hide an invalid label.
+  of a ``where`` is zero on the unselected side, which would hide an invalid label. Plus
+  ``where(valid, -0.0, nan)``: under ``jit`` XLA folds a product of a select of constants
+  (``one_hot(labels) * c``) into a select that keeps the zeros, so the product alone can
+  lose the NaN; the sum cannot, and adding ``-0.0`` leaves every valid value bit for bit.
   """
   mask = valid.reshape(valid.shape + (1,) * (out.ndim - valid.ndim))
-  return out * jnp.where(mask, jnp.ones((), out.dtype), jnp.asarray(jnp.nan, out.dtype))
+  nan = jnp.asarray(jnp.nan, out.dtype)
+  return out * jnp.where(mask, jnp.ones((), out.dtype), nan) + jnp.where(
+    mask, jnp.asarray(-0.0, out.dtype), nan
+  )
 
 
 def require_fn(extra: dict, name: str, method: str, signature: str) -> Callable:
