@@ -4,7 +4,6 @@ from optim import (
   compander,
   curvature,
   data_scores,
-  layers,
   layouts,
   loops,
   losses,
@@ -108,7 +107,7 @@ __all__ = [
 
 # Moved for one release (docs/design.md, "API conventions"): the top level holds optax
 # transformations; whole loops live in optim.loops, helpers beside the method they serve.
-__getattr__ = moved_names(
+_moved = moved_names(
   __name__,
   {
     "reg_newton_minimize": "optim.loops.reg_newton_minimize",
@@ -126,3 +125,13 @@ __getattr__ = moved_names(
     "conv_spatial_axes": "optim.layouts.conv_spatial_axes",
   },
 )
+
+
+def __getattr__(name):
+  # optim.layers holds flax nnx layers: imported on first use, so `import optim` never
+  # imports flax (as `import jaxdiff` does not; jaxdiff.models is the same).
+  if name == "layers":
+    import importlib
+
+    return importlib.import_module("optim.layers")
+  return _moved(name)
