@@ -11,6 +11,12 @@ writes ``bench/results/wave2_newton_ot.json`` (``--quick``: a temporary file).
   digits, float64: iterations to ``||grad|| <= 1e-8`` and wall time as interleaved ratios.
 * SNS (Tang et al.) vs ott-jax's Sinkhorn on uniform point clouds, float64: iterations and
   wall time to the marginal error 1e-6 (the paper claims a large speed-up).
+* SNS's switch rule (issue 30): the default, the old fixed warm start and SNS's Sinkhorn
+  alone as ratios to ott-jax's Sinkhorn at epsilon 0.002, 0.005, 0.01, 0.05, n = 512
+  (``--only sns_switch``; the real timing wants an idle machine).
+
+``--only STUDY ...`` runs a subset (``hesso``, ``reg_newton``, ``sns``, ``sns_switch``) and
+writes ``bench/results/wave2_<studies>.json`` instead.
 """
 
 from __future__ import annotations
@@ -323,16 +329,122 @@ def _print_sns_row(r: dict) -> None:
       )
 
 
-def main(quick: bool) -> dict:
-  return {"hesso": hesso_study(quick), "reg_newton": newton_study(quick), "sns": sns_study(quick)}
+# -------------------------------------------------------------------------------------
+# SNS's switch rule vs ott-jax Sinkhorn across epsilon (issue 30).
+
+
+SWITCH_EPSILONS = (0.002, 0.005, 0.01, 0.05)
+
+
+def sns_switch_study(quick: bool) -> dict:
+  """Time to marginal error 1e-6 at n = 512 across epsilon: SNS's default (the switch rule),
+  the old fixed warm start N1 = 20, and SNS's own Sinkhorn alone, as ratios to ott-jax's
+  Sinkhorn (median over interleaved rounds of the per-round ratio). Goal: no ratio above
+  ~1.2 for the default, and the large gain at small epsilon kept."""
+  from ott.geometry import geometry
+  from ott.problems.linear import linear_problem
+  from ott.solvers.linear import sinkhorn
+
+  n, target = (128 if quick else 512), 1e-6
+  rounds = 2 if quick else 9
+  rows = []
+  print(
+    f"\nSNS switch rule vs ott-jax Sinkhorn, float64, n = {n} uniform points in [0,1]^2, "
+    f"to marginal error {target} ({rounds} interleaved rounds, median of per-round ratios)"
+  )
+  variants = {
+    "SNS default (switch rule)": {},
+    "SNS N1=20 (fixed warm start)": {"sinkhorn_num_iterations": 20},
+    "SNS Sinkhorn only": {"switch_threshold": float("inf"), "sinkhorn_max_iterations": 50000},
+  }
+  with jax.enable_x64(True):
+    x = jax.random.uniform(jax.random.key(n), (n, 2))
+    y = jax.random.uniform(jax.random.key(n + 1), (n, 2))
+    cost = sq_euclidean_cost(x, y)
+    marg = lambda p: float(jnp.abs(p.sum(1) - 1 / n).sum() + jnp.abs(p.sum(0) - 1 / n).sum())
+    for eps in SWITCH_EPSILONS:
+      ott_fn = jax.jit(
+        lambda c, eps=eps: sinkhorn.Sinkhorn(threshold=target, max_iterations=50000)(
+          linear_problem.LinearProblem(geometry.Geometry(cost_matrix=c, epsilon=eps))
+        )
+      )
+      ref = jax.block_until_ready(ott_fn(cost))
+      fns = {"ott-jax sinkhorn": lambda f=ott_fn: f(cost)}
+      row = {
+        "n": n,
+        "epsilon": eps,
+        "ott": {
+          "iterations": int(ref.n_iters),
+          "converged": bool(ref.converged),
+          "marginal_error": marg(ref.matrix),
+        },
+      }
+      for label, kw in variants.items():
+        fn = jax.jit(
+          lambda c, eps=eps, kw=kw: sinkhorn_newton_sparse(
+            c, epsilon=eps, tol=target, max_iterations=200, **kw
+          )
+        )
+        out = jax.block_until_ready(fn(cost))
+        errors = np.asarray(out.errors)
+        newton = int(out.n_iters)
+        row[label] = {
+          # errors holds one entry per Sinkhorn iteration, then the hand-over, then one
+          # per Newton-phase iteration; the rest is NaN.
+          "sinkhorn_iterations": int(np.isfinite(errors).sum()) - 1 - newton,
+          "newton_iterations": newton,
+          "converged": bool(out.converged),
+          "marginal_error": marg(out.plan),
+          "plan_max_abs_diff_vs_ott": float(jnp.abs(out.plan - ref.matrix).max()),
+        }
+        fns[label] = lambda f=fn: f(cost)
+      times = compare(fns, baseline="ott-jax sinkhorn", rounds=rounds)
+      row["ott"]["seconds"] = times["ott-jax sinkhorn"].seconds
+      for label in variants:
+        row[label]["seconds"] = times[label].seconds
+        row[label]["time_vs_ott"] = times[label].ratio
+        row[label]["time_vs_ott_min_max"] = times[label].ratio_min_max
+      rows.append(row)
+      o = row["ott"]
+      print(
+        f"  eps={eps}: ott {o['iterations']} iters, {o['seconds'] * 1e3:.1f} ms, "
+        f"err {o['marginal_error']:.1e}",
+        flush=True,
+      )
+      for label in variants:
+        m = row[label]
+        lo, hi = m["time_vs_ott_min_max"]
+        print(
+          f"    {label:30s} {m['sinkhorn_iterations']:5d} + {m['newton_iterations']:2d} Newton"
+          f"  {m['seconds'] * 1e3:8.1f} ms  x{m['time_vs_ott']:.2f} of ott [{lo:.2f}, {hi:.2f}]"
+          f"  converged {m['converged']}, err {m['marginal_error']:.1e}",
+          flush=True,
+        )
+  return {"rows": rows, "target": target, "rounds": rounds}
+
+
+STUDIES = {
+  "hesso": hesso_study,
+  "reg_newton": newton_study,
+  "sns": sns_study,
+  "sns_switch": sns_switch_study,
+}
+
+
+def main(quick: bool, only: list[str] | None = None) -> dict:
+  return {name: study(quick) for name, study in STUDIES.items() if not only or name in only}
 
 
 if __name__ == "__main__":
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds")
+  parser.add_argument(
+    "--only", nargs="+", choices=sorted(STUDIES), help="run these studies (default: all)"
+  )
   args = parser.parse_args()
-  result = main(args.quick)
-  path = output_path("wave2_newton_ot.json", args.quick)
+  result = main(args.quick, args.only)
+  name = "wave2_newton_ot.json" if not args.only else f"wave2_{'_'.join(args.only)}.json"
+  path = output_path(name, args.quick)
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(result, indent=2))
   print(f"\nwrote {path}")
