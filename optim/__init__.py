@@ -22,6 +22,7 @@ from optim._adamp import (
   scale_by_sgdp,
   sgdp,
 )
+from optim._coherence import robust_mean_sgd, scale_by_robust_mean
 from optim._coordinate_clip import CoordinateClipState, coordinate_clip
 from optim._diff2 import DIFF2State, diff2, scale_by_diff2
 from optim._diffgrad import ScaleByDiffGradState, diffgrad, scale_by_diffgrad
@@ -103,6 +104,8 @@ __all__ = [
   "WeightEMAState",
   "ema_params",
   "weight_ema",
+  "robust_mean_sgd",
+  "scale_by_robust_mean",
 ]
 
 # Moved for one release (docs/design.md, "API conventions"): the top level holds optax

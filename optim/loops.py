@@ -11,6 +11,9 @@ one ``lax.while_loop`` (it reuses the accepted point's value and gradient, which
 form :func:`optim.reg_newton` cannot), and :func:`adaptive_batch_train` trains with
 AdAdaGrad's growing batch, whose batch-size tests :func:`norm_test` and
 :func:`augmented_inner_product_test` (-> :class:`BatchTest`) also serve a loop of your own.
+:func:`storm_step` is one step of STORM's training loop (a meta update of the loss
+rescaler through the model's optax step, then the model step), carried in a
+:class:`StormState`.
 """
 
 from optim._adadagrad import (
@@ -22,6 +25,7 @@ from optim._adadagrad import (
 )
 from optim._boost import BoostedLayer, boost_layer, boosted_layer_apply
 from optim._newton import RegNewtonResult, reg_newton_minimize
+from optim._storm import StormMetrics, StormState, storm_step
 
 __all__ = [
   "AdaptiveBatchResult",
@@ -34,4 +38,7 @@ __all__ = [
   "augmented_inner_product_test",
   "norm_test",
   "reg_newton_minimize",
+  "StormMetrics",
+  "StormState",
+  "storm_step",
 ]

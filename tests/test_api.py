@@ -90,6 +90,7 @@ SOLVER_RESULTS = {
   "optim.curvature.LanczosResult": ("converged", "n_iters"),
   "optim.loops.RegNewtonResult": ("converged", "n_iters", "errors"),
   "optim.ot.SNSResult": ("converged", "n_iters", "errors"),
+  "optim.data_scores.KMeansResult": ("converged", "n_iters"),
 }
 # The solvers that return them: a cap (or fixed count) and a tolerance under one name each.
 SOLVERS = {
@@ -97,6 +98,7 @@ SOLVERS = {
   "optim.curvature.lanczos": ("num_iterations", "breakdown_tol"),
   "optim.loops.reg_newton_minimize": ("max_iterations", "tol"),
   "optim.ot.sinkhorn_newton_sparse": ("max_iterations", "tol"),
+  "optim.data_scores.kmeans": ("max_iterations", "tol"),
 }
 
 # The optimizer aliases (``<x>`` = weight decay + ``scale_by_<x>`` + learning rate).
@@ -113,10 +115,11 @@ ALIASES = (
   "hesso",
   "reg_newton",
   "diff2",
+  "robust_mean_sgd",
 )
 # Optimizers with a first-order accumulator (momentum, error feedback, gradient window),
 # aliases and bare preconditioners alike.
-_WITHOUT_ACCUMULATOR = ("dp_sgd", "normalized_gd", "reg_newton")
+_WITHOUT_ACCUMULATOR = ("dp_sgd", "normalized_gd", "reg_newton", "robust_mean_sgd")
 # hesso's accumulators live in its base optimizer (the alias passes mu_dtype to it);
 # scale_by_hesso, a projection, has none.
 _WITHOUT_ACCUMULATOR += ("hesso",)

@@ -6,6 +6,8 @@ Operators (:class:`LinearOperator` from :func:`hessian_matvec`, :func:`ggn_matve
 take any of them. :func:`run_tour` reproduces Sagun et al.'s Hessian-spectrum experiment.
 :func:`hessian_alignment` builds Hemati et al.'s Hessian/gradient alignment regularizers
 (HGP, Hutchinson) for domain generalization on the same products.
+:func:`opposing_signals` finds Rosenfeld & Risteski's paired outlier groups in a loss
+history (:func:`opposing_groups`) and tracks them with the top Hessian eigenvalue.
 """
 
 from optim.curvature._alignment import AlignmentPenalty, hessian_alignment
@@ -33,6 +35,12 @@ from optim.curvature._operators import (
   sample_categorical,
   softmax_nll,
   value_grad_and_hvp,
+)
+from optim.curvature._opposing import (
+  OpposingGroups,
+  OpposingSignals,
+  opposing_groups,
+  opposing_signals,
 )
 from optim.curvature._plot import plot_density
 from optim.curvature._slq import SpectralDensity, slq_density
@@ -68,6 +76,11 @@ __all__: list[str] = [
   # Hessian alignment across domains (domain generalization).
   "AlignmentPenalty",
   "hessian_alignment",
+  # Opposing signals: paired outlier groups tracked with the sharpness.
+  "OpposingGroups",
+  "OpposingSignals",
+  "opposing_groups",
+  "opposing_signals",
   # Plotting and the Sagun et al. reproduction.
   "plot_density",
   "run_tour",

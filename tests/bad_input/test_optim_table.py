@@ -83,6 +83,8 @@ NO_PARAMS_STATE = {
   "hesso_sgd_groups_b_rows",  # group masks and counters; the SGD base is optax's
   "reg_newton",  # count, gamma and the trial count: scalars, whatever the params
   "mask_sparsity_sgd",  # optax.EmptyState, and plain SGD's
+  "robust_mean_sgd_winsorize",  # optax.EmptyState
+  "robust_mean_sgd_m3",
 }
 
 
@@ -233,6 +235,8 @@ POLICY = {
   "weight_ema_sgd": "average",
   "reg_newton": "recover",  # the step is NaN, gamma and the counts stay as they were
   "mask_sparsity_sgd": "stateless",
+  "robust_mean_sgd_winsorize": "stateless",  # a NaN sorts last and is never clipped away
+  "robust_mean_sgd_m3": "stateless",
 }
 
 

@@ -196,4 +196,28 @@ FIRST_ORDER_CASES: list[OptCase] = [
       "the tolerance; no Rosenbrock entry (no 'b' leaf there, and plain SGD crawls)"
     ),
   ),
+  OptCase(
+    name="robust_mean_sgd_winsorize",
+    make=lambda learning_rate: optim.robust_mean_sgd(learning_rate, c=1),
+    lr=0.2,
+    per_example=True,
+    note=(
+      "winsorized GD (c=1 of 8 examples): the fixed point is the target plus the winsorized "
+      "mean of the zero-mean offsets, 1.3e-2 relative, hence tol 3e-2"
+    ),
+    tol=3e-2,
+  ),
+  OptCase(
+    name="robust_mean_sgd_m3",
+    make=lambda learning_rate: optim.robust_mean_sgd(
+      learning_rate, variant="median_of_means", num_groups=3
+    ),
+    lr=0.2,
+    per_example=True,
+    note=(
+      "M3 (median of 3 group means, sizes 3/3/2): the fixed point moves by the median of the "
+      "offsets' group means, 2.6e-2 relative, hence tol 4e-2"
+    ),
+    tol=4e-2,
+  ),
 ]
