@@ -16,7 +16,7 @@ _WHERE = "tpsgd_grads"
 
 
 def mlp_init(sizes: Sequence[int], *, key: Any, dtype: Any = jnp.float32) -> list[dict]:
-  r"""Parameters of a fully connected network ``sizes[0] -> ... -> sizes[-1]``.
+  r"""Parameters of a fully connected network with layer widths ``sizes`` (input first).
 
   Layer :math:`i` is :math:`z_i = h_{i-1} W_i + b_i` with :math:`W_i` drawn from
   :math:`\mathcal{N}(0, 1/n_{i-1})` (LeCun normal) and :math:`b_i = 0`; the list holds one
