@@ -22,6 +22,7 @@ from optim._validation import (
   check_scalar,
   guard,
   is_traced,
+  per_example_batch,
 )
 
 PyTree = Any
@@ -33,9 +34,6 @@ VARIANTS = ("winsorize", "median_of_means")
 
 
 def _check_per_example_grads(grads: PyTree, where: str) -> int:
-  leaves = jax.tree.leaves(grads)
-  if not leaves:
-    raise ValueError(f"{where}: per_example_grads is an empty pytree")
   for path, leaf in jax.tree_util.tree_leaves_with_path(grads):
     dt = jnp.result_type(leaf)
     if not jnp.issubdtype(dt, jnp.floating):
@@ -43,24 +41,9 @@ def _check_per_example_grads(grads: PyTree, where: str) -> int:
         f"{where}: per_example_grads{jax.tree_util.keystr(path)} must be floating point, "
         f"got dtype {dt}"
       )
-    if jnp.ndim(leaf) == 0:
-      raise ValueError(
-        f"{where}: per_example_grads{jax.tree_util.keystr(path)} is a scalar; per-example "
-        "gradients have a leading batch axis (jax.vmap(jax.grad(loss), in_axes=(None, 0)))"
-      )
-  sizes = {jnp.shape(leaf)[0] for leaf in leaves}
-  if len(sizes) != 1:
-    shapes = [jnp.shape(leaf) for leaf in leaves]
-    raise ValueError(
-      f"{where}: per_example_grads must share one batch size on axis 0; got leaf shapes {shapes}"
-    )
-  m = sizes.pop()
-  if m < 2:
-    raise ValueError(
-      f"{where}: coherence compares examples, so per_example_grads needs a batch of at least "
-      f"2 examples on axis 0; got {m}"
-    )
-  return m
+  return per_example_batch(
+    grads, where, name="per_example_grads", min_batch=2, why="coherence compares examples"
+  )
 
 
 def _check_finite_concrete(tree: PyTree, name: str, where: str) -> None:

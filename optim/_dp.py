@@ -19,6 +19,7 @@ from optim._validation import (
   check_scalar,
   concrete,
   guard,
+  per_example_batch,
   renamed_kwargs,
 )
 
@@ -42,32 +43,8 @@ def _check_clip_and_noise(clip_name, clip, noise_multiplier):
 
 
 def _batch_size(grads, who: str) -> int:
-  """Checks that every leaf has the same, non-zero leading batch axis and returns it.
-
-  That the axes after it are the params' shapes is :func:`guard`'s check (``per_example``).
-  """
-  leaves = jax.tree.leaves(grads)
-  if not leaves:
-    raise ValueError(f"{who}: empty gradient pytree")
-  for i, g in enumerate(leaves):
-    if jnp.ndim(g) == 0:
-      raise ValueError(
-        f"{who} expects per-example gradients with a leading batch axis (axis 0); leaf {i} "
-        "is a scalar. Compute them with jax.vmap(jax.grad(loss), in_axes=(None, 0))."
-      )
-  sizes = {jnp.shape(g)[0] for g in leaves}
-  if len(sizes) != 1:
-    shapes = [jnp.shape(g) for g in leaves]
-    raise ValueError(
-      f"{who}: per-example gradients must share one batch size on axis 0; got leaf shapes {shapes}"
-    )
-  b = sizes.pop()
-  if b == 0:
-    raise ValueError(
-      f"{who}: the per-example updates have batch size 0 (an empty batch): their mean, hence "
-      "the update, is undefined"
-    )
-  return b
+  """The per-example gradients' one, non-zero leading batch size (``per_example_batch``)."""
+  return per_example_batch(grads, who)
 
 
 def _f32(x):

@@ -692,6 +692,44 @@ def add_decayed_weights(weight_decay: Any, mask: Any, method: str) -> Any:
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def per_example_batch(
+  grads: Any, who: str, *, name: str = "per-example gradients", min_batch: int = 1, why: str = ""
+) -> int:
+  """The one leading batch size of every leaf of per-example ``grads``, checked.
+
+  Every leaf must have a leading batch axis (a scalar leaf is an error), all of the same
+  size, at least ``min_batch`` (``why`` says why a larger minimum, e.g. "coherence compares
+  examples"). That the axes after it are the params' shapes is :func:`guard`'s check
+  (``per_example``) and :func:`check_per_example`'s.
+  """
+  leaves = jax.tree.leaves(grads)
+  if not leaves:
+    raise ValueError(f"{who}: empty gradient pytree ({name})")
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    if jnp.ndim(g) == 0:
+      raise ValueError(
+        f"{who} expects {name} with a leading batch axis (axis 0); leaf "
+        f"{jax.tree_util.keystr(path)} is a scalar. Compute them with "
+        "jax.vmap(jax.grad(loss), in_axes=(None, 0))."
+      )
+  sizes = {jnp.shape(g)[0] for g in leaves}
+  if len(sizes) != 1:
+    shapes = [jnp.shape(g) for g in leaves]
+    raise ValueError(f"{who}: {name} must share one batch size on axis 0; got leaf shapes {shapes}")
+  b = sizes.pop()
+  if b == 0:
+    raise ValueError(
+      f"{who}: the {name} have batch size 0 (an empty batch): their mean, hence the update, "
+      "is undefined"
+    )
+  if b < min_batch:
+    raise ValueError(
+      f"{who}: {why + ', so ' if why else ''}{name} needs a batch of at least {min_batch} "
+      f"examples on axis 0; got {b}"
+    )
+  return b
+
+
 def check_per_example(tree: Any, params: Any, what: str, method: str) -> None:
   """``tree`` is not shaped like ``params`` itself: a mean gradient where per-example ones go.
 

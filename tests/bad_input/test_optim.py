@@ -328,7 +328,7 @@ CASES = [
   ),
   Case(
     "step(O.dp_sgd(0.1, 1.0, 1.0), P, jax.tree.map(lambda g: g[:0], PE))",
-    raises(ValueError, "dp_sgd: the per-example updates have batch size 0"),
+    raises(ValueError, "dp_sgd: the per-example gradients have batch size 0"),
   ),
   Case(
     "step(O.dp_sgd(0.1, 1.0, 1.0), {'s': jnp.float32(1)}, {'s': jnp.float32(1)})",
