@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from jaxdiff import cli, demo, guidance
+from jaxdiff.demo import _highres as highres
+from jaxdiff.demo import _training as training
 from jaxdiff.models import load_digits
 
 pytestmark = pytest.mark.integration  # minutes: trains three models, samples a grid
@@ -196,3 +198,64 @@ def test_inverse_digits_zero_is_allowed_and_negative_is_rejected():
   assert dataclasses.replace(CONFIG, inverse_digits=0).inverse_digits == 0
   with pytest.raises(ValueError, match="inverse_digits"):
     dataclasses.replace(CONFIG, inverse_digits=-1)
+
+
+def test_highres_section_samples_16x16_at_equal_evaluations_and_draws_both_figures(demo_run):
+  results, out = demo_run[0], demo_run[1]
+  h = results["highres"]
+  nfe = CONFIG.highres_nfe
+  base_steps, n, guided = highres.noising_split(nfe)
+  assert (h["setting"]["base_steps"], h["setting"]["noising_steps"]) == (base_steps, n)
+  assert base_steps + n == nfe and guided >= 1
+  # direct and both progressive runs make the same evaluations; the upsampled base, its own
+  assert [(r["method"], r["nfe"]) for r in h["rows"]] == list(
+    zip(highres.METHODS, (nfe, nfe, nfe, base_steps, nfe))
+  )
+  for r in h["rows"]:
+    assert all(math.isfinite(r[k]) for k in ("fd", "accuracy", "precision", "recall")), r
+  shown = min(highres.JACOBIAN_SHOWN, CONFIG.jacobian_iters)
+  assert [j["sigma"] for j in h["jacobian"]] == list(highres.JACOBIAN_SIGMAS)
+  for j in h["jacobian"]:
+    top = j["top_eigenvalues"]
+    assert len(top) == shown and top == sorted(top, reverse=True), j
+    assert math.isfinite(j["max_residual"]), j
+  report = (out / "report.md").read_text()
+  assert "## Higher resolution" in report
+  assert "(highres_progressive.png)" in report and "(jacobian_eigenvectors.png)" in report
+  assert sum(ln.startswith("| progressive 8->16,") for ln in report.splitlines()) == 3
+  for name in ("highres_progressive.png", "jacobian_eigenvectors.png"):
+    assert matplotlib.image.imread(out / name).shape[0] > 100, name
+
+
+def test_highres_runs_are_paired_and_the_16x16_model_is_cached(demo_run):
+  cache = demo_run[2]
+  data = load_digits(key=CONFIG.seed)
+  models = demo.prepare_models(CONFIG, data, cache, progress=False)
+  high = training.prepare_highres_model(
+    CONFIG, training.upsample_digits(data), cache, progress=False
+  )
+  assert high.resumed_from == CONFIG.highres_steps  # restored, not trained again
+  sampler = highres.HighresSampler(models.denoiser, models.schedule, high)
+  labels, key = np.arange(10), jax.random.key(5)
+  runs = sampler(labels, key, nfe=4)
+  alone = sampler(labels, key, nfe=4, methods=highres.METHODS[3:])
+  # the upsampled base sample drawn alone is progressive_sample's base stage, bit for bit
+  np.testing.assert_array_equal(alone[highres.METHODS[3]]["x"], runs[highres.METHODS[3]]["x"])
+  guided, unguided = (runs[m]["x"] for m in highres.METHODS[1:3])
+  assert guided.shape == (10, 16, 16) and not np.array_equal(guided, unguided)
+  # the structure guidance pulls the low band toward the (shared) reference
+  low = lambda x: highres.pool2(x)  # noqa: E731
+  ref = low(runs[highres.METHODS[3]]["x"])
+  assert np.abs(low(guided) - ref).mean() < np.abs(low(unguided) - ref).mean()
+
+
+def test_highres_settings_are_checked():
+  assert dataclasses.replace(CONFIG, highres_steps=0).highres_steps == 0
+  with pytest.raises(ValueError, match="highres_steps"):
+    dataclasses.replace(CONFIG, highres_steps=-1)
+  with pytest.raises(ValueError, match="highres_patch"):
+    dataclasses.replace(CONFIG, highres_patch=3)
+  with pytest.raises(ValueError, match="highres_dim"):
+    dataclasses.replace(CONFIG, highres_dim=15)
+  with pytest.raises(ValueError, match="highres_nfe"):
+    dataclasses.replace(CONFIG, highres_nfe=1)

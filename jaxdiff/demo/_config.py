@@ -212,6 +212,11 @@ _SIZES = (
   "top_k",
   "chunk",
   "checkpoint_every",
+  "highres_dim",
+  "highres_depth",
+  "highres_patch",
+  "highres_nfe",
+  "jacobian_iters",
 )
 
 
@@ -340,6 +345,17 @@ class DemoConfig:
   # ``ag_cfg_steps`` (steps) at equal closeness to full CFG
   guidance_ablation: bool = True
   ag_cfg_steps: tuple[int, ...] = (2, 8, 9)
+  # high resolution (demo/_highres.py): a denoiser of the digits upsampled to 16x16
+  # (demo/_training.py: prepare_highres_model), trained ``highres_steps`` steps (0: skip the
+  # section); direct 16x16 sampling against DiffuseHigh's progressive 8 -> 16 sampling at
+  # ``highres_nfe`` evaluations, and the leading eigenvectors of its Jacobian
+  # (``jacobian_iters`` Lanczos steps)
+  highres_steps: int = 1000
+  highres_dim: int = 32
+  highres_depth: int = 2
+  highres_patch: int = 4
+  highres_nfe: int = 20
+  jacobian_iters: int = 24
   chunk: int = 100
   checkpoint_every: int = 500
   # XLA's CPU backend optimisation level: 1 compiles ~35% faster than the default (2) at
@@ -358,6 +374,10 @@ class DemoConfig:
       _check_real(name, getattr(self, name), lo=0.0, lo_open=True)
     _check_int("cache_steps", self.cache_steps, lo=0)
     _check_int("searched_nfe", self.searched_nfe, lo=0)
+    _check_int("highres_steps", self.highres_steps, lo=0)
+    _check_int("highres_nfe", self.highres_nfe, lo=2)  # a base step and a re-noised one
+    if 16 % self.highres_patch:
+      raise ValueError(f"DemoConfig: highres_patch ({self.highres_patch}) must divide 16")
     _check_int("cache_interval", self.cache_interval, lo=1)
     _check_int("cache_order", self.cache_order, lo=0)
     if not isinstance(self.tour, bool):
@@ -369,7 +389,7 @@ class DemoConfig:
     _check_sequence("ag_cfg_steps", self.ag_cfg_steps)
     for i, n in enumerate(self.ag_cfg_steps):
       _check_int(f"ag_cfg_steps[{i}]", n, lo=1)
-    for dim in ("dim", "weak_dim"):
+    for dim in ("dim", "weak_dim", "highres_dim"):
       if getattr(self, dim) % 2 or getattr(self, dim) % self.num_heads:
         raise ValueError(
           f"DemoConfig: {dim} ({getattr(self, dim)}) must be even and a multiple of num_heads "
@@ -460,6 +480,11 @@ class DemoConfig:
       cache_steps=4,
       cache_interval=2,
       ag_cfg_steps=(1,),
+      highres_steps=20,
+      highres_dim=16,
+      highres_depth=1,
+      highres_nfe=4,
+      jacobian_iters=4,
       chunk=10,
       checkpoint_every=10,
       xla_opt_level=0,

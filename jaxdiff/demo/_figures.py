@@ -18,6 +18,7 @@ if TYPE_CHECKING:
   from matplotlib.figure import Figure
 
 __all__ = [
+  "plot_eigenvectors",
   "plot_hessian",
   "plot_sweep",
   "plot_training",
@@ -37,19 +38,22 @@ def _figure(**kwargs) -> Figure:
 
 
 def tile(x: np.ndarray, labels: np.ndarray, rows: int) -> np.ndarray:
-  """Images ``(N, 8, 8)`` -> one array with a column per class and ``rows`` per class.
+  """Images ``(N, S, S)`` -> one array with a column per class and ``rows`` per class.
 
   Example:
     >>> tile(np.zeros((4, 8, 8)), np.array([0, 0, 1, 1]), 2).shape
     (19, 19)
+    >>> tile(np.zeros((4, 16, 16)), np.array([0, 0, 1, 1]), 2).shape
+    (35, 35)
   """
   classes = np.unique(labels)
-  pad = 1
-  canvas = np.full((rows * (8 + pad) + pad, len(classes) * (8 + pad) + pad), -1.0)
+  pad, s = 1, x.shape[1]
+  canvas = np.full((rows * (s + pad) + pad, len(classes) * (s + pad) + pad), -1.0)
   for ci, c in enumerate(classes):
     imgs = x[labels == c][:rows]
     for r, img in enumerate(imgs):
-      canvas[pad + r * (8 + pad) : pad + r * (8 + pad) + 8, pad + ci * 9 : pad + ci * 9 + 8] = img
+      top, left = pad + r * (s + pad), pad + ci * (s + pad)
+      canvas[top : top + s, left : left + s] = img
   return canvas
 
 
@@ -157,4 +161,26 @@ def save_columns(path, grids: dict[str, dict[str, np.ndarray]], rows: int = 6) -
       ax.axis("off")
       ax.set_title(name if r == 0 else "", fontsize=6)
     axes[r, 0].text(-3, rows * 4.5, pname, rotation=90, va="center", ha="right", fontsize=7)
+  fig.savefig(path, dpi=130, bbox_inches="tight")
+
+
+def plot_eigenvectors(path, levels: list[dict], shown: int, title: str) -> None:
+  """One row per noise level: the noisy input, the denoised image and the ``shown``
+  leading Jacobian eigenvectors (signed, each scaled to its largest magnitude) with their
+  eigenvalues; ``levels`` as :func:`jaxdiff.demo._highres.jacobian_eigenvectors` returns."""
+  cols = 2 + shown
+  fig = _figure(figsize=(1.25 * cols, 1.45 * len(levels) + 0.5))
+  axes = fig.subplots(len(levels), cols, squeeze=False)
+  for r, lv in enumerate(levels):
+    panels = [(f"noisy, sigma={lv['sigma']:g}", lv["noisy"], "gray_r", 1.0)]
+    panels.append(("denoised", lv["denoised"], "gray_r", 1.0))
+    for k in range(shown):
+      v = lv["eigenvectors"][k]
+      m = float(np.max(np.abs(v))) or 1.0
+      panels.append((f"e{k + 1}: {lv['eigenvalues'][k]:.2f}", v / m, "RdBu_r", 1.0))
+    for ax, (name, img, cmap, lim) in zip(axes[r], panels):
+      ax.imshow(np.clip(img, -lim, lim), cmap=cmap, vmin=-lim, vmax=lim)
+      ax.set_title(name, fontsize=6)
+      ax.axis("off")
+  fig.suptitle(title, fontsize=9)
   fig.savefig(path, dpi=130, bbox_inches="tight")

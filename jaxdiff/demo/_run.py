@@ -19,6 +19,7 @@ from jaxdiff.demo import _evaluation as ev
 from jaxdiff.demo import _figures as fig
 from jaxdiff.demo._accelerators import feature_caching, searched_schedule
 from jaxdiff.demo._config import DemoConfig, default_cache_dir, rule_label, solver_label
+from jaxdiff.demo._highres import highres_stage
 from jaxdiff.demo._inverse import inverse_problems
 from jaxdiff.demo._report import fmt, report
 from jaxdiff.demo._sampling import Sampler
@@ -189,6 +190,12 @@ def run_demo(
     searched = searched_schedule(config, models, evaluator, labels, key, out)
     stages.end("searched schedule (S³) vs DPM-Solver++(2M)")
 
+  highres = None
+  if config.highres_steps:
+    stages.start()
+    highres = highres_stage(config, models, data, labels, key, cache, out, progress=progress)
+    stages.end("high resolution (DiffuseHigh 8 -> 16) and Jacobian eigenvectors")
+
   stages.start()
   sweep_solver = ev.sweep_solver_of(config)
   _figures(config, out, data, models, labels, grid_samples, high_samples, sweep, sweep_solver)
@@ -234,6 +241,7 @@ def run_demo(
     "inverse": inverse,
     "caching": caching_results,
     "searched": searched,
+    "highres": highres,
   }
   (out / "metrics.json").write_text(json.dumps(results, indent=2))
   (out / "report.md").write_text(report(config, models, results, sweep_solver))
