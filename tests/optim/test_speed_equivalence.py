@@ -419,3 +419,17 @@ def test_sophia_g_rejects_an_hvp():
   p = jnp.ones(2)
   with pytest.raises(ValueError, match="hvp="):
     opt.update(p, opt.init(p), p, hvp=p, sampled_obj_fn=lambda p, k: jnp.sum(p))
+
+
+def test_adamp_recomputes_only_leaves_up_to_the_cap(monkeypatch):
+  # One leaf past _RECOMPUTE_MAX_LEAF_BYTES stores its direction; a leaf within it
+  # recomputes, behind one more barrier (on its moments) than the projection's own.
+  monkeypatch.setattr(optim._adamp, "_RECOMPUTE_ABOVE_BYTES", 0)
+  w = {"k": jnp.ones((8, 4))}
+  barriers = {}
+  for cap in (0, 2**20):
+    monkeypatch.setattr(optim._adamp, "_RECOMPUTE_MAX_LEAF_BYTES", cap)
+    tx = optim.scale_by_adamp()  # a new function: jit would reuse the other cap's trace
+    text = jax.jit(tx.update).lower(w, tx.init(w), w).as_text()
+    barriers[cap] = text.count("optimization_barrier")
+  assert barriers[2**20] == barriers[0] + 1, barriers
