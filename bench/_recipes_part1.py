@@ -1,4 +1,5 @@
-"""Studies of issue 32, items 1-4, on sklearn's digits (run through bench/repro_recipes.py).
+"""Studies of the training recipes, part one (regime adaptation + ghost BN, multi-sample
+dropout, PS-KD, MaskSparsity), on sklearn's digits (run through bench/repro_recipes.py).
 
 Each study tests its paper's headline claim at a setting two CPU cores allow, with every
 configuration trained over several seeds at once (``jax.vmap`` over the seeds of one

@@ -1,4 +1,5 @@
-"""Studies of issue 32, items 5-8, on sklearn's digits and the papers' toy settings (run
+"""Studies of the training recipes, part two (STORM, USEFUL, coherence, opposing signals),
+on sklearn's digits and the papers' toy settings (run
 through bench/repro_recipes.py).
 
 Every configuration is trained over several seeds at once (``jax.vmap`` over the seeds of

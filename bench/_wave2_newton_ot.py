@@ -11,7 +11,7 @@ writes ``bench/results/wave2_newton_ot.json`` (``--quick``: a temporary file).
   digits, float64: iterations to ``||grad|| <= 1e-8`` and wall time as interleaved ratios.
 * SNS (Tang et al.) vs ott-jax's Sinkhorn on uniform point clouds, float64: iterations and
   wall time to the marginal error 1e-6 (the paper claims a large speed-up).
-* SNS's switch rule (issue 30): the default, the old fixed warm start and SNS's Sinkhorn
+* SNS's switch rule: the default, the old fixed warm start and SNS's Sinkhorn
   alone as ratios to ott-jax's Sinkhorn at epsilon 0.002, 0.005, 0.01, 0.05, n = 512
   (``--only sns_switch``; the real timing wants an idle machine).
 
@@ -330,7 +330,7 @@ def _print_sns_row(r: dict) -> None:
 
 
 # -------------------------------------------------------------------------------------
-# SNS's switch rule vs ott-jax Sinkhorn across epsilon (issue 30).
+# SNS's switch rule vs ott-jax Sinkhorn across epsilon.
 
 
 SWITCH_EPSILONS = (0.002, 0.005, 0.01, 0.05)

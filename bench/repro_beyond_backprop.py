@@ -1,4 +1,4 @@
-"""Studies of the learning rules without end-to-end backprop (issue 29), on sklearn digits.
+"""Studies of the learning rules without end-to-end backprop, on sklearn digits.
 
 ``tpsgd``: tpSGD (``optim.local.tpsgd_grads`` + ``optax.sgd``) against backprop SGD on the
 same tanh MLP (64-128-64-10), equal epochs, 3 seeds; then the memory claim: the peak

@@ -1,4 +1,4 @@
-"""Studies of the training recipes of issue 32, one subcommand per method.
+"""Studies of the training recipes, one subcommand per method.
 
 Items 1-4 live in ``bench/_recipes_part1.py`` (regime adaptation and ghost batch norm,
 multi-sample dropout, PS-KD, MaskSparsity), items 5-8 in ``bench/_recipes_part2.py`` when it

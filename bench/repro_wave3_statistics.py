@@ -1,4 +1,4 @@
-"""Wave-3 statistics studies (issue 29), small settings on exact testbeds.
+"""Statistics studies (Noise2Score), small settings on exact testbeds.
 
 Noise2Score (Kim & Ye 2021): a score network is fitted on noisy samples only with the
 AR-DAE loss (:func:`jaxdiff.noise2score.ardae_loss`, ``sigma_a`` annealed linearly as the

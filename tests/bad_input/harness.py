@@ -1,4 +1,4 @@
-"""The harness of the hostile-input tables (issue: bad input, across every public function).
+"""The harness of the hostile-input tables (bad input, across every public function).
 
 A :class:`Case` is a one-line reproducer (``code``, evaluated in a namespace of small
 fixtures) and what must happen:

@@ -210,7 +210,7 @@ def test_weak_denoise_must_be_callable_and_predict_the_batch_shape(x64, batch):
 
 def test_linear_ag_on_a_grid_of_another_length_raises_and_a_traced_count_is_poisoned(x64, batch):
   rule = guidance.linear_ag(2.0, jnp.zeros((3, 3)), jnp.zeros(3, bool))
-  # sample() knows the grid's length before compiling (a shape): it raises (issue 27).
+  # sample() knows the grid's length before compiling (a shape): it raises.
   with pytest.raises(ValueError, match="linear_ag: the coefficients were fitted for 3 steps"):
     run(rule, batch)  # a 12-step grid
   # A step count traced by the caller (apply inside jit) cannot raise: the output is NaN.

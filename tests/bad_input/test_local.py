@@ -1,4 +1,4 @@
-"""Hostile inputs to optim.local (issue 29): tpSGD's layers, projections and labels; NoProp-DT's
+"""Hostile inputs to optim.local: tpSGD's layers, projections and labels; NoProp-DT's
 schedule, params, labels and outputs (one line a case; harness in tests/bad_input/harness.py)."""
 
 import jax  # noqa: F401 - the reproducers use these names

@@ -166,7 +166,7 @@ CASES = [
     f"{SNS}(C, jnp.array([1.5, -0.25, -0.25]), B4, epsilon=0.1)",
     raises(ValueError, "a must be finite and >= 0"),
   ),
-  # A zero weight is valid since issue 27 (masked out): tests/bad_input/test_wave2_ot.py.
+  # A zero weight is valid now (masked out): tests/bad_input/test_wave2_ot.py.
   Case(f"{SNS}(C, A3.at[0].set(nan), B4, epsilon=0.1)", raises(ValueError, "a must be finite")),
   Case(f"{SNS}(C, B4, B4, epsilon=0.1)", raises(ValueError, r"a must have shape \(3,\)")),
   Case(f"{SNS}(C, A3, A3, epsilon=0.1)", raises(ValueError, r"b must have shape \(4,\)")),

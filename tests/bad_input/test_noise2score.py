@@ -1,5 +1,5 @@
 # ruff: noqa: E501 - one-line reproducers are the point of the table
-"""Hostile input to ``jaxdiff.noise2score`` (issue 29): noise parameters out of range,
+"""Hostile input to ``jaxdiff.noise2score``: noise parameters out of range,
 observations outside a noise model's support (negative Poisson counts, non-positive Gamma
 observations), a score that admits no positive estimate, non-finite or non-real data,
 bad keys and score functions. Concrete input raises naming the argument; traced input is

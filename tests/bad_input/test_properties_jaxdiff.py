@@ -1,4 +1,4 @@
-"""Property-based hostile inputs (issue 27, part A): generated output shapes, dtypes and
+"""Property-based hostile inputs: generated output shapes, dtypes and
 non-finite values for the callables jaxdiff calls (denoiser, model, fitness, classifier,
 measurement operator), and generated pairs of arguments that must agree.
 

@@ -1,4 +1,4 @@
-"""Hostile inputs to the training recipes of issue 32, items 1-4: regime adaptation and
+"""Hostile inputs to the training recipes, part one: regime adaptation and
 GhostBatchNorm, MultiSampleDropout, PS-KD targets, MaskSparsity (one line a case; harness
 in tests/bad_input/harness.py)."""
 

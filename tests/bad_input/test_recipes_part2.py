@@ -1,4 +1,4 @@
-"""Hostile inputs to issue 32's items 5-8: STORM's features, rescaler and meta step; USEFUL's
+"""Hostile inputs to the training recipes, part two: STORM's features, rescaler and meta step; USEFUL's
 k-means, split and upsampling; the coherence scores and robust-mean SGD; the opposing-signal
 groups and tracker (one line a case; harness in tests/bad_input/harness.py)."""
 

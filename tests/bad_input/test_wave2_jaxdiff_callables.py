@@ -1,4 +1,4 @@
-"""Hostile inputs, round two (issue 27, part A): user callables' outputs, wrappers that
+"""Hostile inputs, round two: user callables' outputs, wrappers that
 forward what the wrapped network declares, and arguments that must agree with each other.
 
 Each case is a one-line reproducer over the small fixtures below: a 2-D mixture with 3

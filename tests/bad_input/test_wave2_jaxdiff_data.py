@@ -1,5 +1,5 @@
 # ruff: noqa: E501 - one-line reproducers are the point of the table
-"""Issue 27, part B: non-finite data, files, dtypes and operators in ``jaxdiff``.
+"""Hostile inputs, round two: non-finite data, files, dtypes and operators in ``jaxdiff``.
 
 One line a case (the table) plus value tests where a fix changed behaviour:
 

@@ -1,7 +1,7 @@
 """Hostile inputs, round two, part C (optim): DIFF2's per-example shapes, AdAdaGrad's tests on
 non-finite gradients, fake_quant at the dtype's edge and on inf/NaN, reg_newton on a NaN
 objective and bf16 params, eps = 0 in diffGrad and HESSO-Adam, dp_sgd without params and
-the refined schedule at extreme norms (issue 27; harness in tests/bad_input/harness.py).
+the refined schedule at extreme norms (harness in tests/bad_input/harness.py).
 
 The table holds one-line reproducers; the functions below it check values where the
 behaviour changed (closed forms and float64 references).

@@ -1,4 +1,4 @@
-"""Hostile inputs, round two: Sinkhorn-Newton-Sparse (issue 27; issue 30's switch rule).
+"""Hostile inputs, round two: Sinkhorn-Newton-Sparse (globalisation, zero weights, the switch rule).
 
 The Newton phase at tiny epsilon, a tolerance near round-off, zero-mass points with and
 without ``jit``, differentiation (reverse mode through the potentials' implicit

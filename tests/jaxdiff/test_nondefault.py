@@ -1,4 +1,4 @@
-"""Values at non-default settings, where the value is known in closed form (issue 27).
+"""Values at non-default settings, where the value is known in closed form.
 
 The fast tests of a hyperparameter at its default (DDIM's eta at 0 and 1, a cache
 interval at 2, a short grid on which ``lower_order_final`` hides the sigma = 0 rule)

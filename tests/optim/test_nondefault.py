@@ -1,4 +1,4 @@
-"""Values at non-default settings, where the value is known in closed form (issue 27).
+"""Values at non-default settings, where the value is known in closed form.
 
 A test at a hyperparameter's default cannot tell the hyperparameter from a constant: a
 clip fixed at 1, a probe normalisation that is only right for Rademacher probes, a

@@ -118,7 +118,7 @@ def test_error_history_and_no_retrace(x64, problem):
   assert _sinkhorn_newton._solve._cache_size() == before
 
 
-# -- issue 27/30: globalisation, tolerance, zero weights, gradients, the switch rule ----
+# -- globalisation, tolerance, zero weights, gradients, the switch rule ----------------
 
 
 def _uniform(n, seed):
