@@ -46,8 +46,26 @@ def _finite_array(name: str, value) -> np.ndarray:
   return arr
 
 
+class _Mixture:
+  """What the full-rank and the low-rank mixtures share: sizes and the flattening of ``x``."""
+
+  @property
+  def dim(self) -> int:
+    return self.means.shape[1]
+
+  @property
+  def num_components(self) -> int:
+    return self.means.shape[0]
+
+  def _flat(self, x):
+    x = jnp.asarray(x)
+    if x.ndim < 2 or math.prod(x.shape[1:]) != self.dim:
+      raise ValueError(f"x must have shape (B, ...) with {self.dim} features, got {x.shape}")
+    return x.reshape(x.shape[0], self.dim)
+
+
 @jax.tree_util.register_pytree_node_class
-class GaussianMixture:
+class GaussianMixture(_Mixture):
   r"""A class-conditional Gaussian mixture with closed-form denoiser, score and classifier.
 
   .. math::
@@ -147,20 +165,7 @@ class GaussianMixture:
     obj.num_classes = num_classes
     return obj
 
-  @property
-  def dim(self) -> int:
-    return self.means.shape[1]
-
-  @property
-  def num_components(self) -> int:
-    return self.means.shape[0]
-
   # -- internals ----------------------------------------------------------------------
-  def _flat(self, x):
-    x = jnp.asarray(x)
-    if x.ndim < 2 or math.prod(x.shape[1:]) != self.dim:
-      raise ValueError(f"x must have shape (B, ...) with {self.dim} features, got {x.shape}")
-    return x.reshape(x.shape[0], self.dim)
 
   def _component_terms(self, x, alpha, sigma):
     """log N(x; alpha mu_k, alpha^2 Sigma_k + sigma^2 I) (B, K) and E[x0 | x, k] (B, K, D)."""

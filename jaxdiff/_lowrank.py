@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff._gmm import _finite_array, _labels
+from jaxdiff._gmm import _finite_array, _labels, _Mixture
 from jaxdiff._parameterization import eps_from_x0
 from jaxdiff._validation import as_key, check_scalar, is_traced, poison
 
@@ -82,7 +82,7 @@ def _variances(variances, ranks: list[int]) -> list[np.ndarray]:
 
 
 @jax.tree_util.register_pytree_node_class
-class LowRankGaussianMixture:
+class LowRankGaussianMixture(_Mixture):
   r"""A Gaussian mixture with singular, low-rank covariances; its denoiser and score are
   exact at every noise level.
 
@@ -207,20 +207,7 @@ class LowRankGaussianMixture:
     obj.ranks, obj.num_classes = aux
     return obj
 
-  @property
-  def dim(self) -> int:
-    return self.means.shape[1]
-
-  @property
-  def num_components(self) -> int:
-    return self.means.shape[0]
-
   # -- internals ----------------------------------------------------------------------
-  def _flat(self, x):
-    x = jnp.asarray(x)
-    if x.ndim < 2 or math.prod(x.shape[1:]) != self.dim:
-      raise ValueError(f"x must have shape (B, ...) with {self.dim} features, got {x.shape}")
-    return x.reshape(x.shape[0], self.dim)
 
   def _scales(self, x, alpha, sigma):
     dt = jnp.result_type(x.dtype, self.means.dtype)
