@@ -40,6 +40,8 @@ from optim.pruning import smallest_groups
 from optim.schedules import regime_adaptation
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _seeds import paired as _paired  # noqa: E402
+from _seeds import summary as _summary  # noqa: E402
 from _timing import Stateful, compare  # noqa: E402
 
 # --------------------------------------------------------------------------- shared helpers
@@ -80,26 +82,6 @@ def _metrics(graphdef, params, rest, x, y, **call):
   nll = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
   err = 100.0 * jnp.mean(logits.argmax(-1) != y)
   return {"error": err, "nll": nll, "ece": _ece(jax.nn.softmax(logits), y)}
-
-
-def _summary(per_seed: dict) -> dict:
-  """mean / std over seeds of each metric, and the per-seed values."""
-  out = {}
-  for k, v in per_seed.items():
-    v = np.asarray(v, np.float64)
-    out[k] = {
-      "mean": float(v.mean()),
-      "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
-      "seeds": v.tolist(),
-    }
-  return out
-
-
-def _paired(a, b) -> dict:
-  """b - a per seed: mean and standard error (the seeds, data order and inits are shared)."""
-  d = np.asarray(b, np.float64) - np.asarray(a, np.float64)
-  se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else 0.0
-  return {"mean": float(d.mean()), "se": se, "n": int(d.size)}
 
 
 def _relu_mlp(x, layers):

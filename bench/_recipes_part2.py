@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _seeds import paired as _paired  # bench/ is on sys.path (repro_recipes.py)
+from _seeds import summary as _summary
 
 import optim
 from jaxdiff.models import load_digits
@@ -79,25 +81,6 @@ def _ce(logits, y):
 
 def _acc(params, x, y):
   return 100.0 * jnp.mean(jnp.argmax(_mlp(params, x), -1) == y)
-
-
-def _summary(per_seed: dict) -> dict:
-  out = {}
-  for k, v in per_seed.items():
-    v = np.asarray(v, np.float64)
-    out[k] = {
-      "mean": float(v.mean()),
-      "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
-      "seeds": v.tolist(),
-    }
-  return out
-
-
-def _paired(a, b) -> dict:
-  """b - a per seed: mean and standard error."""
-  d = np.asarray(b, np.float64) - np.asarray(a, np.float64)
-  se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else 0.0
-  return {"mean": float(d.mean()), "se": se, "n": int(d.size)}
 
 
 def _fmt(v):
