@@ -3,6 +3,8 @@
 from jaxdiff import (
   caching,
   correctors,
+  distill,
+  finetune,
   guidance,
   inverse,
   metrics,

@@ -40,6 +40,8 @@ MODULES = (
   "optim.xla",
   "jaxdiff",
   "jaxdiff.correctors",
+  "jaxdiff.distill",
+  "jaxdiff.finetune",
   "jaxdiff.caching",
   "jaxdiff.guidance",
   "jaxdiff.inverse",

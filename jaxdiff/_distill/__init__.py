@@ -1,0 +1,1 @@
+"""Few-step generators: one module per method family (public names in jaxdiff.distill)."""

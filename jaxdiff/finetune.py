@@ -1,0 +1,10 @@
+"""jaxdiff.finetune: tuning a (distilled) diffusion sampler towards a goal.
+
+Pairwise sample optimization, reinforcement learning of the sampler's stochastic steps
+against sparse rewards, policy optimisation of the starting-noise distribution, and
+reward maximisation of a one-step generator regularised by a score divergence, each as
+pure losses and estimators over pytrees. Implementation in :mod:`jaxdiff._finetune` (one
+module per method family).
+"""
+
+__all__: list[str] = []
