@@ -262,11 +262,32 @@ def main(argv=None):
     help="only add full Sophia-G runs at these rho to the existing results (same lr, seeds)",
   )
   parser.add_argument("--no-half", action="store_true", help="skip the half-budget Sophia-G run")
+  parser.add_argument(
+    "--batch",
+    type=int,
+    default=None,
+    help="sequences per step (default: size's); 256 gives 32,768 tokens a step, the same gradient"
+    " as accumulating 8 micro-batches of 32. Results go to sophia_gpt_b{BATCH}.json",
+  )
+  parser.add_argument(
+    "--fixed-lr",
+    nargs=2,
+    type=float,
+    default=None,
+    metavar=("ADAMW", "SOPHIA_G"),
+    help="skip the grid and use these peak learning rates (e.g. the ones the default batch's grid"
+    " chose)",
+  )
+  parser.add_argument("--eval-every", type=int, default=None, help="steps between evaluations")
   parser.add_argument("--quick", action="store_true", help="tiny model, seconds (smoke run)")
   args = parser.parse_args(argv)
   size = SIZES["quick" if args.quick else args.size]
   if args.steps:
     size = dataclasses.replace(size, steps=args.steps)
+  if args.batch:
+    size = dataclasses.replace(size, batch=args.batch)
+  if args.eval_every:
+    size = dataclasses.replace(size, eval_every=args.eval_every)
   if args.quick:
     args.lrs = args.lrs[:2]
   steps = size.steps - size.steps % size.eval_every
@@ -285,7 +306,7 @@ def main(argv=None):
     flush=True,
   )
 
-  path = output_path("sophia_gpt.json", args.quick)
+  path = output_path(f"sophia_gpt_b{args.batch}.json" if args.batch else "sophia_gpt.json", args.quick)
   if args.rho_ablation:
     return rho_ablation(path, args.rho_ablation, size, steps, data, val_x, val_y)
 
@@ -326,6 +347,9 @@ def main(argv=None):
     known.setdefault(name, {})[float(lr)] = float(loss)
   out["grid_known"] = args.grid_known
   for name in names:  # the grid: seed 0's initialization and data, short runs
+    if args.fixed_lr:
+      best_lr[name] = dict(zip(names, args.fixed_lr))[name]
+      continue
     train = make_trainer(name, size, size.grid_steps, args.seeds[0])
     out["grid"][name] = []
     for lr in args.lrs:
@@ -341,6 +365,7 @@ def main(argv=None):
     finite = [g for g in out["grid"][name] if np.isfinite(g["final_val"])]
     best_lr[name] = min(finite, key=lambda g: g["final_val"])["lr"]
   out["best_lr"] = best_lr
+  out["lr_source"] = "fixed (--fixed-lr)" if args.fixed_lr else "grid"
 
   for seed in args.seeds:
     params = _gpt.init_params(config, jax.random.key(seed))
