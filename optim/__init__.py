@@ -35,6 +35,7 @@ from optim._dp import (
   scale_by_dp_sgd,
 )
 from optim._ema import WeightEMAState, ema_params, weight_ema
+from optim._exponentiated_gradient import ExponentiatedGradientState, exponentiated_gradient
 from optim._hesso import HessoState, hesso, scale_by_hesso
 from optim._mask_sparsity import mask_sparsity
 from optim._mfac import ScaleByMFACState, mfac, scale_by_mfac
@@ -72,6 +73,8 @@ __all__ = [
   "diffgrad",
   "dp_sgd",
   "normalized_gd",
+  "ExponentiatedGradientState",
+  "exponentiated_gradient",
   "perp_grad",
   "scale_by_adamp",
   "scale_by_dice_sgd",
