@@ -7,4 +7,54 @@ trajectories, and guidance distillation into adapters, each as pure losses over
 step. Implementation in :mod:`jaxdiff._distill` (one module per method family).
 """
 
-__all__: list[str] = []
+from jaxdiff._distill._consistency import (
+  PREMETRICS,
+  adaptive_c,
+  cauchy_premetric,
+  consistency_function,
+  consistency_sample,
+  consistency_scalings,
+  consistency_training_loss,
+  ict_num_scales,
+  ict_timestep_probs,
+  karras_sigmas,
+  ot_pairing,
+  pseudo_huber_premetric,
+)
+from jaxdiff._distill._distribution_matching import (
+  DECOUPLED_VARIANTS,
+  DIVERGENCES,
+  cfg_augmentation_grad,
+  decoupled_timesteps,
+  distribution_matching_grad,
+  f_divergence_weight,
+  fake_score_loss,
+  generator_loss,
+  ratio_discriminator_loss,
+)
+
+__all__: list[str] = [
+  # consistency training (iCT with the Cauchy premetric, OT pairing, adaptive c)
+  "PREMETRICS",
+  "adaptive_c",
+  "cauchy_premetric",
+  "consistency_function",
+  "consistency_sample",
+  "consistency_scalings",
+  "consistency_training_loss",
+  "ict_num_scales",
+  "ict_timestep_probs",
+  "karras_sigmas",
+  "ot_pairing",
+  "pseudo_huber_premetric",
+  # distribution matching (DMD / VSD, f-distill, decoupled DMD)
+  "DECOUPLED_VARIANTS",
+  "DIVERGENCES",
+  "cfg_augmentation_grad",
+  "decoupled_timesteps",
+  "distribution_matching_grad",
+  "f_divergence_weight",
+  "fake_score_loss",
+  "generator_loss",
+  "ratio_discriminator_loss",
+]
