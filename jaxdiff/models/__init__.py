@@ -10,6 +10,7 @@ from jaxdiff.models._early_exit import (
   early_exit_loss,
 )
 from jaxdiff.models._nets import DigitClassifier, DigitDenoiser
+from jaxdiff.models._norm import NonScalingLayerNorm
 from jaxdiff.models._train import (
   Digits,
   TrainResult,
@@ -28,6 +29,7 @@ __all__ = [
   "ExitHeads",
   "ExitOutputs",
   "ExitThreshold",
+  "NonScalingLayerNorm",
   "SelfAttention",
   "TrainResult",
   "batch_indices",
