@@ -14,6 +14,7 @@ from jaxdiff._lowrank import (
   LowRankGMMDenoiser,
   low_rank_denoiser,
 )
+from jaxdiff._multiplicative import LogNormalMixture
 from jaxdiff._reference import probability_flow_reference
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
   "LowRankDenoiser",
   "LowRankGMMDenoiser",
   "LowRankGaussianMixture",
+  "LogNormalMixture",
   "WienerDenoiser",
   "empirical_denoiser",
   "locality",

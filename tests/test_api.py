@@ -49,6 +49,7 @@ MODULES = (
   "jaxdiff.schedules",
   "jaxdiff.search",
   "jaxdiff.metrics",
+  "jaxdiff.multiplicative",
   "jaxdiff.noise2score",
   "jaxdiff.parameterization",
   "jaxdiff.testing",
