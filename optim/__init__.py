@@ -11,6 +11,7 @@ from optim import (
   pruning,
   quant,
   schedules,
+  unnormalized,
   xla,
 )
 from optim._adahessian import ScaleByAdaHessianState, adahessian, scale_by_adahessian
@@ -58,6 +59,7 @@ __all__ = [
   "losses",
   "quant",
   "schedules",
+  "unnormalized",
   "xla",
   "CoordinateClipState",
   "DPSGDState",

@@ -37,6 +37,7 @@ MODULES = (
   "optim.pruning",
   "optim.quant",
   "optim.schedules",
+  "optim.unnormalized",
   "optim.xla",
   "jaxdiff",
   "jaxdiff.correctors",
