@@ -46,6 +46,7 @@ from jaxdiff._validation import (
   check_output,
   check_scalar,
   is_traced,
+  poison,
 )
 
 Array = jax.Array
@@ -139,7 +140,9 @@ def _score_factor(where: str, x: Array, alpha, sigma) -> Array:
   """``alpha^2 / sigma^2``: ``alpha (s_a - s_b) = alpha^2 / sigma^2 (x0_a - x0_b)``."""
   a = _per_example(where, "alpha", alpha, x)
   s = _per_example(where, "sigma", sigma, x, positive=True)
-  return _expand(a**2 / s**2, x.ndim)
+  # A traced sigma <= 0 (no score there) poisons its rows with NaN, value and gradient.
+  valid = s > 0
+  return _expand(poison(a**2 / jnp.where(valid, s, 1.0) ** 2, valid), x.ndim)
 
 
 def _check_bounds(where: str, ratio_bounds):
@@ -180,10 +183,12 @@ def f_divergence_weight(
     divergence: one of ``DIVERGENCES``.
     ratio_bounds: ``(lo, hi)`` with ``0 < lo < hi`` to clip :math:`r` (and the logit to
       :math:`[-10, 10]`), or ``None`` for the exact weight.
-    normalize: divide :math:`h` by its batch mean (plus ``1e-6``, as the official code).
+    normalize: divide :math:`h` by its batch mean (floored at ``sqrt(tiny)``; the official
+      code adds ``1e-6`` instead, a relative difference of about ``1e-6``).
 
   Returns:
-    ``(B,)`` weights, in ``log_ratio``'s dtype.
+    ``(B,)`` weights, in ``log_ratio``'s dtype. A concrete non-finite logit raises; a
+    traced one makes every weight NaN (through the batch mean).
 
   Example:
     >>> import jax.numpy as jnp
@@ -209,7 +214,9 @@ def f_divergence_weight(
     r = jnp.clip(jnp.exp(jnp.clip(d, -10.0, 10.0)), bounds[0], bounds[1])
   h = _H[divergence](r)
   if normalize:
-    h = h / (jnp.mean(h) + 1e-6)
+    # The official code adds 1e-6 to the mean; a floor keeps a constant h exactly 1 (so
+    # every divergence at a constant ratio, and reverse KL always, is DMD bit for bit).
+    h = h / _floor(jnp.mean(h))
   return jax.lax.stop_gradient(h)
 
 
@@ -301,7 +308,9 @@ def distribution_matching_grad(
     x0_ref: the prediction in DMD's normaliser (default ``x0_real``).
 
   Returns:
-    ``g``, shaped like ``x`` (no gradient flows through it).
+    ``g``, shaped like ``x`` (no gradient flows through it). Concrete non-finite inputs
+    raise naming the argument; traced ones make the rows that depend on them NaN, and a
+    traced ``sigma <= 0`` makes its row NaN (``weighting="score"``).
 
   Example:
     >>> import jax.numpy as jnp
@@ -501,7 +510,8 @@ def decoupled_timesteps(
     t_min, t_max: the re-noising range, ``0 <= t_min < t_max <= 1`` (DMD2: 2% to 98%).
 
   Returns:
-    ``(tau_dm, tau_ca)``, each of ``shape``.
+    ``(tau_dm, tau_ca)``, each of ``shape``. A traced ``t_input <= t_min`` gives NaN times
+    where the range would be empty.
 
   Example:
     >>> import jax.numpy as jnp
@@ -532,4 +542,8 @@ def decoupled_timesteps(
   ca_hi = low_hi if variant in ("hybrid", "constrained") else full_hi
   tau_dm = t_min + u_dm * (dm_hi - t_min)
   tau_ca = t_min + u_ca * (ca_hi - t_min)
+  if variant in ("hybrid", "constrained"):  # a traced t_input <= t_min: NaN, not tau < t_min
+    ok = jnp.broadcast_to(jnp.asarray(t_input) > t_min, tau_ca.shape)
+    tau_ca = jnp.where(ok, tau_ca, jnp.nan)
+    tau_dm = jnp.where(ok, tau_dm, jnp.nan) if variant == "constrained" else tau_dm
   return tau_dm, tau_ca
