@@ -32,6 +32,12 @@ from jaxdiff._distill._distribution_matching import (
   generator_loss,
   ratio_discriminator_loss,
 )
+from jaxdiff._distill._trajectory_pairs import (
+  TrajectoryPairs,
+  teacher_velocity,
+  trajectory_consistency_loss,
+  trajectory_pairs,
+)
 
 __all__: list[str] = [
   # consistency training (iCT with the Cauchy premetric, OT pairing, adaptive c)
@@ -57,4 +63,9 @@ __all__: list[str] = [
   "fake_score_loss",
   "generator_loss",
   "ratio_discriminator_loss",
+  # data-free consistency distillation on the teacher's trajectories (TBCM)
+  "TrajectoryPairs",
+  "teacher_velocity",
+  "trajectory_consistency_loss",
+  "trajectory_pairs",
 ]

@@ -7,4 +7,9 @@ pure losses and estimators over pytrees. Implementation in :mod:`jaxdiff._finetu
 module per method family).
 """
 
-__all__: list[str] = []
+from jaxdiff._finetune._pso import pso_loss
+
+__all__: list[str] = [
+  # pairwise sample optimization (PSO)
+  "pso_loss",
+]
