@@ -672,7 +672,7 @@ def consistency_sample(
   b = noise.shape[0]
   dtype = noise.dtype
   x = fn(taus[0] * noise, jnp.full((b,), taus[0], dtype))
-  check_output(x, like=noise, name="fn", where=where)
+  check_output(x, like=noise, name="fn", where=where, like_name="noise")
   for tau in taus[1:]:
     key, sub = jax.random.split(key)
     zj = jax.random.normal(sub, noise.shape, dtype)
