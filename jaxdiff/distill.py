@@ -32,6 +32,13 @@ from jaxdiff._distill._distribution_matching import (
   generator_loss,
   ratio_discriminator_loss,
 )
+from jaxdiff._distill._guidance_adapters import (
+  GuidanceStates,
+  agd_loss,
+  freeze_base,
+  guided_states,
+  noised_states,
+)
 from jaxdiff._distill._trajectory_pairs import (
   TrajectoryPairs,
   teacher_velocity,
@@ -68,4 +75,20 @@ __all__: list[str] = [
   "teacher_velocity",
   "trajectory_consistency_loss",
   "trajectory_pairs",
+  # guidance distillation into adapters on a frozen denoiser (AGD)
+  "GuidanceAdapter",  # noqa: F822 - loaded by __getattr__ (flax)
+  "GuidanceStates",
+  "agd_loss",
+  "freeze_base",
+  "guided_states",
+  "noised_states",
 ]
+
+
+def __getattr__(name):
+  # The nnx adapter imports flax: loaded on first use, so `import jaxdiff` stays flax-free.
+  if name == "GuidanceAdapter":
+    from jaxdiff._distill._adapter_net import GuidanceAdapter
+
+    return GuidanceAdapter
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -57,7 +57,9 @@ def default_cache_dir() -> pathlib.Path:
 
 
 def demo_rules() -> tuple[str, ...]:
-  """``"none"`` and every registered rule, in order (the demo provides every resource).
+  """``"none"`` and every registered rule, in order (the demo provides every resource),
+  except the rules that need a keyword its plain denoiser does not take (a
+  ``RuleSpec.keyword``: AGD's distilled network).
 
   Read at call time, so a rule added to :data:`jaxdiff.guidance.REGISTRY` is included.
 
@@ -65,7 +67,7 @@ def demo_rules() -> tuple[str, ...]:
     >>> demo_rules()[:3]
     ('none', 'cfg', 'apg')
   """
-  return (NO_GUIDANCE, *guidance.REGISTRY)
+  return (NO_GUIDANCE, *(n for n, spec in guidance.REGISTRY.items() if spec.keyword is None))
 
 
 def rule_label(name: str) -> str:

@@ -39,6 +39,7 @@ from jaxdiff.guidance._adaptive import (
   fit_linear_ag,
   linear_ag,
 )
+from jaxdiff.guidance._agd import AGD, agd
 from jaxdiff.guidance._apg import APG, APGState, apg
 from jaxdiff.guidance._autoguidance import Autoguidance, autoguidance
 from jaxdiff.guidance._cfg import CFG, cfg
@@ -104,6 +105,10 @@ REGISTRY = MappingProxyType(
       3.0,
       lambda aux_cond=None, aux_scale=0.0, **_: 2 if aux_cond is None or aux_scale == 0 else 3,
     ),
+    # AGD needs a guidance-distilled denoiser (jaxdiff.distill.GuidanceAdapter), which takes
+    # the scale as the keyword guidance_scale; 3.0 is CFG's default (the paper trains w in
+    # [1, 6]).
+    "agd": RuleSpec("AGD", agd, 3.0, 1, keyword="guidance_scale"),
   }
 )
 
@@ -119,7 +124,7 @@ def make(name: str, scale=None, **kwargs) -> GuidanceRule:
     >>> from jaxdiff import guidance
     >>> rule = guidance.make("apg", 5.0, momentum=-0.5)
     >>> sorted(guidance.REGISTRY)[:3]
-    ['adaptive', 'apg', 'autoguidance']
+    ['adaptive', 'agd', 'apg']
   """
   return _make(REGISTRY, name, scale, **kwargs)
 
@@ -142,6 +147,7 @@ def __getattr__(name):
 
 __all__ = [
   "GuidanceRule",
+  "AGD",
   "CFG",
   "APG",
   "CFGPP",
@@ -171,6 +177,7 @@ __all__ = [
   "LinearAGState",
   "RCFGState",
   "adaptive",
+  "agd",
   "apg",
   "autoguidance",
   "cfg",

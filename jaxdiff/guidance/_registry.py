@@ -32,6 +32,9 @@ class RuleSpec:
       the count depends on the builder's options (PAG with a CFG term makes 3); read it
       through :meth:`evals`.
     requires: the entries of :data:`RESOURCES` that ``build`` needs.
+    keyword: a keyword argument the rule passes to the denoiser that a plain denoiser
+      does not take (AGD's ``guidance_scale``: it needs a guidance-distilled network);
+      ``None`` for rules that run on any denoiser. The demo leaves such rules out.
   """
 
   label: str
@@ -39,6 +42,7 @@ class RuleSpec:
   default_scale: float
   evals_per_step: int | Callable[..., int]
   requires: tuple[str, ...] = ()
+  keyword: str | None = None
 
   def evals(self, **options: Any) -> int:
     """Network evaluations per sample and step when built with ``options``."""

@@ -23,9 +23,13 @@ LABELS = jnp.array([0, 1, 2, 0])
 EXACT = GaussianMixture(MEANS, 0.2).denoiser(SCHED)
 
 
-def denoise(x, t, c, *, perturb=None):
-  """The exact mixture denoiser; PAG's flag shrinks the prediction (so it reaches the output)."""
+def denoise(x, t, c, *, perturb=None, guidance_scale=None):
+  """The exact mixture denoiser; PAG's flag shrinks the prediction (so it reaches the output);
+  AGD's ``guidance_scale`` gives the exact CFG prediction (a perfectly distilled network)."""
   out = EXACT(x, t, c)
+  if guidance_scale is not None:
+    u = EXACT(x, t, -jnp.ones_like(c))
+    out = u + guidance_scale[:, None] * (out - u)
   return out if perturb is None else jnp.where(perturb[:, None], 0.5 * out, out)
 
 

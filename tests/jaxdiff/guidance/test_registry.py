@@ -19,8 +19,11 @@ def _resources():
   exact = GaussianMixture(MEANS, 0.2).denoiser(sched)
   weak = GaussianMixture(MEANS, 1.0).denoiser(sched)  # over-dispersed: a worse model
 
-  def denoise(x, t, c, *, perturb=None):
+  def denoise(x, t, c, *, perturb=None, guidance_scale=None):
     out = exact(x, t, c)
+    if guidance_scale is not None:  # AGD: a perfectly distilled network (exact CFG)
+      u = exact(x, t, -jnp.ones_like(c))
+      out = u + guidance_scale[:, None] * (out - u)
     return out if perturb is None else jnp.where(perturb[:, None], 0.5 * out, out)
 
   def classifier_fn(z):  # nearest-mean logits on the denoised prediction
@@ -64,7 +67,7 @@ def test_declared_evaluations_follow_the_options():
 
 
 def test_make_names_what_is_missing_or_unknown():
-  with pytest.raises(ValueError, match="unknown guidance rule 'nope'; known: adaptive, apg"):
+  with pytest.raises(ValueError, match="unknown guidance rule 'nope'; known: adaptive, agd, apg"):
     guidance.make("nope")
   with pytest.raises(ValueError, match="guidance rule 'autoguidance' needs weak_denoise"):
     guidance.make("autoguidance")
