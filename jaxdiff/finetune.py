@@ -7,9 +7,20 @@ pure losses and estimators over pytrees. Implementation in :mod:`jaxdiff._finetu
 module per method family).
 """
 
+from jaxdiff._finetune._diff_instruct_star import (
+  cfg_reference,
+  diff_instruct_star_loss,
+  score_divergence,
+  sim_loss,
+)
 from jaxdiff._finetune._pso import pso_loss
 
 __all__: list[str] = [
   # pairwise sample optimization (PSO)
   "pso_loss",
+  # Diff-Instruct*: generator reward under a score-based divergence (SIM)
+  "cfg_reference",
+  "diff_instruct_star_loss",
+  "score_divergence",
+  "sim_loss",
 ]
