@@ -78,10 +78,13 @@ def test_meco_matches_algorithm_1_over_12_steps(x64, variant):
   opt = tx.init(params)
   assert state.log_u.dtype == jnp.float64
   sched = lambda c: jnp.asarray(gammas)[c]  # noqa: E731 - a schedule of the count
-  for t in range(steps):
-    (loss, g), state = meco_grads(
-      energy, params, state, xs[t], zs[t], noise_log_prob(scale), gamma=sched, variant=variant
+  step = jax.jit(
+    lambda p, s, x, z: meco_grads(
+      energy, p, s, x, z, noise_log_prob(scale), gamma=sched, variant=variant
     )
+  )
+  for t in range(steps):
+    (loss, g), state = step(params, state, xs[t], zs[t])
     upd, opt = tx.update(g, opt)
     params = optax.apply_updates(params, upd)
     mu_ref, s_ref, log_u_ref = ref[t]
