@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdiff._grids import Grid
 from jaxdiff._parameterization import eps_from_x0
@@ -55,7 +56,7 @@ def _check_grid(grid, who: str) -> None:
     raise TypeError(
       f"{who}: grid must be a jaxdiff.schedules.Grid (jaxdiff.timesteps), got {type(grid).__name__}"
     )
-  if not is_traced(grid.sigma) and float(grid.sigma[-1]) <= 0.0:
+  if not is_traced(grid.sigma) and float(np.asarray(grid.sigma)[-1]) <= 0.0:
     raise ValueError(
       f"{who}: grid must end at sigma > 0 (a step into sigma = 0 is deterministic and has "
       "no density); build it with denoise_to_zero=False"

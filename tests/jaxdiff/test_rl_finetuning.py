@@ -76,6 +76,9 @@ def test_recorded_log_probs_are_recomputed_by_the_same_denoiser(x64):
   np.testing.assert_allclose(ft.trajectory_log_probs(f, g, r.states), r.log_probs, rtol=1e-12)
   other = ft.trajectory_log_probs(lambda x, t, c: 0.4 * x, g, r.states)
   assert float(jnp.max(jnp.abs(other - r.log_probs))) > 1e-3
+  # under jit with the grid closed over (a concrete grid indexed inside a trace)
+  jitted = jax.jit(lambda x: ft.stochastic_rollout(f, g, x, key=1))(jnp.ones((4, 3)))
+  np.testing.assert_allclose(jitted.states, r.states, rtol=1e-12)
   # a continuation from grid point 2 with the same key draws what the full run drew
   tail = ft.stochastic_rollout(f, g, r.states[:, 2], key=1, start=2)
   np.testing.assert_allclose(tail.states, r.states[:, 2:], rtol=1e-12)
