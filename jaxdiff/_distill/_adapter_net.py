@@ -14,11 +14,20 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxdiff._blocks import run_blocks
-from jaxdiff._validation import check_finite, check_flag, check_scalar, is_traced, poison
+from jaxdiff._validation import (
+  check_choice,
+  check_finite,
+  check_flag,
+  check_scalar,
+  is_traced,
+  poison,
+)
 from jaxdiff.models._checks import check_size
-from jaxdiff.models._nets import DigitDenoiser, _timestep_embedding
+from jaxdiff.models._nets import DigitDenoiser, _modulate, _timestep_embedding
 
 Array = jax.Array
+
+VARIANTS = ("additive", "mlp_gate")
 
 
 class FourierBuffer(nnx.Variable):
@@ -41,32 +50,48 @@ class _ScalarEncoder(nnx.Module):
 
 
 class _Adapter(nnx.Module):
-  """One block's additive adapter: ``(w, time features, label embedding) -> (B, dim)``."""
+  """One block's adapter. ``"additive"``: ``(w, time, label) -> (B, 1, dim)``, the same for
+  every token; ``"mlp_gate"``: also sees the attention input tokens ``u (B, T, dim)``,
+  ``sigmoid(G [P u, c]) * O MLP([P u, c])``, per token."""
 
-  def __init__(self, dim, hidden, mlp_ratio, use_timestep, use_class_label, *, rngs):
+  def __init__(self, dim, hidden, mlp_ratio, use_timestep, use_class_label, variant, *, rngs):
+    zeros = nnx.initializers.zeros  # zero-initialised outputs: the adapter starts at 0
+    self.variant = variant
     self.scale_encoder = _ScalarEncoder(hidden, mlp_ratio, rngs=rngs)
     self.time_proj = nnx.Linear(dim, hidden, rngs=rngs) if use_timestep else None
     self.label_proj = nnx.Linear(dim, hidden, rngs=rngs) if use_class_label else None
-    self.out_in = nnx.Linear(hidden, hidden, rngs=rngs)
-    self.out_norm = nnx.LayerNorm(hidden, rngs=rngs)
-    zeros = nnx.initializers.zeros  # zero-initialised: the adapter starts as the identity
-    self.out = nnx.Linear(hidden, dim, kernel_init=zeros, bias_init=zeros, rngs=rngs)
+    if variant == "additive":
+      self.out_in = nnx.Linear(hidden, hidden, rngs=rngs)
+      self.out_norm = nnx.LayerNorm(hidden, rngs=rngs)
+      self.out = nnx.Linear(hidden, dim, kernel_init=zeros, bias_init=zeros, rngs=rngs)
+    else:
+      self.in_proj = nnx.Linear(dim, hidden, rngs=rngs)
+      self.gate = nnx.Linear(2 * hidden, 1, kernel_init=zeros, bias_init=zeros, rngs=rngs)
+      self.mlp_in = nnx.Linear(2 * hidden, 2 * hidden, rngs=rngs)
+      self.mlp_out = nnx.Linear(2 * hidden, hidden, rngs=rngs)
+      self.out = nnx.Linear(hidden, dim, kernel_init=zeros, bias_init=zeros, rngs=rngs)
 
-  def __call__(self, w: Array, temb: Array | None, lemb: Array | None) -> Array:
+  def __call__(self, w: Array, temb: Array | None, lemb: Array | None, u: Array) -> Array:
     c = self.scale_encoder(w)
     if self.time_proj is not None:
       c = c + self.time_proj(temb)
     if self.label_proj is not None:
       c = c + self.label_proj(lemb)
-    return self.out(self.out_norm(nnx.relu(self.out_in(c))))
+    if self.variant == "additive":
+      return self.out(self.out_norm(nnx.relu(self.out_in(c))))[:, None, :]
+    v = self.in_proj(u)
+    v = jnp.concatenate([v, jnp.broadcast_to(c[:, None, :].astype(v.dtype), v.shape)], axis=-1)
+    gate = nnx.sigmoid(self.gate(v))
+    return gate * self.out(self.mlp_out(nnx.relu(self.mlp_in(v))))
 
 
 class GuidanceAdapter(nnx.Module):
   r"""AGD's guidance adapters on a frozen :class:`~jaxdiff.models.DigitDenoiser`.
 
-  Every transformer block's attention output gets an additive, token-constant term from
-  a small adapter that sees the guidance scale ``w`` (and, by default, the time and the
-  class label through the frozen base's own embeddings plus a trainable projection):
+  Every transformer block's attention output gets an additive term from a small adapter
+  that sees the guidance scale ``w`` (and, by default, the time and the class label
+  through the frozen base's own embeddings plus a trainable projection); with
+  ``variant="additive"`` the term is the same for every token,
 
   .. math::
     a_k = \mathrm{MLP}_k\big(\mathrm{LN}(\mathrm{MLP}(\cos 2\pi(f\,m w + \varphi)))
@@ -94,6 +119,14 @@ class GuidanceAdapter(nnx.Module):
     use_timestep: whether the adapters see the time (the base's time embedding).
     use_class_label: whether they see the class label (the base's label embedding).
     scale_multiplier: :math:`m`, the factor on ``w`` before the Fourier features, > 0.
+    variant: ``"mlp_gate"`` (default; the official ``mlp_gate.py``: the term also reads
+      the attention's input tokens :math:`u`,
+      :math:`\sigma(G[Pu, c]) \odot O\,\mathrm{MLP}([Pu, c])` per token; its output
+      layer :math:`O` starts at zero here, so it too starts as the base) or
+      ``"additive"`` (the official ``additive.py`` and its training script's default: the
+      formula above, one term per sample, the same for every token). On the demo's
+      2-block digits DiT the additive term barely moves the samples toward CFG's
+      (``bench/guidance_distillation.py``), hence the default.
     rngs: ``nnx.Rngs`` for initialisation.
 
   Calling it: ``adapter(x, t, cond, *, guidance_scale, perturb=None)`` with
@@ -125,6 +158,7 @@ class GuidanceAdapter(nnx.Module):
     use_timestep: bool = True,
     use_class_label: bool = True,
     scale_multiplier: float = 1.0,
+    variant: str = "mlp_gate",
     rngs: nnx.Rngs,
   ):
     if not isinstance(base, DigitDenoiser):
@@ -138,13 +172,12 @@ class GuidanceAdapter(nnx.Module):
     self.scale_multiplier = float(
       check_scalar("GuidanceAdapter: scale_multiplier", scale_multiplier, lo=0.0, lo_open=True)
     )
+    self.variant = check_choice("GuidanceAdapter: variant", variant, VARIANTS)
     self.base = base
     dim = base.dim
+    flags = (self.use_timestep, self.use_class_label, self.variant)
     self.adapters = nnx.List(
-      [
-        _Adapter(dim, hidden, mlp_ratio, self.use_timestep, self.use_class_label, rngs=rngs)
-        for _ in base.blocks
-      ]
+      [_Adapter(dim, hidden, mlp_ratio, *flags, rngs=rngs) for _ in base.blocks]
     )
 
   @property
@@ -179,11 +212,16 @@ class GuidanceAdapter(nnx.Module):
     if self.use_class_label:
       labels = jnp.broadcast_to(jnp.asarray(cond), (b,))
       lemb = base.label(jnp.where(labels < 0, base.num_classes, labels))
-    shifts = [a(self.scale_multiplier * w, temb, lemb) for a in self.adapters]
+    ws = self.scale_multiplier * w
 
     def block_fn(k, block, h, c, p):
       (g1, attn), (g2, mlp) = block.residual_branches(c)
-      h = h + g1[:, None, :] * (attn(h, p) + shifts[k][:, None, :].astype(h.dtype))
+      u = None
+      if self.variant == "mlp_gate":  # the attention's input, as the block computes it
+        s1, _, b1, _, _, _ = jnp.split(block.ada(c), 6, axis=-1)
+        u = _modulate(block.norm1(h), b1, s1)
+      shift = self.adapters[k](ws, temb, lemb, u).astype(h.dtype)
+      h = h + g1[:, None, :] * (attn(h, p) + shift)
       return h + g2[:, None, :] * mlp(h, p)
 
     out = run_blocks(base, x, t, cond, perturb=perturb, block_fn=block_fn)

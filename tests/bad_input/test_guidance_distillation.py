@@ -83,6 +83,7 @@ CASES = [
   Case("distill.GuidanceAdapter(NET.base, hidden=0, rngs=nnx.Rngs(0))", raises(ValueError, "hidden")),
   Case("distill.GuidanceAdapter(NET.base, scale_multiplier=0.0, rngs=nnx.Rngs(0))", raises(ValueError, "scale_multiplier")),
   Case("distill.GuidanceAdapter(NET.base, use_timestep='yes', rngs=nnx.Rngs(0))", raises(TypeError, "use_timestep")),
+  Case("distill.GuidanceAdapter(NET.base, variant='attention', rngs=nnx.Rngs(0))", raises(ValueError, "variant must be one of")),
   Case("NET(X8, T8, Y8, guidance_scale=nan)", raises(ValueError, "guidance_scale")),
   Case("NET(X8, T8, Y8, guidance_scale=None)", raises(TypeError, "guidance_scale must be a number")),
   Case("NET(X8, T8, Y8, guidance_scale=jnp.ones(3))", raises(ValueError, r"guidance_scale must be a scalar or of shape \(2,\)")),

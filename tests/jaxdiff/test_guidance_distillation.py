@@ -155,7 +155,7 @@ def test_the_demo_leaves_out_rules_that_need_a_distilled_network():
   assert guidance.REGISTRY["agd"].keyword == "guidance_scale"
 
 
-def _tiny_adapter(seed=0):
+def _tiny_adapter(seed=0, variant="additive"):
   from flax import nnx
 
   from jaxdiff.models import DigitDenoiser
@@ -164,7 +164,9 @@ def _tiny_adapter(seed=0):
   # a base whose zero-initialised heads were trained a little: non-trivial outputs
   for leaf in (base.head.kernel, base.ada_out.kernel, base.blocks[0].ada.kernel):
     leaf[...] = 0.1 * jax.random.normal(jax.random.key(seed + 1), leaf.shape)
-  return distill.GuidanceAdapter(base, hidden=4, mlp_ratio=1, rngs=nnx.Rngs(seed + 2))
+  return distill.GuidanceAdapter(
+    base, hidden=4, mlp_ratio=1, variant=variant, rngs=nnx.Rngs(seed + 2)
+  )
 
 
 def _train(model, tx, steps=3):
@@ -221,10 +223,9 @@ def test_without_freeze_base_the_same_steps_move_the_base():
   )
 
 
-def test_untrained_adapter_is_the_base_and_trained_one_depends_on_the_scale():
-  from flax import nnx  # noqa: F401
-
-  model = _tiny_adapter()
+@pytest.mark.parametrize("variant", ["additive", "mlp_gate"])
+def test_untrained_adapter_is_the_base_and_trained_one_depends_on_the_scale(variant):
+  model = _tiny_adapter(variant=variant)
   x, t, y = jnp.ones((2, 8, 8)), jnp.full((2,), 0.5), jnp.array([1, -1])
   np.testing.assert_array_equal(model(x, t, y, guidance_scale=4.0), model.base(x, t, y))
   trained = _train(model, distill.freeze_base(optax.adam(1e-2)))
