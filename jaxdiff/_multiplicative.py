@@ -76,7 +76,15 @@ class _GBM:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class ConstantGBM(_GBM):
-  r"""GBM with constant volatility: :math:`\sigma(t) = \sigma`, :math:`s(t)^2 = \sigma^2 t`."""
+  r"""GBM with constant volatility: :math:`\sigma(t) = \sigma`, :math:`s(t)^2 = \sigma^2 t`.
+
+  Built by :func:`gbm`; a pytree whose ``sigma`` and ``mu`` are leaves.
+
+  Example:
+    >>> from jaxdiff import multiplicative
+    >>> float(multiplicative.ConstantGBM(sigma=0.5).log_variance(2.0))
+    0.5
+  """
 
   sigma: float
   mu: float = 0.0
@@ -94,7 +102,16 @@ class ConstantGBM(_GBM):
 class GeometricGBM(_GBM):
   r"""GBM whose log-space noise grows geometrically (the VE schedule of Song et al. in
   :math:`\log x`): :math:`s(t)^2 = \sigma_{\min}^2 (r^{2t} - 1)`, :math:`r =
-  \sigma_{\max}/\sigma_{\min}`, :math:`\sigma(t)^2 = 2\log r\,\sigma_{\min}^2 r^{2t}`."""
+  \sigma_{\max}/\sigma_{\min}`, :math:`\sigma(t)^2 = 2\log r\,\sigma_{\min}^2 r^{2t}`.
+
+  Built by :func:`gbm_geometric`; a pytree whose parameters are leaves.
+
+  Example:
+    >>> from jaxdiff import multiplicative
+    >>> g = multiplicative.GeometricGBM(sigma_min=0.1, sigma_max=10.0)
+    >>> print(round(float(g.log_std(1.0)), 4))  # 0.1 * sqrt(100^2 - 1)
+    9.9995
+  """
 
   sigma_min: float
   sigma_max: float

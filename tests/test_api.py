@@ -120,10 +120,12 @@ ALIASES = (
   "reg_newton",
   "diff2",
   "robust_mean_sgd",
+  "exponentiated_gradient",
 )
 # Optimizers with a first-order accumulator (momentum, error feedback, gradient window),
 # aliases and bare preconditioners alike.
 _WITHOUT_ACCUMULATOR = ("dp_sgd", "normalized_gd", "reg_newton", "robust_mean_sgd")
+_WITHOUT_ACCUMULATOR += ("exponentiated_gradient",)  # multiplicative, no momentum
 # hesso's accumulators live in its base optimizer (the alias passes mu_dtype to it);
 # scale_by_hesso, a projection, has none.
 _WITHOUT_ACCUMULATOR += ("hesso",)
@@ -141,6 +143,8 @@ POSITIONAL_KEY_OK = {
   "jax.random.normal(key, shape)",
   "jaxdiff.testing.LowRankGaussianMixture.sample": "GaussianMixture.sample's signature "
   "(a drop-in testbed): sample(key, n)",
+  "jaxdiff.testing.LogNormalMixture.sample": "GaussianMixture.sample's signature (the "
+  "testbed is its pushforward through exp): sample(key, n)",
   "jaxdiff.models.batch_indices": "jax.random convention: a pure function of (key, step) "
   "that the training loop calls inside jit",
   "jaxdiff.solvers.*.step": "the solver protocol step(state, x, i, pred, key) that "
