@@ -474,6 +474,32 @@ def ot_pairing(x, noise) -> Array:
 # --------------------------------------------------------------------------- the loss
 
 
+def _grid_sigma(i, num_scales, smin, smax, rho, dtype) -> Array:
+  """:math:`\\sigma_i` of :func:`karras_sigmas` for integer ``i``; ``num_scales`` may be traced."""
+  n = jnp.asarray(num_scales, dtype)
+  a, b = smax ** (1 / rho), smin ** (1 / rho)
+  # clipped to the ends: in float32 the formula can land a rounding error below sigma_min
+  return jnp.clip((a + i.astype(dtype) / (n - 1) * (b - a)) ** rho, smin, smax)
+
+
+def _sample_intervals(key, batch, num_scales, smin, smax, rho, p_mean, p_std, dtype) -> Array:
+  """Interval indices with the probabilities of :func:`ict_timestep_probs`.
+
+  Drawn by inversion rather than from a table, so that ``num_scales`` may be traced: log sigma
+  from the log-normal truncated to the grid's range, then the index of the interval holding
+  it. Interval ``i`` gets the truncated log-normal's mass on ``(sigma_{i+1}, sigma_i]``, which
+  is :func:`ict_timestep_probs`' ``erf`` difference over its sum, exactly.
+  """
+  lo = (math.log(smin) - p_mean) / p_std
+  hi = (math.log(smax) - p_mean) / p_std
+  u = jax.random.truncated_normal(key, lo, hi, (batch,), dtype)
+  sigma = jnp.exp(p_mean + p_std * u)
+  a, b = smax ** (1 / rho), smin ** (1 / rho)
+  n = jnp.asarray(num_scales, dtype)
+  pos = (a - sigma ** (1 / rho)) / (a - b) * (n - 1)
+  return jnp.clip(jnp.floor(pos), 0, n - 2).astype(jnp.int32)
+
+
 def consistency_training_loss(
   fn: Callable,
   x,
@@ -522,7 +548,9 @@ def consistency_training_loss(
       e.g. :func:`consistency_function` of a network closed over its parameters.
     x: the data batch, batch first, floating, finite where concrete.
     key: PRNG key or int seed (interval and noise draws).
-    num_scales: the grid size :math:`N \ge 2` (:func:`ict_num_scales`), a Python int.
+    num_scales: the grid size :math:`N \ge 2` (:func:`ict_num_scales`); may be traced (a
+      curriculum inside one compiled step). The interval is drawn by inversion of the
+      truncated log-normal, which gives :func:`ict_timestep_probs` exactly.
     c: the premetric's scale :math:`c > 0` (:func:`adaptive_c`); may be traced.
     premetric: ``"cauchy"`` (the paper) or ``"pseudo_huber"`` (iCT).
     diffusion_weight: :math:`\lambda_{\text{diff}} \ge 0`; 0 switches the term off.
@@ -559,7 +587,7 @@ def consistency_training_loss(
     )
   x = _check_data("x", x, where)
   key = as_key(key)
-  n = check_scalar(f"{where}: num_scales", num_scales, lo=2, integer=True, static=True)
+  check_scalar(f"{where}: num_scales", num_scales, lo=2, integer=True)
   cv = check_scalar(f"{where}: c", c, lo=0.0, lo_open=True)
   check_choice(f"{where}: premetric", premetric, PREMETRICS)
   lam = check_scalar(f"{where}: diffusion_weight", diffusion_weight, lo=0.0)
@@ -567,19 +595,17 @@ def consistency_training_loss(
   if not isinstance(pair_noise, (bool, np.bool_)):
     raise TypeError(f"{where}: pair_noise must be a bool, got {type(pair_noise).__name__}")
   check_scalar(f"{where}: sigma_data", sigma_data, lo=0.0, lo_open=True)
-  probs = ict_timestep_probs(
-    n, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, p_mean=p_mean, p_std=p_std
-  )
-  sig = karras_sigmas(n, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
+  smin, smax, r = _check_sigma_range(where, sigma_min, sigma_max, rho)
+  check_scalar(f"{where}: p_mean", p_mean)
+  check_scalar(f"{where}: p_std", p_std, lo=0.0, lo_open=True)
   dtype = x.dtype
-  b = x.shape[0]
   k_idx, k_noise = jax.random.split(key)
-  idx = jax.random.categorical(k_idx, jnp.log(jnp.asarray(probs, dtype)), shape=(b,))
+  idx = _sample_intervals(k_idx, x.shape[0], num_scales, smin, smax, r, p_mean, p_std, dtype)
   z = jax.random.normal(k_noise, x.shape, dtype)
   if pair_noise:
     z = ot_pairing(x, z)
-  sig = jnp.asarray(sig, dtype)
-  t, t2 = sig[idx], sig[idx + 1]
+  t = _grid_sigma(idx, num_scales, smin, smax, r, dtype)
+  t2 = _grid_sigma(idx + 1, num_scales, smin, smax, r, dtype)
   x_t = x + _bcast(t, x) * z
   if teacher is None:
     x_t2 = x + _bcast(t2, x) * z
@@ -599,7 +625,7 @@ def consistency_training_loss(
   cm = dist(out, target, c=c) / (t - t2)
   loss = jnp.mean(cm)
   if lam is None or lam > 0:
-    mask = (idx >= int((1.0 - q) * n)).astype(dtype)
+    mask = (idx >= jnp.floor((1.0 - q) * jnp.asarray(num_scales, dtype))).astype(dtype)
     w = 1.0 / t**2 + 1.0 / sigma_data**2
     per = _mean_flat((out - x) ** 2) * w
     diff = jnp.sum(mask * per) / jnp.maximum(jnp.sum(mask), 1.0)

@@ -67,7 +67,9 @@ CASES = [
   Case("D.consistency_training_loss(3, X, key=0, num_scales=11, c=0.1)", raises(TypeError, "fn must be callable, got int")),
   Case("jax.jit(lambda x: D.consistency_training_loss(F, x, key=0, num_scales=11, c=0.1, pair_noise=True))(X)", returns(lambda v: bool(jnp.isfinite(v)), "jit-able with the host OT pairing")),
   Case("jax.jit(lambda c: D.consistency_training_loss(F, X, key=0, num_scales=11, c=c))(-0.1)", returns(lambda v: bool(jnp.isnan(v)), "traced c <= 0: the loss is NaN (poison)", nan_ok=True)),
-  Case("jax.jit(lambda n: D.consistency_training_loss(F, X, key=0, num_scales=n, c=0.1))(11)", raises(TypeError, "num_scales must be a concrete Python number")),
+  Case("jax.jit(lambda n: D.consistency_training_loss(F, X, key=0, num_scales=n, c=0.1))(11)", returns(lambda v: bool(jnp.isfinite(v)), "a traced num_scales (the curriculum inside one compiled step) is accepted")),
+  Case("D.consistency_training_loss(F, X, key=0, num_scales=11, c=0.1, p_std=0.0)", raises(ValueError, r"p_std must lie in \(0, inf\)")),
+  Case("D.consistency_training_loss(F, X, key=0, num_scales=11, c=0.1, sigma_min=1.0, sigma_max=0.5)", raises(ValueError, "sigma_min must be below sigma_max")),
   # --- sampling
   Case("D.consistency_sample(F, X, sigmas=(80.0, 0.8))", raises(TypeError, "key is needed for more than one step")),
   Case("D.consistency_sample(F, X, sigmas=(0.8, 80.0), key=0)", raises(ValueError, r"sigmas must be strictly decreasing, got \(0.8, 80.0\)")),

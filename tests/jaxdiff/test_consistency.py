@@ -19,6 +19,7 @@ import pytest
 import scipy.optimize
 
 from jaxdiff import distill
+from jaxdiff._distill._consistency import _sample_intervals
 from jaxdiff.testing import GaussianMixture
 
 SMIN, SMAX, RHO, SD = 0.002, 80.0, 7.0, 0.5
@@ -78,8 +79,7 @@ def _ref_loss(fn, x, idx, noise, num_scales, c, loss_norm, diff_weight=5.0, targ
 def _draws(key, b, d, num_scales, dtype=jnp.float64):
   """The loss's own draws (interval index, noise) for a key, to feed the transcription."""
   k_idx, k_noise = jax.random.split(jax.random.key(key))
-  probs = distill.ict_timestep_probs(num_scales)
-  idx = jax.random.categorical(k_idx, jnp.log(jnp.asarray(probs, dtype)), shape=(b,))
+  idx = _sample_intervals(k_idx, b, num_scales, SMIN, SMAX, RHO, -1.1, 2.0, dtype)
   return np.asarray(idx), np.asarray(jax.random.normal(k_noise, (b, d), dtype))
 
 
@@ -106,6 +106,22 @@ def test_karras_grid_and_timestep_probs_match_the_official_code():
   for n in (2, 11, 21, 41, 81, 161, 321, 641, 1281, 7, 3):
     np.testing.assert_allclose(distill.karras_sigmas(n), _ref_sigmas(n), rtol=1e-15)
     np.testing.assert_allclose(distill.ict_timestep_probs(n), _ref_icm_probs(n), rtol=1e-10)
+
+
+@pytest.mark.parametrize("num_scales", [11, 41, 161])
+def test_interval_draws_follow_icts_discretised_lognormal(num_scales, x64):
+  # the loss draws by inversion (so num_scales may be traced); the frequencies must be the
+  # official code's categorical icm_dist (a 5-sigma binomial band on 400k draws)
+  m = 400_000
+  idx = np.asarray(
+    jax.jit(_sample_intervals, static_argnums=(1, 3, 4, 5, 6, 7, 8))(
+      jax.random.key(0), m, num_scales, SMIN, SMAX, RHO, -1.1, 2.0, jnp.float64
+    )
+  )
+  assert idx.min() >= 0 and idx.max() <= num_scales - 2
+  freq = np.bincount(idx, minlength=num_scales - 1) / m
+  p = _ref_icm_probs(num_scales)
+  assert np.all(np.abs(freq - p) <= 5 * np.sqrt(p * (1 - p) / m) + 1e-6)
 
 
 def test_adaptive_c_is_the_papers_fit_and_decreases_with_n():
