@@ -4,6 +4,7 @@ from optim import (
   compander,
   curvature,
   data_scores,
+  games,
   layouts,
   loops,
   losses,
@@ -51,6 +52,7 @@ from optim._version import __version__ as __version__
 __all__ = [
   "compander",
   "curvature",
+  "games",
   "layers",
   "layouts",
   "loops",

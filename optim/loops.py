@@ -14,6 +14,9 @@ AdAdaGrad's growing batch, whose batch-size tests :func:`norm_test` and
 :func:`storm_step` is one step of STORM's training loop (a meta update of the loss
 rescaler through the model's optax step, then the model step), carried in a
 :class:`StormState`.
+:func:`sso_step` is one outer step of SSO (target-based surrogates): one loss gradient in
+the model's output space builds the surrogate :func:`sso_surrogate`, which any optax
+optimizer then minimises in a few cheap inner steps (-> :class:`SSOStep`).
 """
 
 from optim._adadagrad import (
@@ -25,6 +28,7 @@ from optim._adadagrad import (
 )
 from optim._boost import BoostedLayer, boost_layer, boosted_layer_apply
 from optim._newton import RegNewtonResult, reg_newton_minimize
+from optim._sso import SSOStep, sso_step, sso_surrogate
 from optim._storm import StormMetrics, StormState, storm_step
 
 __all__ = [
@@ -41,4 +45,7 @@ __all__ = [
   "StormMetrics",
   "StormState",
   "storm_step",
+  "SSOStep",
+  "sso_step",
+  "sso_surrogate",
 ]

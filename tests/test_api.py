@@ -28,6 +28,7 @@ MODULES = (
   "optim.compander",
   "optim.curvature",
   "optim.data_scores",
+  "optim.games",
   "optim.layers",
   "optim.layouts",
   "optim.local",
@@ -95,6 +96,7 @@ SOLVER_RESULTS = {
   "optim.loops.RegNewtonResult": ("converged", "n_iters", "errors"),
   "optim.ot.SNSResult": ("converged", "n_iters", "errors"),
   "optim.data_scores.KMeansResult": ("converged", "n_iters"),
+  "optim.games.NashFlowResult": ("converged", "n_iters", "errors"),
 }
 # The solvers that return them: a cap (or fixed count) and a tolerance under one name each.
 SOLVERS = {
@@ -103,6 +105,7 @@ SOLVERS = {
   "optim.loops.reg_newton_minimize": ("max_iterations", "tol"),
   "optim.ot.sinkhorn_newton_sparse": ("max_iterations", "tol"),
   "optim.data_scores.kmeans": ("max_iterations", "tol"),
+  "optim.games.nash_flow": ("max_iterations", "tol"),
 }
 
 # The optimizer aliases (``<x>`` = weight decay + ``scale_by_<x>`` + learning rate).
