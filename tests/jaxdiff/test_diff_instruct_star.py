@@ -202,28 +202,27 @@ def test_ten_step_transcription_of_the_generator_update(x64, variant):
   theta_np = np.array([-0.3, np.log(0.8)])
   theta_jx = jnp.asarray(theta_np)
   ref = _ref().denoiser(SCHED)
+  reward = lambda v: -0.5 * (v[:, 0] - mu_r) ** 2 / var_r
+
+  def loss(th, z, t, key):  # jaxdiff
+    x = (th[0] + jnp.exp(th[1]) * z)[:, None]
+    th0 = jax.lax.stop_gradient(th)
+
+    def fake(x_t, tt, cond):
+      al, sg = SCHED.alpha(tt)[:, None], SCHED.sigma(tt)[:, None]
+      return _gen_x0(th0[0], jnp.exp(th0[1]), x_t, al, sg)
+
+    return finetune.diff_instruct_star_loss(
+      reward, ref, fake, x, t, schedule=SCHED, key=key, reward_scale=lam, c=C, variant=variant
+    )
+
+  grad = jax.jit(jax.grad(loss))
   for step in range(steps):
     z = rng.standard_normal(b)
     t = rng.uniform(0.05, 0.95, b)
     key = jax.random.key(step)
     eps = np.asarray(jax.random.normal(key, (b, 1), jnp.float64))[:, 0]
-
-    # --- jaxdiff
-    def loss(th):
-      x = (th[0] + jnp.exp(th[1]) * z)[:, None]
-
-      th0 = jax.lax.stop_gradient(th)
-
-      def fake(x_t, tt, cond):
-        al, sg = SCHED.alpha(tt)[:, None], SCHED.sigma(tt)[:, None]
-        return _gen_x0(th0[0], jnp.exp(th0[1]), x_t, al, sg)
-
-      reward = lambda v: -0.5 * (v[:, 0] - mu_r) ** 2 / var_r
-      return finetune.diff_instruct_star_loss(
-        reward, ref, fake, x, t, schedule=SCHED, key=key, reward_scale=lam, c=C, variant=variant
-      )
-
-    theta_jx = theta_jx - lr * jax.grad(loss)(theta_jx)
+    theta_jx = theta_jx - lr * grad(theta_jx, z, t, key)
     # --- NumPy transcription
     m, s = theta_np[0], np.exp(theta_np[1])
     a, sig = np.asarray(SCHED.alpha(t)), np.asarray(SCHED.sigma(t))
