@@ -24,9 +24,11 @@ method section could not be retrieved here. The tractable loss was therefore der
 again from SIM's score-projection identity and checked on an exact Gaussian testbed
 (``tests/jaxdiff/test_diff_instruct_star.py``): the form whose gradient equals the
 divergence's gradient, ``variant="exact"``, is the default; ``variant="sim"`` is the form
-``-d'(y)^T (s_ref - grad log q(x_t | x_0))`` as SIM states it, kept switchable (its
-gradient differs from the exact one by the gradient of
-``E[d'(y)^T y - d(y)]``, measured in the tests).
+``-d'(y)^T (s_ref - grad log q(x_t | x_0))``, SIM's Theorem 3.1 as secondary sources
+describe it (the paper's text was not read), kept switchable: with every network evaluated
+at the differentiable ``x_t`` its gradient differs from the exact one by the gradient of
+``E[d'(y)^T y - d(y)]`` (measured in the tests); where the paper places its stop-gradients
+differently, the two may agree.
 """
 
 from __future__ import annotations
@@ -162,8 +164,9 @@ def sim_loss(
   [u^\top s_{p_\theta}] = \mathbb E[u^\top\nabla\log q_t(x_t\mid x)]` turns the
   intractable :math:`\partial_\theta s_{p_\theta}` into the first term, and
   :math:`\mathbf d(y)` carries the dependence of the sampling distribution on
-  :math:`\theta`. ``variant="sim"`` is the form as SIM (Theorem 3.1) and Diff-Instruct*
-  state it; its gradient differs from the exact one by
+  :math:`\theta`. ``variant="sim"`` is the form SIM's Theorem 3.1 is described with
+  (the paper's text was not read here); differentiated the same way, its gradient
+  differs from the exact one by
   :math:`\nabla_\theta\,\mathbb E[\mathbf d'(y)^\top y - \mathbf d(y)]` (zero when the
   generator equals the reference). In x0 predictions, :math:`y = \tfrac{\alpha_t}
   {\sigma_t^2}(\hat x_0^{\text{fake}} - \hat x_0^{\text{ref}})` and
