@@ -76,7 +76,8 @@ class BranchRollout(NamedTuple):
       branch's states (``states[:, :, -1]`` are the samples).
     log_probs: ``(B, K, window)``: the behaviour policy's log-probability of each window
       step (the loss's ``old_log_probs``).
-    start: the grid point of ``states[:, :, 0]`` (``N - window``; a Python int).
+    start: the grid point of ``states[:, :, 0]`` (``N - window``; a Python int, an array
+      when the rollout is returned from ``jit``: use ``N - window`` there).
   """
 
   states: Array
