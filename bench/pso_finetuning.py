@@ -69,7 +69,7 @@ def distill_base(key, num_steps, init_steps):
   return p
 
 
-def make_tune_step(method, opt, base, targets, batch):
+def make_tune_step(method, opt, base, targets, batch, beta=BETA):
   def loss_fn(p, key):
     k_b, k_T, k_two, k_loss, k_eps, k_t = jax.random.split(key, 6)
     tgt = targets[jax.random.randint(k_b, (batch,), 0, targets.shape[0])]
@@ -81,7 +81,7 @@ def make_tune_step(method, opt, base, targets, batch):
     sampler = base if method == "pso_offline" else jax.lax.stop_gradient(p)
     ref = few_step(sampler, jax.random.normal(k_T, tgt.shape), k_two, 2)
     return finetune.pso_loss(
-      student, p, base, tgt, ref, schedule=SCHED, timesteps=TIMES, key=k_loss, beta=BETA
+      student, p, base, tgt, ref, schedule=SCHED, timesteps=TIMES, key=k_loss, beta=beta
     )
 
   @jax.jit
@@ -103,7 +103,7 @@ def measure(p, base_samples, x_T, k_two, target_ref, k_sw):
   return {"reward": reward, "target_sw2": fit, "variance_ratio": var, "drift_sw2": drift}
 
 
-def run(seed, distill_steps, init_steps, tune_steps, every, n_eval):
+def run(seed, distill_steps, init_steps, tune_steps, every, n_eval, methods=METHODS):
   key = jax.random.key(100 + seed)
   k_base, k_tgt, k_T, k_two, k_sw, k_ref, k_tune = jax.random.split(key, 7)
   base = distill_base(k_base, distill_steps, init_steps)
@@ -112,23 +112,29 @@ def run(seed, distill_steps, init_steps, tune_steps, every, n_eval):
   x_T = jax.random.normal(k_T, (n_eval, 2))
   base_samples = few_step(base, x_T, k_two, 2)
   out = {"base": measure(base, base_samples, x_T, k_two, target_ref, k_sw)}
-  for method in METHODS:
+  for method in methods:
+    name, beta = (method, BETA) if isinstance(method, str) else method
     opt = optax.adam(1e-4)
     p, state = base, opt.init(base)
-    step = make_tune_step(method, opt, base, targets, 256)
+    step = make_tune_step(name, opt, base, targets, 256, beta)
     curve = [{"step": 0, **out["base"]}]
     t0 = time.perf_counter()
     for i in range(1, tune_steps + 1):
       p, state, _ = step(p, state, jax.random.fold_in(k_tune, i))
       if i % every == 0:
         curve.append({"step": i, **measure(p, base_samples, x_T, k_two, target_ref, k_sw)})
-    out[method] = {"curve": curve, "seconds": time.perf_counter() - t0}
+    key_name = method if isinstance(method, str) else f"{name}_beta{beta:g}"
+    out[key_name] = {"curve": curve, "seconds": time.perf_counter() - t0}
   return out
 
 
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--quick", action="store_true")
+  ap.add_argument(
+    "--betas", type=float, nargs="+", default=None,
+    help="only online PSO at these betas (writes pso_finetuning_betas.json)",
+  )  # fmt: skip
   args = ap.parse_args()
   if args.quick:
     distill_steps, init_steps, tune_steps, every, seeds, n_eval = 40, 20, 20, 10, (0,), 512
@@ -136,6 +142,8 @@ def main():
     distill_steps, init_steps, tune_steps, every = 1000, 200, 300, 50
     seeds, n_eval = (0, 1, 2), 4096
   t_start = time.perf_counter()
+  if args.betas:
+    return beta_sweep(args, distill_steps, init_steps, tune_steps, every, seeds, n_eval)
   per_seed = [run(s, distill_steps, init_steps, tune_steps, every, n_eval) for s in seeds]
   names = ("reward", "target_sw2", "variance_ratio", "drift_sw2")
   final = {"base": summary({k: [r["base"][k] for r in per_seed] for k in names})}
@@ -173,6 +181,32 @@ def main():
     "wall_s": time.perf_counter() - t_start,
   }  # fmt: skip
   path = output_path("pso_finetuning.json", args.quick)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(result, indent=2))
+  print("wrote", path)
+
+
+def beta_sweep(args, distill_steps, init_steps, tune_steps, every, seeds, n_eval):
+  """Online PSO at several betas (same seeds, base and targets as the main run)."""
+  t_start = time.perf_counter()
+  methods = [("pso_online", b) for b in args.betas]
+  per_seed = [run(s, distill_steps, init_steps, tune_steps, every, n_eval, methods) for s in seeds]
+  names = ("reward", "target_sw2", "variance_ratio", "drift_sw2")
+  final = {}
+  for m in per_seed[0]:
+    if m == "base":
+      final[m] = summary({k: [r["base"][k] for r in per_seed] for k in names})
+    else:
+      final[m] = summary({k: [r[m]["curve"][-1][k] for r in per_seed] for k in names})
+      final[m]["reward_curve"] = [
+        float(np.mean([r[m]["curve"][j]["reward"] for r in per_seed]))
+        for j in range(len(per_seed[0][m]["curve"]))
+      ]
+  for m, v in final.items():
+    print(f"{m:22s} " + " ".join(f"{k}={v[k]['mean']:.4f}+-{v[k]['std']:.4f}" for k in names))
+  result = {"betas": args.betas, "tune_steps": tune_steps, "seeds": list(seeds), "final": final,
+            "wall_s": time.perf_counter() - t_start}  # fmt: skip
+  path = output_path("pso_finetuning_betas.json", args.quick)
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(result, indent=2))
   print("wrote", path)
