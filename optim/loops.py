@@ -17,6 +17,10 @@ rescaler through the model's optax step, then the model step), carried in a
 :func:`sso_step` is one outer step of SSO (target-based surrogates): one loss gradient in
 the model's output space builds the surrogate :func:`sso_surrogate`, which any optax
 optimizer then minimises in a few cheap inner steps (-> :class:`SSOStep`).
+:func:`harpg_step` is one step of (N)-HARPG, the Hessian-aided recursive policy gradient
+(or of N-PG-IGT / normalized-momentum policy gradient), carried in a
+:class:`PolicyGradientState` from :func:`policy_gradient_init`; :func:`hessian_correction`
+is its matrix-free policy-Hessian estimate applied to a vector.
 """
 
 from optim._adadagrad import (
@@ -28,6 +32,12 @@ from optim._adadagrad import (
 )
 from optim._boost import BoostedLayer, boost_layer, boosted_layer_apply
 from optim._newton import RegNewtonResult, reg_newton_minimize
+from optim._policy_gradient import (
+  PolicyGradientState,
+  harpg_step,
+  hessian_correction,
+  policy_gradient_init,
+)
 from optim._sso import SSOStep, sso_step, sso_surrogate
 from optim._storm import StormMetrics, StormState, storm_step
 
@@ -48,4 +58,8 @@ __all__ = [
   "SSOStep",
   "sso_step",
   "sso_surrogate",
+  "PolicyGradientState",
+  "harpg_step",
+  "hessian_correction",
+  "policy_gradient_init",
 ]
