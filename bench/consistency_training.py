@@ -35,10 +35,12 @@ feature space (the demo's evaluator), of 1-step (``sigma = 80``) and 2-step
     nice -n 10 python bench/consistency_training.py          # 17 minutes on 2 busy cores
     nice -n 10 python bench/consistency_training.py --settings ring_outliers  # one setting
     nice -n 10 python bench/consistency_training.py --ablation   # 6 minutes: one piece at a time
+    nice -n 10 python bench/consistency_training.py --dit        # digits with the small DiT
     python bench/consistency_training.py --quick             # smoke run (writes to /tmp)
 
 Writes bench/results/consistency_training.json (``--ablation``:
-consistency_training_ablation.json). On an idle machine each setting runs in a few minutes.
+consistency_training_ablation.json; ``--dit``: consistency_training_dit.json). On an idle
+machine each setting runs in a few minutes.
 """
 
 from __future__ import annotations
@@ -112,8 +114,28 @@ def mlp(params, x_in, sigma):
   return (h @ params["w4"] + params["b4"]).reshape(x_in.shape)
 
 
-def consistency_fn(params):
-  return distill.consistency_function(lambda xi, s: mlp(params, xi, s))
+class DiT:
+  """The repository's small DiT (``jaxdiff.models.DigitDenoiser``, the demo's size, null
+  label) as the raw network; its LayerNorms already have no learnable scale (nor bias)."""
+
+  def __init__(self, seed):
+    from flax import nnx
+
+    from jaxdiff.models import DigitDenoiser
+
+    self.nnx = nnx
+    self.graphdef, self.init_params = nnx.split(
+      DigitDenoiser(dim=64, depth=3, num_heads=4, rngs=nnx.Rngs(seed))
+    )
+
+  def __call__(self, params, x_in, sigma):
+    net = self.nnx.merge(self.graphdef, params)
+    t = (jnp.log(sigma) + 6.3) / 10.7  # log sigma in [log 0.002, log 80] -> about [0, 1]
+    return net(x_in, t, -jnp.ones(x_in.shape[0], jnp.int32))
+
+
+def consistency_fn(params, net=mlp):
+  return distill.consistency_function(lambda xi, s: net(params, xi, s))
 
 
 # --------------------------------------------------------------------------- training
@@ -124,11 +146,11 @@ def _adam(lr):
   return optax.adam(lr)  # one object per rate: the compiled step is reused across seeds
 
 
-@functools.partial(jax.jit, static_argnames=("premetric", "diffusion", "ot", "opt"))
-def _step(params, ema, opt_state, x, key, c, num_scales, *, premetric, diffusion, ot, opt):
+@functools.partial(jax.jit, static_argnames=("premetric", "diffusion", "ot", "opt", "net"))
+def _step(params, ema, opt_state, x, key, c, num_scales, *, premetric, diffusion, ot, opt, net):
   def loss_fn(p):
     return distill.consistency_training_loss(
-      consistency_fn(p), x, key=key, num_scales=num_scales, c=c, premetric=premetric,
+      consistency_fn(p, net), x, key=key, num_scales=num_scales, c=c, premetric=premetric,
       diffusion_weight=5.0 if diffusion else 0.0, pair_noise=ot,
     )  # fmt: skip
 
@@ -139,12 +161,16 @@ def _step(params, ema, opt_state, x, key, c, num_scales, *, premetric, diffusion
   return params, ema, opt_state, loss
 
 
-def train(recipe, data, seed, steps, batch, width, lr):
+def train(recipe, data, seed, steps, batch, width, lr, net=None):
   r = RECIPES[recipe]
   dim = int(np.prod(data.shape[1:]))
   c0 = 0.00054 * math.sqrt(dim)
   key = jax.random.key(seed)
-  params = mlp_init(jax.random.fold_in(key, 0), dim, width)
+  if net is None:
+    net, params = mlp, mlp_init(jax.random.fold_in(key, 0), dim, width)
+  else:
+    net = DiT(seed)
+    params = net.init_params
   ema = params
   opt = _adam(lr)
   opt_state = opt.init(params)
@@ -156,16 +182,17 @@ def train(recipe, data, seed, steps, batch, width, lr):
     x = jnp.asarray(data[rng.integers(0, data.shape[0], batch)])
     params, ema, opt_state, loss = _step(
       params, ema, opt_state, x, jax.random.fold_in(key, k + 1), c, n,
-      premetric=r["premetric"], diffusion=r["diffusion"], ot=r["ot"], opt=opt,
+      premetric=r["premetric"], diffusion=r["diffusion"], ot=r["ot"], opt=opt, net=net,
     )  # fmt: skip
     if k % 500 == 0 or k == steps - 1:
       losses.append(float(loss))
-  return ema, losses
+  return (ema, net), losses
 
 
-def samples(params, key, n, shape):
+def samples(model, key, n, shape):
+  params, net = model
   z = jax.random.normal(key, (n, *shape))
-  f = consistency_fn(params)
+  f = consistency_fn(params, net)
   one = distill.consistency_sample(f, z, sigmas=(80.0,))
   two = distill.consistency_sample(f, z, sigmas=TWO_STEP, key=jax.random.fold_in(key, 1))
   return np.asarray(one), np.asarray(two)
@@ -180,7 +207,8 @@ def run_setting(name, data, reference, evaluator, args, recipes):
   for seed in range(args.seeds):
     for rec in recipes:
       t0 = time.perf_counter()
-      ema, losses = train(rec, data, seed, args.steps, args.batch, args.width, args.lr)
+      net = getattr(args, "net", None)
+      ema, losses = train(rec, data, seed, args.steps, args.batch, args.width, args.lr, net)
       one, two = samples(ema, jax.random.key(1000 + seed), args.num_samples, shape)
       row = {}
       for tag, s in (("1step", one), ("2step", two)):
@@ -223,6 +251,11 @@ def main():
   ap.add_argument("--digits-seeds", type=int, default=2)
   ap.add_argument("--digits-steps", type=int, default=2000)
   ap.add_argument(
+    "--dit",
+    action="store_true",
+    help="the digits with the repository's small DiT (writes consistency_training_dit.json)",
+  )
+  ap.add_argument(
     "--ablation",
     action="store_true",
     help="one piece at a time on ring_outliers (writes consistency_training_ablation.json)",
@@ -230,6 +263,8 @@ def main():
   args = ap.parse_args()
   if args.quick:
     args.seeds, args.steps, args.num_samples = 1, 200, 500
+  if args.dit:
+    args.settings, args.recipes, args.lr = "digits", "ict,full", 5e-4
   if args.ablation:
     args.settings = "ring_outliers"
     args.recipes = "ict,ict_diffusion,ict_ot,ict_adaptive_c,cauchy_adaptive_c"
@@ -238,6 +273,7 @@ def main():
   settings = args.settings.split(",")
   recipe_lists = [r.split(",") for r in args.recipes.split(";")]
   fname = "consistency_training_ablation.json" if args.ablation else "consistency_training.json"
+  fname = "consistency_training_dit.json" if args.dit else fname
   path = output_path(fname, args.quick)
   path.parent.mkdir(parents=True, exist_ok=True)
   for name, recipes in zip(settings, recipe_lists):
@@ -264,8 +300,10 @@ def main():
       ref = np.asarray(dm.data.test_x, np.float32)
       seeds = min(args.seeds, args.digits_seeds)
       steps = min(args.steps, args.digits_steps)
+      lr = args.lr if args.dit else 5e-4
+      net = "dit" if args.dit else None
       a = argparse.Namespace(
-        **{**vars(args), "width": 512, "lr": 5e-4, "seeds": seeds, "steps": steps}
+        **{**vars(args), "width": 512, "lr": lr, "seeds": seeds, "steps": steps, "net": net}
       )
       results[name] = run_setting(name, data, ref, dm.evaluator, a, recipes)
       results[name]["reference_fd_train_vs_test"] = dm.evaluator(
