@@ -10,8 +10,13 @@ trained by backprop for as many full-batch steps, with the accuracy as blocks ar
 off at test time. ``noprop``: NoProp-DT (10 blocks,
 each an MLP on the image and the noisy one-hot label, AdamW) against a backprop MLP of one
 block's size and against tpSGD, equal epochs, 3 seeds.
+``noprop_ct`` / ``noprop_fm``: NoProp-CT (one MLP on the image, the noisy one-hot label and
+features of t, fixed cosine schedule, 40-step ancestral chain) and NoProp-FM (the same MLP as
+a vector field, 40 Euler steps, nearest one-hot embedding), AdamW, the DT study's epochs and
+seeds; the DT and backprop figures they are compared with are the ``noprop`` study's.
 
-Usage: ``.venv/bin/python bench/repro_beyond_backprop.py tpsgd noprop boost [--quick]``. Writes
+Usage: ``.venv/bin/python bench/repro_beyond_backprop.py tpsgd noprop noprop_ct noprop_fm boost
+[--quick]``. Writes
 ``bench/results/repro_beyond_backprop.json`` (``--quick``: the temporary directory).
 """
 
@@ -36,7 +41,11 @@ from jaxdiff.models import load_digits  # noqa: E402
 from optim.local import (  # noqa: E402
   mlp_apply,
   mlp_init,
+  noprop_ct_loss,
+  noprop_ct_predict,
   noprop_dt_loss,
+  noprop_fm_loss,
+  noprop_fm_predict,
   noprop_predict,
   noprop_schedule,
   tpsgd_grads,
@@ -245,6 +254,82 @@ def study_noprop(quick: bool) -> dict:
   return out
 
 
+def _time_net(p, x, z, t):
+  k = jnp.arange(1, 5, dtype=z.dtype)
+  feats = [t[:, None], jnp.sin(jnp.pi * k * t[:, None]), jnp.cos(jnp.pi * k * t[:, None])]
+  return mlp_apply(p, jnp.concatenate([x, z, *feats], 1))
+
+
+def _study_noprop_continuous(kind: str, quick: bool) -> dict:
+  xtr, ytr, xte, yte = _data()
+  hidden, epochs, lr, steps = 128, 2 if quick else 30, 1e-3, 40
+  out = {
+    "net": f"MLP 83-{hidden}-{hidden}-10 on (image, z, t features)",
+    "epochs": epochs,
+    "optimizer": f"adamw({lr}, weight_decay=1e-3), batch 64",
+    "num_steps": steps,
+    "embedding": "one-hot (fixed)",
+  }
+  if kind == "ct":
+    out |= {"schedule": "cosine (fixed)", "eta": 1.0, "sampler": "ancestral"}
+  else:
+    out |= {"eta": 1.0, "scores": "nearest embedding"}
+  accs = []
+  for seed in SEEDS:
+    k_net, k_out = jax.random.split(jax.random.key(seed))
+    params = {"net": mlp_init([83, hidden, hidden, 10], key=k_net)}
+    if kind == "ct":
+      params["readout"] = mlp_init([10, 10], key=k_out)[0]
+    tx = optax.adamw(lr, weight_decay=1e-3)
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state, x, y, key):
+      def loss(p):
+        if kind == "ct":
+          return noprop_ct_loss(
+            p, x, y, denoise=_time_net, readout=_readout, key=key, num_classes=10
+          )[0]
+        return noprop_fm_loss(p, x, y, vector_field=_time_net, key=key, num_classes=10)[0]
+
+      g = jax.grad(loss)(params)
+      updates, state = tx.update(g, state, params)
+      return optax.apply_updates(params, updates), state
+
+    for e in range(epochs):
+      for i, idx in enumerate(_batches(len(xtr), 64, jax.random.key(1000 * seed + e))):
+        params, state = step(
+          params, state, xtr[idx], ytr[idx], jax.random.key(10**6 * seed + 1000 * e + i)
+        )
+    if kind == "ct":
+      logits = noprop_ct_predict(
+        params,
+        xte,
+        denoise=_time_net,
+        readout=_readout,
+        key=seed,
+        num_steps=steps,
+        num_classes=10,
+      )
+    else:
+      logits = noprop_fm_predict(
+        params, xte, vector_field=_time_net, key=seed, num_steps=steps, num_classes=10
+      )
+    accs.append(_accuracy(logits, yte))
+  name = f"noprop_{kind}"
+  out[name] = {"test_accuracy": accs, "mean": float(np.mean(accs)), "std": float(np.std(accs))}
+  print(f"NoProp-{kind.upper()} test accuracy {np.mean(accs):.4f} +- {np.std(accs):.4f}  {accs}")
+  return out
+
+
+def study_noprop_ct(quick: bool) -> dict:
+  return _study_noprop_continuous("ct", quick)
+
+
+def study_noprop_fm(quick: bool) -> dict:
+  return _study_noprop_continuous("fm", quick)
+
+
 def study_boost(quick: bool) -> dict:
   xtr, ytr, xte, yte = _data()
   J, m, steps = 8, 16, 30 if quick else 300
@@ -302,7 +387,13 @@ def study_boost(quick: bool) -> dict:
   return out
 
 
-STUDIES = {"tpsgd": study_tpsgd, "noprop": study_noprop, "boost": study_boost}
+STUDIES = {
+  "tpsgd": study_tpsgd,
+  "noprop": study_noprop,
+  "noprop_ct": study_noprop_ct,
+  "noprop_fm": study_noprop_fm,
+  "boost": study_boost,
+}
 
 
 def main(argv=None) -> None:
