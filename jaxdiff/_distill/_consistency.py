@@ -220,7 +220,10 @@ def ict_num_scales(step, *, total_steps, s0=10, s1=1280) -> int:
   if b < a:
     raise ValueError(f"ict_num_scales: s1 must be >= s0 = {a}, got {b}")
   k_prime = max(math.floor(big_k / (math.log2(math.floor(b / a)) + 1)), 1)
-  return int(min(a * 2 ** math.floor(k / k_prime), b)) + 1
+  # The exponent is capped where a * 2**e already exceeds s1 (same value; a huge step would
+  # otherwise build a Python int of step / K' bits).
+  e = min(math.floor(k / k_prime), int(b).bit_length())
+  return int(min(a * 2**e, b)) + 1
 
 
 def karras_sigmas(num_scales, *, sigma_min=0.002, sigma_max=80.0, rho=7.0) -> np.ndarray:
