@@ -306,7 +306,8 @@ def main(argv=None):
     flush=True,
   )
 
-  path = output_path(f"sophia_gpt_b{args.batch}.json" if args.batch else "sophia_gpt.json", args.quick)
+  name = f"sophia_gpt_b{args.batch}.json" if args.batch else "sophia_gpt.json"
+  path = output_path(name, args.quick)
   if args.rho_ablation:
     return rho_ablation(path, args.rho_ablation, size, steps, data, val_x, val_y)
 

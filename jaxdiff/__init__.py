@@ -50,6 +50,8 @@ __all__ = [
   "StepContext",
   "caching",
   "correctors",
+  "distill",
+  "finetune",
   "guidance",
   "inverse",
   "metrics",

@@ -1,1 +1,4 @@
-"""Fine-tuning a sampler towards a goal: one module per method family (public names in jaxdiff.finetune)."""
+"""Fine-tuning a sampler towards a goal: one module per method family.
+
+Public names in :mod:`jaxdiff.finetune`.
+"""
