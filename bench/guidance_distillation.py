@@ -31,13 +31,13 @@ compilation on the shared 2-core CPU: indicative only (other jobs share the core
 
 import argparse
 import json
-import pathlib
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _digits import demo_models
 from _timing import output_path
 from flax import nnx
 
@@ -51,56 +51,10 @@ W_RANGE = (1.0, 6.0)
 
 
 def load(quick):
-  """The demo's cached denoiser and classifier (trained first if absent), data, evaluator."""
-  import optim
-  from jaxdiff import training
-  from jaxdiff.demo._config import DemoConfig, default_cache_dir
-  from jaxdiff.demo._evaluation import Evaluator
-  from jaxdiff.demo._training import _CLASSIFIER_FIELDS, _DENOISER_FIELDS, _lr
-  from jaxdiff.models import DigitClassifier, DigitDenoiser, classifier_loss, load_digits, train
-
-  c = DemoConfig.full()
-  data = load_digits(key=c.seed)
-  cache = pathlib.Path(default_cache_dir())
-  xy = (data.train_x, data.train_y)
-
-  def fit(name, model, loss, tx, steps, fields, offset):
-    return train(
-      model,
-      loss,
-      tx,
-      xy,
-      steps=steps,
-      batch_size=c.batch_size,
-      key=c.seed + offset,
-      chunk=c.chunk,
-      checkpoint_dir=cache / f"{name}-{c.key_of(*fields)}",
-      checkpoint_every=c.checkpoint_every,
-      progress=False,
-      compiler_options=c.compiler_options,
-    ).model
-
-  net = DigitDenoiser(dim=c.dim, depth=c.depth, num_heads=c.num_heads, rngs=nnx.Rngs(c.seed))
-  loss = training.denoising_loss(schedules.vp_cosine(), prediction="v", label_dropout=0.1)
-  net = fit(
-    "denoiser",
-    net,
-    loss,
-    optim.adamp(_lr(c.learning_rate, c.denoiser_steps)),
-    c.denoiser_steps,
-    _DENOISER_FIELDS,
-    0,
-  )
-  clf = fit(
-    "classifier",
-    DigitClassifier(rngs=nnx.Rngs(c.seed + 2)),
-    classifier_loss(),
-    optim.diffgrad(_lr(c.classifier_lr, c.classifier_steps), weight_decay=1e-4),
-    c.classifier_steps,
-    _CLASSIFIER_FIELDS,
-    2,
-  )
-  return c, data, net, clf, Evaluator(clf, data.test_x, c.seed)
+  """The demo's cached denoiser and classifier (trained first if absent), data, evaluator:
+  ``bench/_digits.py``'s loader, shared with the other digits studies."""
+  d = demo_models()
+  return d.config, d.data, d.models.denoiser, d.models.classifier, d.evaluator
 
 
 def train_adapter(
