@@ -112,8 +112,8 @@ def test_new_key_new_data_and_new_mixture_parameters_do_not_retrace(gmm):
     jaxdiff.sample(counting, solvers.dpmpp_2m(), x_T, ts, key=jax.random.key(10 + k))
   assert len(traces) == 1
   # A pytree denoiser: new mixture *values* of the same structure reuse the compilation.
-  # (The cache is emptied first: it is bounded, so when earlier tests in this process have
-  # filled it, a new entry evicts an old one and the size would not grow.)
+  # (The cache is emptied first: another test in this process may already have compiled
+  # the same program, and then the size would not grow.)
   jaxdiff._sampling._sample_jit.clear_cache()
   before = jaxdiff._sampling._sample_jit._cache_size()
   for scale in (1.0, 2.0):
@@ -142,7 +142,7 @@ def test_key_may_be_an_int_seed_or_a_raw_key_and_all_share_one_compilation(gmm):
 def test_a_solver_built_twice_shares_one_compilation(gmm):
   ts = schedules.timesteps(SCHED, 3)
   den = gmm.denoiser(SCHED)
-  jaxdiff._sampling._sample_jit.clear_cache()  # bounded: see the test above
+  jaxdiff._sampling._sample_jit.clear_cache()  # see the test above
   jaxdiff.sample(den, solvers.unipc(3), jnp.ones((2, 2)), ts, key=0)
   before = jaxdiff._sampling._sample_jit._cache_size()
   jaxdiff.sample(den, solvers.make("unipc", order=3), jnp.ones((2, 2)), ts, key=1)
