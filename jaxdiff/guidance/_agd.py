@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import jax
@@ -10,7 +9,7 @@ import jax.numpy as jnp
 
 from jaxdiff._module import module, setfield, static
 from jaxdiff._types import GuidanceRule, Prediction
-from jaxdiff.guidance._common import batch_t, hypers, poison
+from jaxdiff.guidance._common import accepts_keyword, batch_t, hypers, poison
 
 Array = jax.Array
 
@@ -19,20 +18,6 @@ _NO_KEYWORD = (
   "Sample with a guidance-distilled network, e.g. jaxdiff.distill.GuidanceAdapter "
   "wrapped by a jaxdiff.parameterization wrapper."
 )
-
-
-def _accepts_scale(fn) -> bool | None:
-  """Whether ``fn``'s signature takes ``guidance_scale`` (``None``: cannot tell)."""
-  try:
-    sig = inspect.signature(fn)
-  except (TypeError, ValueError):
-    return None
-  for p in sig.parameters.values():
-    if p.kind is inspect.Parameter.VAR_KEYWORD or (
-      p.name == "guidance_scale" and p.kind is not inspect.Parameter.POSITIONAL_ONLY
-    ):
-      return True
-  return False
 
 
 @module
@@ -58,7 +43,7 @@ class AGD(GuidanceRule):
     setfield(self, "traced", hypers("agd", self, scale={}))
 
   def guide(self, net, x, cond, ctx, state):
-    if _accepts_scale(net.fn) is False:
+    if accepts_keyword(net.fn, "guidance_scale") is False:
       raise TypeError(_NO_KEYWORD)
     w = jnp.full((x.shape[0],), jnp.asarray(self.scale, x.dtype))
     try:

@@ -27,6 +27,7 @@ Bad input (one policy for every rule):
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -255,3 +256,18 @@ def logits(classifier_fn, inputs, b: int, num_classes: int, name: str) -> Array:
     where=name,
     hint=f"logits of shape (B, num_classes) = ({b}, {num_classes})",
   )
+
+
+def accepts_keyword(fn, name: str) -> bool | None:
+  """Whether ``fn``'s signature takes the keyword argument ``name`` (or ``**kwargs``);
+  ``None`` when the signature cannot be read (a builtin, some C callables)."""
+  try:
+    sig = inspect.signature(fn)
+  except (TypeError, ValueError):
+    return None
+  for p in sig.parameters.values():
+    if p.kind is inspect.Parameter.VAR_KEYWORD or (
+      p.name == name and p.kind is not inspect.Parameter.POSITIONAL_ONLY
+    ):
+      return True
+  return False

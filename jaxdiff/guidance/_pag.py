@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import jax
@@ -11,25 +10,12 @@ import jax.numpy as jnp
 from jaxdiff._module import module, setfield, static
 from jaxdiff._types import GuidanceRule, Prediction
 from jaxdiff._validation import renamed_kwargs, static_equal
-from jaxdiff.guidance._common import batch_t, evaluate, hypers, null_fn, poison
+from jaxdiff.guidance._common import accepts_keyword, batch_t, evaluate, hypers, null_fn, poison
 
 _NO_FLAG = (
   "pag: the denoiser does not accept the keyword argument `perturb` (bool (B,)). "
   "Build it on jaxdiff.models.SelfAttention (or any layer that honours the flag)."
 )
-
-
-def _accepts_perturb(fn) -> bool | None:
-  try:
-    sig = inspect.signature(fn)
-  except (TypeError, ValueError):
-    return None
-  for p in sig.parameters.values():
-    if p.kind is inspect.Parameter.VAR_KEYWORD or (
-      p.name == "perturb" and p.kind is not inspect.Parameter.POSITIONAL_ONLY
-    ):
-      return True
-  return False
 
 
 def _check_pag_denoiser(denoise, x, t, cond) -> None:
@@ -40,7 +26,7 @@ def _check_pag_denoiser(denoise, x, t, cond) -> None:
   traces (under ``jax.eval_shape``: no computation) exactly when no output value depends
   on the flag, however much the denoiser computes from it on the side.
   """
-  if _accepts_perturb(denoise) is False:
+  if accepts_keyword(denoise, "perturb") is False:
     raise TypeError(_NO_FLAG)
   sds = lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a))
   probe = jax.vmap(

@@ -90,3 +90,26 @@ def test_pag_scale_has_the_vocabulary_name_and_the_old_spelling_warns():
   np.testing.assert_array_equal(rule.apply(den, x, cond, ctx(), ())[0].x0, want)
   with pytest.raises(ValueError, match=r"pag: scale must lie in \[0, inf\)"):
     guidance.pag(-1.0)
+
+
+def test_accepts_keyword_reads_the_signature():
+  # The one signature check that PAG (``perturb``) and AGD (``guidance_scale``) share.
+  from jaxdiff.guidance._common import accepts_keyword
+
+  def named(x, t, c, *, perturb=None):
+    return x
+
+  def var_kw(x, t, c, **kw):
+    return x
+
+  def without(x, t, c):
+    return x
+
+  def positional_only(x, perturb, /):
+    return x
+
+  assert accepts_keyword(named, "perturb") is True
+  assert accepts_keyword(var_kw, "guidance_scale") is True
+  assert accepts_keyword(without, "perturb") is False
+  assert accepts_keyword(positional_only, "perturb") is False
+  assert accepts_keyword(named, "guidance_scale") is False
