@@ -56,6 +56,11 @@ from optim.loops import boost_layer, boosted_layer_apply  # noqa: E402
 SEEDS = (0, 1, 2)
 
 
+def _accuracy_row(accs) -> dict:
+  """The per-seed test accuracies with their mean and (population) std, as the JSON keeps them."""
+  return {"test_accuracy": accs, "mean": float(np.mean(accs)), "std": float(np.std(accs))}
+
+
 def _data():
   d = load_digits(key=0)
   flat = lambda a: np.asarray(a, np.float32).reshape(len(a), -1)  # noqa: E731
@@ -148,7 +153,7 @@ def study_tpsgd(quick: bool) -> dict:
   rows = {}
   for rule, lr in (("backprop", 0.05), ("tpsgd", 0.05)):
     accs = [_train_mlp(rule, sizes, s, epochs, lr, data) for s in SEEDS]
-    rows[rule] = {"test_accuracy": accs, "mean": float(np.mean(accs)), "std": float(np.std(accs))}
+    rows[rule] = _accuracy_row(accs)
     print(f"{rule:9s} test accuracy {np.mean(accs):.4f} +- {np.std(accs):.4f}  {accs}")
   memory = []
   batch, width = 256, 256
@@ -231,25 +236,13 @@ def study_noprop(quick: bool) -> dict:
       params, xte, ab, denoise=_block, readout=_readout, key=seed, num_classes=10
     )
     accs.append(_accuracy(logits, yte))
-  out["noprop_dt"] = {
-    "test_accuracy": accs,
-    "mean": float(np.mean(accs)),
-    "std": float(np.std(accs)),
-  }
+  out["noprop_dt"] = _accuracy_row(accs)
   print(f"NoProp-DT test accuracy {np.mean(accs):.4f} +- {np.std(accs):.4f}  {accs}")
   bp = [_train_mlp("backprop", [64, hidden, 10], s, epochs, 0.05, data) for s in SEEDS]
-  out["backprop_64_128_10"] = {
-    "test_accuracy": bp,
-    "mean": float(np.mean(bp)),
-    "std": float(np.std(bp)),
-  }
+  out["backprop_64_128_10"] = _accuracy_row(bp)
   print(f"backprop 64-{hidden}-10 test accuracy {np.mean(bp):.4f} +- {np.std(bp):.4f}  {bp}")
   tp = [_train_mlp("tpsgd", [64, hidden, 10], s, epochs, 0.05, data) for s in SEEDS]
-  out["tpsgd_64_128_10"] = {
-    "test_accuracy": tp,
-    "mean": float(np.mean(tp)),
-    "std": float(np.std(tp)),
-  }
+  out["tpsgd_64_128_10"] = _accuracy_row(tp)
   print(f"tpSGD 64-{hidden}-10 test accuracy {np.mean(tp):.4f} +- {np.std(tp):.4f}  {tp}")
   return out
 
@@ -317,7 +310,7 @@ def _study_noprop_continuous(kind: str, quick: bool) -> dict:
       )
     accs.append(_accuracy(logits, yte))
   name = f"noprop_{kind}"
-  out[name] = {"test_accuracy": accs, "mean": float(np.mean(accs)), "std": float(np.std(accs))}
+  out[name] = _accuracy_row(accs)
   print(f"NoProp-{kind.upper()} test accuracy {np.mean(accs):.4f} +- {np.std(accs):.4f}  {accs}")
   return out
 
@@ -371,11 +364,7 @@ def study_boost(quick: bool) -> dict:
     bp.append(_accuracy(mlp_apply(params, xte), yte))
   acc = np.array(boosted)
   out["boosted_accuracy_by_blocks"] = {"mean": acc.mean(0).tolist(), "std": acc.std(0).tolist()}
-  out["backprop_64_128_10"] = {
-    "test_accuracy": bp,
-    "mean": float(np.mean(bp)),
-    "std": float(np.std(bp)),
-  }
+  out["backprop_64_128_10"] = _accuracy_row(bp)
   for j in range(J):
     print(
       f"boosted, {j + 1} blocks ({(j + 1) * m:3d} units): "
