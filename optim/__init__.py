@@ -1,7 +1,9 @@
 """optim: optimizers as optax transformations and the curvature toolkit under them."""
 
 from optim import (
+  bilevel,
   compander,
+  constrained,
   curvature,
   data_scores,
   games,
@@ -14,6 +16,7 @@ from optim import (
   schedules,
   unnormalized,
   xla,
+  zeroth_order,
 )
 from optim._adahessian import ScaleByAdaHessianState, adahessian, scale_by_adahessian
 from optim._adamp import (
@@ -50,7 +53,9 @@ from optim._validation import moved_names
 from optim._version import __version__ as __version__
 
 __all__ = [
+  "bilevel",
   "compander",
+  "constrained",
   "curvature",
   "games",
   "layers",
@@ -63,6 +68,7 @@ __all__ = [
   "schedules",
   "unnormalized",
   "xla",
+  "zeroth_order",
   "CoordinateClipState",
   "DPSGDState",
   "DiceSGDState",

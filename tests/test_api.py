@@ -25,7 +25,9 @@ DESIGN = ROOT / "docs" / "design.md"
 
 MODULES = (
   "optim",
+  "optim.bilevel",
   "optim.compander",
+  "optim.constrained",
   "optim.curvature",
   "optim.data_scores",
   "optim.games",
@@ -40,6 +42,7 @@ MODULES = (
   "optim.schedules",
   "optim.unnormalized",
   "optim.xla",
+  "optim.zeroth_order",
   "jaxdiff",
   "jaxdiff.correctors",
   "jaxdiff.distill",
@@ -97,6 +100,8 @@ SOLVER_RESULTS = {
   "optim.ot.SNSResult": ("converged", "n_iters", "errors"),
   "optim.data_scores.KMeansResult": ("converged", "n_iters"),
   "optim.games.NashFlowResult": ("converged", "n_iters", "errors"),
+  "optim.curvature.CGResult": ("converged", "n_iters", "errors"),
+  "optim.bilevel.HypergradResult": ("converged", "n_iters", "errors"),
 }
 # The solvers that return them: a cap (or fixed count) and a tolerance under one name each.
 SOLVERS = {
@@ -106,6 +111,8 @@ SOLVERS = {
   "optim.ot.sinkhorn_newton_sparse": ("max_iterations", "tol"),
   "optim.data_scores.kmeans": ("max_iterations", "tol"),
   "optim.games.nash_flow": ("max_iterations", "tol"),
+  "optim.curvature.conjugate_gradient": ("max_iterations", "tol"),
+  "optim.bilevel.implicit_hypergradient": ("max_iterations", "tol"),
 }
 
 # The optimizer aliases (``<x>`` = weight decay + ``scale_by_<x>`` + learning rate).

@@ -44,6 +44,7 @@ from optim.curvature._opposing import (
 )
 from optim.curvature._plot import plot_density
 from optim.curvature._slq import SpectralDensity, slq_density
+from optim.curvature._solve import CGResult, conjugate_gradient
 from optim.curvature._tour import run_tour
 
 __all__: list[str] = [
@@ -57,6 +58,9 @@ __all__: list[str] = [
   "sample_categorical",
   "softmax_nll",
   "value_grad_and_hvp",
+  # Matrix-free linear solves.
+  "CGResult",
+  "conjugate_gradient",
   # Estimators and their results.
   "DiagEstimate",
   "EigenResult",

@@ -1,0 +1,1 @@
+"""Bilevel optimization: one private module per method family; public names in optim.bilevel."""

@@ -1,0 +1,13 @@
+"""optim.bilevel: bilevel optimization, min_x f(x, y*(x)) with y*(x) = argmin_y g(x, y).
+
+:func:`implicit_hypergradient` is the matrix-free implicit-differentiation hypergradient
+(conjugate gradients on Hessian-vector products, :func:`optim.curvature.conjugate_gradient`)
+that the bilevel methods here share.
+"""
+
+from optim._bilevel._hypergrad import HypergradResult, implicit_hypergradient
+
+__all__ = [
+  "HypergradResult",
+  "implicit_hypergradient",
+]
