@@ -34,7 +34,7 @@ from jaxdiff._validation import as_key, check_choice, check_finite, check_output
 Array = jax.Array
 
 PAIR_VARIANTS = ("trajectory", "renoise")
-LOSS_VARIANTS = ("continuous", "discrete")
+LOSS_VARIANTS = ("continuous", "discrete", "endpoint")
 _DDIM = DDIM(0.0)  # the default teacher sampler: deterministic DDIM
 
 
@@ -243,7 +243,7 @@ def trajectory_consistency_loss(
     teacher: the teacher ``denoise(x, t, cond) -> x0_hat`` (for the velocity).
     schedule: the schedule the teacher and the grid are measured in.
     cond: labels passed to the student and the teacher.
-    variant: ``"continuous"`` (default) or ``"discrete"``.
+    variant: ``"continuous"`` (default), ``"discrete"`` or ``"endpoint"``.
     tangent_normalization: ``c > 0`` of the tangent normalisation, or ``None`` (none).
       Only for ``"continuous"``.
 
@@ -290,6 +290,11 @@ def trajectory_consistency_loss(
     check_output(out, like=x, name="student(params, x, t, cond)", where=where)
     return out
 
+  if variant == "endpoint":
+    x_0 = jnp.asarray(pairs.x_0)
+    if x_0.shape != x_t.shape:
+      raise ValueError(f"pairs.x_0 must have the shape of pairs.x_t {x_t.shape}, got {x_0.shape}")
+    return jnp.mean((f(params, x_t, t) - jax.lax.stop_gradient(x_0)) ** 2)
   frozen = jax.lax.stop_gradient(params)
   if variant == "discrete":
     target = f(frozen, jnp.asarray(pairs.x_s), jnp.asarray(pairs.s))

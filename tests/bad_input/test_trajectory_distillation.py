@@ -31,6 +31,8 @@ NS = dict(globals())
 
 CASES = [
   # --- the pair sampler
+  Case("D.trajectory_consistency_loss(F, 1.0, P._replace(x_0=jnp.ones((4, 2))), variant='endpoint', **KW)", raises(ValueError, r"pairs.x_0 must have the shape of pairs.x_t \(4, 1\), got \(4, 2\)")),
+  Case("D.trajectory_consistency_loss(F, 1.0, P, variant='endpoint', **KW)", returns(lambda v: np.isclose(float(v), float(jnp.mean((P.x_t - P.x_0) ** 2))), "endpoint: mean squared distance to the trajectory's end")),
   Case("D.trajectory_pairs(T, X, TS, key=0, variant='data')", raises(ValueError, "variant must be one of")),
   Case("D.trajectory_pairs(T, jnp.float32(1.0), TS, key=0)", raises(ValueError, r"x_T must have shape \(B, ...\) with B >= 1, got \(\)")),
   Case("D.trajectory_pairs(T, jnp.ones((0, 1)), TS, key=0)", raises(ValueError, r"x_T must have shape \(B, ...\) with B >= 1")),

@@ -163,6 +163,38 @@ def test_discrete_loss_vanishes_with_the_teacher_step(x64):
   assert losses[1] < losses[0] / 50 and losses[0] > 0
 
 
+def test_endpoint_loss_is_the_regression_onto_the_trajectory_end(x64):
+  """``"endpoint"``: mean |f(x_t, t) - x_0|^2 with x_0 the teacher's final sample: zero for
+  the map that returns it; for the exact flow map it falls with the teacher's step error."""
+  sched = schedules.flow()
+  teacher = GaussianMixture(jnp.array([[MU]]), S2).denoiser(sched)
+  x_T = jax.random.normal(jax.random.key(2), (64, 1))
+  kw = dict(teacher=teacher, schedule=sched, variant="endpoint")
+
+  def exact(p, x, t, cond):
+    return p * _gauss_flow_map(x, t, sched)
+
+  losses = []
+  for n in (10, 40):
+    ts = jaxdiff.timesteps(sched, n)
+    pairs = distill.trajectory_pairs(teacher, x_T, ts, key=1)
+    losses.append(float(distill.trajectory_consistency_loss(exact, 1.0, pairs, **kw)))
+  assert 0 < losses[1] < losses[0] / 10  # DDIM is first order: error O(h), squared h^2 (16x)
+  # Transcription: the mean squared distance to pairs.x_0, and its gradient in p.
+  pairs = distill.trajectory_pairs(teacher, x_T, jaxdiff.timesteps(sched, 10), key=1)
+  m = np.asarray(_gauss_flow_map(pairs.x_t, pairs.t, sched))
+  x0 = np.asarray(pairs.x_0)
+  for p in (1.0, 0.7):
+    val, grad = jax.value_and_grad(
+      lambda q: distill.trajectory_consistency_loss(exact, q, pairs, **kw)
+    )(p)
+    np.testing.assert_allclose(val, np.mean((p * m - x0) ** 2), rtol=1e-12)
+    np.testing.assert_allclose(grad, np.mean(2 * (p * m - x0) * m), rtol=1e-12)
+  # Zero at the student that returns the trajectory's end.
+  returns_end = lambda p, x, t, cond: p * x + (1 - p) * pairs.x_0  # noqa: E731
+  assert float(distill.trajectory_consistency_loss(returns_end, 0.0, pairs, **kw)) == 0.0
+
+
 @pytest.mark.parametrize("c", [None, 0.1])
 def test_gradient_is_the_continuous_time_consistency_gradient_over_sgd_steps(x64, c):
   """sCM's gradient 2 (df/dtheta)^T g / n, with g = df/dt (normalised: g / (|g| + c))."""
