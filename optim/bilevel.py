@@ -5,9 +5,15 @@
 that the bilevel methods here share.
 """
 
+from optim._bilevel._borep import BOREPResult, BOREPState, borep, borep_init, borep_step
 from optim._bilevel._hypergrad import HypergradResult, implicit_hypergradient
 
 __all__ = [
+  "BOREPResult",
+  "BOREPState",
+  "borep",
+  "borep_init",
+  "borep_step",
   "HypergradResult",
   "implicit_hypergradient",
 ]
