@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from optim._validation import (
@@ -73,7 +74,8 @@ def _check_params(params: Any, where: str) -> tuple[jax.Array, Callable]:
   flat, unravel = ravel_pytree(params)
   if flat.size == 0:
     raise ValueError(f"{where}: params must hold at least one number, got an empty pytree")
-  if not is_traced(flat) and not bool(jnp.all(jnp.isfinite(flat))):
+  leaves = jax.tree.leaves(params)
+  if not is_traced(leaves) and not all(np.all(np.isfinite(np.asarray(v))) for v in leaves):
     raise ValueError(f"{where}: params must be finite (no NaN or inf)")
   return flat, unravel
 
