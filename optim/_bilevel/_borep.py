@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax.tree_utils as otu
 
 from optim._bilevel._hypergrad import implicit_hypergradient
@@ -92,7 +93,7 @@ def _check_finite(tree: PyTree, what: str, where: str) -> None:
   for leaf in jax.tree.leaves(tree):
     if is_traced(leaf):
       continue
-    if not bool(jnp.all(jnp.isfinite(leaf))):
+    if not np.all(np.isfinite(np.asarray(leaf))):
       raise ValueError(f"{where}: {what} must be finite (no NaN or inf)")
 
 
@@ -177,10 +178,11 @@ def borep_init(
   _check_vars(x0, y0, where)
   _check_losses(outer_loss, inner_loss, x0, y0, where)
   t0 = check_scalar(f"{where}: num_refine_steps", num_refine_steps, lo=0, integer=True, static=True)
+  key = as_key(key)
   y = y0
   if t0 > 0:
     check_scalar(f"{where}: inner_learning_rate", inner_learning_rate, lo=0.0, lo_open=True)
-    keys = jax.random.split(as_key(key), t0)
+    keys = jax.random.split(key, t0)
 
     def body(yy, k):
       return _sgd(yy, _grad_y(inner_loss, x0, yy, k), inner_learning_rate), None
