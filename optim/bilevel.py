@@ -7,6 +7,7 @@ that the bilevel methods here share.
 
 from optim._bilevel._borep import BOREPResult, BOREPState, borep, borep_init, borep_step
 from optim._bilevel._hypergrad import HypergradResult, implicit_hypergradient
+from optim._bilevel._maid import MAIDResult, maid
 
 __all__ = [
   "BOREPResult",
@@ -15,5 +16,7 @@ __all__ = [
   "borep_init",
   "borep_step",
   "HypergradResult",
+  "MAIDResult",
   "implicit_hypergradient",
+  "maid",
 ]
