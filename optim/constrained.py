@@ -1,3 +1,5 @@
 """optim.constrained: equality-constrained optimization, min_x f(x) subject to c(x) = 0."""
 
-__all__: list[str] = []
+from optim._constrained_sketch import EALSketchResult, eal_sketch_minimize
+
+__all__: list[str] = ["EALSketchResult", "eal_sketch_minimize"]
