@@ -102,6 +102,7 @@ SOLVER_RESULTS = {
   "optim.games.NashFlowResult": ("converged", "n_iters", "errors"),
   "optim.curvature.CGResult": ("converged", "n_iters", "errors"),
   "optim.bilevel.HypergradResult": ("converged", "n_iters", "errors"),
+  "optim.bilevel.MAIDResult": ("converged", "n_iters", "errors"),
 }
 # The solvers that return them: a cap (or fixed count) and a tolerance under one name each.
 SOLVERS = {
@@ -113,6 +114,7 @@ SOLVERS = {
   "optim.games.nash_flow": ("max_iterations", "tol"),
   "optim.curvature.conjugate_gradient": ("max_iterations", "tol"),
   "optim.bilevel.implicit_hypergradient": ("max_iterations", "tol"),
+  "optim.bilevel.maid": ("max_iterations", "tol"),
 }
 
 # The optimizer aliases (``<x>`` = weight decay + ``scale_by_<x>`` + learning rate).
