@@ -7,6 +7,7 @@ that the bilevel methods here share.
 
 from optim._bilevel._borep import BOREPResult, BOREPState, borep, borep_init, borep_step
 from optim._bilevel._hypergrad import HypergradResult, implicit_hypergradient
+from optim._bilevel._lvhba import LVHBAResult, LVHBAState, lvhba, lvhba_init, lvhba_step
 from optim._bilevel._maid import MAIDResult, maid
 
 __all__ = [
@@ -16,7 +17,12 @@ __all__ = [
   "borep_init",
   "borep_step",
   "HypergradResult",
+  "LVHBAResult",
+  "LVHBAState",
   "MAIDResult",
   "implicit_hypergradient",
+  "lvhba",
+  "lvhba_init",
+  "lvhba_step",
   "maid",
 ]

@@ -102,6 +102,7 @@ SOLVER_RESULTS = {
   "optim.games.NashFlowResult": ("converged", "n_iters", "errors"),
   "optim.curvature.CGResult": ("converged", "n_iters", "errors"),
   "optim.bilevel.HypergradResult": ("converged", "n_iters", "errors"),
+  "optim.bilevel.LVHBAResult": ("converged", "n_iters", "errors"),
   "optim.bilevel.MAIDResult": ("converged", "n_iters", "errors"),
 }
 # The solvers that return them: a cap (or fixed count) and a tolerance under one name each.
@@ -114,6 +115,7 @@ SOLVERS = {
   "optim.games.nash_flow": ("max_iterations", "tol"),
   "optim.curvature.conjugate_gradient": ("max_iterations", "tol"),
   "optim.bilevel.implicit_hypergradient": ("max_iterations", "tol"),
+  "optim.bilevel.lvhba": ("max_iterations", "tol"),
   "optim.bilevel.maid": ("max_iterations", "tol"),
 }
 
