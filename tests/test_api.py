@@ -102,11 +102,9 @@ SOLVER_RESULTS = {
   "optim.games.NashFlowResult": ("converged", "n_iters", "errors"),
   "optim.curvature.CGResult": ("converged", "n_iters", "errors"),
   "optim.bilevel.HypergradResult": ("converged", "n_iters", "errors"),
-  "optim.constrained.EALSketchResult": ("converged", "n_iters", "errors"),
   "optim.bilevel.LVHBAResult": ("converged", "n_iters", "errors"),
   "optim.bilevel.MAIDResult": ("converged", "n_iters", "errors"),
   "optim.bilevel.BOREPResult": ("converged", "n_iters", "errors"),
-  "optim.zeroth_order.FederatedZOResult": ("converged", "n_iters", "errors"),
 }
 # The solvers that return them: a cap (or fixed count) and a tolerance under one name each.
 SOLVERS = {
@@ -118,12 +116,9 @@ SOLVERS = {
   "optim.games.nash_flow": ("max_iterations", "tol"),
   "optim.curvature.conjugate_gradient": ("max_iterations", "tol"),
   "optim.bilevel.implicit_hypergradient": ("max_iterations", "tol"),
-  "optim.constrained.eal_sketch_minimize": ("max_iterations", "tol"),
   "optim.bilevel.lvhba": ("max_iterations", "tol"),
   "optim.bilevel.maid": ("max_iterations", "tol"),
   "optim.bilevel.borep": ("max_iterations", "tol"),
-  "optim.zeroth_order.fzoos_minimize": ("max_iterations", "tol"),
-  "optim.zeroth_order.fedzo_minimize": ("max_iterations", "tol"),
 }
 
 # The optimizer aliases (``<x>`` = weight decay + ``scale_by_<x>`` + learning rate).
