@@ -17,7 +17,7 @@ import numpy as np
 import optax.tree_utils as otu
 
 from optim._bilevel._hypergrad import check_bilevel
-from optim._validation import check_floating, check_like, check_scalar, is_traced
+from optim._validation import check_floating, check_like, check_scalar, is_traced, poison
 
 PyTree = Any
 
@@ -353,13 +353,16 @@ def lvhba_step(
       set; ``(project_x(x), project_y(y))`` when None.
 
   Returns:
-    The next :class:`LVHBAState`.
+    The next :class:`LVHBAState`. A traced hyperparameter out of range (under ``jit``)
+    makes every iterate of the returned state NaN (a concrete one raises).
 
   Raises:
-    TypeError: a loss is not callable or not a real scalar, ``constraint`` returns a
-      non-float, a projection is not callable or returns another dtype or a non-pair.
-    ValueError: ``constraint`` does not return a 1-d vector, a projection returns another
-      structure or shape, a concrete hyperparameter is out of range.
+    TypeError: ``state`` is not an :class:`LVHBAState`; a loss is not callable or not a real
+      scalar, ``constraint`` returns a non-float, a projection is not callable or returns
+      another dtype or a non-pair.
+    ValueError: ``constraint`` does not return a 1-d vector or its length differs from the
+      state's multiplier, a projection returns another structure or shape, a concrete
+      iterate of ``state`` is not finite, a concrete hyperparameter is out of range.
 
   Example:
     >>> import jax.numpy as jnp
@@ -396,7 +399,8 @@ def lvhba_step(
   px, py, pxy = _validate(
     state, outer_loss, inner_loss, constraint, project_x, project_y, project_xy, hp, where
   )
-  return _step(state, outer_loss, inner_loss, constraint, px, py, pxy, tuple(hp.values()))
+  hpt = tuple(hp.values())
+  return _poison_bad(_step(state, outer_loss, inner_loss, constraint, px, py, pxy, hpt), hpt)
 
 
 def _validate(
@@ -409,8 +413,32 @@ def _validate(
       f"{where}: constraint(x, y) returns {out.shape[0]} values but the state's multiplier "
       f"has shape {jnp.shape(state.lam)}; build the state with lvhba_init and the same constraint"
     )
+  if jnp.shape(state.z) != jnp.shape(state.lam):
+    raise ValueError(
+      f"{where}: state.z has shape {jnp.shape(state.z)} but state.lam has "
+      f"{jnp.shape(state.lam)}; build the state with lvhba_init"
+    )
+  check_like(state.theta, state.y, "state.theta", "state.y", where)
+  for name in ("x", "y", "theta", "lam", "z"):
+    _check_finite(getattr(state, name), f"state.{name}", where)
   _check_hyper(where, **hp)
   return _projections(project_x, project_y, project_xy, state.x, state.y, where)
+
+
+def _poison_bad(new: LVHBAState, hp: tuple) -> LVHBAState:
+  """NaN in every iterate when a traced hyperparameter is out of range (concrete ones raise)."""
+  if not is_traced(hp):
+    return new
+  alpha, beta, eta, gamma1, gamma2, c0, c_power, z_max = hp
+  valid = jnp.all(
+    jnp.stack(
+      [alpha > 0, beta > 0, eta > 0, gamma1 > 0, gamma2 > 0, c0 > 0, c_power >= 0, z_max > 0]
+    )
+  )
+  bad = lambda t: jax.tree.map(lambda a: poison(a, valid), t)  # noqa: E731
+  return new._replace(
+    x=bad(new.x), y=bad(new.y), theta=bad(new.theta), lam=bad(new.lam), z=bad(new.z)
+  )
 
 
 def _sq(tree) -> jax.Array:
@@ -518,7 +546,7 @@ def lvhba(
 
   def body(c):
     k, s, errors, _ = c
-    new = _step(s, outer_loss, inner_loss, constraint, px, py, pxy, hpt)
+    new = _poison_bad(_step(s, outer_loss, inner_loss, constraint, px, py, pxy, hpt), hpt)
     w_old = (s.x, s.y, s.theta, s.lam, s.z)
     w_new = (new.x, new.y, new.theta, new.lam, new.z)
     diff = _sq(jax.tree.map(lambda a, b: a - b, w_new, w_old))
