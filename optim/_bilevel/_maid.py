@@ -61,11 +61,12 @@ class MAIDResult(NamedTuple):
   total_cg_iters: jax.Array
 
 
-def _gradient_descent(inner_loss, mu, learning_rate, max_iterations):
+def _gradient_descent(inner_loss, mu_fn, learning_rate, max_iterations):
   """Lower-level gradient descent stopped at :math:`\\|\\nabla_y g\\| / \\mu \\le \\epsilon`."""
 
   def solve(x, y, eps):
     grad = lambda yy: jax.grad(inner_loss, argnums=1)(x, yy)  # noqa: E731
+    mu = mu_fn(x)
 
     def cond(c):
       n, _, g = c
@@ -117,7 +118,7 @@ def maid(
   x0: PyTree,
   y0: PyTree,
   *,
-  mu: float,
+  mu: float | Callable[[PyTree], jax.Array],
   max_iterations: int = 100,
   tol: float = 1e-6,
   epsilon: float = 0.1,
@@ -128,9 +129,9 @@ def maid(
   nu: float = 1.05,
   eta: float = 1e-4,
   step_increase: float = 10.0 / 9.0,
-  outer_smoothness: float = 1.0,
-  hessian_lipschitz: float = 0.0,
-  cross_lipschitz: float = 0.0,
+  outer_smoothness: float | Callable[[PyTree], jax.Array] = 1.0,
+  hessian_lipschitz: float | Callable[[PyTree], jax.Array] = 0.0,
+  cross_lipschitz: float | Callable[[PyTree], jax.Array] = 0.0,
   cross_norm: float | Callable[[PyTree, PyTree], jax.Array] | None = None,
   inner_solver: Callable[[PyTree, PyTree, jax.Array], tuple[PyTree, jax.Array]] | None = None,
   inner_learning_rate: float | None = None,
@@ -197,7 +198,10 @@ def maid(
     inner_loss: :math:`g(x, y)`, a real scalar, :math:`\\mu`-strongly convex in ``y``.
     x0: starting upper-level point (a pytree of float arrays).
     y0: starting lower-level point (a pytree of float arrays), a warm start only.
-    mu: strong-convexity modulus :math:`\\mu > 0` of ``inner_loss`` in ``y``.
+    mu: strong-convexity modulus :math:`\\mu > 0` of ``inner_loss`` in ``y``: a float, or a
+      callable ``x -> scalar`` where it depends on the hyperparameters (e.g.
+      :math:`\\min_i e^{x_i}` for a learned ridge penalty). The three constants below take a
+      callable ``x -> scalar`` too.
     max_iterations: cap on outer iterations, >= 1.
     tol: stop when :math:`\\|z_k\\| \\le` ``tol`` (>= 0).
     epsilon: starting lower-level accuracy :math:`\\epsilon_0 > 0`.
@@ -244,7 +248,16 @@ def maid(
   """
   where = "maid"
   check_bilevel(outer_loss, inner_loss, x0, y0, where)
-  check_scalar(f"{where}: mu", mu, lo=0.0, lo_open=True)
+  dtype = jnp.result_type(*jax.tree.leaves(x0))
+
+  def constant(value, name, lo_open=False):
+    if callable(value):
+      check_output(jax.eval_shape(value, x0), scalar=True, name=name, where=where)
+      return lambda x: jnp.asarray(value(x), dtype)
+    check_scalar(f"{where}: {name}", value, lo=0.0, lo_open=lo_open)
+    return lambda x: jnp.asarray(value, dtype)
+
+  mu_fn = constant(mu, "mu", lo_open=True)
   max_iterations = check_scalar(
     f"{where}: max_iterations", max_iterations, lo=1, integer=True, static=True
   )
@@ -257,9 +270,9 @@ def maid(
   check_scalar(f"{where}: nu", nu, lo=1.0)
   check_scalar(f"{where}: eta", eta, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
   check_scalar(f"{where}: step_increase", step_increase, lo=1.0)
-  check_scalar(f"{where}: outer_smoothness", outer_smoothness, lo=0.0)
-  check_scalar(f"{where}: hessian_lipschitz", hessian_lipschitz, lo=0.0)
-  check_scalar(f"{where}: cross_lipschitz", cross_lipschitz, lo=0.0)
+  lf_fn = constant(outer_smoothness, "outer_smoothness")
+  la_fn = constant(hessian_lipschitz, "hessian_lipschitz")
+  lb_fn = constant(cross_lipschitz, "cross_lipschitz")
   inner_max_iterations = check_scalar(
     f"{where}: inner_max_iterations", inner_max_iterations, lo=1, integer=True, static=True
   )
@@ -283,13 +296,12 @@ def maid(
         "step, e.g. 1/L_g) when inner_solver is None"
       )
     check_scalar(f"{where}: inner_learning_rate", inner_learning_rate, lo=0.0, lo_open=True)
-    inner_solver = _gradient_descent(inner_loss, mu, inner_learning_rate, inner_max_iterations)
+    inner_solver = _gradient_descent(inner_loss, mu_fn, inner_learning_rate, inner_max_iterations)
   elif not callable(inner_solver):
     raise TypeError(
       f"{where}: inner_solver must be a callable (x, y, eps) -> (y, n_iters), got "
       f"{type(inner_solver).__name__}"
     )
-  dtype = jnp.result_type(*jax.tree.leaves(x0))
   eps0 = jnp.asarray(epsilon, dtype)
   out = jax.eval_shape(inner_solver, x0, y0, eps0)
   if not (isinstance(out, tuple) and len(out) == 2):
@@ -309,7 +321,6 @@ def maid(
     check_scalar(f"{where}: cross_norm", cross_norm, lo=0.0)
     norm_b = lambda x, y: cross_norm  # noqa: E731
 
-  lf, la, lb = outer_smoothness, hessian_lipschitz, cross_lipschitz
   ls_base = linesearch_max_iterations if adaptive else max(linesearch_max_iterations - 5, 1)
   f32 = lambda v: jnp.asarray(v, dtype)  # noqa: E731
 
@@ -323,6 +334,7 @@ def maid(
       outer_loss, inner_loss, x, y, tol=rel, max_iterations=cg_max_iterations
     )
     bn = jnp.asarray(norm_b(x, y), dtype)
+    mu, lf, la, lb = mu_fn(x), lf_fn(x), la_fn(x), lb_fn(x)
     omega = (
       bn / mu * dlt
       + (lf * bn / mu + la * bn * gf / mu**2 + lb * gf / mu) * eps
@@ -352,6 +364,7 @@ def maid(
     """Step 2: backtracking on the inexact sufficient decrease."""
     nz2 = otu.tree_vdot(z, z)
     old = -fv + gf * eps
+    lf = lf_fn(x)
 
     def cond(c):
       i, ok, *_ = c
