@@ -20,7 +20,13 @@ nan, inf = float("nan"), float("inf")
 F = lambda x, y: 0.5 * jnp.sum((x - y[2:]) ** 2) + 0.5 * jnp.sum((y[:2] - 1.0) ** 2)  # noqa: E731
 f = lambda x, y: 0.5 * jnp.sum(y[:2] ** 2) - x @ y[:2] + jnp.sum(y[2:])  # noqa: E731
 g = lambda x, y: jnp.atleast_1d(-(jnp.sum(x) + jnp.sum(y)))  # noqa: E731
-P = lambda x, y: (x - jnp.minimum(x.sum() + y.sum(), 0.0) / 6, y - jnp.minimum(x.sum() + y.sum(), 0.0) / 6)  # noqa: E731
+
+
+def P(x, y):  # the projection onto C = {1^T x + 1^T y >= 0}
+  shift = jnp.minimum(x.sum() + y.sum(), 0.0) / 6
+  return x - shift, y - shift
+
+
 X, Y = jnp.zeros(2), jnp.zeros(4)
 S = lvhba_init(X, Y, g)
 NS = dict(globals())
