@@ -105,6 +105,39 @@ def _psd_pinv_solve(a: Array, v: Array) -> Array:
   return vec @ (inv * (vec.T @ v))
 
 
+def _merit_fns(f: Callable, c: Callable):
+  """The Lagrangian, its x-gradient, the exact augmented Lagrangian and its gradient.
+
+  .. math::
+    \\mathcal{L}_{\\mu,\\nu} = f + \\lambda^\\top c + \\frac{\\mu}{2}\\|c\\|^2
+      + \\frac{\\nu}{2}\\|\\nabla_x\\mathcal{L}\\|^2,\\qquad
+    \\nabla\\mathcal{L}_{\\mu,\\nu} = \\begin{pmatrix}
+      \\nabla_x\\mathcal{L} + \\nu\\nabla_x^2\\mathcal{L}\\,\\nabla_x\\mathcal{L}
+        + \\mu G^\\top c \\\\
+      c + \\nu G\\nabla_x\\mathcal{L} \\end{pmatrix},
+
+  the gradient matrix-free: one HVP of the Lagrangian, one VJP and one JVP of ``c``.
+  """
+
+  def lagrangian(x, lam):
+    return f(x) + jnp.dot(lam, c(x))
+
+  grad_l = jax.grad(lagrangian)
+
+  def merit(x, lam, mu, nu):
+    cx, g = c(x), grad_l(x, lam)
+    return f(x) + jnp.dot(cx, lam) + 0.5 * mu * jnp.dot(cx, cx) + 0.5 * nu * jnp.dot(g, g)
+
+  def merit_grad(x, lam, mu, nu):
+    g = grad_l(x, lam)
+    cx, c_vjp = jax.vjp(c, x)
+    h_g = hvp(lagrangian, x, g, lam)
+    g_dir = jax.jvp(c, (x,), (g,))[1]
+    return jnp.concatenate([g + nu * h_g + mu * c_vjp(cx)[0], cx + nu * g_dir])
+
+  return lagrangian, grad_l, merit, merit_grad
+
+
 def _validate(objective, constraint, x0, lam0):
   where = "eal_sketch_minimize"
   if not callable(objective):
@@ -348,15 +381,7 @@ def _run(objective, constraint, config, x0, lam0, key, hyper) -> EALSketchResult
   f = lambda x: jnp.asarray(objective(x), dtype)  # noqa: E731
   c = lambda x: jnp.asarray(constraint(x), dtype)  # noqa: E731
 
-  def lagrangian(x, lam):
-    return f(x) + jnp.dot(lam, c(x))
-
-  grad_l = jax.grad(lagrangian)
-
-  def merit(x, lam, mu_, nu_):
-    cx = c(x)
-    g = grad_l(x, lam)
-    return f(x) + jnp.dot(cx, lam) + 0.5 * mu_ * jnp.dot(cx, cx) + 0.5 * nu_ * jnp.dot(g, g)
+  lagrangian, grad_l, merit, merit_grad = _merit_fns(f, c)
 
   eye = jnp.eye(n, dtype=dtype)
 
@@ -405,11 +430,6 @@ def _run(objective, constraint, config, x0, lam0, key, hyper) -> EALSketchResult
       vx, vl = v[:n], v[n:]
       return jnp.concatenate([hess_vec(vx) + shift * vx + c_vjp(vl)[0], jac_vec(vx)])
 
-    h_g = hess_vec(g)  # (Hessian of the Lagrangian) grad_x L, for the merit's gradient
-
-    def merit_grad(mu_, nu_):
-      return jnp.concatenate([g + nu_ * h_g + mu_ * c_vjp(cx)[0], cx + nu_ * jac_vec(g)])
-
     def sketch_solve(z, r, t_total, delta_):
       """Sketch-and-project iterations until the adaptive accuracy condition holds."""
       bound = delta_ * rhs_norm  # theta = 1, as in the official code
@@ -440,7 +460,7 @@ def _run(objective, constraint, config, x0, lam0, key, hyper) -> EALSketchResult
         z = jnp.linalg.solve(kmat, rhs)
       else:
         z, r, t_total = sketch_solve(z, r, t_total, delta_)
-      slope = jnp.dot(merit_grad(mu_, nu_), z)
+      slope = jnp.dot(merit_grad(x, lam, mu_, nu_), z)
       caps = (mu_ > _MU_CAP) | (nu_ < _NU_FLOOR)
       done = caps | ~(slope > -(nu_ / 2.0) * rhs_norm**2)
       mu_new, nu_new = mu_ * rho**2, nu_ / rho
@@ -453,7 +473,7 @@ def _run(objective, constraint, config, x0, lam0, key, hyper) -> EALSketchResult
     z0 = jnp.zeros((size,), dtype)
     s0 = (z0, -rhs, jnp.int32(0), mu_, nu_, delta_, jnp.asarray(False))
     z, _, t_total, mu_, nu_, delta_, _ = jax.lax.while_loop(penalty_cond, penalty_body, s0)
-    slope = jnp.dot(merit_grad(mu_, nu_), z)
+    slope = jnp.dot(merit_grad(x, lam, mu_, nu_), z)
 
     dx, dl = z[:n], z[n:]
     m0 = merit(x, lam, mu_, nu_)

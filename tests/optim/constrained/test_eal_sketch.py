@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from optim._constrained_sketch import _draw_sketch
+from optim._constrained_sketch import _draw_sketch, _merit_fns
 from optim.constrained import EALSketchResult, eal_sketch_minimize
 
 
@@ -290,3 +290,15 @@ def test_jit_and_float32():
   res = run(jnp.asarray(x0, jnp.float32))
   assert res.x.dtype == jnp.float32 and bool(res.converged)
   np.testing.assert_allclose(np.asarray(res.x), x_star, atol=1e-3)
+
+
+def test_merit_gradient_is_the_exact_gradient_of_the_augmented_lagrangian():
+  # The paper's merit gradient has (Hessian of the Lagrangian) grad_x L; the official code
+  # multiplies by the objective's Hessian instead (equal only for linear constraints).
+  with jax.enable_x64(True):
+    _, _, merit, merit_grad = _merit_fns(f7, c7)
+    x, lam = jnp.array([0.7, -1.3]), jnp.array([0.4])
+    auto = jax.grad(lambda z: merit(z[:2], z[2:], 2.0, 0.3))(jnp.concatenate([x, lam]))
+    np.testing.assert_allclose(
+      np.asarray(merit_grad(x, lam, 2.0, 0.3)), np.asarray(auto), rtol=1e-12
+    )
