@@ -5,6 +5,7 @@
 that the bilevel methods here share.
 """
 
+from optim._bilevel._blockwise import BSVRBResult, BSVRBState, bsvrb, bsvrb_init, bsvrb_step
 from optim._bilevel._borep import BOREPResult, BOREPState, borep, borep_init, borep_step
 from optim._bilevel._hypergrad import HypergradResult, implicit_hypergradient
 from optim._bilevel._lvhba import LVHBAResult, LVHBAState, lvhba, lvhba_init, lvhba_step
@@ -12,10 +13,15 @@ from optim._bilevel._maid import MAIDResult, maid
 
 __all__ = [
   "BOREPResult",
+  "BSVRBResult",
+  "BSVRBState",
   "BOREPState",
   "borep",
   "borep_init",
   "borep_step",
+  "bsvrb",
+  "bsvrb_init",
+  "bsvrb_step",
   "HypergradResult",
   "LVHBAResult",
   "LVHBAState",
