@@ -20,8 +20,9 @@ better test accuracy sooner than the baselines on SVM hyperparameter selection.
   the same constants (lambda >= 0, projection onto the halfspace C); (c) with our defaults
   (gamma2 = 1 and c_k = (k+1)^0.3 of the official ``Toy-example/LLSC/LV-HBA.py``), and
   (d) with c_k = (k+1)^0.49, up to 30000 iterations. E-AiPOD (the paper's baseline) is
-  not run: its official toy script needs the null space of a 200-vector and a
-  pseudo-inverse per outer step and was not ported for lack of time.
+  not run: its official toy script (``Toy-example/LLC/E-AiPOD.py``, n = 2000) writes the
+  problem with the blocks of y exchanged in F and the lower level's linear term on y1, so
+  it solves another problem; a corrected port was not attempted.
 * ``svm``: the paper's linear-SVM hyperparameter problem, small: sklearn's breast-cancer
   data (30 standardized features; 200 train / 150 validation / 219 test, 3 shuffles);
   x = one log-weight c_i per training example, y = (w, b, xi); lower level min 1/2 |w|^2
