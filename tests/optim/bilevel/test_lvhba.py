@@ -308,3 +308,16 @@ def test_public_names(name):
   import optim.bilevel
 
   assert name in optim.bilevel.__all__
+
+
+def test_the_whole_run_jits_and_vmaps_over_starts():
+  F, f, g, halfspace, _ = toy(2)
+  x0, y0 = _toy_start(2)
+  x0, y0 = x0.astype(jnp.float32), y0.astype(jnp.float32)
+  run = lambda x: lvhba(F, f, g, x, y0, max_iterations=50, tol=0.0, project_xy=halfspace)  # noqa: E731
+  eager = run(x0)
+  jitted = jax.jit(run)(x0)
+  np.testing.assert_allclose(jitted.x, eager.x, rtol=1e-5, atol=1e-6)
+  batched = jax.vmap(run)(jnp.stack([x0, x0 + 1.0]))
+  np.testing.assert_allclose(batched.x[0], eager.x, rtol=1e-5, atol=1e-6)
+  assert batched.n_iters.shape == (2,) and int(batched.n_iters[1]) == 50
