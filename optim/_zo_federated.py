@@ -60,16 +60,16 @@ __all__ = [
 # Validation shared by the public functions.
 
 
-def _check_x(x: Any, where: str) -> None:
+def _check_x(x: Any, where: str, name: str = "x0") -> None:
   leaves = jax.tree.leaves(x)
   if not leaves:
-    raise ValueError(f"{where}: x0 must hold at least one array, got {x!r}")
+    raise ValueError(f"{where}: {name} must hold at least one array, got {x!r}")
   for leaf in leaves:
     if not hasattr(leaf, "dtype") or not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
       dt = getattr(leaf, "dtype", type(leaf).__name__)
-      raise TypeError(f"{where}: x0 must hold real floating-point arrays, got {dt}")
+      raise TypeError(f"{where}: {name} must hold real floating-point arrays, got {dt}")
     if not isinstance(leaf, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(leaf))):
-      raise ValueError(f"{where}: x0 must be finite (no NaN or inf)")
+      raise ValueError(f"{where}: {name} must be finite (no NaN or inf)")
 
 
 def _check_f(f: Any, where: str) -> None:
@@ -87,6 +87,10 @@ def _check_optimizer(optimizer: Any, where: str) -> None:
 
 def _clients(clients: Any, where: str) -> tuple[int, Any]:
   """(number of clients, the stacked per-client argument of ``f``)."""
+  if isinstance(clients, (bool, np.bool_)):
+    raise TypeError(
+      f"{where}: clients must be a number of clients or a stacked pytree, got a bool ({clients})"
+    )
   if isinstance(clients, (int, np.integer)) and not isinstance(clients, bool):
     n = check_scalar("clients", clients, lo=1, integer=True, static=True)
     return n, jnp.arange(n, dtype=jnp.int32)
@@ -195,7 +199,7 @@ def zo_gradient(
   where = "zo_gradient"
   if not callable(f):
     raise TypeError(f"{where}: f must be callable f(x) -> scalar, got {type(f).__name__}")
-  _check_x(x, where)
+  _check_x(x, where, "x")
   q = check_scalar("num_directions", num_directions, lo=1, integer=True, static=True)
   check_scalar("smoothing", smoothing, lo=0.0, lo_open=True)
   check_choice("probe", probe, ("gaussian", "sphere"))
