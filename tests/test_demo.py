@@ -259,3 +259,50 @@ def test_highres_settings_are_checked():
     dataclasses.replace(CONFIG, highres_dim=15)
   with pytest.raises(ValueError, match="highres_nfe"):
     dataclasses.replace(CONFIG, highres_nfe=1)
+
+
+def test_few_step_section_compares_the_student_with_its_teacher(demo_run):
+  results, out, cache, _ = demo_run
+  f = results["few_step"]
+  budget = CONFIG.nfe_budget
+  assert [(r["setting"], r["nfe"]) for r in f["rows"]] == [
+    (f"teacher, DDIM {budget} steps", budget),
+    ("teacher, DDIM 1 step", 1),
+    ("teacher, DDIM 2 steps", 2),
+    ("student, 1 step", 1),
+    ("student, 2 steps", 2),
+  ]
+  for r in f["rows"]:
+    for k in ("fd", "accuracy", "fd_to_teacher", "ms_per_sample", "speedup"):
+      assert math.isfinite(r[k]) and r[k] >= 0, (k, r)
+  assert f["rows"][0]["fd_to_teacher"] < 1e-6  # the teacher against itself
+  assert f["student_steps"] == CONFIG.student_steps and f["resumed_from"] == 0
+  report = (out / "report.md").read_text()
+  assert "## Few-step student" in report and "(few_step.png)" in report
+  assert (out / "few_step.png").stat().st_size > 0
+  # Cached: a second call restores the student bit for bit and samples the same images.
+  models = training.prepare_models(CONFIG, load_digits(key=CONFIG.seed), cache, progress=False)
+  from jaxdiff.demo import _few_step as few
+
+  st = few.prepare_student(CONFIG, models, cache, progress=False)
+  assert st.resumed_from == CONFIG.student_steps
+  x_T = jax.random.normal(jax.random.key(0), (4, 8, 8))
+  y = jax.numpy.arange(4)
+  one = few.student_sample(st, x_T, y, num_steps=1, mid_t=0.5, key=jax.random.key(1))
+  np.testing.assert_array_equal(one, st.denoise(x_T, jax.numpy.full((4,), st.grid.t[0]), y))
+  two = few.student_sample(st, x_T, y, num_steps=2, mid_t=0.5, key=jax.random.key(1))
+  assert two.shape == x_T.shape and not np.allclose(one, two)
+  with pytest.raises(ValueError, match="num_steps must be 1 or 2"):
+    few.student_sample(st, x_T, y, num_steps=3, mid_t=0.5, key=0)
+
+
+def test_few_step_settings_are_checked():
+  assert dataclasses.replace(CONFIG, student_steps=0).student_steps == 0
+  with pytest.raises(ValueError, match="student_steps"):
+    dataclasses.replace(CONFIG, student_steps=-1)
+  with pytest.raises(ValueError, match="student_mid_t"):
+    dataclasses.replace(CONFIG, student_mid_t=1.0)
+  with pytest.raises(ValueError, match="student_lr"):
+    dataclasses.replace(CONFIG, student_lr=0.0)
+  with pytest.raises(ValueError, match="must be at least batch_size"):
+    dataclasses.replace(CONFIG, student_pool=1)

@@ -358,6 +358,14 @@ class DemoConfig:
   highres_patch: int = 4
   highres_nfe: int = 20
   jacobian_iters: int = 24
+  # few-step student (demo/_few_step.py): distilled from ``student_pool`` of the teacher's
+  # own DDIM trajectories at ``nfe_budget`` steps (no training digits) for
+  # ``student_steps`` steps (0: skip the section), peak lr ``student_lr``; its two-step
+  # sampler re-noises to the pool grid's time nearest ``student_mid_t``
+  student_steps: int = 400
+  student_pool: int = 1024
+  student_lr: float = 1e-3
+  student_mid_t: float = 0.2
   chunk: int = 100
   checkpoint_every: int = 500
   # XLA's CPU backend optimisation level: 1 compiles ~35% faster than the default (2) at
@@ -377,6 +385,15 @@ class DemoConfig:
     _check_int("cache_steps", self.cache_steps, lo=0)
     _check_int("searched_nfe", self.searched_nfe, lo=0)
     _check_int("highres_steps", self.highres_steps, lo=0)
+    _check_int("student_steps", self.student_steps, lo=0)
+    _check_int("student_pool", self.student_pool, lo=1)
+    _check_real("student_lr", self.student_lr, lo=0.0, lo_open=True)
+    _check_real("student_mid_t", self.student_mid_t, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    if self.student_steps and self.student_pool * self.nfe_budget < self.batch_size:
+      raise ValueError(
+        f"DemoConfig: student_pool x nfe_budget ({self.student_pool} x {self.nfe_budget} "
+        f"trajectory states) must be at least batch_size ({self.batch_size})"
+      )
     _check_int("highres_nfe", self.highres_nfe, lo=2)  # a base step and a re-noised one
     if 16 % self.highres_patch:
       raise ValueError(f"DemoConfig: highres_patch ({self.highres_patch}) must divide 16")
@@ -487,6 +504,8 @@ class DemoConfig:
       highres_depth=1,
       highres_nfe=4,
       jacobian_iters=4,
+      student_steps=20,
+      student_pool=16,
       chunk=10,
       checkpoint_every=10,
       xla_opt_level=0,

@@ -19,6 +19,7 @@ from jaxdiff.demo import _evaluation as ev
 from jaxdiff.demo import _figures as fig
 from jaxdiff.demo._accelerators import feature_caching, searched_schedule
 from jaxdiff.demo._config import DemoConfig, default_cache_dir, rule_label, solver_label
+from jaxdiff.demo._few_step import few_step_stage
 from jaxdiff.demo._highres import highres_stage
 from jaxdiff.demo._inverse import inverse_problems
 from jaxdiff.demo._report import fmt, report
@@ -190,6 +191,12 @@ def run_demo(
     searched = searched_schedule(config, models, evaluator, labels, key, out)
     stages.end("searched schedule (S³) vs DPM-Solver++(2M)")
 
+  few_step = None
+  if config.student_steps:
+    stages.start()
+    few_step = few_step_stage(config, models, evaluator, labels, key, cache, out, progress=progress)
+    stages.end("few-step student (distilled from the teacher's trajectories)")
+
   highres = None
   if config.highres_steps:
     stages.start()
@@ -242,6 +249,7 @@ def run_demo(
     "caching": caching_results,
     "searched": searched,
     "highres": highres,
+    "few_step": few_step,
   }
   (out / "metrics.json").write_text(json.dumps(results, indent=2))
   (out / "report.md").write_text(report(config, models, results, sweep_solver))
