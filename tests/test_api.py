@@ -106,6 +106,7 @@ SOLVER_RESULTS = {
   "optim.bilevel.LVHBAResult": ("converged", "n_iters", "errors"),
   "optim.bilevel.MAIDResult": ("converged", "n_iters", "errors"),
   "optim.bilevel.BOREPResult": ("converged", "n_iters", "errors"),
+  "optim.bilevel.BSVRBResult": ("converged", "n_iters", "errors"),
   "optim.zeroth_order.FederatedZOResult": ("converged", "n_iters", "errors"),
 }
 # The solvers that return them: a cap (or fixed count) and a tolerance under one name each.
@@ -122,6 +123,7 @@ SOLVERS = {
   "optim.bilevel.lvhba": ("max_iterations", "tol"),
   "optim.bilevel.maid": ("max_iterations", "tol"),
   "optim.bilevel.borep": ("max_iterations", "tol"),
+  "optim.bilevel.bsvrb": ("max_iterations", "tol"),
   "optim.zeroth_order.fzoos_minimize": ("max_iterations", "tol"),
   "optim.zeroth_order.fedzo_minimize": ("max_iterations", "tol"),
 }

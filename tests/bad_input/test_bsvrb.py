@@ -10,7 +10,6 @@ data (4, 1), ``B`` two sampled blocks with their batch ``C[B]``, ``KW`` the loss
 
 import jax  # noqa: F401 - used by the reproducers
 import jax.numpy as jnp
-import numpy as np
 
 from optim.bilevel import bsvrb, bsvrb_init  # noqa: F401 - used by the reproducers
 from optim.bilevel import bsvrb_step as step  # noqa: F401 - used by the reproducers
