@@ -132,8 +132,11 @@ def _refresh(history: jax.Array, nu: jax.Array, variant: str) -> tuple[jax.Array
   _, s, vt = jnp.linalg.svd(z, full_matrices=False)
   energy = s**2
   total = energy.sum()
-  ratio = energy / jnp.where(total > 0, total, 1.0)
-  above = jnp.cumsum(ratio) > 1.0 - nu
+  # cumsum(ratio)_i > 1 - nu, written as the variance left after component i (a sum of
+  # non-negative terms) below nu * total: nu = 0 then keeps every direction exactly, where
+  # a cumulative sum rounded above 1 would cut the last ones.
+  tail = jnp.append(jnp.cumsum(energy[::-1])[::-1][1:], 0.0)
+  above = tail < nu * total
   # The first component at which the explained variance passes 1 - nu (the last if none).
   i = jnp.where(jnp.any(above), jnp.argmax(above), tau - 1)
   # Directions with a zero singular value are arbitrary (any unit vector orthogonal to the

@@ -274,3 +274,24 @@ def test_pytree_params_round_trip():
   out = zo_subspace_step(lambda q: jnp.sum(q["a"] ** 2) + jnp.sum(q["b"]), p, state, key=1)
   assert jax.tree.structure(out.grads) == jax.tree.structure(p)
   assert out.grads["b"].shape == (2, 2) and out.num_evals == 3
+
+
+def test_nu_zero_never_drops_a_direction():
+  """nu = 0 keeps every (non-null) direction of the history: a cumulative variance ratio
+  rounded above 1 in float32 must not cut the last components (spread-out spectra)."""
+  rng = np.random.default_rng(0)
+  d = 16
+  x = jnp.zeros(d)
+  f = lambda p: jnp.sum(p**2)
+  for _ in range(40):
+    energy = np.sort(rng.uniform(0, 1, size=d) ** rng.uniform(1, 30))[::-1]
+    q1, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    q2, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    hist = jnp.asarray(q1 @ np.diag(np.sqrt(energy)) @ q2.T, jnp.float32)
+    state = ZOSubspaceState(
+      jnp.asarray(d, jnp.int32), hist, jnp.zeros((d, d), jnp.float32), jnp.zeros(d, bool)
+    )
+    out = zo_subspace_step(f, x, state, key=0, nu=0.0, variant="principal")
+    sv = np.asarray(jnp.linalg.svd(hist, compute_uv=False))
+    real = int(np.sum(sv > sv[0] * d * np.finfo(np.float32).eps))
+    assert int(out.state.active.sum()) == real
