@@ -85,9 +85,11 @@ class BSVRBResult(NamedTuple):
     y: the final stacked lower-level variables.
     state: the final :class:`BSVRBState` (to continue the run).
     n_iters: steps taken.
-    errors: per step, the norm of the hypergradient estimate :math:`\\|z_{t+1}\\|` (the
-      stopping criterion); NaN after the stop.
-    converged: whether :math:`\\|z_{t+1}\\| \\le` ``tol`` was reached.
+    errors: per step, the stopping criterion :math:`e_t = \\|z_{t+1}\\| + \\|s_{t+1}\\| /
+      \\sqrt m\\ (+ \\|u_{t+1}\\| / \\sqrt m` in ``v2``): the hypergradient estimate plus the
+      root-mean-square over blocks of the lower-level (and adjoint) residual estimates;
+      NaN after the stop.
+    converged: whether :math:`e_t \\le` ``tol`` was reached.
   """
 
   x: PyTree
@@ -384,8 +386,8 @@ def bsvrb_step(
     >>> f = lambda x, y, c: 0.5 * jnp.sum((y - 1.0) ** 2)
     >>> g = lambda x, y, c: 0.5 * jnp.sum((y - x * c) ** 2)
     >>> c = jnp.array([[1.0], [2.0], [3.0]])
-    >>> step = jax.jit(lambda s: bsvrb_step(s, jnp.arange(3), c, outer_loss=f,
-    ...                                     inner_loss=g, learning_rate=0.05))
+    >>> step = jax.jit(lambda s: bsvrb_step(s, jnp.arange(3), c, outer_loss=f, inner_loss=g,
+    ...                                     learning_rate=0.05, inner_learning_rate=0.5))
     >>> state = bsvrb_init(jnp.zeros(1), jnp.zeros((3, 1)), variant="v2")
     >>> for _ in range(300):
     ...   state = step(state)
@@ -533,8 +535,11 @@ def bsvrb(
   block_sharding: jax.sharding.Sharding | None = None,
   **step_kwargs: Any,
 ) -> BSVRBResult:
-  """Runs :func:`bsvrb_step` from ``(x, y)`` until :math:`\\|z_{t+1}\\| \\le` ``tol``.
+  """Runs :func:`bsvrb_step` from ``(x, y)`` until its estimators vanish to ``tol``.
 
+  The criterion :math:`e_t` (the STORM hypergradient estimate plus the blocks' lower-level
+  and adjoint estimators, see :class:`BSVRBResult`) vanishes at a stationary point of the
+  whole system; with stochastic minibatches and constant steps it reaches a noise floor.
   Each iteration draws ``num_blocks`` distinct blocks uniformly without replacement and their
   minibatches ``sample_batch(key_t, blocks)``, then takes one :func:`bsvrb_step` (see there
   for the update). One ``lax.while_loop``; the run is a deterministic function of ``key``.
@@ -553,7 +558,8 @@ def bsvrb(
     num_blocks: :math:`I`, blocks sampled per step, in ``[1, m]``; None samples all m.
     variant: ``"v1"`` or ``"v2"`` (see :func:`bsvrb_init`).
     max_iterations: cap on steps, >= 1.
-    tol: stopping tolerance on :math:`\\|z_{t+1}\\|`, >= 0 (0 runs ``max_iterations``).
+    tol: stopping tolerance on :math:`e_t = \\|z_{t+1}\\| + \\|s_{t+1}\\|/\\sqrt m\\
+      (+ \\|u_{t+1}\\|/\\sqrt m)` (see :class:`BSVRBResult`), >= 0 (0 runs ``max_iterations``).
     block_sharding: see :func:`bsvrb_init`.
     **step_kwargs: the other hyperparameters of :func:`bsvrb_step`.
 
@@ -571,10 +577,16 @@ def bsvrb(
     >>> c = jnp.arange(1.0, 5.0)[:, None]  # 4 blocks, y_i* = x c_i
     >>> f = lambda x, y, ci: 0.5 * jnp.sum((y - 1.0) ** 2)
     >>> g = lambda x, y, ci: 0.5 * jnp.sum((y - x * ci) ** 2)
-    >>> res = bsvrb(f, g, jnp.zeros(1), jnp.zeros((4, 1)), lambda k, b: c[b], key=0,
-    ...                   learning_rate=0.05, num_blocks=2, max_iterations=2000, tol=1e-5)
+    >>> sample = lambda key, blocks: c[blocks]  # deterministic blocks here
+    >>> res = bsvrb(f, g, jnp.zeros(1), jnp.zeros((4, 1)), sample, key=0, learning_rate=0.05,
+    ...             inner_learning_rate=0.5, max_iterations=2000, tol=1e-5)
     >>> bool(res.converged), round(float(res.x[0]), 3)  # x* = sum c / sum c^2 = 10 / 30
     (True, 0.333)
+    >>> # 2 of 4 blocks a step: a neighbourhood of x* (block-sampling noise, constant steps)
+    >>> res = bsvrb(f, g, jnp.zeros(1), jnp.zeros((4, 1)), sample, key=0, learning_rate=0.02,
+    ...             inner_learning_rate=0.3, num_blocks=2, max_iterations=3000, tol=0.0)
+    >>> round(float(res.x[0]), 2)
+    0.34
   """
   where = "bsvrb"
   if not callable(sample_batch):
