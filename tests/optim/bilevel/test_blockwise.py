@@ -21,7 +21,13 @@ from jax.sharding import PartitionSpec as P
 
 from optim.bilevel import bsvrb, bsvrb_init, bsvrb_step
 
-jax.config.update("jax_enable_x64", True)
+
+@pytest.fixture(autouse=True)
+def _float64():
+  """Every test here runs in float64 (a context, not the global flag: other modules share the
+  session); module-level data stays NumPy float64 until a test converts it."""
+  with jax.enable_x64(True):
+    yield
 
 
 # --------------------------------------------------------------------------------------
@@ -239,7 +245,7 @@ def _testbed():
   mm = np.linalg.solve(a, b)
   lhs = np.einsum("mji,mjk->ik", mm, mm) / MB + RHO * np.eye(DX)
   rhs = np.einsum("mji,mj->i", mm, t) / MB
-  return dict(a=jnp.asarray(a), b=jnp.asarray(b), t=jnp.asarray(t)), np.linalg.solve(lhs, rhs)
+  return dict(a=a, b=b, t=t), np.linalg.solve(lhs, rhs)
 
 
 DATA, X_STAR = _testbed()
@@ -254,7 +260,7 @@ def outer_q(x, y, d):
 
 
 def _blocks_data(key, blocks):
-  return jax.tree.map(lambda leaf: leaf[blocks], DATA)
+  return jax.tree.map(lambda leaf: jnp.asarray(leaf)[blocks], DATA)
 
 
 @pytest.mark.parametrize("variant", ["v1", "v2"])
