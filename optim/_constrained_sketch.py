@@ -367,11 +367,15 @@ def eal_sketch_minimize(
     jnp.asarray(v, x0.dtype) for v in (tol, mu, nu, delta, xi_b, beta, rho, singular_tol)
   )
   config = (variant, sketch_size, max_iterations, sketch_max_iterations, linesearch_max_iterations)
+  try:
+    hash((objective, constraint))
+  except TypeError:  # an unhashable callable (e.g. __eq__ without __hash__): no cache
+    run = jax.jit(functools.partial(_run_impl, objective, constraint, config))
+    return run(x0, lam0, key, hyper)
   return _run(objective, constraint, config, x0, lam0, key, hyper)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _run(objective, constraint, config, x0, lam0, key, hyper) -> EALSketchResult:
+def _run_impl(objective, constraint, config, x0, lam0, key, hyper) -> EALSketchResult:
   """The solver loop, compiled once per (objective, constraint, config) and dtype/shape."""
   variant, sketch_size, max_iterations, sketch_max_iterations, linesearch_max_iterations = config
   tol, mu, nu, delta, xi_b, beta, rho, singular_tol = hyper
@@ -540,3 +544,6 @@ def _run(objective, constraint, config, x0, lam0, key, hyper) -> EALSketchResult
     delta=delta_,
     singular=singular,
   )
+
+
+_run = jax.jit(_run_impl, static_argnums=(0, 1, 2))

@@ -302,3 +302,22 @@ def test_merit_gradient_is_the_exact_gradient_of_the_augmented_lagrangian():
     np.testing.assert_allclose(
       np.asarray(merit_grad(x, lam, 2.0, 0.3)), np.asarray(auto), rtol=1e-12
     )
+
+
+class _Unhashable:
+  """A callable objective with ``__eq__`` and no ``__hash__`` (cannot be a static jit arg)."""
+
+  def __eq__(self, other):
+    return self is other
+
+  __hash__ = None
+
+  def __call__(self, x):
+    return f28(x)
+
+
+def test_unhashable_callables_are_accepted():
+  f, c, x0, x_star = hs28()
+  res = eal_sketch_minimize(_Unhashable(), c, jnp.asarray(x0, jnp.float32), key=0, tol=1e-3)
+  assert bool(res.converged)
+  np.testing.assert_allclose(np.asarray(res.x), x_star, atol=1e-3)
