@@ -45,7 +45,10 @@ def test_transcription_of_the_recurrence_over_ten_iterations():
       r = r_new
       xs.append(x.copy())
     res = conjugate_gradient(
-      lambda v: jnp.asarray(a) @ v, jnp.asarray(b), init=jnp.asarray(x0), tol=1e-30,
+      lambda v: jnp.asarray(a) @ v,
+      jnp.asarray(b),
+      init=jnp.asarray(x0),
+      tol=1e-30,
       max_iterations=10,
     )
     assert int(res.n_iters) == 10 and not bool(res.converged)
