@@ -169,26 +169,31 @@ def main():
   rounds = 5 if args.quick else ROUNDS
   seeds = args.seeds[:1] if args.quick else args.seeds
   path = output_path("repro_fzoos.json", args.quick)
-  # one invocation per (problem, seed) keeps each run short; results accumulate in the JSON
-  out = json.loads(path.read_text()) if path.is_file() else {}
-  out["setting"] = dict(
-    N=N, d=D, div=DIV, T=T, rounds=rounds, lr=LR, num_features=NUM_FEATURES, history_size=150
-  )
   methods = ("fzoos", "fedzo") + (("fzoos_no_correction",) if args.ablation else ())
   problems = {"quadratic": quadratic, "ackley": ackley}
+  new = {}
   for name in args.problem:
-    runs = out.setdefault(name, {}).setdefault("runs", {})
     for seed in seeds:
       for m in methods:
         t0 = time.perf_counter()
         r = run(m, problems[name], seed, rounds)
-        runs.setdefault(m, {})[str(seed)] = r
+        new.setdefault(name, {}).setdefault(m, {})[str(seed)] = r
         print(
           f"{name:9s} seed {seed} {m:20s} F0 {r['F0']:.5f} F@10 {r['F'][min(9, rounds - 1)]:.5f} "
           f"F@end {r['F'][-1]:.5f} queries {r['queries'][-1]} ({time.perf_counter() - t0:.0f} s)",
           flush=True,
         )
-    done = sorted(runs["fzoos"])
+  # one invocation per problem and seed keeps each run short (several may run side by side):
+  # the file is read just before writing and this invocation's runs merged into it
+  out = json.loads(path.read_text()) if path.is_file() else {}
+  out["setting"] = dict(
+    N=N, d=D, div=DIV, T=T, rounds=rounds, lr=LR, num_features=NUM_FEATURES, history_size=150
+  )
+  for name, by_method in new.items():
+    runs = out.setdefault(name, {}).setdefault("runs", {})
+    for m, by_seed in by_method.items():
+      runs.setdefault(m, {}).update(by_seed)
+    done = sorted(runs["fzoos"], key=int)
     rows = {m: [runs[m][k] for k in done] for m in runs if all(k in runs[m] for k in done)}
     out[name]["seeds_done"] = [int(k) for k in done]
     out[name]["summary"] = summary = _summary(rows, rounds)
