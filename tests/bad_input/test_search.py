@@ -48,7 +48,13 @@ class Toy:
 
 toy, m32, t3 = Toy(), np.ones((3, 2), bool), np.array([1.0, 0.5, 0.2, 0.0])
 skips = lambda fit=lambda s: 0.0, **kw: search.evolve_skips(
-  fit, 1.0, 0.0, 3, 2, key=0, **{"block_budget": 4, "population": 2, "generations": 1, "top_k": 1, **kw}
+  fit,
+  1.0,
+  0.0,
+  3,
+  2,
+  key=0,
+  **{"block_budget": 4, "population": 2, "generations": 1, "top_k": 1, **kw},
 )
 sk = search.SkipSchedule(t3, m32)
 
@@ -142,7 +148,9 @@ CASES = [
   Case("search.skip_blocks(toy, m32, t3, variant='drop')", raises(ValueError, "variant")),
   Case("skips(block_budget=0)", raises(ValueError, "block_budget must be >= 1 block")),
   Case("skips(generations=0)", raises(ValueError, "search budget must be positive")),
-  Case("search.evolve_skips(len, 1.0, 0.0, 3, 0, block_budget=4, key=0)", raises(ValueError, "depth")),
+  Case(
+    "search.evolve_skips(len, 1.0, 0.0, 3, 0, block_budget=4, key=0)", raises(ValueError, "depth")
+  ),
   Case("skips(fit=3)", raises(TypeError, "fitness")),
   Case("skips(initial=[sk])", raises(ValueError, "within the budget of 4 blocks")),
   Case("skips(initial=[sk._replace(mask=m32[:2], t=t3[:3])])", raises(ValueError, "3 steps")),

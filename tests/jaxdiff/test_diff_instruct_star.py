@@ -164,6 +164,7 @@ def test_reward_term_gradient(x64):
   np.testing.assert_allclose(jax.grad(loss)(theta), want, rtol=1e-12)
 
 
+@pytest.mark.integration  # heavy (3-7 s each): CI's second tier keeps make test within 5 min
 def test_cfg_reference_is_the_conditional_score_plus_the_implicit_reward(x64, gmm):
   w, t = 3.0, jnp.full((5,), 0.4)
   den = gmm.denoiser(SCHED)

@@ -178,6 +178,7 @@ def test_frozen_backbone_gets_no_gradient(setup, train_backbone):
   assert sq(nnx.state(grads.heads)) > 0
 
 
+@pytest.mark.integration  # heavy (3-7 s each): CI's second tier keeps make test within 5 min
 def test_sample_counts_the_blocks_an_exiting_network_runs_in_stats(setup):
   # The loop sums what the network reports per call (through from_v's forwarding); the
   # count equals the blocks the network reports at each step's (x_i, t_i), recounted.

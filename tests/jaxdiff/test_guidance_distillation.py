@@ -41,6 +41,7 @@ def _setup(gmm, b=12):
   return sched, teacher, ts, x_T, cond, w
 
 
+@pytest.mark.integration  # heavy (3-7 s each): CI's second tier keeps make test within 5 min
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
 def test_loss_is_zero_for_an_adapter_that_reproduces_cfg(x64, gmm, prediction):
   sched, teacher, ts, x_T, cond, w = _setup(gmm)

@@ -65,6 +65,7 @@ def test_full_lanczos_spectrum_equals_the_dense_jacobians(point, variant):
   assert spec.eigenvectors.shape == (point.size, *SHAPE)
 
 
+@pytest.mark.integration  # heavy (3-7 s each): CI's second tier keeps make test within 5 min
 def test_a_few_steps_find_the_top_of_the_spectrum(x64):
   # A 64-pixel point of an exact low-rank mixture: a symmetric Jacobian whose top
   # eigenvalues are the shrinkage factors alpha lambda / (alpha^2 lambda + sigma^2).

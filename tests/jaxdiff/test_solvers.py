@@ -136,6 +136,7 @@ def sw_problem():
     (solvers.ddpm(), "uniform"),
   ],
 )
+@pytest.mark.integration  # heavy (3-7 s each): CI's second tier keeps make test within 5 min
 def test_50_step_samples_match_the_mixture_in_sliced_wasserstein(sw_problem, solver, spacing):
   gmm, sets, baseline = sw_problem
   sched = schedules.vp_cosine()

@@ -92,6 +92,7 @@ def test_trajectory_pairs_lie_on_the_probability_flow_and_renoised_ones_do_not(x
   assert errs[200, "renoise"] > 0.1  # the forward process leaves the teacher's trajectory
 
 
+@pytest.mark.integration  # heavy (3-7 s each): CI's second tier keeps make test within 5 min
 def test_continuous_loss_is_zero_at_the_exact_flow_map_of_a_gaussian(x64):
   sched = schedules.vp_cosine()
   teacher = GaussianMixture(jnp.array([[MU, MU]]), S2).denoiser(sched)

@@ -54,6 +54,7 @@ def _dense_certificate(losses, params):
   return mu, N, rho, w, alpha, lw
 
 
+@pytest.mark.integration  # heavy (3-7 s each): CI's second tier keeps make test within 5 min
 def test_bounds_and_certificate_match_the_dense_jacobian_blocks(x64):
   losses, params, J, _ = _quadratic_game()
   mu, N, rho, w, alpha, lw = _dense_certificate(losses, params)

@@ -242,6 +242,7 @@ def _adam(g, m, v, t, lr, b1=0.9, b2=0.999, eps=1e-8):
   return -lr * mh / (jnp.sqrt(vh) + eps), m, v
 
 
+@pytest.mark.integration  # heavy (3-7 s each): CI's second tier keeps make test within 5 min
 def test_meta_step_through_adam_is_the_unrolled_adam_over_10_steps(x64):
   lr, meta_lr = 0.05, 0.02
   x, y = _data(seed=5, n=16)

@@ -275,6 +275,7 @@ def test_exact_variant_takes_no_sketch_iterations_and_matches_the_sketched_path(
     np.testing.assert_allclose(np.asarray(exact.x), x_star, atol=1e-9)
 
 
+@pytest.mark.integration  # heavy (3-7 s each): CI's second tier keeps make test within 5 min
 def test_singular_jacobian_stops_without_a_step():
   with jax.enable_x64(True):
     f = lambda x: jnp.sum(x**2)  # noqa: E731

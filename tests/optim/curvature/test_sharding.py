@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -39,6 +40,7 @@ def _everything(params, batch):
   }
 
 
+@pytest.mark.integration  # heavy (3-7 s each): CI's second tier keeps make test within 5 min
 def test_sharded_params_give_the_unsharded_results(x64, mesh8):
   kw, kv, kx, ky = jax.random.split(jax.random.key(0), 4)
   params = {

@@ -308,6 +308,7 @@ def test_zero_rounds_return_x0_untouched(x64):
   assert int(res.n_iters) == 0 and np.all(res.x == 1.0) and res.errors.shape == (0,)
 
 
+@pytest.mark.integration  # heavy (3-7 s each): CI's second tier keeps make test within 5 min
 def test_stacked_client_pytree_and_pytree_point(x64):
   clients = {"a": jnp.asarray(A), "b": jnp.asarray(B)}
 

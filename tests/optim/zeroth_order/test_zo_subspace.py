@@ -276,6 +276,7 @@ def test_pytree_params_round_trip():
   assert out.grads["b"].shape == (2, 2) and out.num_evals == 3
 
 
+@pytest.mark.integration  # heavy (3-7 s each): CI's second tier keeps make test within 5 min
 def test_nu_zero_never_drops_a_direction():
   """nu = 0 keeps every (non-null) direction of the history: a cumulative variance ratio
   rounded above 1 in float32 must not cut the last components (spread-out spectra)."""
