@@ -2,7 +2,18 @@
 
 :func:`implicit_hypergradient` is the matrix-free implicit-differentiation hypergradient
 (conjugate gradients on Hessian-vector products, :func:`optim.curvature.conjugate_gradient`)
-that the bilevel methods here share.
+that the bilevel methods here share. The methods, each an ``*_init`` / ``*_step`` pair with
+its ``...State`` where it is a stochastic step, and a runner returning an ott-style
+``...Result`` (``converged``, ``n_iters``, ``errors``):
+
+* :func:`borep` (BO-REP: normalized momentum for an upper level with unbounded smoothness,
+  periodic lower-level updates);
+* :func:`bsvrb` (BSVRB v1/v2: many lower-level blocks, block sampling, variance reduction;
+  the block axis can be sharded over a mesh);
+* :func:`maid` (MAID: adaptive accuracies of the lower-level and adjoint solves, inexact
+  backtracking);
+* :func:`lvhba` (LV-HBA: lower-level constraints coupling both levels, a proximal Lagrangian
+  value function, single loop, Hessian-free).
 """
 
 from optim._bilevel._blockwise import BSVRBResult, BSVRBState, bsvrb, bsvrb_init, bsvrb_step
